@@ -1,0 +1,3 @@
+from dataengine.cli import main
+
+main()

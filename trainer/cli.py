@@ -1,0 +1,11 @@
+"""`python -m trainer`: thin click front end; every command calls a library function."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vggt-eth3d-lora")
+def main() -> None:
+    """VGGT LoRA fine-tuning on pre-built shards: train, params, eval, export, push."""
