@@ -1,0 +1,211 @@
+"""Strategies → PEFT LoRA: target resolution, parameter counting, adapter save/load/merge.
+
+Targets are regexes full-matched against module names and restricted to modules whose type is
+exactly `nn.Linear` or `nn.Conv2d` (what PEFT's LoRA supports here). The depth head's two
+`ConvTranspose2d` upsamplers (`resize_layers.0/1`) therefore stay frozen: PEFT has no LoRA for them.
+`peft` is imported lazily (about 4 s, it pulls in transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from trainer.config import LoraConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+ADAPTER_FORMAT = "vggt-eth3d-lora/1"
+ADAPTER_INFO_FILE = "vggt_adapter.json"  # base model, strategy and step, next to PEFT's two files
+LORA_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def aggregator_depth(model: nn.Module) -> int:
+    """Number of frame blocks in the aggregator (24 for VGGT-1B)."""
+    pattern = re.compile(r"aggregator\.frame_blocks\.(\d+)")
+    indices = {int(m.group(1)) for name, _ in model.named_modules() if (m := pattern.fullmatch(name))}
+    if not indices:
+        raise ValueError("model has no aggregator.frame_blocks.N modules; is it a VGGT?")
+    return max(indices) + 1
+
+
+def expand_targets(patterns: list[str], depth: int) -> list[str]:
+    """Replace `{upper_half}` / `{all_blocks}` with the block-index alternation for this depth."""
+
+    def alternation(indices: range) -> str:
+        return "(" + "|".join(str(i) for i in indices) + ")"
+
+    fills = {"upper_half": alternation(range(depth // 2, depth)), "all_blocks": alternation(range(depth))}
+    expanded = []
+    for pattern in patterns:
+        for key, value in fills.items():
+            pattern = pattern.replace("{" + key + "}", value)
+        expanded.append(pattern)
+    return expanded
+
+
+def resolve_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
+    """Names of the modules a strategy adapts, in model order; every regex must match something."""
+    patterns = expand_targets(cfg.targets, aggregator_depth(model))
+    compiled = []
+    for raw, pattern in zip(cfg.targets, patterns):
+        try:
+            compiled.append((raw, re.compile(pattern)))
+        except re.error as exc:
+            raise ValueError(f"lora.targets: invalid regex {raw!r}: {exc}") from None
+    hits = {raw: 0 for raw in cfg.targets}
+    names = []
+    for name, module in model.named_modules():
+        if type(module) not in LORA_TYPES:
+            continue
+        matched = [raw for raw, rx in compiled if rx.fullmatch(name)]
+        for raw in matched:
+            hits[raw] += 1
+        if matched:
+            names.append(name)
+    empty = [raw for raw, n in hits.items() if n == 0]
+    if empty:
+        raise ValueError(f"lora.targets {empty} match no nn.Linear/nn.Conv2d module of this model")
+    return names
+
+
+def lora_size(module: nn.Module, rank: int) -> int:
+    """LoRA parameters PEFT adds to one module: r·(in+out), or r·(in·k·k + out) for a Conv2d."""
+    if type(module) is nn.Linear:
+        return rank * (module.in_features + module.out_features)
+    if type(module) is nn.Conv2d:
+        kh, kw = module.kernel_size
+        return rank * (module.in_channels // module.groups * kh * kw + module.out_channels)
+    raise TypeError(f"no LoRA for {type(module).__name__}")
+
+
+@dataclass
+class ParamReport:
+    strategy: str
+    modules: int
+    linear_modules: int
+    conv_modules: int
+    trainable: int
+    total: int  # base + LoRA parameters
+    adapter_bytes: int  # fp32 safetensors payload
+
+    def lines(self) -> list[str]:
+        return [
+            f"strategy {self.strategy}: LoRA on {self.modules} modules "
+            f"({self.linear_modules} Linear, {self.conv_modules} Conv2d)",
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
+            f"trainable%: {100 * self.trainable / self.total:.4f}",
+            f"adapter size: {self.adapter_bytes / 2**20:.2f} MiB (fp32 safetensors)",
+        ]
+
+
+def param_report(model: nn.Module, cfg: LoraConfig) -> ParamReport:
+    """Counts of a PEFT-wrapped model (works on a meta-device model: nothing is allocated)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    lora_modules = [m for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    linear = sum(1 for m in lora_modules if isinstance(m.get_base_layer(), nn.Linear))
+    return ParamReport(
+        strategy=cfg.strategy,
+        modules=len(lora_modules),
+        linear_modules=linear,
+        conv_modules=len(lora_modules) - linear,
+        trainable=trainable,
+        total=total,
+        adapter_bytes=4 * trainable,
+    )
+
+
+def apply_strategy(model: nn.Module, cfg: LoraConfig) -> "PeftModel":
+    """Wrap `model` (base weights already loaded) with LoRA adapters; only LoRA params train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    names = resolve_targets(model, cfg)
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=names,  # explicit full names: the saved adapter_config lists every module
+        bias="none",
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = get_peft_model(model, peft_cfg)
+    expected = sum(lora_size(model.get_submodule(n), cfg.rank) for n in names)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    if trainable != expected:  # guards against PEFT version drift (extra biases, DoRA magnitudes...)
+        raise RuntimeError(f"PEFT made {trainable:,} params trainable, expected {expected:,} LoRA params")
+    return peft_model
+
+
+def lora_state_dict(peft_model: "PeftModel") -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(peft_model)
+
+
+def save_adapter(peft_model: "PeftModel", out_dir: Path, info: dict[str, Any]) -> None:
+    """PEFT's `adapter_config.json` + `adapter_model.safetensors`, plus `vggt_adapter.json`.
+
+    `info` records the base model (preset + weights source), the strategy and the step.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = info.get("weights") or f"random-init:{info.get('model')}"
+    peft_model.peft_config["default"].base_model_name_or_path = str(base)
+    peft_model.save_pretrained(str(out_dir))
+    (out_dir / ADAPTER_INFO_FILE).write_text(json.dumps({"format": ADAPTER_FORMAT, **info}, indent=1) + "\n")
+
+
+def read_adapter_info(adapter_dir: Path) -> dict[str, Any]:
+    path = Path(adapter_dir) / ADAPTER_INFO_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def check_adapter_dir(adapter_dir: Path) -> Path:
+    adapter_dir = Path(adapter_dir)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter_dir / name).exists():
+            raise FileNotFoundError(f"{adapter_dir / name}: missing; not a PEFT adapter directory")
+    return adapter_dir
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> "PeftModel":
+    """Attach a saved adapter to a base model that already holds the base weights."""
+    from peft import PeftModel
+
+    adapter_dir = check_adapter_dir(Path(adapter_dir))
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def load_adapter_weights(peft_model: "PeftModel", adapter_dir: Path) -> None:
+    """Load saved LoRA weights into an already wrapped model (same strategy), e.g. on resume."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter_dir = check_adapter_dir(adapter_dir)
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{adapter_dir}: adapter does not fit the model (missing {missing[:3]}, "
+            f"unexpected {list(result.unexpected_keys)[:3]})"
+        )
+
+
+def merge(peft_model: "PeftModel") -> nn.Module:
+    """Fold the LoRA deltas into the base weights; returns the plain model (official key names)."""
+    return peft_model.merge_and_unload()
