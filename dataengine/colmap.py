@@ -1,0 +1,246 @@
+"""COLMAP text models (cameras.txt, images.txt, points3D.txt) as ETH3D ships them.
+
+Our own line-by-line parser is authoritative because every error must name the file and line
+(pycolmap's errors do not). It follows the pitfalls of ETH3D files: camera id 0, image ids out of
+name order, and an EMPTY POINTS2D line (the line after each image header is always consumed, blank
+or not). `read_model_pycolmap` reads the same model through pycolmap 3.x/4.x for cross-checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Number of parameters per COLMAP camera model (colmap/src/colmap/sensor/models.h).
+CAMERA_MODEL_PARAMS = {
+    "SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8,
+    "OPENCV_FISHEYE": 8, "FULL_OPENCV": 12, "FOV": 5, "SIMPLE_RADIAL_FISHEYE": 4,
+    "RADIAL_FISHEYE": 5, "THIN_PRISM_FISHEYE": 12,
+}
+
+
+class BadInputError(ValueError):
+    """Malformed or inconsistent input data; the message names the file (and line)."""
+
+    def __init__(self, message: str, path: Path | str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+@dataclass(frozen=True)
+class Camera:
+    camera_id: int
+    model: str
+    width: int
+    height: int
+    params: np.ndarray  # float64, COLMAP order; principal point in corner-origin pixels
+
+
+@dataclass
+class ImageRecord:
+    image_id: int
+    qvec: np.ndarray  # (4,) Hamilton w, x, y, z
+    tvec: np.ndarray  # (3,)
+    camera_id: int
+    name: str
+    xys: np.ndarray  # (N, 2) float64, COLMAP corner-origin pixels of this calibration's image
+    point3d_ids: np.ndarray  # (N,) int64, -1 = not triangulated
+    line: int  # header line number in images.txt, for error messages
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """World-to-camera rotation matrix."""
+        return quaternion_to_matrix(self.qvec)
+
+
+@dataclass
+class Points3D:
+    ids: np.ndarray  # (P,) int64
+    xyz: np.ndarray  # (P, 3) float64
+    track_image_ids: list[np.ndarray] = field(default_factory=list)  # per point, image ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class ColmapModel:
+    directory: Path
+    cameras: dict[int, Camera]
+    images: dict[int, ImageRecord]
+    points3d: Points3D
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Hamilton quaternion (w, x, y, z), normalised first, to a 3x3 rotation matrix."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _numbers(tokens: list[str], kind, path: Path, lineno: int, what: str) -> list:
+    out = []
+    for tok in tokens:
+        try:
+            value = kind(tok)
+        except ValueError:
+            raise BadInputError(f"{path}:{lineno}: {what}: {tok!r} is not a valid "
+                                f"{'integer' if kind is int else 'number'}", path) from None
+        if kind is float and not math.isfinite(value):
+            raise BadInputError(f"{path}:{lineno}: {what}: {tok!r} is not finite", path)
+        out.append(value)
+    return out
+
+
+def _data_lines(path: Path):
+    """Yield (line number, stripped text) for every physical line, comments included as None."""
+    if not path.is_file():
+        raise BadInputError(f"{path}: file not found", path)
+    with open(path, encoding="utf-8", errors="strict", newline=None) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            text = raw.strip()
+            yield lineno, (None if text.startswith("#") else text)
+
+
+def read_cameras_txt(path: Path) -> dict[int, Camera]:
+    path = Path(path)
+    cameras: dict[int, Camera] = {}
+    for lineno, text in _data_lines(path):
+        if not text:
+            continue
+        tok = text.split()
+        if len(tok) < 4:
+            raise BadInputError(f"{path}:{lineno}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS…', "
+                                f"got {len(tok)} fields", path)
+        cam_id, = _numbers(tok[:1], int, path, lineno, "CAMERA_ID")
+        model = tok[1]
+        if model not in CAMERA_MODEL_PARAMS:
+            raise BadInputError(f"{path}:{lineno}: unknown camera model {model!r}", path)
+        width, height = _numbers(tok[2:4], int, path, lineno, "WIDTH/HEIGHT")
+        if width <= 0 or height <= 0:
+            raise BadInputError(f"{path}:{lineno}: image size {width}x{height} must be positive", path)
+        n_params = CAMERA_MODEL_PARAMS[model]
+        if len(tok) != 4 + n_params:
+            raise BadInputError(f"{path}:{lineno}: {model} expects {n_params} parameters, "
+                                f"got {len(tok) - 4}", path)
+        if cam_id in cameras:
+            raise BadInputError(f"{path}:{lineno}: duplicate CAMERA_ID {cam_id}", path)
+        params = np.array(_numbers(tok[4:], float, path, lineno, "PARAMS"), dtype=np.float64)
+        cameras[cam_id] = Camera(cam_id, model, width, height, params)
+    return cameras
+
+
+def read_images_txt(path: Path) -> dict[int, ImageRecord]:
+    """Two physical lines per image; the second (POINTS2D) may be empty and is always consumed."""
+    path = Path(path)
+    images: dict[int, ImageRecord] = {}
+    lines = _data_lines(path)
+    for lineno, text in lines:
+        if not text:  # blank lines between records (or trailing) carry nothing
+            continue
+        tok = text.split()
+        if len(tok) != 10:
+            raise BadInputError(f"{path}:{lineno}: expected 10 fields 'IMAGE_ID QW QX QY QZ TX TY TZ "
+                                f"CAMERA_ID NAME', got {len(tok)}", path)
+        image_id, = _numbers(tok[:1], int, path, lineno, "IMAGE_ID")
+        pose = _numbers(tok[1:8], float, path, lineno, "pose")
+        camera_id, = _numbers(tok[8:9], int, path, lineno, "CAMERA_ID")
+        q = np.array(pose[:4])
+        if not 0.5 < np.linalg.norm(q) < 1.5:
+            raise BadInputError(f"{path}:{lineno}: quaternion norm {np.linalg.norm(q):.3g} is not ~1",
+                                path)
+        if image_id in images:
+            raise BadInputError(f"{path}:{lineno}: duplicate IMAGE_ID {image_id}", path)
+        try:
+            p_lineno, p_text = next(lines)
+        except StopIteration:
+            p_lineno, p_text = lineno + 1, ""  # missing final POINTS2D line = no observations
+        if p_text is None:
+            raise BadInputError(f"{path}:{p_lineno}: expected the POINTS2D line of image {image_id}, "
+                                f"found a comment", path)
+        ptok = p_text.split()
+        if len(ptok) % 3:
+            raise BadInputError(f"{path}:{p_lineno}: POINTS2D needs (X Y POINT3D_ID) triples, got "
+                                f"{len(ptok)} fields", path)
+        if ptok:
+            try:
+                arr = np.array(ptok, dtype=np.float64).reshape(-1, 3)
+            except ValueError:
+                bad = next(t for t in ptok if not _is_float(t))
+                raise BadInputError(f"{path}:{p_lineno}: POINTS2D: {bad!r} is not a number", path) \
+                    from None
+            if not np.isfinite(arr).all() or (arr[:, 2] != np.round(arr[:, 2])).any():
+                raise BadInputError(f"{path}:{p_lineno}: POINTS2D has a non-finite coordinate or a "
+                                    f"non-integer POINT3D_ID", path)
+            xys, ids = arr[:, :2].copy(), arr[:, 2].astype(np.int64)
+        else:
+            xys, ids = np.zeros((0, 2)), np.zeros(0, np.int64)
+        images[image_id] = ImageRecord(image_id, q, np.array(pose[4:]), camera_id, tok[9], xys, ids,
+                                       lineno)
+    return images
+
+
+def _is_float(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def read_points3d_txt(path: Path) -> Points3D:
+    path = Path(path)
+    ids, xyz, tracks = [], [], []
+    for lineno, text in _data_lines(path):
+        if not text:
+            continue
+        tok = text.split()
+        if len(tok) < 8 or (len(tok) - 8) % 2:
+            raise BadInputError(f"{path}:{lineno}: expected 'POINT3D_ID X Y Z R G B ERROR' plus "
+                                f"(IMAGE_ID POINT2D_IDX) pairs, got {len(tok)} fields", path)
+        pid, = _numbers(tok[:1], int, path, lineno, "POINT3D_ID")
+        ids.append(pid)
+        xyz.append(_numbers(tok[1:4], float, path, lineno, "XYZ"))
+        track = _numbers(tok[8:], int, path, lineno, "TRACK")
+        tracks.append(np.array(track[0::2], dtype=np.int64))
+    return Points3D(np.array(ids, dtype=np.int64), np.array(xyz, dtype=np.float64).reshape(-1, 3),
+                    tracks)
+
+
+def read_model(directory: Path, *, need_points: bool = True) -> ColmapModel:
+    """Parse a text model; images must reference known cameras."""
+    directory = Path(directory)
+    cameras = read_cameras_txt(directory / "cameras.txt")
+    images = read_images_txt(directory / "images.txt")
+    for img in images.values():
+        if img.camera_id not in cameras:
+            raise BadInputError(f"{directory / 'images.txt'}:{img.line}: CAMERA_ID {img.camera_id} is "
+                                f"not in cameras.txt", directory / "images.txt")
+    points_path = directory / "points3D.txt"
+    if need_points and points_path.is_file():
+        points = read_points3d_txt(points_path)
+    else:
+        points = Points3D(np.zeros(0, np.int64), np.zeros((0, 3)), [])
+    return ColmapModel(directory, cameras, images, points)
+
+
+def read_model_pycolmap(directory: Path) -> dict[str, tuple[int, np.ndarray]]:
+    """Name → (camera id, 3x4 world-to-camera) through pycolmap, for either API generation.
+
+    pycolmap 4.x made `Image.cam_from_world` a method (it was a property in 3.x).
+    """
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(directory))
+    out = {}
+    for image in rec.images.values():
+        cfw = image.cam_from_world
+        cfw = cfw() if callable(cfw) else cfw
+        out[image.name] = (int(image.camera_id), np.asarray(cfw.matrix(), dtype=np.float64))
+    return out

@@ -1,0 +1,171 @@
+"""Byte-reproducible WebDataset shards: plain POSIX tars with fixed metadata, atomic writes, hashes.
+
+Every member has mtime 0, uid/gid 0, empty owner names and mode 0444; members are written in a
+fixed order; the npy/json encoders are deterministic. Same inputs → identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "eth3d-vggt-shards/1"
+KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+_\d{5}$")
+SHARD_RE = re.compile(r"^(train|val)-(\d{5})\.tar$")
+
+
+def sample_key(scene: str, index: int) -> str:
+    key = f"{scene}_{index:05d}"
+    if not KEY_RE.match(key):
+        raise ValueError(f"scene name {scene!r} gives an invalid sample key {key!r} (letters, digits, "
+                         f"'_' and '-' only; no dots)")
+    return key
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode()
+
+
+def sample_members(key: str, jpegs: Sequence[bytes], depth: np.ndarray, mask: np.ndarray,
+                   cameras: dict) -> list[tuple[str, bytes]]:
+    """Members of one sample in the documented order."""
+    members = [(f"{key}.f{i}.jpg", data) for i, data in enumerate(jpegs)]
+    members.append((f"{key}.depth.npy", npy_bytes(depth)))
+    members.append((f"{key}.mask.npy", npy_bytes(mask)))
+    members.append((f"{key}.cameras.json", json_bytes(cameras)))
+    return members
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
+    """Write a reproducible tar through a temporary file renamed into place."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for name, data in members:
+                    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.tar"
+
+
+def list_tar_samples(path: Path) -> dict[str, list[str]]:
+    """Sample key → member suffixes in file order, read from tar headers only."""
+    samples: dict[str, list[str]] = {}
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                raise ValueError(f"{path}: member {member.name!r} is not a regular file")
+            key, dot, suffix = member.name.partition(".")
+            if not dot:
+                raise ValueError(f"{path}: member {member.name!r} has no '.<suffix>'")
+            samples.setdefault(key, []).append(suffix)
+    return samples
+
+
+def expected_suffixes(frames: int) -> list[str]:
+    return [f"f{i}.jpg" for i in range(frames)] + ["depth.npy", "mask.npy", "cameras.json"]
+
+
+def verify_dataset(directory: Path) -> list[str]:
+    """Recompute hashes, sizes and sample counts against manifest.json; return the problems."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        return [f"{manifest_path}: missing"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        return [f"{manifest_path}: not valid JSON ({exc})"]
+    problems: list[str] = []
+    if manifest.get("format") != FORMAT:
+        problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    frames = int(manifest.get("options", {}).get("frames", 8))
+    listed = set()
+    for split, info in manifest.get("splits", {}).items():
+        total = 0
+        for shard in info.get("shards", []):
+            path = directory / shard["name"]
+            listed.add(shard["name"])
+            if not path.is_file():
+                problems.append(f"{path}: listed in the manifest but missing")
+                continue
+            if path.stat().st_size != shard["bytes"]:
+                problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
+            digest = sha256_file(path)
+            if digest != shard["sha256"]:
+                problems.append(f"{path}: sha256 {digest} != manifest {shard['sha256']}")
+            try:
+                samples = list_tar_samples(path)
+            except (tarfile.TarError, ValueError) as exc:
+                problems.append(f"{path}: unreadable tar ({exc})")
+                continue
+            if len(samples) != shard["samples"]:
+                problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
+            for key, suffixes in samples.items():
+                if suffixes != expected_suffixes(frames):
+                    problems.append(f"{path}: sample {key} has members {suffixes}")
+            total += len(samples)
+        if total != info.get("samples"):
+            problems.append(f"{manifest_path}: split {split} has {total} samples in its shards, "
+                            f"manifest says {info.get('samples')}")
+    for path in sorted(directory.glob("*.tar")):
+        if path.name not in listed:
+            problems.append(f"{path}: shard not listed in the manifest")
+    return problems

@@ -1,0 +1,308 @@
+"""Data engine units: COLMAP text parsing, numba kernels vs numpy references, image geometry,
+windows/splits and the reproducible tar writer. No synthetic scene needed."""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from dataengine import camera, kernels
+from dataengine.colmap import BadInputError, read_model, read_model_pycolmap
+from dataengine.images import (choose_reduction, decode_reduced, fit_geometry, output_intrinsics,
+                               render_frame)
+from dataengine.colmap import Camera
+from dataengine.shards import (list_tar_samples, npy_bytes, sample_key, sample_members, write_tar)
+from dataengine.windows import WindowConfig, scene_windows, split_frames, window_starts
+
+# Real ETH3D THIN_PRISM_FISHEYE line (courtyard camera 0).
+PRISM = np.array([3411.42, 3410.02, 3041.29, 2014.07, 0.21047, 0.21102, -5.36231e-06, 0.00051541,
+                  -0.158023, 0.406856, -8.46499e-05, 0.000861313])
+
+CAMERAS_TXT = """# Camera list with one line of data per camera:
+#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]
+# Number of cameras: 2
+0 PINHOLE 6220 4141 3430.27 3429.23 3119.2 2057.75
+3 PINHOLE 6205 4135 3410.5 3409.1 3100.4 2060.1
+"""
+# Image ids out of name order, camera id 0, an EMPTY POINTS2D line, CRLF-free.
+IMAGES_TXT = """# Image list with two lines of data per image:
+#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME
+#   POINTS2D[] as (X, Y, POINT3D_ID)
+# Number of images: 3
+14 0.554619 0.524856 -0.452905 0.460219 -0.173888 0.236895 1.27596 0 dslr_images_undistorted/DSC_0647.JPG
+1234.5 567.8 7 892.3 234.1 -1
+2 1 0 0 0 0.5 -0.25 2 3 dslr_images_undistorted/DSC_0640.JPG
+
+9 0.9238795 0 0.3826834 0 1 2 3 0 dslr_images_undistorted/DSC_0645.JPG
+10.5 20.5 7 30 40 9
+"""
+POINTS3D_TXT = """# 3D point list with one line of data per point:
+#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)
+7 0.1 0.2 3.0 255 0 0 0.5 14 0 9 0
+9 -0.4 0.1 4.0 0 255 0 0.7 9 1
+"""
+
+
+def write_model(tmp_path, cameras=CAMERAS_TXT, images=IMAGES_TXT, points=POINTS3D_TXT):
+    d = tmp_path / "model"
+    d.mkdir(exist_ok=True)
+    (d / "cameras.txt").write_text(cameras)
+    (d / "images.txt").write_text(images)
+    (d / "points3D.txt").write_text(points)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- COLMAP
+def test_colmap_parses_eth3d_pitfalls_and_matches_pycolmap(tmp_path):
+    d = write_model(tmp_path)
+    model = read_model(d)
+    assert sorted(model.cameras) == [0, 3]
+    assert set(model.images) == {14, 2, 9}
+    assert len(model.images[2].xys) == 0  # the empty POINTS2D line
+    assert model.images[9].point3d_ids.tolist() == [7, 9]  # not shifted by the empty line
+    assert model.images[14].point3d_ids.tolist() == [7, -1]
+    c = math.sqrt(0.5)
+    np.testing.assert_allclose(model.images[9].rotation,
+                               [[c, 0, c], [0, 1, 0], [-c, 0, c]], atol=1e-6)  # 45° about y
+    ref = read_model_pycolmap(d)
+    for img in model.images.values():
+        cam_id, rt = ref[img.name]
+        assert cam_id == img.camera_id
+        # pycolmap keeps the 6-digit quaternion as printed; we normalise it (a proper rotation).
+        np.testing.assert_allclose(rt[:, :3], img.rotation, atol=2e-6)
+        assert np.abs(img.rotation @ img.rotation.T - np.eye(3)).max() < 1e-12
+        np.testing.assert_allclose(rt[:, 3], img.tvec, atol=1e-12)
+    assert model.points3d.ids.tolist() == [7, 9]
+    assert [t.tolist() for t in model.points3d.track_image_ids] == [[14, 9], [9]]
+
+
+@pytest.mark.parametrize("which, text, message", [
+    ("images", IMAGES_TXT.replace("0 dslr_images_undistorted/DSC_0647.JPG",
+                                  "dslr_images_undistorted/DSC_0647.JPG"),
+     "images.txt:5: expected 10 fields"),
+    ("images", IMAGES_TXT.replace("892.3 234.1 -1", "892.3 234.1"), "images.txt:6: POINTS2D needs"),
+    ("images", IMAGES_TXT.replace("1234.5 567.8", "1234.5 abc"), "images.txt:6: POINTS2D: 'abc'"),
+    ("images", IMAGES_TXT.replace(" 3 dslr_images_undistorted/DSC_0640", " 5 dslr_images_undistorted/DSC_0640"),
+     "images.txt:7: CAMERA_ID 5 is not in cameras.txt"),
+    ("cameras", CAMERAS_TXT.replace("3119.2 2057.75", "3119.2"), "cameras.txt:4: PINHOLE expects 4"),
+    ("cameras", CAMERAS_TXT.replace("6205 4135", "6205 x"), "cameras.txt:5: WIDTH/HEIGHT: 'x'"),
+    ("cameras", CAMERAS_TXT.replace("PINHOLE 6205", "PINHOLEX 6205"), "cameras.txt:5: unknown camera model"),
+    ("points", POINTS3D_TXT.replace("9 -0.4 0.1 4.0", "9 -0.4 nan 4.0"), "points3D.txt:4: XYZ: 'nan' is not finite"),
+    ("points", POINTS3D_TXT.replace("14 0 9 0", "14 0 9"), "points3D.txt:3: expected 'POINT3D_ID"),
+])
+def test_colmap_errors_name_file_and_line(tmp_path, which, text, message):
+    d = write_model(tmp_path, **{which: text})
+    with pytest.raises(BadInputError) as info:
+        read_model(d)
+    assert message in str(info.value)
+    assert str(d) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+def test_numba_thin_prism_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    xyz = np.c_[rng.uniform(-1.2, 1.2, (2000, 2)), rng.uniform(0.5, 8, 2000)]
+    xyz[0] = [0.0, 0.0, 2.0]  # r = 0 branch
+    got = kernels.thin_prism_project(xyz, PRISM)
+    want = camera.thin_prism_project(xyz, PRISM)
+    assert np.abs(got - want).max() < 1e-9
+    behind = kernels.thin_prism_project(np.array([[0.1, 0.1, -1.0]]), PRISM)
+    assert np.isnan(behind).all()
+
+
+def test_distortion_grid_bilinear_error_is_negligible():
+    pin = np.array([3411.42, 3410.02, 3041.29 + 78, 2014.07 + 53])
+    spacing = 8.0
+    gw, gh = int(6200 // spacing) + 2, int(4130 // spacing) + 2
+    gx, gy = np.empty((gh, gw)), np.empty((gh, gw))
+    kernels.distortion_grid(pin, PRISM, spacing, gx, gy)
+    rng = np.random.default_rng(1)
+    pts = np.c_[rng.uniform(0, 6200, 5000), rng.uniform(0, 4130, 5000)]
+    fx, fy = pts[:, 0] / spacing, pts[:, 1] / spacing
+    x0, y0 = fx.astype(int), fy.astype(int)
+    wx, wy = fx - x0, fy - y0
+    interp = lambda g: ((g[y0, x0] * (1 - wx) + g[y0, x0 + 1] * wx) * (1 - wy)
+                        + (g[y0 + 1, x0] * (1 - wx) + g[y0 + 1, x0 + 1] * wx) * wy)
+    exact = camera.thin_prism_project(np.c_[(pts[:, 0] - pin[2]) / pin[0], (pts[:, 1] - pin[3]) / pin[1],
+                                            np.ones(len(pts))], PRISM)
+    err = np.hypot(interp(gx) - exact[:, 0], interp(gy) - exact[:, 1])
+    assert err.max() < 5e-3, err.max()  # px, at a 6048-px-wide distortion of up to ~116 px
+
+
+def _laser_reference(depth, mask, pin, prism, affine, src_size, k, median, min_count, out_hw):
+    """Brute-force numpy: exact thin-prism per sample, floor lookup, lower median / min."""
+    ax, bx, ay, by = affine
+    H, W = out_hw
+    out = np.zeros(out_hw, np.float32)
+    for i in range(H):
+        for j in range(W):
+            ys = ay * (i + (np.arange(k) + 0.5) / k) + by
+            xs = ax * (j + (np.arange(k) + 0.5) / k) + bx
+            gx, gy = np.meshgrid(xs, ys)
+            ok = (gx >= 0) & (gx < src_size[0]) & (gy >= 0) & (gy < src_size[1])
+            gx, gy = gx[ok], gy[ok]
+            d = camera.thin_prism_project(np.c_[(gx - pin[2]) / pin[0], (gy - pin[3]) / pin[1],
+                                                np.ones(len(gx))], prism)
+            ix, iy = np.floor(d[:, 0]).astype(int), np.floor(d[:, 1]).astype(int)
+            inside = (ix >= 0) & (iy >= 0) & (ix < depth.shape[1]) & (iy < depth.shape[0])
+            vals = depth[iy[inside], ix[inside]]
+            m = mask[iy[inside], ix[inside]] if mask.size else np.zeros(len(vals), np.uint8)
+            vals = vals[np.isfinite(vals) & (vals > 0) & (m == 0)]
+            if len(vals) >= max(min_count, 1):
+                out[i, j] = np.sort(vals)[(len(vals) - 1) // 2] if median else vals.min()
+    return out
+
+
+@pytest.mark.parametrize("median", [True, False])
+def test_laser_pool_matches_bruteforce_reference(median):
+    rng = np.random.default_rng(2)
+    # A small camera with strong distortion: 120x80 distorted, 124x83 undistorted.
+    prism = PRISM.copy()
+    prism[:4] = [68.2, 68.2, 60.8, 40.3]
+    pin = np.array([68.2, 68.2, 62.4, 41.4])
+    depth = rng.uniform(1, 10, (80, 120)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.6] = np.inf  # sparse like the laser GT
+    depth[rng.random(depth.shape) < 0.05] = 0.0
+    mask = np.zeros(depth.shape, np.uint8)
+    mask[10:30, 50:90] = 1
+    mask[50:60, 10:40] = 2
+    geom = fit_geometry(124, 83, 20, 16, "crop")
+    gx, gy = np.empty((83 // 1 + 2, 124 // 1 + 2)), np.empty((83 // 1 + 2, 124 // 1 + 2))
+    kernels.distortion_grid(pin, prism, 1.0, gx, gy)
+    out = np.empty((16, 20), np.float32)
+    count = np.empty((16, 20), np.uint16)
+    n_nan = kernels.laser_depth_pool(depth, mask, gx, gy, 1.0, geom.affine, np.array([124.0, 83.0]), 4,
+                                     median, 2, out, count)
+    ref = _laser_reference(depth, mask, pin, prism, geom.affine, (124, 83), 4, median, 2, (16, 20))
+    assert n_nan == 0
+    assert (out > 0).mean() > 0.5
+    # The grid is interpolated, so a sample sitting within ~1e-3 px of a pixel edge may flip.
+    assert np.mean(out == ref) > 0.97
+    assert set(np.unique(out[out > 0])) <= set(np.unique(depth[np.isfinite(depth)]))  # never blends
+    nan_depth = depth.copy()
+    nan_depth[:, :] = np.nan
+    assert kernels.laser_depth_pool(nan_depth, mask[:0, :0], gx, gy, 1.0, geom.affine,
+                                    np.array([124.0, 83.0]), 2, median, 1, out, count) > 0
+    assert kernels.scan_depth(nan_depth) == (nan_depth.size, 0)
+
+
+def test_area_resample_exact_box_average_and_fractional_offsets():
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+    out = np.empty((4, 6, 3), np.uint8)
+    kernels.area_resample(src, np.array([3.0, 0.0, 3.0, 0.0]), np.array([18.0, 12.0]), out)
+    want = src.reshape(4, 3, 6, 3, 3).astype(float).mean(axis=(1, 3))
+    np.testing.assert_array_equal(out, np.floor(want + 0.5).astype(np.uint8))
+    # Fractional scale and offset vs a 20x nearest-upsampled brute force (boundaries exact at 1/20).
+    out2 = np.empty((5, 7, 3), np.uint8)
+    aff = np.array([2.3, 0.45, 2.1, 0.7])
+    kernels.area_resample(src, aff, np.array([18.0, 12.0]), out2)
+    up = src.repeat(20, 0).repeat(20, 1).astype(float)
+    for i in range(5):
+        for j in range(7):
+            y0, y1 = round((aff[2] * i + aff[3]) * 20), round((aff[2] * (i + 1) + aff[3]) * 20)
+            x0, x1 = round((aff[0] * j + aff[1]) * 20), round((aff[0] * (j + 1) + aff[1]) * 20)
+            ref = up[y0:y1, x0:x1].mean(axis=(0, 1))
+            assert np.abs(out2[i, j].astype(float) - ref).max() <= 0.5 + 1e-9
+    # Pad: pixels entirely outside the source are 0, the partly covered edge is the covered mean.
+    out3 = np.empty((3, 4, 3), np.uint8)
+    kernels.area_resample(src, np.array([6.0, -6.0, 4.0, 0.0]), np.array([18.0, 12.0]), out3)
+    assert (out3[:, 0] == 0).all()
+    np.testing.assert_array_equal(out3[0, 1], np.floor(src[0:4, 0:6].mean(axis=(0, 1)) + 0.5))
+
+
+# ---------------------------------------------------------------------------------------------- images
+@pytest.mark.parametrize("fit", ["crop", "pad", "stretch"])
+def test_intrinsics_follow_the_affine_map_exactly(fit):
+    cam = Camera(0, "PINHOLE", 6205, 4135, np.array([3410.5, 3409.1, 3100.4, 2060.1]))
+    geom = fit_geometry(cam.width, cam.height, 518, 392, fit)
+    K = output_intrinsics(cam, geom)
+    rng = np.random.default_rng(4)
+    xyz = np.c_[rng.uniform(-0.8, 0.8, (50, 2)), rng.uniform(1, 5, 50)]
+    src = camera.pinhole_project(xyz, camera.Camera("PINHOLE", 6205, 4135, cam.params).K_colmap())
+    want = np.c_[(src[:, 0] - geom.bx) / geom.ax, (src[:, 1] - geom.by) / geom.ay] - 0.5
+    np.testing.assert_allclose(camera.pinhole_project(xyz, K), want, atol=1e-9)
+    x0, y0, x1, y1 = geom.content_rect
+    if fit == "crop":
+        assert geom.ax == geom.ay and (x0, y0, x1, y1) == (0, 0, 518, 392)
+        assert geom.bx > 0 and geom.by >= 0  # centred crop of the wider source
+        assert math.isclose(geom.bx * 2 + geom.ax * 518, 6205)
+    elif fit == "pad":
+        assert geom.ax == geom.ay and x0 == 0 and y0 == int(y0) > 0 and x1 == pytest.approx(518)
+    else:
+        assert (geom.ax, geom.ay) == (6205 / 518, 4135 / 392) and geom.bx == geom.by == 0
+
+
+def test_dct_reduction_choice_and_corrupt_jpeg(tmp_path):
+    assert choose_reduction(fit_geometry(6200, 4130, 518, 518, "crop")) == 4
+    assert choose_reduction(fit_geometry(6200, 4130, 518, 518, "pad")) == 4
+    assert choose_reduction(fit_geometry(6200, 4130, 256, 256, "crop")) == 8
+    assert choose_reduction(fit_geometry(620, 413, 518, 518, "crop")) == 1
+    rng = np.random.default_rng(5)
+    img = np.clip(rng.normal(128, 40, (203, 301, 3)), 0, 255).astype(np.uint8)
+    data = simplejpeg.encode_jpeg(img, quality=95)
+    assert decode_reduced(data, 301, 203, 4, tmp_path / "a.jpg").shape == (51, 76, 3)
+    cam = Camera(0, "PINHOLE", 301, 203, np.array([200.0, 200.0, 150.0, 100.0]))
+    geom = fit_geometry(301, 203, 37, 25, "stretch")
+    with pytest.raises(BadInputError, match="truncated.jpg: corrupt or truncated JPEG"):
+        render_frame(data[: len(data) // 2], cam, geom, tmp_path / "truncated.jpg")
+    with pytest.raises(BadInputError, match=r"bad.jpg: image is 301x203 but cameras.txt camera 0 says 300x203"):
+        render_frame(data, Camera(0, "PINHOLE", 300, 203, cam.params), geom, tmp_path / "bad.jpg")
+    with pytest.raises(BadInputError, match="nojpeg.jpg: not a readable JPEG"):
+        render_frame(b"\x00" * 100, cam, geom, tmp_path / "nojpeg.jpg")
+
+
+# ---------------------------------------------------------------------------------------------- windows
+def test_windows_cover_tail_and_splits_are_frame_disjoint():
+    assert window_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert window_starts(23, 8, 4) == [0, 4, 8, 12, 15]
+    assert window_starts(7, 8, 4) == []
+    cfg = WindowConfig()
+    for n in [8, 15, 16, 23, 26, 44, 45, 76]:
+        train, val = split_frames("s", n, cfg)
+        assert set(train).isdisjoint(val) and len(train) + len(val) == n
+        if len(val):
+            assert val == range(n - len(val), n) and len(val) >= max(math.ceil(0.15 * n), 8)
+        wins = scene_windows("s", n, cfg)
+        for w in wins["train"]:
+            assert set(w) <= set(train) and w == list(range(w[0], w[0] + 8))
+        for w in wins["val"]:
+            assert set(w) <= set(val)
+        used = {i for s in wins for w in wins[s] for i in w}
+        assert used == set(range(n)) or n < 16  # every frame used once both splits exist
+    assert split_frames("s", 76, cfg) == (range(64), range(64, 76))
+    scene_cfg = WindowConfig(val_scenes=("office",))
+    assert split_frames("office", 26, scene_cfg) == (range(0), range(26))
+    assert split_frames("facade", 76, scene_cfg) == (range(76), range(0))
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def test_tar_writer_is_reproducible_and_stock_webdataset_decodes(tmp_path):
+    import webdataset as wds
+
+    rng = np.random.default_rng(6)
+    jpgs = [simplejpeg.encode_jpeg(rng.integers(0, 255, (14, 14, 3), dtype=np.uint8)) for _ in range(2)]
+    depth = rng.uniform(0, 5, (2, 14, 14)).astype(np.float32)
+    cams = {"scene": "s", "frames": [{"K": np.eye(3).tolist()}] * 2}
+    members = sample_members(sample_key("my_scene", 3), jpgs, depth, (depth > 1).astype(np.uint8), cams)
+    write_tar(tmp_path / "a.tar", members)
+    write_tar(tmp_path / "b.tar", members)
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        infos = tar.getmembers()
+    assert [i.name for i in infos][0] == "my_scene_00003.f0.jpg"
+    assert all(i.mtime == 0 and i.uid == 0 and i.uname == "" and i.mode == 0o444 for i in infos)
+    assert list_tar_samples(tmp_path / "a.tar") == {"my_scene_00003": ["f0.jpg", "f1.jpg", "depth.npy",
+                                                                       "mask.npy", "cameras.json"]}
+    sample = next(iter(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False).decode("rgb8")))
+    assert sample["__key__"] == "my_scene_00003"
+    np.testing.assert_array_equal(sample["depth.npy"], depth)
+    assert sample["f1.jpg"].shape == (14, 14, 3) and sample["cameras.json"] == cams
+    assert npy_bytes(depth) == npy_bytes(depth.copy())
+    with pytest.raises(ValueError, match="no dots"):
+        sample_key("scene.v2", 0)
