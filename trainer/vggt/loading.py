@@ -1,0 +1,189 @@
+"""``load_pretrained``: a VGGT from a local checkpoint file or a Hugging Face repo id.
+
+Accepted sources:
+* ``.pt`` / ``.pth``: ``torch.load(weights_only=True, mmap=True)``; a state dict, or a dict wrapping
+  one under ``"model"`` / ``"state_dict"``.
+* ``.safetensors``.
+* a Hugging Face repo id (default ``facebook/VGGT-1B``, file ``model.pt``), fetched with
+  ``huggingface_hub`` into its cache. Offline (``HF_HUB_OFFLINE=1``) or unreachable hub -> a
+  ``PretrainedSourceError`` telling the user to pass a local path.
+
+Key policy: missing keys and shape mismatches are errors. Unexpected keys are errors unless they
+belong to the track head (never built) or to a head that is disabled; those are reported as ignored.
+
+Fixture-style files: the tiny reference file (``tests/assets/vggt_tiny_reference.safetensors``)
+stores the weights under ``model.`` next to test data (``case_a.*``, ``loss.*``). When a file has no
+bare model keys but has ``model.aggregator.*`` keys, only the ``model.*`` entries are used, with the
+prefix stripped, and the other entries are reported as ignored. Use ``config="tiny"`` for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from trainer.vggt.config import HEAD_NAMES, VGGTConfig
+from trainer.vggt.model import VGGT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPO_ID = "facebook/VGGT-1B"
+DEFAULT_FILENAME = "model.pt"
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+_REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FIXTURE_PREFIX = "model."
+_HEAD_PREFIXES = {"camera": "camera_head.", "depth": "depth_head.", "point": "point_head.",
+                  "track": "track_head."}
+
+
+class PretrainedSourceError(RuntimeError):
+    """The checkpoint could not be found or fetched."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint's keys or shapes do not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: int = 0
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # reason -> keys
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.path}"]
+        parts += [f"ignored {len(keys)} {reason} keys" for reason, keys in self.ignored.items()]
+        return "; ".join(parts)
+
+
+def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENAME) -> Path:
+    """Local path as is; otherwise a Hugging Face repo id downloaded (or found) in the hub cache."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    text = str(source)
+    if path.exists():
+        raise PretrainedSourceError(f"checkpoint path {text} is not a file")
+    if path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(text):
+        raise PretrainedSourceError(f"checkpoint file {text} does not exist (expected a local "
+                                    f"{'/'.join(_CHECKPOINT_SUFFIXES)} file or a Hugging Face repo id "
+                                    f"such as {DEFAULT_REPO_ID})")
+    try:
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download(repo_id=text, filename=filename))
+    except Exception as exc:  # offline mode, no network, unknown repo: all need the same advice
+        raise PretrainedSourceError(
+            f"could not fetch {filename} from the Hugging Face repo {text} ({type(exc).__name__}: {exc}). "
+            f"The hub is offline or unreachable (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
+            f"download the checkpoint once and pass its local path instead, e.g. "
+            f"load_pretrained('/path/to/{filename}')") from exc
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pt``/``.pth`` file (weights only, memory-mapped)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    if path.suffix not in (".pt", ".pth"):
+        raise PretrainedSourceError(f"{path}: unsupported checkpoint type {path.suffix!r}; "
+                                    f"use one of {', '.join(_CHECKPOINT_SUFFIXES)}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{path}: expected a state dict of tensors (or {{'model': state_dict}}), "
+                                      f"got {type(obj).__name__}")
+    return obj
+
+
+def _strip_fixture_prefix(state_dict: dict[str, torch.Tensor], report: LoadReport) -> dict[str, torch.Tensor]:
+    if any(k.startswith("aggregator.") for k in state_dict):
+        return state_dict
+    if not any(k.startswith(_FIXTURE_PREFIX + "aggregator.") for k in state_dict):
+        return state_dict
+    other = sorted(k for k in state_dict if not k.startswith(_FIXTURE_PREFIX))
+    if other:
+        report.ignored["non-model fixture"] = other
+    return {k[len(_FIXTURE_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_FIXTURE_PREFIX)}
+
+
+def load_state_dict_checked(model: VGGT, state_dict: dict[str, torch.Tensor], path: str = "<state dict>",
+                            assign: bool = False) -> LoadReport:
+    """Load ``state_dict`` into ``model`` under the key policy of this module; returns what was ignored."""
+    report = LoadReport(path=path)
+    state_dict = _strip_fixture_prefix(state_dict, report)
+    expected = model.state_dict()
+    disabled = [h for h in (*HEAD_NAMES, "track") if h == "track" or h not in model.config.enabled_heads]
+    usable: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, tensor in state_dict.items():
+        if key in expected:
+            usable[key] = tensor
+            continue
+        head = next((h for h in disabled if key.startswith(_HEAD_PREFIXES[h])), None)
+        if head is None:
+            unexpected.append(key)
+        else:
+            report.ignored.setdefault(f"{head}_head (not built)", []).append(key)
+    missing = [k for k in expected if k not in usable]
+    mismatched = [f"{k}: checkpoint {tuple(usable[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in usable if usable[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_preview(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches (wrong config? e.g. config='tiny'): "
+                        f"{_preview(mismatched)}")
+    if problems:
+        raise CheckpointMismatchError(f"{path} does not fit VGGT(enabled heads {list(model.config.enabled_heads)}): "
+                                      + "; ".join(problems))
+    model.load_state_dict(usable, strict=True, assign=assign)
+    report.loaded = len(usable)
+    return report
+
+
+def _preview(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_pretrained(source: str | os.PathLike = DEFAULT_REPO_ID, config: VGGTConfig | str | None = None,
+                    heads: Iterable[str] | None = None, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None, filename: str = DEFAULT_FILENAME) -> VGGT:
+    """Build a VGGT and load pretrained weights into it (see the module docstring for the rules).
+
+    ``config``: a ``VGGTConfig``, a preset name (``"vggt-1b"``, ``"tiny"``) or None (VGGT-1B).
+    ``heads``: subset of ``("camera", "depth", "point")`` to build; default: the config's flags.
+    The model is built on the meta device and the checkpoint tensors are assigned to it, so the
+    full model never exists twice in memory. The report is at ``model.load_report``.
+    """
+    if isinstance(config, str):
+        config = VGGTConfig.preset(config)
+    config = config or VGGTConfig()
+    if heads is not None:
+        config = config.with_heads(heads)
+    path = resolve_checkpoint(source, filename)
+    state_dict = read_state_dict(path)
+    with torch.device("meta"):
+        model = VGGT(config)
+    report = load_state_dict_checked(model, state_dict, str(path), assign=True)
+    model.aggregator.reset_buffers()
+    model.to(device=device, dtype=dtype)
+    for name, param in model.named_parameters():
+        if param.is_meta:
+            raise CheckpointMismatchError(f"{path}: parameter {name} was not materialised")
+    model.load_report = report  # type: ignore[attr-defined]
+    log.info("VGGT: %s", report.summary())
+    return model.eval()
