@@ -9,3 +9,129 @@ import click
 @click.version_option(package_name="vggt-eth3d-lora")
 def main() -> None:
     """ETH3D → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
+
+
+# ---- data engine commands: build / inspect / verify / download (owner: data engine) ----------------
+from pathlib import Path  # noqa: E402
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(s.strip() for s in value.split(",") if s.strip()) if value else None
+
+
+def _size(value: str) -> tuple[int, int]:
+    """'518' → (518, 518); '518x336' → (width 518, height 336)."""
+    try:
+        parts = [int(v) for v in value.lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected N or WxH") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise click.BadParameter(f"{value!r}: expected N or WxH with sides >= 8")
+    return parts[0], parts[1]
+
+
+@main.command("build")
+@click.option("--root", type=click.Path(path_type=Path), default="data/eth3d",
+              show_default=True, help="ETH3D root holding one folder per scene.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output directory for shards, manifest.json and README.md.")
+@click.option("--scenes", default=None, help="Comma-separated scene names [default: the five "
+              "default scenes present under --root].")
+@click.option("--size", default="518", show_default=True, help="Output size N (square) or WxH.")
+@click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
+@click.option("--frames", type=int, default=8, show_default=True, help="Frames per sample.")
+@click.option("--stride", type=int, default=4, show_default=True, help="Window stride in frames.")
+@click.option("--depth", type=click.Choice(["auto", "laser", "sparse"]), default="auto",
+              show_default=True)
+@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+              help="Last fraction of each scene's frames held out (frame-disjoint split).")
+@click.option("--val-scenes", default=None, help="Comma-separated scenes held out entirely "
+              "(scene-disjoint split; overrides --val-fraction).")
+@click.option("--workers", type=int, default=0, help="Frame worker threads [default: all cores].")
+@click.option("--samples-per-shard", type=int, default=8, show_default=True)
+@click.option("--depth-samples", type=int, default=8, show_default=True,
+              help="k: k×k laser samples per output pixel.")
+@click.option("--pooling", type=click.Choice(["median", "min"]), default="median", show_default=True)
+@click.option("--min-count", type=int, default=1, show_default=True,
+              help="Valid laser samples needed to supervise a pixel.")
+@click.option("--depth-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Skip bad frames (recorded in the manifest) "
+              "instead of stopping.")
+@click.option("--keep-cache", is_flag=True, help="Keep the per-frame cache after a successful build.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fraction, val_scenes,
+                  workers, samples_per_shard, depth_samples, pooling, min_count, depth_dtype, skip_bad,
+                  keep_cache, quiet):
+    """Build 8-frame WebDataset shards from ETH3D scenes."""
+    import logging
+
+    from dataengine.build import BuildConfig, build_shards
+    from dataengine.colmap import BadInputError
+    from dataengine.depth import LaserDepthConfig
+    from dataengine.windows import WindowConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    width, height = _size(size)
+    cfg = BuildConfig(
+        root=root, out=out, scenes=_csv(scenes), width=width, height=height, fit=fit, depth=depth,
+        windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or ()),
+        laser=LaserDepthConfig(samples=depth_samples, pooling=pooling, min_count=min_count),
+        workers=workers, samples_per_shard=samples_per_shard, depth_dtype=depth_dtype,
+        skip_bad=skip_bad, keep_cache=keep_cache, progress=not quiet)
+    try:
+        manifest = build_shards(cfg)
+    except BadInputError as exc:
+        raise click.ClickException(str(exc)) from None
+    for split, info in manifest["splits"].items():
+        click.echo(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")
+    if manifest["skipped"]:
+        click.echo(f"skipped {len(manifest['skipped'])} inputs (see {out}/manifest.json)")
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--png", type=click.Path(path_type=Path), default=None,
+              help="Write a contact sheet (RGB | depth | mask per frame) of one sample.")
+@click.option("--key", default=None, help="Sample key for the contact sheet [default: the first].")
+def inspect_command(path, png, key):
+    """Keys, shapes, dtypes and coverage of a shard directory or a single shard."""
+    from dataengine.inspect_shards import contact_sheet, describe
+
+    click.echo(describe(path))
+    if png is not None:
+        click.echo(f"wrote {contact_sheet(path, png, key)}")
+
+
+@main.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False,
+                                             path_type=Path))
+def verify_command(directory):
+    """Recompute shard hashes and sample counts against manifest.json (non-zero exit on mismatch)."""
+    from dataengine.shards import verify_dataset
+
+    problems = verify_dataset(directory)
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"{directory}: OK")
+
+
+@main.command("download")
+@click.option("--root", type=click.Path(path_type=Path), default="data/eth3d",
+              show_default=True)
+@click.option("--scenes", default="facade,electro,office,terrace,delivery_area", show_default=True)
+@click.option("--base-url", default="https://www.eth3d.net/data/", show_default=True)
+@click.option("--keep-archives", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def download_command(root, scenes, base_url, keep_archives, quiet):
+    """Fetch and extract the per-scene ETH3D archives (resumable, idempotent)."""
+    from dataengine.download import DownloadConfig, download_scenes
+
+    report = download_scenes(DownloadConfig(root=root, scenes=_csv(scenes), base_url=base_url,
+                                            keep_archives=keep_archives, progress=not quiet))
+    for item in report:
+        click.echo(f"{item['archive']}: {item['status']}")
