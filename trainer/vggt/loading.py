@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,9 +95,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise PretrainedSourceError(f"{path}: unsupported checkpoint type {path.suffix!r}; "
                                     f"use one of {', '.join(_CHECKPOINT_SUFFIXES)}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointMismatchError(f"{path}: not a weights-only checkpoint (it pickles arbitrary objects, "
+                                      f"which torch.load(weights_only=True) refuses): {exc}") from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
