@@ -120,9 +120,15 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> d
 
 
 def rotation_angle_deg(rotations: torch.Tensor) -> torch.Tensor:
-    """Angle of rotation matrices ``[..., 3, 3]`` in degrees (via the trace, clamped for safety)."""
-    trace = rotations[..., 0, 0] + rotations[..., 1, 1] + rotations[..., 2, 2]
-    return torch.rad2deg(torch.acos(((trace - 1) / 2).clamp(-1.0, 1.0)))
+    """Angle of rotation matrices ``[..., 3, 3]`` in degrees.
+
+    atan2(|axis part|, cos part) instead of acos(trace): acos loses all precision near 0 degrees
+    (a float32 identity would read as ~0.03 degrees), exactly where good models live.
+    """
+    cos_part = (rotations[..., 0, 0] + rotations[..., 1, 1] + rotations[..., 2, 2] - 1) / 2
+    axis = torch.stack([rotations[..., 2, 1] - rotations[..., 1, 2], rotations[..., 0, 2] - rotations[..., 2, 0],
+                        rotations[..., 1, 0] - rotations[..., 0, 1]], dim=-1)
+    return torch.rad2deg(torch.atan2(axis.norm(dim=-1) / 2, cos_part))
 
 
 def pair_indices(frames: int) -> tuple[torch.Tensor, torch.Tensor]:

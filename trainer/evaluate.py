@@ -1,0 +1,473 @@
+"""Base-vs-adapter evaluation on shard batches: metrics.json, report.md and PNG pictures.
+
+Both models see exactly the same prepared batches. Depth is compared in metres: the prediction
+(in the training normalisation) is multiplied by the window's GT normalisation scale and then
+aligned as requested (trainer.metrics). Camera errors are computed on relative poses, so they do
+not depend on the world frame or scale (the GT is the training-normalised one, frame 0 = [I|0]).
+Aggregation: per frame -> per scene (mean over its frames) -> overall (mean over all frames);
+camera pairs are pooled per scene and overall.
+
+The two models must not share parameters (a PEFT wrapper modifies the module it wraps): build the
+base model twice, or pass ``adapted_model`` and use ``base_model=None`` to run the base through
+``adapted_model.disable_adapter()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from trainer.losses import prepare_batch
+from trainer.metrics import (
+    ALIGNMENTS,
+    AUC_MAX_DEG,
+    DEPTH_METRICS,
+    align_depth,
+    camera_summary,
+    depth_error_maps,
+    depth_metrics,
+    fov_errors_deg,
+    relative_pose_errors,
+)
+from trainer.vggt.geometry import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
+
+log = logging.getLogger(__name__)
+
+EVAL_FORMAT = "vggt-eth3d-eval/1"
+LABELS = ("base", "adapter")
+# Metrics where larger is better (everything else is an error).
+HIGHER_IS_BETTER = {"delta1", "delta2", "delta3", "rra@5", "rra@15", "rra@30", "rta@5", "rta@15", "rta@30",
+                    f"auc@{AUC_MAX_DEG}"}
+CAMERA_METRICS = ("rra@5", "rra@15", "rra@30", "rta@5", "rta@15", "rta@30", f"auc@{AUC_MAX_DEG}", "rot_err_deg",
+                  "trans_err_deg", "fov_err_deg")
+
+
+@dataclass
+class EvalConfig:
+    alignment: str = "sequence"
+    max_pictures: int = 4  # windows drawn as PNG grids (the first ones seen)
+    max_batches: int | None = None
+    translation_sign_ambiguity: bool = True  # VGGT-paper convention for the translation error
+    autocast_bf16: bool = True  # bf16 autocast for the aggregator on CUDA (the heads run in fp32)
+    model_info: dict[str, Any] = field(default_factory=dict)  # recorded in metrics.json and the report
+
+
+# ------------------------------------------------------------------------------------- running models
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, autocast_bf16: bool = True) -> dict[str, torch.Tensor]:
+    """Eval-mode forward; returns float32 depth/conf/pose tensors."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _autocast(images.device, autocast_bf16):
+            out = model(images)
+    finally:
+        model.train(was_training)
+    if "depth" not in out:
+        raise ValueError("the model returned no 'depth': evaluation needs the depth head")
+    keep = ("depth", "depth_conf", "pose_enc")
+    return {k: out[k].float() for k in keep if k in out}
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------ per window
+
+
+def evaluate_window(pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any], item: int, alignment: str,
+                    translation_sign_ambiguity: bool = True) -> dict[str, Any]:
+    """Metrics of one window (batch item) for one model; keeps the maps needed for pictures."""
+    gt = prepared["metric_depths"][item]
+    mask = prepared["point_masks"][item]
+    scale = prepared["normalization_scale"][item]
+    depth_m = pred["depth"][item, ..., 0] * scale
+    aligned, fit_scale, fit_shift = align_depth(depth_m, gt, mask, alignment)
+    result: dict[str, Any] = {
+        "depth": depth_metrics(aligned, gt, mask),
+        "fit_scale": fit_scale.cpu(),
+        "fit_shift": fit_shift.cpu(),
+        "aligned_depth": aligned,
+        "abs_rel_map": depth_error_maps(aligned, gt, mask),
+        "conf": pred.get("depth_conf", torch.full_like(gt, float("nan")))[item],
+    }
+    if "pose_enc" in pred:
+        image_hw = tuple(prepared["depths"].shape[-2:])
+        pred_extrinsics, _ = pose_encoding_to_extri_intri(pred["pose_enc"][item], image_hw)
+        gt_extrinsics = prepared["extrinsics"][item]
+        gt_enc = extri_intri_to_pose_encoding(gt_extrinsics, prepared["intrinsics"][item], image_hw)
+        errors = relative_pose_errors(pred_extrinsics, gt_extrinsics, translation_sign_ambiguity)
+        result.update(errors)
+        result["fov_err_deg"] = fov_errors_deg(pred["pose_enc"][item], gt_enc)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _depth_summary(frames: list[dict[str, Any]], label: str) -> dict[str, float | None]:
+    valid = [f for f in frames if f["pixels"] > 0]
+    summary = {name: _finite_mean([f[label][name] for f in valid]) for name in DEPTH_METRICS}
+    summary["frames"] = len(valid)
+    summary["pixels"] = int(sum(f["pixels"] for f in valid))
+    return summary
+
+
+def _camera_summary(pairs: list[dict[str, torch.Tensor]]) -> dict[str, float | None]:
+    if not pairs:
+        return {}
+    rot = torch.cat([p["rot_err_deg"] for p in pairs])
+    trans = torch.cat([p["trans_err_deg"] for p in pairs])
+    fov = torch.cat([p["fov_err_deg"] for p in pairs])
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in camera_summary(rot, trans, fov).items()}
+
+
+def relative_change(base: float | None, adapter: float | None) -> float | None:
+    """(adapter - base) / |base|; None when undefined."""
+    if base is None or adapter is None or base == 0 or not math.isfinite(base) or not math.isfinite(adapter):
+        return None
+    return (adapter - base) / abs(base)
+
+
+def aggregate(frames: list[dict[str, Any]], pairs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Overall and per-scene summaries for both models from per-frame records and per-window pairs."""
+
+    def summarise(frame_subset, pair_subset):
+        block: dict[str, Any] = {}
+        for label in LABELS:
+            block[label] = {**_depth_summary(frame_subset, label),
+                            **_camera_summary([p[label] for p in pair_subset if label in p])}
+        metrics = [m for m in (*DEPTH_METRICS, *CAMERA_METRICS) if m in block["base"]]
+        block["relative_change"] = {m: relative_change(block["base"].get(m), block["adapter"].get(m)) for m in metrics}
+        return block
+
+    scenes = sorted({f["scene"] for f in frames})
+    return {
+        "overall": summarise(frames, pairs["windows"]),
+        "scenes": {s: summarise([f for f in frames if f["scene"] == s], [p for p in pairs["windows"] if p["scene"] == s])
+                   for s in scenes},
+    }
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def evaluate(
+    base_model: torch.nn.Module | None,
+    adapted_model: torch.nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    alignment: str | None = None,
+    max_pictures: int | None = None,
+    config: EvalConfig | None = None,
+) -> dict[str, Any]:
+    """Run both models on every batch, write metrics.json, report.md and PNGs to ``out_dir``.
+
+    ``batches`` follow the shard batch contract (trainer.data). ``base_model=None`` evaluates the base
+    through ``adapted_model.disable_adapter()`` (PEFT). ``alignment`` / ``max_pictures`` override the
+    config's (default: EvalConfig(), i.e. "sequence" and 4 pictures). Returns the metrics.json content.
+    """
+    cfg = dataclasses.replace(config or EvalConfig())
+    cfg.alignment = alignment or cfg.alignment
+    cfg.max_pictures = cfg.max_pictures if max_pictures is None else max_pictures
+    if cfg.alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {cfg.alignment!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _device_of(adapted_model)
+
+    frames: list[dict[str, Any]] = []
+    window_pairs: list[dict[str, Any]] = []
+    pictures: list[str] = []
+    windows = 0
+    for batch_index, batch in enumerate(batches):
+        if cfg.max_batches is not None and batch_index >= cfg.max_batches:
+            break
+        prepared = prepare_batch(_to_device(batch, device))
+        predictions = {"adapter": predict(adapted_model, prepared["images"], cfg.autocast_bf16)}
+        if base_model is None:
+            with adapted_model.disable_adapter():
+                predictions["base"] = predict(adapted_model, prepared["images"], cfg.autocast_bf16)
+        else:
+            predictions["base"] = predict(base_model, prepared["images"], cfg.autocast_bf16)
+        batch_size, num_frames = prepared["depths"].shape[:2]
+        for item in range(batch_size):
+            key = _meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
+            scene = _meta(batch, "scenes", item, "unknown")
+            names = _meta(batch, "names", item, [f"frame{i}" for i in range(num_frames)])
+            results = {label: evaluate_window(predictions[label], prepared, item, cfg.alignment,
+                                              cfg.translation_sign_ambiguity) for label in LABELS}
+            windows += 1
+            pixels = results["base"]["depth"]["pixels"]
+            for i in range(num_frames):
+                record = {"key": key, "scene": scene, "frame": i, "name": names[i], "pixels": int(pixels[i])}
+                for label in LABELS:
+                    r = results[label]
+                    record[label] = {m: _json_float(r["depth"][m][i].item()) for m in DEPTH_METRICS}
+                    record[label]["fit_scale"] = _json_float(r["fit_scale"][i].item())
+                    record[label]["fit_shift"] = _json_float(r["fit_shift"][i].item())
+                    if "fov_err_deg" in r:
+                        record[label]["fov_err_deg"] = _json_float(r["fov_err_deg"][i].item())
+                frames.append(record)
+            if "rot_err_deg" in results["base"]:
+                window_pairs.append({"key": key, "scene": scene, **{
+                    label: {k: results[label][k] for k in ("rot_err_deg", "trans_err_deg", "fov_err_deg")}
+                    for label in LABELS}})
+            if len(pictures) < cfg.max_pictures:
+                name = f"window_{len(pictures):03d}_{_safe(key)}.png"
+                render_window(out_dir / name, key, scene, names, prepared["images"][item], prepared["metric_depths"][item],
+                              prepared["point_masks"][item], {label: results[label] for label in LABELS})
+                pictures.append(name)
+        log.info("evaluated batch %d (%d windows so far)", batch_index, windows)
+    if windows == 0:
+        raise ValueError("no batches to evaluate: the split is empty")
+
+    summary = aggregate(frames, {"windows": window_pairs})
+    render_summary(out_dir / "summary_abs_rel.png", frames, cfg.alignment)
+    metrics = {
+        "format": EVAL_FORMAT,
+        "alignment": cfg.alignment,
+        "depth_units": "metres (prediction x GT normalisation scale, then aligned)",
+        "translation_sign_ambiguity": cfg.translation_sign_ambiguity,
+        "models": cfg.model_info,
+        "counts": {"windows": windows, "frames": len(frames),
+                   "frames_with_depth": sum(1 for f in frames if f["pixels"] > 0),
+                   "pixels": int(sum(f["pixels"] for f in frames)),
+                   "pairs": int(sum(p["base"]["rot_err_deg"].numel() for p in window_pairs))},
+        **summary,
+        "frames": frames,
+        "pictures": pictures + ["summary_abs_rel.png"],
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n")
+    write_report(out_dir / "report.md", metrics)
+    return metrics
+
+
+def _meta(batch: Mapping[str, Any], name: str, item: int, default: Any) -> Any:
+    values = batch.get(name)
+    return values[item] if values is not None and len(values) > item else default
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if torch.is_tensor(obj):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return _json_float(obj)
+    return obj
+
+
+# -------------------------------------------------------------------------------------------- pictures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finite_percentile(tensors: list[torch.Tensor], q: float, default: float) -> float:
+    values = torch.cat([t[torch.isfinite(t)].double().flatten().cpu() for t in tensors])
+    if values.numel() == 0:
+        return default
+    return float(torch.quantile(values[: 1 << 24], q))
+
+
+def render_window(path: Path, key: str, scene: str, names: list[str], images: torch.Tensor, gt: torch.Tensor,
+                  mask: torch.Tensor, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """One PNG per window: a row per frame, columns RGB | GT depth | base depth | adapter depth |
+    base AbsRel | adapter AbsRel | base confidence | adapter confidence, with one colour bar per
+    column and ranges shared by all depth columns (and by each error / confidence pair)."""
+    plt = _pyplot()
+    frames, height, width = gt.shape
+    gt_shown = torch.where(mask, gt, torch.full_like(gt, float("nan"))).cpu()
+    depth_maps = {label: results[label]["aligned_depth"].cpu() for label in LABELS}
+    error_maps = {label: results[label]["abs_rel_map"].cpu() for label in LABELS}
+    conf_maps = {label: results[label]["conf"].cpu() for label in LABELS}
+    reference = [gt_shown] if bool(mask.any()) else list(depth_maps.values())
+    depth_range = (_finite_percentile(reference, 0.02, 0.0), _finite_percentile(reference, 0.98, 1.0))
+    error_max = max(_finite_percentile(list(error_maps.values()), 0.95, 0.1), 1e-3)
+    conf_range = (_finite_percentile(list(conf_maps.values()), 0.02, 1.0),
+                  _finite_percentile(list(conf_maps.values()), 0.98, 2.0))
+    columns = [
+        ("RGB", None, None, None),
+        ("GT depth [m]", lambda i: gt_shown[i], "turbo", depth_range),
+        ("base depth [m]", lambda i: depth_maps["base"][i], "turbo", depth_range),
+        ("adapter depth [m]", lambda i: depth_maps["adapter"][i], "turbo", depth_range),
+        ("base AbsRel", lambda i: error_maps["base"][i], "magma", (0.0, error_max)),
+        ("adapter AbsRel", lambda i: error_maps["adapter"][i], "magma", (0.0, error_max)),
+        ("base confidence", lambda i: conf_maps["base"][i], "viridis", conf_range),
+        ("adapter confidence", lambda i: conf_maps["adapter"][i], "viridis", conf_range),
+    ]
+    cell = 2.0
+    fig, axes = plt.subplots(frames, len(columns), squeeze=False, layout="constrained",
+                             figsize=(cell * len(columns), cell * height / width * frames + 1.2))
+    rgb = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    for col, (title, getter, cmap, value_range) in enumerate(columns):
+        image = None
+        for i in range(frames):
+            ax = axes[i, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if getter is None:
+                ax.imshow(rgb[i])
+                abs_rel = {label: results[label]["depth"]["abs_rel"][i].item() for label in LABELS}
+                ax.set_ylabel(f"{names[i]}\nAbsRel {abs_rel['base']:.3f}→{abs_rel['adapter']:.3f}", fontsize=7)
+            else:
+                colour_map = plt.get_cmap(cmap).with_extremes(bad="0.85")  # no GT / no value: light grey
+                image = ax.imshow(getter(i).numpy(), cmap=colour_map, vmin=value_range[0], vmax=value_range[1],
+                                  interpolation="nearest")
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+        if image is not None:
+            bar = fig.colorbar(image, ax=axes[:, col].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+    fig.suptitle(f"{scene} · {key}", fontsize=9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def render_summary(path: Path, frames: list[dict[str, Any]], alignment: str) -> None:
+    """Per-frame AbsRel, base vs adapter: scatter against y = x, and both along the evaluated frames."""
+    plt = _pyplot()
+    valid = [f for f in frames if f["pixels"] > 0 and f["base"]["abs_rel"] is not None
+             and f["adapter"]["abs_rel"] is not None]
+    base = [f["base"]["abs_rel"] for f in valid]
+    adapter = [f["adapter"]["abs_rel"] for f in valid]
+    scenes = sorted({f["scene"] for f in valid})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    for index, scene in enumerate(scenes):
+        xs = [f["base"]["abs_rel"] for f in valid if f["scene"] == scene]
+        ys = [f["adapter"]["abs_rel"] for f in valid if f["scene"] == scene]
+        left.scatter(xs, ys, s=12, color=plt.get_cmap("tab10")(index % 10), label=scene)
+    top = max(base + adapter, default=1.0) * 1.05 or 1.0
+    left.plot([0, top], [0, top], color="0.4", linewidth=1, linestyle="--", label="y = x")
+    left.set_xlim(0, top)
+    left.set_ylim(0, top)
+    left.set_xlabel("base AbsRel")
+    left.set_ylabel("adapter AbsRel")
+    left.set_title(f"per-frame AbsRel (below the line: adapter better; alignment {alignment})", fontsize=9)
+    if scenes:
+        left.legend(fontsize=7)
+    right.plot(base, label="base", linewidth=1)
+    right.plot(adapter, label="adapter", linewidth=1)
+    right.set_xlabel("evaluated frame")
+    right.set_ylabel("AbsRel")
+    right.set_title(f"{len(valid)} frames", fontsize=9)
+    right.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _format_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if metric in HIGHER_IS_BETTER or metric.startswith("delta"):
+        return f"{100 * value:.1f}%"
+    if metric.endswith("_deg"):
+        return f"{value:.2f}°"
+    return f"{value:.4f}"
+
+
+def _format_change(metric: str, change: float | None) -> str:
+    if change is None:
+        return "–"
+    better = change > 0 if metric in HIGHER_IS_BETTER else change < 0
+    mark = "" if change == 0 else (" ✓" if better else " ✗")
+    return f"{100 * change:+.1f}%{mark}"
+
+
+def _table(block: Mapping[str, Any], metrics: list[str]) -> list[str]:
+    lines = ["| metric | base | adapter | relative change |", "|---|---:|---:|---:|"]
+    for metric in metrics:
+        if metric not in block["base"]:
+            continue
+        lines.append(f"| {metric} | {_format_value(metric, block['base'][metric])} | "
+                     f"{_format_value(metric, block['adapter'][metric])} | "
+                     f"{_format_change(metric, block['relative_change'].get(metric))} |")
+    return lines
+
+
+def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
+    """report.md: setup, counts, overall base-vs-adapter table, per-scene table, pictures."""
+    counts, overall = metrics["counts"], metrics["overall"]
+    lines = ["# VGGT evaluation: base vs adapter", ""]
+    for name, value in metrics.get("models", {}).items():
+        lines.append(f"- {name}: `{value}`")
+    lines += [
+        f"- depth alignment: **{metrics['alignment']}** (depth in metres: prediction × GT normalisation scale, "
+        "then aligned; `none` = training normalisation only)",
+        f"- camera: relative poses of all frame pairs per window; translation sign ambiguity "
+        f"{'on (VGGT paper convention)' if metrics['translation_sign_ambiguity'] else 'off'}; "
+        f"AUC@{AUC_MAX_DEG} = mean accuracy of max(rot, trans) over thresholds 1..{AUC_MAX_DEG}°",
+        f"- evaluated: {counts['windows']} windows, {counts['frames']} frames "
+        f"({counts['frames_with_depth']} with GT depth), {counts['pixels']:,} GT pixels, {counts['pairs']} camera pairs",
+        "",
+        "## Overall (depth: mean over frames; camera: pooled pairs)",
+        "",
+        *_table(overall, [*DEPTH_METRICS, *CAMERA_METRICS]),
+        "",
+        "Relative change = (adapter − base) / |base|; ✓ better, ✗ worse.",
+        "",
+        "## Per scene",
+        "",
+        f"| scene | frames | GT pixels | AbsRel base | AbsRel adapter | δ<1.25 base | δ<1.25 adapter | "
+        f"AUC@{AUC_MAX_DEG} base | AUC@{AUC_MAX_DEG} adapter |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    auc = f"auc@{AUC_MAX_DEG}"
+    for scene, block in metrics["scenes"].items():
+        b, a = block["base"], block["adapter"]
+        lines.append(f"| {scene} | {b['frames']} | {b['pixels']:,} | {_format_value('abs_rel', b['abs_rel'])} | "
+                     f"{_format_value('abs_rel', a['abs_rel'])} | {_format_value('delta1', b['delta1'])} | "
+                     f"{_format_value('delta1', a['delta1'])} | {_format_value(auc, b.get(auc))} | "
+                     f"{_format_value(auc, a.get(auc))} |")
+    lines += ["", "## Pictures", ""]
+    for picture in metrics["pictures"]:
+        lines.append(f"![{picture}]({picture})")
+    path.write_text("\n".join(lines) + "\n")
