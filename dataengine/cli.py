@@ -135,3 +135,26 @@ def download_command(root, scenes, base_url, keep_archives, quiet):
                                             keep_archives=keep_archives, progress=not quiet))
     for item in report:
         click.echo(f"{item['archive']}: {item['status']}")
+
+
+# ---- synthetic ETH3D scenes (owner: synth) -------------------------------------------------------
+@main.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--scene", default="synth_facade", show_default=True, help="Scene folder name.")
+@click.option("--images", type=click.IntRange(min=3), default=8, show_default=True)
+@click.option("--scale", type=click.FloatRange(0.02, 1.0), default=0.25, show_default=True,
+              help="Image scale; 1 = ETH3D size (6048x4032 distorted, ~6200x4130 undistorted).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--distorted-images", is_flag=True,
+              help="Also render images/dslr_images (the optional distorted JPGs).")
+def synth_command(out, scene, images, scale, seed, distorted_images):
+    """Generate a synthetic scene in the exact ETH3D on-disk layout under OUT/SCENE."""
+    from dataengine.synth import describe_scene, generate_scene
+
+    try:
+        path = generate_scene(out, scene=scene, images=images, scale=scale, seed=seed,
+                              distorted_images=distorted_images, log=click.echo)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in describe_scene(path):
+        click.echo(line)
