@@ -42,7 +42,12 @@ class LoraConfig:
     # The depth head's two ConvTranspose2d layers (resize_layers.0/1) stay frozen: PEFT has no LoRA
     # for ConvTranspose2d.
     strategy: str = "b"
-    targets: list[str] = field(default_factory=list)
+    targets: list[str] = field(
+        default_factory=lambda: [
+            r"aggregator\.(frame|global)_blocks\.{upper_half}\.(attn\.(qkv|proj)|mlp\.fc[12])",
+            r"depth_head\..*",
+        ]
+    )
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.1

@@ -212,10 +212,14 @@ class ShardStream(IterableDataset):
         rank: int,
         world: int,
         workers: int,
+        split_across_ranks: bool = True,
     ) -> None:
         self.shards, self.batch_size, self.shuffle, self.seed = shards, batch_size, shuffle, seed
         self.shuffle_buffer, self.frames = shuffle_buffer, frames
         self.rank, self.world, self.workers = rank, world, max(workers, 1)
+        self.split_across_ranks = split_across_ranks
+        if not split_across_ranks and (rank, world) != (0, 1):
+            raise ValueError("a stream that is not split across ranks reads every shard: use rank=0, world_size=1")
         self.epoch, self.skip_batches = 0, 0
 
     def set_position(self, epoch: int, skip_batches: int = 0) -> None:
@@ -236,7 +240,7 @@ class ShardStream(IterableDataset):
         if (info.num_workers if info is not None else 1) != self.workers:
             raise RuntimeError("ShardStream built for a different number of DataLoader workers")
         seen = wds.utils.pytorch_worker_info()
-        if seen[:2] != (self.rank, self.world):
+        if self.split_across_ranks and seen[:2] != (self.rank, self.world):
             raise RuntimeError(
                 f"stream built for rank {self.rank} of {self.world}, but webdataset's split_by_node sees rank "
                 f"{seen[0]} of {seen[1]} (RANK/WORLD_SIZE environment?)"
@@ -251,7 +255,7 @@ class ShardStream(IterableDataset):
         order = epoch_shard_order(self.shards, self.seed, self.epoch, self.shuffle)
         stages: list[Any] = [
             wds.SimpleShardList([s.path for s in order]),
-            wds.split_by_node,  # rank r: shards r::world
+            wds.split_by_node if self.split_across_ranks else _all_shards,  # rank r: shards r::world
             _take_role(role, self.workers),  # worker role j: j::W of those (wds.split_by_worker by role)
             wds.tarfile_to_samples(),
         ]
@@ -264,6 +268,10 @@ class ShardStream(IterableDataset):
         for _ in range(per_worker - skip):
             raw = [next(samples) for _ in range(self.batch_size)]
             yield collate([decode_sample(s, self.frames) for s in raw])
+
+
+def _all_shards(src: Iterator[Any]) -> Iterator[Any]:
+    return src
 
 
 def _take_role(role: int, workers: int):
@@ -325,16 +333,19 @@ def make_loader(
     prefetch_factor: int = 2,
     rank: int | None = None,
     world_size: int | None = None,
+    split_across_ranks: bool = True,
 ) -> Loader:
     """Loader over `<shards_dir>/<split>-*.tar`; iterate it for one epoch, or use `epoch_batches`.
 
     rank/world_size default to what webdataset's `split_by_node` sees (RANK/WORLD_SIZE as set by
     torchrun, else torch.distributed, else a single process); they must agree with it.
+    split_across_ranks=False reads every shard in this process (e.g. validation on rank 0 only).
     """
     if rank is None or world_size is None:
         rank, world_size, _, _ = wds.utils.pytorch_worker_info()
     shards = list_shards(shards_dir, split)
-    stream = ShardStream(shards, batch_size, shuffle, seed, shuffle_buffer, frames, rank, world_size, num_workers)
+    stream = ShardStream(shards, batch_size, shuffle, seed, shuffle_buffer, frames, rank, world_size, num_workers,
+                         split_across_ranks)
     return Loader(stream, num_workers, pin_memory, prefetch_factor, seed)
 
 

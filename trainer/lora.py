@@ -136,10 +136,10 @@ def apply_strategy(model: nn.Module, cfg: LoraConfig) -> "PeftModel":
         target_modules=names,  # explicit full names: the saved adapter_config lists every module
         bias="none",
     )
+    expected = sum(lora_size(model.get_submodule(n), cfg.rank) for n in names)
     for p in model.parameters():
         p.requires_grad_(False)
     peft_model = get_peft_model(model, peft_cfg)
-    expected = sum(lora_size(model.get_submodule(n), cfg.rank) for n in names)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     if trainable != expected:  # guards against PEFT version drift (extra biases, DoRA magnitudes...)
         raise RuntimeError(f"PEFT made {trainable:,} params trainable, expected {expected:,} LoRA params")
@@ -160,7 +160,7 @@ def save_adapter(peft_model: "PeftModel", out_dir: Path, info: dict[str, Any]) -
     out_dir.mkdir(parents=True, exist_ok=True)
     base = info.get("weights") or f"random-init:{info.get('model')}"
     peft_model.peft_config["default"].base_model_name_or_path = str(base)
-    peft_model.save_pretrained(str(out_dir))
+    peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)
     (out_dir / ADAPTER_INFO_FILE).write_text(json.dumps({"format": ADAPTER_FORMAT, **info}, indent=1) + "\n")
 
 
@@ -209,3 +209,13 @@ def load_adapter_weights(peft_model: "PeftModel", adapter_dir: Path) -> None:
 def merge(peft_model: "PeftModel") -> nn.Module:
     """Fold the LoRA deltas into the base weights; returns the plain model (official key names)."""
     return peft_model.merge_and_unload()
+
+
+def param_counts_on_meta(model_name: str, cfg: LoraConfig) -> ParamReport:
+    """Strategy counts on a meta-device model (camera + depth heads): no weights are allocated."""
+    from trainer.vggt import VGGT, VGGTConfig
+
+    with torch.device("meta"):
+        model = VGGT(VGGTConfig.preset(model_name), heads=("camera", "depth"))
+        peft_model = apply_strategy(model, cfg)
+    return param_report(peft_model, cfg)
