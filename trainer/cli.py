@@ -9,3 +9,128 @@ import click
 @click.version_option(package_name="vggt-eth3d-lora")
 def main() -> None:
     """VGGT LoRA fine-tuning on pre-built shards: train, params, eval, export, push."""
+
+
+# --- eval (owner: evaluation) ------------------------------------------------------------------------
+@main.command("eval")
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False), help="Shard dataset directory.")
+@click.option("--split", default="val", show_default=True, help="Shard split to evaluate.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="Training run directory (its adapter/).")
+@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False), help="PEFT adapter directory.")
+@click.option("--weights", default=None, help="Base weights (path or hub id); default: the one the adapter was trained on.")
+@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), default=None,
+              help="Model preset; default: the adapter's.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--alignment", type=click.Choice(["sequence", "median", "lsq", "none"]), default="sequence",
+              show_default=True, help="Depth scale alignment (sequence = one median scale per window).")
+@click.option("--max-pictures", default=4, show_default=True, help="Windows drawn as PNG grids.")
+@click.option("--max-batches", default=None, type=int, help="Stop after this many batches.")
+@click.option("--batch-size", default=1, show_default=True)
+@click.option("--device", default=None, help="cuda, cuda:1, cpu; default: cuda if available.")
+def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_dir, alignment, max_pictures,
+                 max_batches, batch_size, device) -> None:
+    """Base vs adapter on a shard split: metrics.json, report.md and PNGs in --out."""
+    import logging
+
+    from trainer.evaluate import EvalConfig, evaluate_run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (run_dir is None) == (adapter_dir is None):
+        raise click.UsageError("give exactly one of --run or --adapter")
+    cfg = EvalConfig(alignment=alignment, max_pictures=max_pictures, max_batches=max_batches)
+    metrics = evaluate_run(shards, out_dir, split=split, run=run_dir, adapter=adapter_dir, weights=weights,
+                           model_name=model_name, batch_size=batch_size, device=device, config=cfg)
+    overall = metrics["overall"]
+    click.echo(f"{metrics['counts']['frames']} frames: AbsRel base {overall['base']['abs_rel']:.4f} -> adapter "
+               f"{overall['adapter']['abs_rel']:.4f} ({alignment}); report: {out_dir}/report.md")
+
+
+# --- train, params, export, push (owner: trainer) ----------------------------------------------------
+@main.command("train")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Strategy YAML (configs/strategy_{a,b,c}.yaml). With --resume the run's config.yaml is used.")
+@click.option("--shards", help="Shard dataset directory (data.shards).")
+@click.option("--weights", help="Pretrained base: local .pt/.safetensors or hub id; 'none' = random init.")
+@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--out", "out_dir", help="Run directory (default from the config: runs/strategy_X).")
+@click.option("--max-steps", type=int, help="Total optimizer steps of the run.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--stop-after", type=int, help="Checkpoint and exit after this many steps (preemptible jobs).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override, e.g. --set lr=1e-4 --set data.batch_size=2 (repeatable; several per flag).")
+def train_command(config_path, shards, weights, model_name, out_dir, max_steps, resume, stop_after, overrides) -> None:
+    """Train a LoRA adapter (one GPU/CPU, or torchrun --nproc_per_node=N -m trainer train ...)."""
+    from pathlib import Path
+
+    from trainer.config import ConfigError, config_from_run, load_config
+    from trainer.train import NonFiniteLossError, train
+
+    sets = [item for group in overrides for item in group.split()]
+    for key, value in (("data.shards", shards), ("weights", weights), ("model", model_name), ("out", out_dir),
+                       ("max_steps", max_steps)):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    try:
+        run_config = Path(out_dir or "") / "config.yaml"
+        if resume and out_dir and run_config.exists():
+            if config_path:
+                click.echo(f"--resume: using {run_config}; --config {config_path} is ignored", err=True)
+            cfg = config_from_run(Path(out_dir), sets)
+        else:
+            cfg = load_config(config_path, sets)
+        if not cfg.data.shards:
+            raise click.UsageError("no shards: pass --shards DIR (or set data.shards in the config)")
+        result = train(cfg, resume=resume, stop_after=stop_after)
+    except (ConfigError, FileExistsError, NonFiniteLossError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"step {result.step}: adapter checkpoints in {result.run_dir / 'checkpoints'}")
+
+
+@main.command("params")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
+def params_command(config_path, model_name, overrides) -> None:
+    """Trainable / total parameters and adapter size of a strategy (meta device: no weights, no memory)."""
+    from trainer.config import ConfigError, load_config
+    from trainer.lora import param_counts_on_meta
+
+    sets = [item for group in overrides for item in group.split()] + ([f"model={model_name}"] if model_name else [])
+    try:
+        cfg = load_config(config_path, sets)
+        report = param_counts_on_meta(cfg.model, cfg.lora)
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"model {cfg.model} (camera + depth heads, as trained)")
+    for line in report.lines():
+        click.echo(line)
+
+
+@main.command("export")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run directory.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Merged FILE.safetensors.")
+@click.option("--weights", help="Base weights to merge into (default: the ones the run was trained on).")
+def export_command(run_dir, out_file, weights) -> None:
+    """Merge the run's LoRA adapter into its base weights (official VGGT key names)."""
+    from trainer.export import ExportError, export_merged
+
+    try:
+        result = export_merged(run_dir, out_file, weights)
+    except (ExportError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {result['file']}: {result['tensors']} tensors, strategy {result['strategy']}")
+
+
+@main.command("push")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run directory.")
+@click.option("--repo-id", required=True, help="Hugging Face model repo, e.g. you/vggt-eth3d-lora-b.")
+@click.option("--public", is_flag=True, help="Create the repo public (default private).")
+def push_command(run_dir, repo_id, public) -> None:
+    """Upload the run's PEFT adapter to the Hugging Face hub (needs a token and network)."""
+    from trainer.export import ExportError, push_adapter
+
+    try:
+        url = push_adapter(run_dir, repo_id, private=not public)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"pushed the adapter to {url}")

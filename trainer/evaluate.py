@@ -438,7 +438,8 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
     counts, overall = metrics["counts"], metrics["overall"]
     lines = ["# VGGT evaluation: base vs adapter", ""]
     for name, value in metrics.get("models", {}).items():
-        lines.append(f"- {name}: `{value}`")
+        if value is not None:
+            lines.append(f"- {name}: `{value}`")
     lines += [
         f"- depth alignment: **{metrics['alignment']}** (depth in metres: prediction × GT normalisation scale, "
         "then aligned; `none` = training normalisation only)",
@@ -471,3 +472,76 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
     for picture in metrics["pictures"]:
         lines.append(f"![{picture}]({picture})")
     path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------ shards + run -> report
+
+
+def resolve_adapter_dir(run: str | Path | None, adapter: str | Path | None) -> Path:
+    """The adapter to evaluate: ``--adapter`` as given, else the run's final ``adapter/``, else its
+    latest checkpoint (``checkpoints/latest``)."""
+    if (run is None) == (adapter is None):
+        raise ValueError("give exactly one of --run (a training run directory) or --adapter (a PEFT adapter directory)")
+    if adapter is not None:
+        return Path(adapter)
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory")
+    if (run / "adapter" / "adapter_config.json").exists():
+        return run / "adapter"
+    pointer = run / "checkpoints" / "latest"
+    if pointer.exists():
+        return run / "checkpoints" / pointer.read_text().strip()
+    raise FileNotFoundError(f"{run}: neither {run / 'adapter'} nor {pointer} exists; has the run saved an adapter yet?")
+
+
+def evaluate_run(
+    shards: str | Path,
+    out_dir: str | Path,
+    split: str = "val",
+    run: str | Path | None = None,
+    adapter: str | Path | None = None,
+    weights: str | None = None,
+    model_name: str | None = None,
+    batch_size: int = 1,
+    device: str | None = None,
+    config: EvalConfig | None = None,
+) -> dict[str, Any]:
+    """``python -m trainer eval``: base model vs base + adapter on a shard split.
+
+    The base weights, model preset and (for random-init runs) the seed default to what the run /
+    adapter recorded, so the base is exactly the model the adapter was trained on. One model is
+    built; the base runs with the adapter disabled (PEFT ``disable_adapter``).
+    """
+    from trainer.config import config_from_run
+    from trainer.data import make_loader
+    from trainer.lora import load_adapter, read_adapter_info
+    from trainer.train import build_model, seed_everything
+
+    adapter_dir = resolve_adapter_dir(run, adapter)
+    info = read_adapter_info(adapter_dir)
+    seed = 0
+    if run is not None:
+        run_cfg = config_from_run(Path(run))
+        seed = run_cfg.seed
+        info.setdefault("model", run_cfg.model)
+        info.setdefault("weights", run_cfg.weights)
+    model_name = model_name or info.get("model") or "vggt-1b"
+    weights = weights if weights is not None else info.get("weights")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    seed_everything(seed)  # a random-init base (tiny demo) is only the trained-on base with the run's seed
+    adapted = load_adapter(build_model(model_name, weights), adapter_dir).to(torch_device).eval()
+    loader = make_loader(shards, split, batch_size, shuffle=False, num_workers=0, pin_memory=False)
+    cfg = dataclasses.replace(config or EvalConfig())
+    cfg.model_info = {
+        "model": model_name,
+        "base weights": weights or f"random init (seed {seed})",
+        "adapter": str(adapter_dir),
+        "strategy": info.get("strategy"),
+        "adapter step": info.get("step"),
+        "shards": f"{shards} ({split})",
+        "device": str(torch_device),
+        **cfg.model_info,
+    }
+    return evaluate(None, adapted, loader, out_dir, config=cfg)
