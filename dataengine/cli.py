@@ -53,7 +53,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--samples-per-shard", type=int, default=8, show_default=True)
 @click.option("--depth-samples", type=int, default=8, show_default=True,
               help="k: k×k laser samples per output pixel.")
-@click.option("--pooling", type=click.Choice(["median", "min"]), default="median", show_default=True)
+@click.option("--pooling", type=click.Choice(["nearest", "median", "min"]), default="nearest",
+              show_default=True, help="Which valid laser sample of a pixel's footprint to keep.")
 @click.option("--min-count", type=int, default=1, show_default=True,
               help="Valid laser samples needed to supervise a pixel.")
 @click.option("--depth-dtype", type=click.Choice(["float32", "float16"]), default="float32",

@@ -2,8 +2,9 @@
 
 Laser: the raw float32 GT lives in the DISTORTED (THIN_PRISM_FISHEYE) geometry; each output pixel
 pools k x k stratified samples of its footprint in the undistorted image, mapped through the same
-camera's thin-prism model into the GT (floor lookup, mask values 1/2 excluded, min or lower median
-of the valid samples with a minimum count). Never interpolates across holes.
+camera's thin-prism model into the GT (floor lookup, mask values 1/2 excluded; the valid sample
+nearest the footprint centre, or their lower median or min, with a minimum count). Never
+interpolates across holes: every output value is one real laser sample.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import numpy as np
 from dataengine.colmap import BadInputError, Camera
 from dataengine.images import OutputGeometry
 
-POOLING = ("median", "min")
+POOLING = ("nearest", "median", "min")  # kernel codes 0, 1, 2
 
 
 @dataclass(frozen=True)
 class LaserDepthConfig:
     samples: int = 8  # k: k x k samples per output pixel footprint
-    pooling: str = "median"  # lower median (a real sample) or min
+    # nearest: the valid sample nearest the footprint centre (most accurate at the pixel centre);
+    # median: their lower median (a real sample, robust to outliers); min: the nearest surface.
+    pooling: str = "nearest"
     min_count: int = 1  # valid samples needed to supervise a pixel
     grid_spacing: float = 8.0  # undistorted px between exact thin-prism evaluations
 
@@ -133,7 +136,7 @@ def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism
     count = np.empty((geom.height, geom.width), dtype=np.uint16)
     laser_depth_pool(gt, mask, gx, gy, float(cfg.grid_spacing), geom.affine,
                      np.array([pinhole.width, pinhole.height], dtype=np.float64), cfg.samples,
-                     cfg.pooling == "median", cfg.min_count, out, count)
+                     POOLING.index(cfg.pooling), cfg.min_count, out, count)
     stats = {"source_valid_fraction": round(n_valid / gt.size, 6),
              "masked_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6)
              if mask.size else 0.0}

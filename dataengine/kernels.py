@@ -80,7 +80,7 @@ def _lower_median_inplace(buf, n):
 
 
 @njit(**_JIT)
-def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, use_median,
+def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, pooling,
                      min_count, out_depth, out_count):
     """Pool the distorted-frame laser GT into every output pixel.
 
@@ -88,8 +88,10 @@ def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, 
     x = ax*(j + (s+0.5)/k) + bx, y = ay*(i + (r+0.5)/k) + by are mapped through the thin-prism
     grid into the distorted GT and looked up with floor (the GT writer's pixel rule). Samples
     outside either image, non-finite or <= 0 depth, and mask != 0 (values 1 and 2) are dropped.
-    The min or lower median of the valid samples is written when there are >= min_count.
-    `mask` may be (0, 0) for "no mask file". Returns the number of NaN samples met.
+    With >= min_count valid samples the pixel gets, by `pooling`: 0 = the valid sample nearest
+    the footprint centre (the best estimate of the depth at the pixel centre), 1 = their lower
+    median, 2 = their minimum. `mask` may be (0, 0) for "no mask file". Returns the number of NaN
+    samples met.
     """
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     src_w, src_h = src_size[0], src_size[1]
@@ -97,48 +99,59 @@ def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, 
     has_mask = mask.shape[0] > 0
     gh, gw = grid_x.shape
     buf = np.empty(k * k, dtype=np.float32)
+    # Sample offsets inside the footprint, nearest to its centre first (ties: row-major order).
+    offsets = np.empty((k * k, 2), dtype=np.float64)
+    dist = np.empty(k * k, dtype=np.float64)
+    for q in range(k * k):
+        offsets[q, 0] = (q // k + 0.5) / k
+        offsets[q, 1] = (q % k + 0.5) / k
+        dist[q] = (offsets[q, 0] - 0.5) ** 2 + (offsets[q, 1] - 0.5) ** 2
+    order = np.argsort(dist, kind="mergesort")
     n_nan = 0
     inv_spacing = 1.0 / spacing
     for i in range(out_depth.shape[0]):
         for j in range(out_depth.shape[1]):
             n = 0
-            for r in range(k):
-                y = ay * (i + (r + 0.5) / k) + by
+            for q in range(k * k):
+                y = ay * (i + offsets[order[q], 0]) + by
                 if y < 0.0 or y >= src_h:
                     continue
                 fy = y * inv_spacing
                 gy0 = min(int(fy), gh - 2)
                 wy = fy - gy0
-                for s in range(k):
-                    x = ax * (j + (s + 0.5) / k) + bx
-                    if x < 0.0 or x >= src_w:
-                        continue
-                    fx = x * inv_spacing
-                    gx0 = min(int(fx), gw - 2)
-                    wx = fx - gx0
-                    dx = ((grid_x[gy0, gx0] * (1 - wx) + grid_x[gy0, gx0 + 1] * wx) * (1 - wy)
-                          + (grid_x[gy0 + 1, gx0] * (1 - wx) + grid_x[gy0 + 1, gx0 + 1] * wx) * wy)
-                    dy = ((grid_y[gy0, gx0] * (1 - wx) + grid_y[gy0, gx0 + 1] * wx) * (1 - wy)
-                          + (grid_y[gy0 + 1, gx0] * (1 - wx) + grid_y[gy0 + 1, gx0 + 1] * wx) * wy)
-                    if dx < 0.0 or dy < 0.0:
-                        continue
-                    ix = int(dx)
-                    iy = int(dy)
-                    if ix >= dist_w or iy >= dist_h:
-                        continue
-                    d = depth[iy, ix]
-                    if d != d:
-                        n_nan += 1
-                        continue
-                    if not (d > 0.0 and d < np.inf):
-                        continue
-                    if has_mask and mask[iy, ix] != 0:
-                        continue
-                    buf[n] = d
-                    n += 1
+                x = ax * (j + offsets[order[q], 1]) + bx
+                if x < 0.0 or x >= src_w:
+                    continue
+                fx = x * inv_spacing
+                gx0 = min(int(fx), gw - 2)
+                wx = fx - gx0
+                dx = ((grid_x[gy0, gx0] * (1 - wx) + grid_x[gy0, gx0 + 1] * wx) * (1 - wy)
+                      + (grid_x[gy0 + 1, gx0] * (1 - wx) + grid_x[gy0 + 1, gx0 + 1] * wx) * wy)
+                dy = ((grid_y[gy0, gx0] * (1 - wx) + grid_y[gy0, gx0 + 1] * wx) * (1 - wy)
+                      + (grid_y[gy0 + 1, gx0] * (1 - wx) + grid_y[gy0 + 1, gx0 + 1] * wx) * wy)
+                if dx < 0.0 or dy < 0.0:
+                    continue
+                ix = int(dx)
+                iy = int(dy)
+                if ix >= dist_w or iy >= dist_h:
+                    continue
+                d = depth[iy, ix]
+                if d != d:
+                    n_nan += 1
+                    continue
+                if not (d > 0.0 and d < np.inf):
+                    continue
+                if has_mask and mask[iy, ix] != 0:
+                    continue
+                buf[n] = d
+                n += 1
+                if pooling == 0 and n >= min_count:
+                    break  # samples come nearest-first: buf[0] is the answer
             out_count[i, j] = n
             if n >= min_count and n > 0:
-                if use_median:
+                if pooling == 0:
+                    out_depth[i, j] = buf[0]
+                elif pooling == 1:
                     out_depth[i, j] = _lower_median_inplace(buf, n)
                 else:
                     m = buf[0]

@@ -134,8 +134,8 @@ def test_distortion_grid_bilinear_error_is_negligible():
     assert err.max() < 5e-3, err.max()  # px, at a 6048-px-wide distortion of up to ~116 px
 
 
-def _laser_reference(depth, mask, pin, prism, affine, src_size, k, median, min_count, out_hw):
-    """Brute-force numpy: exact thin-prism per sample, floor lookup, lower median / min."""
+def _laser_reference(depth, mask, pin, prism, affine, src_size, k, pooling, min_count, out_hw):
+    """Brute-force numpy: exact thin-prism per sample, floor lookup, nearest / lower median / min."""
     ax, bx, ay, by = affine
     H, W = out_hw
     out = np.zeros(out_hw, np.float32)
@@ -144,22 +144,26 @@ def _laser_reference(depth, mask, pin, prism, affine, src_size, k, median, min_c
             ys = ay * (i + (np.arange(k) + 0.5) / k) + by
             xs = ax * (j + (np.arange(k) + 0.5) / k) + bx
             gx, gy = np.meshgrid(xs, ys)
+            centre_dist = (gx - (ax * (j + 0.5) + bx)) ** 2 / ax ** 2 + (gy - (ay * (i + 0.5) + by)) ** 2 / ay ** 2
             ok = (gx >= 0) & (gx < src_size[0]) & (gy >= 0) & (gy < src_size[1])
-            gx, gy = gx[ok], gy[ok]
+            gx, gy, centre_dist = gx[ok], gy[ok], centre_dist[ok]
             d = camera.thin_prism_project(np.c_[(gx - pin[2]) / pin[0], (gy - pin[3]) / pin[1],
                                                 np.ones(len(gx))], prism)
             ix, iy = np.floor(d[:, 0]).astype(int), np.floor(d[:, 1]).astype(int)
             inside = (ix >= 0) & (iy >= 0) & (ix < depth.shape[1]) & (iy < depth.shape[0])
             vals = depth[iy[inside], ix[inside]]
             m = mask[iy[inside], ix[inside]] if mask.size else np.zeros(len(vals), np.uint8)
-            vals = vals[np.isfinite(vals) & (vals > 0) & (m == 0)]
+            good = np.isfinite(vals) & (vals > 0) & (m == 0)
+            vals, dist = vals[good], centre_dist[inside][good]
             if len(vals) >= max(min_count, 1):
-                out[i, j] = np.sort(vals)[(len(vals) - 1) // 2] if median else vals.min()
+                out[i, j] = {"nearest": vals[np.argsort(dist, kind="stable")[0]] if len(vals) else 0,
+                             "median": np.sort(vals)[(len(vals) - 1) // 2],
+                             "min": vals.min()}[pooling]
     return out
 
 
-@pytest.mark.parametrize("median", [True, False])
-def test_laser_pool_matches_bruteforce_reference(median):
+@pytest.mark.parametrize("pooling", ["nearest", "median", "min"])
+def test_laser_pool_matches_bruteforce_reference(pooling):
     rng = np.random.default_rng(2)
     # A small camera with strong distortion: 120x80 distorted, 124x83 undistorted.
     prism = PRISM.copy()
@@ -177,8 +181,8 @@ def test_laser_pool_matches_bruteforce_reference(median):
     out = np.empty((16, 20), np.float32)
     count = np.empty((16, 20), np.uint16)
     n_nan = kernels.laser_depth_pool(depth, mask, gx, gy, 1.0, geom.affine, np.array([124.0, 83.0]), 4,
-                                     median, 2, out, count)
-    ref = _laser_reference(depth, mask, pin, prism, geom.affine, (124, 83), 4, median, 2, (16, 20))
+                                     ["nearest", "median", "min"].index(pooling), 2, out, count)
+    ref = _laser_reference(depth, mask, pin, prism, geom.affine, (124, 83), 4, pooling, 2, (16, 20))
     assert n_nan == 0
     assert (out > 0).mean() > 0.5
     # The grid is interpolated, so a sample sitting within ~1e-3 px of a pixel edge may flip.
@@ -187,7 +191,7 @@ def test_laser_pool_matches_bruteforce_reference(median):
     nan_depth = depth.copy()
     nan_depth[:, :] = np.nan
     assert kernels.laser_depth_pool(nan_depth, mask[:0, :0], gx, gy, 1.0, geom.affine,
-                                    np.array([124.0, 83.0]), 2, median, 1, out, count) > 0
+                                    np.array([124.0, 83.0]), 2, 1, 1, out, count) > 0
     assert kernels.scan_depth(nan_depth) == (nan_depth.size, 0)
 
 
