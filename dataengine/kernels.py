@@ -189,12 +189,14 @@ def _box_weights(n_out, scale, offset, extent, max_taps, first, weights):
             s0 = 0.0
         if s1 > extent:
             s1 = extent
-        first[o] = int(math.floor(s0)) if s1 > s0 else 0
+        # Round-off coverage (e.g. 1e-15 px where a pad border meets the image) counts as none.
+        covered = s1 - s0 > 1e-9 * scale
+        first[o] = int(math.floor(s0)) if covered else 0
         total = 0.0
         for t in range(max_taps):
             lo = first[o] + t
             w = min(s1, lo + 1.0) - max(s0, float(lo))
-            if s1 <= s0 or w <= 0.0:
+            if not covered or w <= 1e-12:
                 w = 0.0
             weights[o, t] = w
             total += w

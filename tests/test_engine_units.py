@@ -195,6 +195,28 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
     assert kernels.scan_depth(nan_depth) == (nan_depth.size, 0)
 
 
+def test_sparse_zbuffer_drops_points_behind_the_surface():
+    K = np.array([[10.0, 0, 4.0], [0, 10.0, 4.0], [0, 0, 1]])  # 10x10 image, axis through pixel (4,4)
+    R, t = np.eye(3), np.zeros(3)
+    rect = np.array([0.0, 0.0, 10.0, 10.0])
+    front = np.array([[0.0, 0.0, 2.0], [0.2, 0.0, 2.0]])  # pixels (4,4)/(5,4) at z=2
+    behind = np.array([[0.0, 0.0, 5.0],  # same pixel as a front point: occluded
+                       [0.6, 0.0, 3.0],  # pixel (4,6), next to a front point, z > 2*1.05: occluded
+                       [0.2, 0.2, 2.05],  # pixel (5,5), beside front points but within tolerance: kept
+                       [-0.8, -0.8, 4.0],  # pixel (2,2), nobody in front: kept
+                       [0.0, 0.0, -1.0]])  # behind the camera: ignored
+    everything = np.vstack([front, behind])
+    zbuf = np.full((10, 10), np.inf)
+    kernels.splat_min_depth(everything, R, t, K, rect, zbuf)
+    assert zbuf[4, 4] == 2.0 and zbuf[4, 5] == 2.0 and np.isfinite(zbuf).sum() == 5
+    out = np.zeros((10, 10))
+    kept, occluded = kernels.sparse_visible_depth(everything, R, t, K, rect, zbuf, 1, 0.05, out)
+    assert (kept, occluded) == (4, 2)
+    assert out[4, 4] == 2.0 and out[5, 5] == 2.05 and out[2, 2] == 4.0 and np.count_nonzero(out) == 4
+    out[:] = 0
+    assert kernels.sparse_visible_depth(everything, R, t, K, rect, zbuf, 0, 0.05, out) == (5, 1)
+
+
 def test_area_resample_exact_box_average_and_fractional_offsets():
     rng = np.random.default_rng(3)
     src = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
