@@ -189,6 +189,7 @@ def test_activation_checkpointing_same_gradients(monkeypatch, fixture_tensors):
     def grads() -> dict[str, torch.Tensor]:
         model.zero_grad()
         out = model(images)
+        assert "images" not in out  # only returned in eval mode
         (out["pose_enc"].square().sum() + out["depth"].mean()).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -263,3 +264,16 @@ def test_uv_embedding_hand_values():
     assert math.isclose(emb[1, 0, 1].item(), math.cos(0.0), rel_tol=1e-6)      # cos(u), centre column u = 0
     v_bottom = (1 / math.sqrt(1.5 ** 2 + 1)) * 1 / 2
     assert math.isclose(emb[2, 1, 0].item(), math.sin(v_bottom), rel_tol=1e-6)
+
+
+def test_conv_patch_embed_option():
+    model = VGGT(VGGTConfig.tiny(patch_embed="conv"), heads=("depth",)).eval()
+    keys = model.state_dict()
+    assert keys["aggregator.patch_embed.weight"].shape == (64, 3, 14, 14)
+    assert not any(k.startswith("aggregator.patch_embed.blocks") for k in keys)
+    assert type(model.aggregator.patch_embed) is nn.Conv2d
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 28, 42))
+    assert out["depth"].shape == (1, 2, 28, 42, 1)
+    with pytest.raises(ValueError, match="patch_embed must be"):
+        VGGTConfig(patch_embed="dinov3")

@@ -166,11 +166,13 @@ def _preview(keys: list[str], limit: int = 20) -> str:
 
 def load_pretrained(source: str | os.PathLike = DEFAULT_REPO_ID, config: VGGTConfig | str | None = None,
                     heads: Iterable[str] | None = None, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None, filename: str = DEFAULT_FILENAME) -> VGGT:
+                    dtype: torch.dtype | None = torch.float32, filename: str = DEFAULT_FILENAME) -> VGGT:
     """Build a VGGT and load pretrained weights into it (see the module docstring for the rules).
 
     ``config``: a ``VGGTConfig``, a preset name (``"vggt-1b"``, ``"tiny"``) or None (VGGT-1B).
     ``heads``: subset of ``("camera", "depth", "point")`` to build; default: the config's flags.
+    ``dtype``: parameter dtype after loading (fp32 by default, whatever the file stores; None keeps
+    the file's dtypes).
     The model is built on the meta device and the checkpoint tensors are assigned to it, so the
     full model never exists twice in memory. The report is at ``model.load_report``.
     """
