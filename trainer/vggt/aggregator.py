@@ -97,8 +97,10 @@ class Aggregator(nn.Module):
         rope_frame = rope_global = (None, None)
         if self.rope is not None:
             head_dim = self.frame_blocks[0].attn.head_dim
-            cos, sin = self.rope.tables(self._positions(H // self.patch_size, W // self.patch_size,
-                                                        images.device), head_dim)
+            grid_h, grid_w = H // self.patch_size, W // self.patch_size
+            # Patch positions are shifted by one, so they run up to max(grid_h, grid_w).
+            cos, sin = self.rope.tables(self._positions(grid_h, grid_w, images.device), head_dim,
+                                        num_positions=max(grid_h, grid_w) + 1)
             rope_frame = (cos, sin)
             # Global attention reuses each frame's positions for all S frames of a sequence.
             rope_global = (cos.repeat(S, 1), sin.repeat(S, 1))

@@ -49,13 +49,18 @@ class RotaryEmbedding2D:
     def __init__(self, base: float = 100.0) -> None:
         self.base = float(base)
 
-    def tables(self, positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape ``[N, head_dim]`` for integer ``positions`` ``[N, 2]`` = (y, x)."""
+    def tables(self, positions: torch.Tensor, head_dim: int, num_positions: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape ``[N, head_dim]`` for integer ``positions`` ``[N, 2]`` = (y, x).
+
+        ``num_positions`` (> every position) avoids reading ``positions.max()`` back from the device.
+        """
         half = head_dim // 2
         exponents = torch.arange(0, half, 2, device=positions.device).float() / half
         inv_freq = 1.0 / (self.base ** exponents)
-        max_pos = int(positions.max()) + 1
-        angles = torch.arange(max_pos, device=positions.device, dtype=torch.float32)[:, None] * inv_freq[None]
+        if num_positions is None:
+            num_positions = int(positions.max()) + 1
+        angles = torch.arange(num_positions, device=positions.device, dtype=torch.float32)[:, None] * inv_freq[None]
         angles = torch.cat((angles, angles), dim=-1)
         cos_table, sin_table = angles.cos(), angles.sin()
         pos_y, pos_x = positions[:, 0].long(), positions[:, 1].long()
