@@ -290,7 +290,7 @@ def _albedo(px, py, pz, axis, mat, prim, openings, light):
         s, u = px, pz
     else:
         s, u = px, py
-    fine = _fbm(s, u, 0.4, wl, 0.72, seed + 100 * mat)
+    fine = _fbm(s, u, 0.4, wl, 0.85, seed + 100 * mat)
     if mat == GROUND:
         cov, tv = _tiles(s, u, 0.30, 0.15, 0.012, wl, seed + 1)
         base = 0.36 + 0.12 * tv + 0.10 * _fbm(s, u, 6.0, max(wl, 0.4), 0.5, seed + 2)
@@ -338,7 +338,7 @@ def _albedo(px, py, pz, axis, mat, prim, openings, light):
         r, g, b = base * (1 - cov) + 0.2 * cov, base * 0.6 * (1 - cov) + 0.15 * cov, base * 0.5
     else:  # REVEAL, STONE
         r, g, b = 0.76, 0.73, 0.66
-    m = 1.0 + 0.35 * fine
+    m = 1.0 + 0.5 * fine
     return r * m, g * m, b * m
 
 
@@ -844,7 +844,7 @@ def capture_poses(rng: np.random.Generator, count: int, geometry: SceneGeometry)
     for a in angles:
         centre = np.array([radius * np.sin(a), 2.0 - radius * np.cos(a), rng.uniform(1.45, 1.9)])
         centre[:2] += rng.normal(0, 0.25, 2)
-        target = np.array([0.55 * centre[0] + rng.normal(0, 0.8), 0.0, rng.uniform(3.8, 6.0)])
+        target = np.array([0.55 * centre[0] + rng.normal(0, 0.8), 0.0, rng.uniform(2.0, 4.5)])
         forward = (target - centre) / np.linalg.norm(target - centre)
         right = np.cross(forward, [0.0, 0.0, 1.0])
         right /= np.linalg.norm(right)

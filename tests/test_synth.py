@@ -16,6 +16,7 @@ from dataengine.camera import (
     Camera,
     K_colmap_to_opencv,
     pinhole_project,
+    resize_intrinsics_opencv,
     thin_prism_unproject,
 )
 from dataengine.cli import main
@@ -173,13 +174,16 @@ def test_gt_depth_is_sparse_zdepth_on_the_analytic_surface(scene, geometry):
         rays = thin_prism_unproject(np.c_[ix + 0.5, iy + 0.5], cam.params)
         R, t = _pose(image)
         z_true, _, _ = geometry.cast_camera_rays(rays, R, t, want_colour=False)
-        rel = np.abs(depth[iy, ix] - z_true) / z_true
-        # A laser point lies somewhere inside its pixel, not at the centre: small, not zero.
-        assert np.median(rel) < 2e-3 and np.percentile(rel, 99) < 0.02, np.percentile(rel, [50, 99])
+        # A laser point lies somewhere inside its pixel, not at the centre: small, not zero. At
+        # silhouettes the centre ray may even miss (sky): those count as outliers (inf).
+        rel = np.full(len(z_true), np.inf)
+        hit = np.isfinite(z_true)
+        rel[hit] = np.abs(depth[iy, ix][hit] - z_true[hit]) / z_true[hit]
+        assert np.mean(rel < 2e-3) > 0.5 and np.mean(rel < 0.02) > 0.99
         assert np.mean(rel > 0.05) < 0.005  # depth edges only
         # z-depth, not ray length: the ray length would be longer off-axis.
         ray_len = z_true * np.linalg.norm(np.c_[rays, np.ones(len(rays))], axis=1)
-        assert np.median(np.abs(depth[iy, ix] - ray_len) / ray_len) > 5 * np.median(rel)
+        assert np.median(np.abs(depth[iy, ix][hit] - ray_len[hit]) / ray_len[hit]) > 5 * np.median(rel)
 
 
 def test_masks_follow_eth3d_semantics(scene):
@@ -206,15 +210,25 @@ def test_masks_follow_eth3d_semantics(scene):
 
 def test_gt_only_contains_visible_points(scene, geometry):
     rec = _reconstruction(scene, "dslr_calibration_jpg")
-    image = next(iter(rec.images.values()))
-    cam = rec.cameras[image.camera_id]
-    depth = _read_depth(scene, Path(image.name).name, cam)
-    R, t = _pose(image)
-    z_centre = geometry.zdepth_camera(_camera(cam), R, t)
-    valid = np.isfinite(depth)
-    # Occluded laser points would sit far behind the visible surface.
-    assert np.mean(depth[valid] > z_centre[valid] * 1.05) < 0.003
-    assert np.isinf(z_centre).any() and not valid[np.isinf(z_centre)].any()  # no GT in the sky
+    sky_pixels = 0
+    for image in rec.images.values():
+        cam = rec.cameras[image.camera_id]
+        depth = _read_depth(scene, Path(image.name).name, cam)
+        R, t = _pose(image)
+        z_centre = geometry.zdepth_camera(_camera(cam), R, t)
+        valid = np.isfinite(depth)
+        # Occluded laser points would sit far behind the visible surface.
+        assert np.mean(depth[valid] > z_centre[valid] * 1.05) < 0.003
+        # No GT in the sky, except on silhouettes (a laser point inside, the centre ray off it).
+        sky = np.isinf(z_centre)
+        padded = np.pad(~sky, 1)
+        near_surface = np.zeros_like(sky)
+        for dy in range(3):
+            for dx in range(3):
+                near_surface |= padded[dy:dy + sky.shape[0], dx:dx + sky.shape[1]]
+        assert not (valid & sky & ~near_surface).any()
+        sky_pixels += sky.sum()
+    assert sky_pixels > 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,9 +279,13 @@ def test_render_is_consistent_with_ray_casts_and_zdepth(scene, geometry):
     z, _, colour = geometry.cast_camera_rays(rays, R, t)
     np.testing.assert_allclose(z, geometry.zdepth(K, R, t, 64, 48), rtol=1e-12)
     assert np.abs(colour.astype(int) - image).max() <= 1
-    # Supersampling is an area filter around the same pixels: close to, not equal to, 1 sample.
-    smooth = geometry.render(K, R, t, 64, 48, supersample=3).astype(float)
-    assert 0 < np.abs(smooth - image).mean() < 12
+    # supersample=4 is the 4x4 box filter of a 4x larger render (K rescaled in the centre convention).
+    smooth = geometry.render(K, R, t, 64, 48, supersample=4).astype(float)
+    big = geometry.render(resize_intrinsics_opencv(K, 4, 4), R, t, 256, 192).astype(float)
+    block_mean = big.reshape(48, 4, 64, 4, 3).mean(axis=(1, 3))
+    diff = np.abs(smooth - block_mean)
+    assert np.mean(diff <= 1.0) > 0.99 and diff.mean() < 0.5
+    assert np.abs(smooth - image).mean() > 2 * diff.mean()  # and it is not just the centre sample
 
 
 def test_fast_distorted_pixel_rays_match_the_numpy_inverse(scene):
