@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from numba import njit, prange
+from PIL import Image as PILImage
 
 from dataengine.camera import (
     PINHOLE,
@@ -1133,8 +1136,6 @@ def _prepare_scene_dir(scene_dir: Path) -> None:
         if not (scene_dir / TRUTH_FILE).is_file():
             raise FileExistsError(f"{scene_dir}: exists, is not empty and is not a synthetic scene; "
                                   f"refusing to write into it")
-        import shutil
-
         for sub in _SCENE_SUBDIRS:
             shutil.rmtree(scene_dir / sub, ignore_errors=True)
         (scene_dir / TRUTH_FILE).unlink()
@@ -1221,8 +1222,6 @@ def generate_scene(root: str | Path, scene: str = "synth_facade", images: int = 
             if im.camera_id not in ray_cache:
                 ray_cache[im.camera_id] = pixel_centre_rays(cam)
             mask = make_mask(geometry, cam, im.R, im.t, ray_cache[im.camera_id], rng)
-            from PIL import Image as PILImage
-
             PILImage.fromarray(mask).save(scene_dir / "masks_for_images" / DISTORTED_FOLDER
                                           / (Path(im.name).stem + ".png"))
         depth = splat_depth(s, cam.width, cam.height, mask)
@@ -1248,8 +1247,6 @@ def generate_scene(root: str | Path, scene: str = "synth_facade", images: int = 
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    import simplejpeg
-
     return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=_JPEG_QUALITY, colorspace="RGB",
                                   colorsubsampling="422")
 

@@ -373,9 +373,12 @@ def test_bad_arguments_and_foreign_folders_are_refused(tmp_path):
 def test_cli_synth_writes_and_reports(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["synth", str(tmp_path), "--scene", "demo", "--images", "3",
-                                  "--scale", "0.04", "--seed", "2"])
+                                  "--scale", "0.04", "--seed", "2", "--distorted-images"])
     assert result.exit_code == 0, result.output
     assert "ground_truth_depth/dslr_images/: 3 files" in result.output
     assert (tmp_path / "demo" / "dslr_calibration_jpg" / "images.txt").is_file()
+    distorted = sorted((tmp_path / "demo" / "images" / "dslr_images").iterdir())
+    assert len(distorted) == 3
+    assert simplejpeg.decode_jpeg_header(distorted[0].read_bytes())[:2] == (round(4032 * 0.04), round(6048 * 0.04))
     bad = runner.invoke(main, ["synth", str(tmp_path), "--images", "2"])
     assert bad.exit_code == 2 and "--images" in bad.output
