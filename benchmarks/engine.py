@@ -121,7 +121,8 @@ def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
             folder, base = im.name.rsplit("/", 1)
             name = f"{folder}/DSC_{n:04d}.JPG"
             q, t = im.qvec, im.tvec
-            lines.append(f"{n} {' '.join(map(repr, q))} {' '.join(map(repr, t))} {im.camera_id} {name}\n\n")
+            nums = " ".join(f"{v:.17g}" for v in [*q, *t])
+            lines.append(f"{n} {nums} {im.camera_id} {name}\n\n")
             targets = {"dslr_calibration_undistorted": [("images", im.name)],
                        "dslr_calibration_jpg": [("ground_truth_depth", im.name),
                                                 ("masks_for_images", im.name[:-4] + ".png")]}[calib]
