@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--preset", default="vggt-1b" if cuda else "tiny", choices=["tiny", "vggt-1b"])
     parser.add_argument("--frames", default="1,8,24", help="comma-separated frame counts")
     parser.add_argument("--size", type=int, default=518)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--parts", default="aggregator,full", help="aggregator and/or full (all heads)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
