@@ -9,7 +9,8 @@ Run directory (`--out`):
   train.log            the log lines; metrics.jsonl one JSON record per log/validation step
   tb/                  TensorBoard scalars
   checkpoints/step_N/  adapter_config.json + adapter_model.safetensors (PEFT) + vggt_adapter.json,
-                       trainer_state.pt (optimizer, scheduler, step, data position), rng_<rank>.pt
+                       trainer_state.pt (optimizer, step, data position; the lr is a function of
+                       the step), rng_<rank>.pt
   checkpoints/latest   name of the newest complete checkpoint
   adapter/             the final adapter (a copy of the last checkpoint's PEFT files)
 
@@ -317,6 +318,7 @@ class RunResult:
     skipped_steps: int
     losses: list[float]  # objective per optimizer step of this invocation (nan for skipped steps)
     val: dict[str, float]
+    model: nn.Module | None = None  # the trained PeftModel (for notebooks and tests)
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> RunResult:
@@ -370,9 +372,10 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
         fused=d.device.type == "cuda",
     )
     o = cfg.optim
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.max_steps, o.warmup_frac, o.lr, o.min_lr)
-    )
+
+    def lr_at(step_index: int) -> float:  # a pure function of the step: nothing to save or restore
+        return o.lr * lr_factor(step_index, cfg.max_steps, o.warmup_frac, o.lr, o.min_lr)
+
     net: nn.Module = DDP(peft_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) if d.world > 1 else peft_model
     if cfg.compile:
         net = torch.compile(net)
@@ -384,7 +387,6 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
             raise RuntimeError(f"{ckpt}: saved with {state['world_size']} processes, resumed with {d.world}; "
                                "the data position is per rank, so resume with the same process count")
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
         skipped_total = state["skipped_steps"]
         set_rng_state(torch.load(ckpt / f"rng_{d.rank}.pt", weights_only=False))
@@ -440,7 +442,10 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
                 terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / o.accum_steps
         grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip) if finite else torch.tensor(float("nan"))
         finite = finite and bool(torch.isfinite(grad_norm))
+        lr = lr_at(step)
         if finite:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
             nonfinite_in_a_row = 0
         else:
@@ -456,7 +461,6 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
                     f"`python -m dataengine inspect`; the last good checkpoint is in {run_dir / 'checkpoints'}"
                 )
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         step += 1
         losses.append(terms_sum.get("objective", float("nan")) if finite else float("nan"))
 
@@ -470,7 +474,7 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
         progress.update(1)
         if step % cfg.log_every == 0 or step == end_step:
             scalars = _log_scalars(window, window_n, window_time, window_wait, samples_per_step,
-                                   scheduler.get_last_lr()[0], skipped_total, d)
+                                   lr, skipped_total, d)
             progress.set_postfix(loss=f"{scalars.get('train/objective', float('nan')):.4f}",
                                  lr=f"{scalars['train/lr']:.2e}", wait=f"{scalars['perf/data_wait_pct']:.1f}%")
             log.info("step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
@@ -484,7 +488,7 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
             metrics.write(step, val)
         if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
             state = {"step": step, "epoch": epoch, "consumed": consumed, "skipped_steps": skipped_total,
-                     "world_size": d.world, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                     "world_size": d.world, "optimizer": optimizer.state_dict()}
             path = save_checkpoint(run_dir, peft_model, state, info, d, cfg.keep_checkpoints)
             log.info("checkpoint %s", path)
     progress.close()
@@ -498,7 +502,7 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     barrier(d)
     if step - start_step > 0 and d.main:
         log.info("%d step(s) this run", step - start_step)
-    return RunResult(run_dir, step, skipped_total, losses, val)
+    return RunResult(run_dir, step, skipped_total, losses, val, peft_model)
 
 
 def to_dict_loss(loss_cfg: Any) -> dict[str, Any]:
