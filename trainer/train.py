@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trainer.config import TrainConfig, dump_config
-from trainer.data import Loader, make_loader, to_device
+from trainer.data import Loader, ShardError, make_loader, to_device
 from trainer.lora import apply_strategy, load_adapter_weights, param_report, save_adapter
 
 log = logging.getLogger("trainer")
@@ -326,6 +326,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     d = init_distributed()
     run_dir = Path(cfg.out)
     ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        print(f"--resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
     if d.main:
@@ -426,8 +428,9 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
         for micro in range(o.accum_steps):
             t_wait = time.perf_counter()
             epoch, consumed, batch = next(stream)
-            batch = prepare_batch(to_device(batch, d.device))
+            batch = to_device(batch, d.device)
             wait += time.perf_counter() - t_wait
+            batch = prepare_batch(batch)
             if not finite:
                 continue  # the step is already lost; still consume its batches (fixed data position)
             sync = micro == o.accum_steps - 1 or d.world == 1
@@ -549,7 +552,7 @@ def _validate(peft_model: nn.Module, cfg: TrainConfig, loss_cfg: Any, d: Dist, a
         try:
             loader = make_loader(data.shards, data.val_split, 1, shuffle=False, num_workers=0,
                                  frames=data.frames, rank=0, world_size=1, split_across_ranks=False)
-        except Exception as exc:  # a dataset without a val split still trains
+        except ShardError as exc:  # a dataset without a val split still trains
             log.warning("validation skipped: %s", exc)
             loader = None
         if loader is not None:
