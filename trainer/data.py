@@ -129,7 +129,7 @@ def batches_per_worker(
 
 
 def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
-    """Raw tar members of one sample → numpy arrays in the batch layout (uint8 images CHW)."""
+    """Raw tar members of one sample → numpy arrays (uint8 images S×H×W×3, as decoded)."""
     import simplejpeg
 
     key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
@@ -147,7 +147,7 @@ def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
     if n > len(frame_meta):
         raise ShardError(f"{where}: data.frames={n} but the sample has only {len(frame_meta)} frames")
     height, width = cams["image_size"]
-    images = np.empty((n, 3, height, width), np.uint8)
+    images = np.empty((n, height, width, 3), np.uint8)  # HWC as decoded; made CHW by a view in collate
     for i in range(n):
         member = f"f{i}.jpg"
         if member not in sample:
@@ -155,7 +155,7 @@ def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
         rgb = simplejpeg.decode_jpeg(sample[member], colorspace="RGB")
         if rgb.shape != (height, width, 3):
             raise ShardError(f"{where}: {member} is {rgb.shape[1]}x{rgb.shape[0]}, cameras.json says {width}x{height}")
-        images[i] = rgb.transpose(2, 0, 1)
+        images[i] = rgb
     depth = _load_npy(sample, "depth.npy", where)[:n]
     mask = _load_npy(sample, "mask.npy", where)[:n]
     if depth.shape != (n, height, width) or mask.shape != (n, height, width):
@@ -181,17 +181,23 @@ def _load_npy(sample: dict[str, Any], member: str, where: str) -> np.ndarray:
         raise ShardError(f"{where}: {member}: {exc}") from None
 
 
+def _stack(samples: list[dict[str, Any]], name: str) -> torch.Tensor:
+    arrays = [s[name] for s in samples]
+    return torch.from_numpy(arrays[0][None] if len(arrays) == 1 else np.stack(arrays))  # no copy for B=1
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch tensors; images are a [B,S,3,H,W] view of the decoded [B,S,H,W,3] (saves a full copy)."""
     shapes = {s["images"].shape for s in samples}
     if len(shapes) > 1:
         keys = [s["key"] for s in samples]
         raise ShardError(f"samples {keys} differ in frames/size {sorted(shapes)}: one dataset, one size")
     return {
-        "images": torch.from_numpy(np.stack([s["images"] for s in samples])),
-        "depths": torch.from_numpy(np.stack([s["depths"] for s in samples])),
-        "point_masks": torch.from_numpy(np.stack([s["point_masks"] for s in samples])),
-        "extrinsics": torch.from_numpy(np.stack([s["extrinsics"] for s in samples])),
-        "intrinsics": torch.from_numpy(np.stack([s["intrinsics"] for s in samples])),
+        "images": _stack(samples, "images").permute(0, 1, 4, 2, 3),
+        "depths": _stack(samples, "depths"),
+        "point_masks": _stack(samples, "point_masks"),
+        "extrinsics": _stack(samples, "extrinsics"),
+        "intrinsics": _stack(samples, "intrinsics"),
         "keys": [s["key"] for s in samples],
         "scenes": [s["scene"] for s in samples],
         "names": [s["names"] for s in samples],
@@ -350,8 +356,9 @@ def make_loader(
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move tensors (non-blocking from pinned memory); uint8 images become float [0,1] on the device."""
+    """Move tensors (non-blocking from pinned memory); uint8 images become contiguous float [0,1]
+    on the device (the HWC→CHW reordering happens there too)."""
     moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
     if moved["images"].dtype == torch.uint8:
-        moved["images"] = moved["images"].float().div_(255.0)
+        moved["images"] = moved["images"].float().div_(255.0).contiguous()
     return moved
