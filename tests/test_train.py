@@ -160,6 +160,9 @@ def test_lr_schedule_by_hand():
 
 
 def test_config_overrides_and_errors(tmp_path):
+    from trainer.config import split_overrides
+
+    assert split_overrides(["seed=5 lr=1e-4", "betas=[0.9, 0.99]"]) == ["seed=5", "lr=1e-4", "betas=[0.9, 0.99]"]
     cfg = load_config(ROOT / "configs" / "strategy_c.yaml", ["seed=5", "lr=1e-4", "data.frames=3", "betas=[0.8,0.9]",
                                                             "loss.camera=1.5", "weights=none"])
     assert (cfg.seed, cfg.optim.lr, cfg.data.frames, cfg.optim.betas) == (5, 1e-4, 3, (0.8, 0.9))

@@ -307,3 +307,18 @@ def config_from_run(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
+
+
+def split_overrides(groups: list[str] | tuple[str, ...]) -> list[str]:
+    """`--set` arguments → key=value items; one argument may hold several (`--set "seed=5 lr=1e-4"`).
+
+    A whitespace-separated token without '=' continues the previous value (`betas=[0.9, 0.999]`).
+    """
+    items: list[str] = []
+    for group in groups:
+        for token in group.split():
+            if "=" in token or not items:
+                items.append(token)
+            else:
+                items[-1] += " " + token
+    return items
