@@ -62,22 +62,21 @@ def train_command(config_path, shards, weights, model_name, out_dir, max_steps, 
     """Train a LoRA adapter (one GPU/CPU, or torchrun --nproc_per_node=N -m trainer train ...)."""
     from pathlib import Path
 
-    from trainer.config import ConfigError, config_from_run, load_config
+    from trainer.config import ConfigError, config_from_run, load_config, split_overrides
     from trainer.train import NonFiniteLossError, train
 
-    sets = [item for group in overrides for item in group.split()]
+    sets = split_overrides(overrides)
     for key, value in (("data.shards", shards), ("weights", weights), ("model", model_name), ("out", out_dir),
                        ("max_steps", max_steps)):
         if value is not None:
             sets.append(f"{key}={value}")
     try:
-        run_config = Path(out_dir or "") / "config.yaml"
-        if resume and out_dir and run_config.exists():
+        cfg = load_config(config_path, sets)
+        run_config = Path(cfg.out) / "config.yaml"
+        if resume and run_config.exists():  # the run's resolved config wins over --config
             if config_path:
                 click.echo(f"--resume: using {run_config}; --config {config_path} is ignored", err=True)
-            cfg = config_from_run(Path(out_dir), sets)
-        else:
-            cfg = load_config(config_path, sets)
+            cfg = config_from_run(Path(cfg.out), sets)
         if not cfg.data.shards:
             raise click.UsageError("no shards: pass --shards DIR (or set data.shards in the config)")
         result = train(cfg, resume=resume, stop_after=stop_after)
@@ -92,10 +91,10 @@ def train_command(config_path, shards, weights, model_name, out_dir, max_steps, 
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 def params_command(config_path, model_name, overrides) -> None:
     """Trainable / total parameters and adapter size of a strategy (meta device: no weights, no memory)."""
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError, load_config, split_overrides
     from trainer.lora import param_counts_on_meta
 
-    sets = [item for group in overrides for item in group.split()] + ([f"model={model_name}"] if model_name else [])
+    sets = split_overrides(overrides) + ([f"model={model_name}"] if model_name else [])
     try:
         cfg = load_config(config_path, sets)
         report = param_counts_on_meta(cfg.model, cfg.lora)
