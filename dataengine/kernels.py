@@ -80,6 +80,41 @@ def _lower_median_inplace(buf, n):
 
 
 @njit(**_JIT)
+def _nearest_first_offsets(k):
+    """(k*k, 2) sub-sample offsets (row, col) inside a unit footprint, nearest to its centre first
+    (ties: row-major order), so that the first valid sample met is the nearest one."""
+    offsets = np.empty((k * k, 2), dtype=np.float64)
+    dist = np.empty(k * k, dtype=np.float64)
+    for q in range(k * k):
+        offsets[q, 0] = (q // k + 0.5) / k
+        offsets[q, 1] = (q % k + 0.5) / k
+        dist[q] = (offsets[q, 0] - 0.5) ** 2 + (offsets[q, 1] - 0.5) ** 2
+    order = np.argsort(dist, kind="mergesort")
+    out = np.empty((k * k, 2), dtype=np.float64)
+    for q in range(k * k):
+        out[q, 0] = offsets[order[q], 0]
+        out[q, 1] = offsets[order[q], 1]
+    return out
+
+
+@njit(**_JIT)
+def _distort_bilinear(x, y, grid_x, grid_y, inv_spacing):
+    """Undistorted COLMAP (x, y) → distorted COLMAP pixel, bilinear in the thin-prism grid."""
+    gh, gw = grid_x.shape
+    fy = y * inv_spacing
+    gy0 = min(int(fy), gh - 2)
+    wy = fy - gy0
+    fx = x * inv_spacing
+    gx0 = min(int(fx), gw - 2)
+    wx = fx - gx0
+    dx = ((grid_x[gy0, gx0] * (1 - wx) + grid_x[gy0, gx0 + 1] * wx) * (1 - wy)
+          + (grid_x[gy0 + 1, gx0] * (1 - wx) + grid_x[gy0 + 1, gx0 + 1] * wx) * wy)
+    dy = ((grid_y[gy0, gx0] * (1 - wx) + grid_y[gy0, gx0 + 1] * wx) * (1 - wy)
+          + (grid_y[gy0 + 1, gx0] * (1 - wx) + grid_y[gy0 + 1, gx0 + 1] * wx) * wy)
+    return dx, dy
+
+
+@njit(**_JIT)
 def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, pooling,
                      min_count, out_depth, out_count):
     """Pool the distorted-frame laser GT into every output pixel.
@@ -89,46 +124,29 @@ def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, 
     grid into the distorted GT and looked up with floor (the GT writer's pixel rule). Samples
     outside either image, non-finite or <= 0 depth, and mask != 0 (values 1 and 2) are dropped.
     With >= min_count valid samples the pixel gets, by `pooling`: 0 = the valid sample nearest
-    the footprint centre (the best estimate of the depth at the pixel centre), 1 = their lower
-    median, 2 = their minimum. `mask` may be (0, 0) for "no mask file". Returns the number of NaN
+    the footprint centre, 1 = their lower median, 2 = their minimum (the plane fit is
+    `laser_depth_pool_plane`). `mask` may be (0, 0) for "no mask file". Returns the number of NaN
     samples met.
     """
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     src_w, src_h = src_size[0], src_size[1]
     dist_h, dist_w = depth.shape
     has_mask = mask.shape[0] > 0
-    gh, gw = grid_x.shape
     buf = np.empty(k * k, dtype=np.float32)
-    # Sample offsets inside the footprint, nearest to its centre first (ties: row-major order).
-    offsets = np.empty((k * k, 2), dtype=np.float64)
-    dist = np.empty(k * k, dtype=np.float64)
-    for q in range(k * k):
-        offsets[q, 0] = (q // k + 0.5) / k
-        offsets[q, 1] = (q % k + 0.5) / k
-        dist[q] = (offsets[q, 0] - 0.5) ** 2 + (offsets[q, 1] - 0.5) ** 2
-    order = np.argsort(dist, kind="mergesort")
+    offsets = _nearest_first_offsets(k)
     n_nan = 0
     inv_spacing = 1.0 / spacing
     for i in range(out_depth.shape[0]):
         for j in range(out_depth.shape[1]):
             n = 0
             for q in range(k * k):
-                y = ay * (i + offsets[order[q], 0]) + by
+                y = ay * (i + offsets[q, 0]) + by
                 if y < 0.0 or y >= src_h:
                     continue
-                fy = y * inv_spacing
-                gy0 = min(int(fy), gh - 2)
-                wy = fy - gy0
-                x = ax * (j + offsets[order[q], 1]) + bx
+                x = ax * (j + offsets[q, 1]) + bx
                 if x < 0.0 or x >= src_w:
                     continue
-                fx = x * inv_spacing
-                gx0 = min(int(fx), gw - 2)
-                wx = fx - gx0
-                dx = ((grid_x[gy0, gx0] * (1 - wx) + grid_x[gy0, gx0 + 1] * wx) * (1 - wy)
-                      + (grid_x[gy0 + 1, gx0] * (1 - wx) + grid_x[gy0 + 1, gx0 + 1] * wx) * wy)
-                dy = ((grid_y[gy0, gx0] * (1 - wx) + grid_y[gy0, gx0 + 1] * wx) * (1 - wy)
-                      + (grid_y[gy0 + 1, gx0] * (1 - wx) + grid_y[gy0 + 1, gx0 + 1] * wx) * wy)
+                dx, dy = _distort_bilinear(x, y, grid_x, grid_y, inv_spacing)
                 if dx < 0.0 or dy < 0.0:
                     continue
                 ix = int(dx)
@@ -165,17 +183,312 @@ def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, 
 
 
 @njit(**_JIT)
+def undistortion_grid(pinhole, prism, spacing, grid_x, grid_y):
+    """Undistorted COLMAP pixel of the distorted points (gx*spacing, gy*spacing), every node.
+
+    The inverse of `distortion_grid`: Newton on the thin-prism model (forward-difference
+    Jacobian, residual evaluated exactly) from the distortion-free guess, to 1e-9 px. Nodes where
+    it does not converge (outside the model's monotone range) are NaN; points interpolated from
+    them are dropped by the callers.
+    """
+    for gy in range(grid_x.shape[0]):
+        for gx in range(grid_x.shape[1]):
+            tx = gx * spacing
+            ty = gy * spacing
+            u = (tx - prism[2]) / prism[0]
+            v = (ty - prism[3]) / prism[1]
+            ok = False
+            for _ in range(50):
+                x, y = _thin_prism_distort(u, v, prism)
+                rx = x - tx
+                ry = y - ty
+                if abs(rx) < 1e-9 and abs(ry) < 1e-9:
+                    ok = True
+                    break
+                h = 1e-7
+                x1, y1 = _thin_prism_distort(u + h, v, prism)
+                x2, y2 = _thin_prism_distort(u, v + h, prism)
+                j11 = (x1 - x) / h
+                j21 = (y1 - y) / h
+                j12 = (x2 - x) / h
+                j22 = (y2 - y) / h
+                det = j11 * j22 - j12 * j21
+                if det <= 0.0:
+                    break  # folded-over region of the polynomial
+                du = (j22 * rx - j12 * ry) / det
+                dv = (j11 * ry - j21 * rx) / det
+                step = math.sqrt(du * du + dv * dv)
+                if step > 0.1:  # damp: at most 0.1 in normalised units per iteration
+                    du *= 0.1 / step
+                    dv *= 0.1 / step
+                u -= du
+                v -= dv
+            if ok:
+                grid_x[gy, gx] = pinhole[0] * u + pinhole[2]
+                grid_y[gy, gx] = pinhole[1] * v + pinhole[3]
+            else:
+                grid_x[gy, gx] = np.nan
+                grid_y[gy, gx] = np.nan
+
+
+# Plane pooling status per output pixel.
+PLANE_HOLE = 0  # no valid laser point overlaps the footprint: no supervision
+PLANE_FITTED = 1  # the plane estimate
+PLANE_FEW_POINTS = 2  # nearest point kept: fewer than min_points laser points
+PLANE_COLLINEAR = 3  # nearest kept: points (nearly) on a line
+PLANE_EXTRAPOLATED = 4  # nearest kept: the plane leaves the points' depth range at the centre
+PLANE_INCONSISTENT = 5  # nearest kept: a residual above tolerance (e.g. two surfaces)
+
+
+@njit(**_JIT)
+def _row_span(iy, lo, hi, dist_w, inv_x, inv_y, inv_spacing):
+    """Columns [c0, c1) of distorted row iy whose undistorted x may lie in [lo, hi): binary
+    search on the row's (monotone) undistortion, widened by one grid cell; (0, 0) = none."""
+    y = iy + 0.5
+    first, _ = _distort_bilinear(0.5, y, inv_x, inv_y, inv_spacing)
+    last, _ = _distort_bilinear(dist_w - 0.5, y, inv_x, inv_y, inv_spacing)
+    if not (first == first and last == last and first < last):
+        return 0, dist_w  # no usable inverse here: scan the whole row
+    if last < lo or first >= hi:
+        return 0, 0
+    a, b = 0, dist_w - 1  # first column with x >= lo
+    while a < b:
+        m = (a + b) // 2
+        if _distort_bilinear(m + 0.5, y, inv_x, inv_y, inv_spacing)[0] >= lo:
+            b = m
+        else:
+            a = m + 1
+    c0 = a
+    a, b = 0, dist_w  # first column with x >= hi
+    while a < b:
+        m = (a + b) // 2
+        if _distort_bilinear(m + 0.5, y, inv_x, inv_y, inv_spacing)[0] >= hi:
+            b = m
+        else:
+            a = m + 1
+    margin = int(1.0 / inv_spacing) + 1
+    return max(c0 - margin, 0), min(a + margin, dist_w)
+
+
+@njit(**_JIT)
+def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, out_w, owner,
+                 pos_x, pos_y, inv_z):
+    """Every valid, unmasked GT pixel as a laser point at output resolution.
+
+    The splat rule puts a laser point somewhere in its GT pixel [ix, ix+1) x [iy, iy+1); its
+    position is taken as the pixel centre, mapped through the undistortion grid (bilinear) to the
+    undistorted image and then to output pixels. Points outside the undistorted image or the
+    output are dropped (only the columns that can reach the output are visited: a 518² crop of a
+    3:2 image skips a third). Writes owner (flat output pixel the point lies in), pos_x/pos_y
+    (offset from that pixel's centre, output px) and inv_z (1/depth); returns the point count.
+    """
+    ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
+    rax = 1.0 / ax
+    ray = 1.0 / ay
+    src_w, src_h = src_size[0], src_size[1]
+    x_lo = max(bx, 0.0)
+    x_hi = min(bx + ax * out_w, src_w)
+    dist_h, dist_w = depth.shape
+    has_mask = mask.shape[0] > 0
+    inv_spacing = 1.0 / spacing
+    n = 0
+    valid = np.empty(dist_w + 1, dtype=np.int64)
+    for iy in range(dist_h):
+        c0, c1 = _row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing)
+        drow = depth[iy]
+        # Branch-free compaction of the row's valid columns first (~9 % of the pixels are valid,
+        # at random: a branch per pixel would mispredict on most of them).
+        m = 0
+        for ix in range(c0, c1):
+            d = drow[ix]
+            valid[m] = ix
+            m += (d > 0.0) & (d < np.inf)
+        for t in range(m):
+            ix = valid[t]
+            d = drow[ix]
+            if has_mask and mask[iy, ix] != 0:
+                continue
+            ux, uy = _distort_bilinear(ix + 0.5, iy + 0.5, inv_x, inv_y, inv_spacing)
+            if not (ux >= 0.0 and ux < src_w and uy >= 0.0 and uy < src_h):
+                continue  # also NaN (no inverse there)
+            ox = (ux - bx) * rax
+            oy = (uy - by) * ray
+            if not (ox >= 0.0 and ox < out_w and oy >= 0.0 and oy < out_h):
+                continue
+            j = int(ox)
+            i = int(oy)
+            owner[n] = i * out_w + j
+            pos_x[n] = ox - j - 0.5
+            pos_y[n] = oy - i - 0.5
+            inv_z[n] = 1.0 / d
+            n += 1
+    return n
+
+
+@njit(**_JIT)
+def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
+    """Counting sort of the first n points by owner: pixel p holds px/py/pw[start[p]:start[p+1]]."""
+    start[:] = 0
+    for q in range(n):
+        start[owner[q] + 1] += 1
+    for p in range(1, start.size):
+        start[p] += start[p - 1]
+    fill = start[:-1].copy()
+    for q in range(n):
+        t = fill[owner[q]]
+        fill[owner[q]] = t + 1
+        px[t] = pos_x[q]
+        py[t] = pos_y[q]
+        pw[t] = inv_z[q]
+
+
+@njit(**_JIT)
+def _plane_at(i, j, start, px, py, pw, height, width, radius, min_points, tolerance, min_spread,
+              slack_x, slack_y):
+    """(PLANE_* status, inverse depth at the centre of pixel (i, j)) of the plane fitted to the
+    laser points within +-radius output px (points of the 3x3 pixel neighbourhood)."""
+    reach = 1 if radius > 0.5 else 0
+    i0, i1 = max(i - reach, 0), min(i + reach, height - 1)
+    j0, j1 = max(j - reach, 0), min(j + reach, width - 1)
+    n = 0
+    sx = sy = sw = sxx = sxy = syy = swx = swy = 0.0
+    wmin = np.inf
+    wmax = 0.0
+    for r in range(i0, i1 + 1):
+        for c in range(j0, j1 + 1):
+            for q in range(start[r * width + c], start[r * width + c + 1]):
+                x = px[q] + (c - j)
+                y = py[q] + (r - i)
+                if abs(x) > radius or abs(y) > radius:
+                    continue
+                w = pw[q]
+                n += 1
+                sx += x
+                sy += y
+                sw += w
+                sxx += x * x
+                sxy += x * y
+                syy += y * y
+                swx += w * x
+                swy += w * y
+                wmin = min(wmin, w)
+                wmax = max(wmax, w)
+    if n < min_points:
+        return PLANE_FEW_POINTS, 0.0
+    # Centred normal equations: the intercept decouples, the 2x2 position covariance remains.
+    mx = sx / n
+    my = sy / n
+    mw = sw / n
+    cxx = sxx / n - mx * mx
+    cxy = sxy / n - mx * my
+    cyy = syy / n - my * my
+    det = cxx * cyy - cxy * cxy
+    half_tr = 0.5 * (cxx + cyy)
+    lam_min = half_tr - math.sqrt(max(half_tr * half_tr - det, 0.0))
+    if lam_min < min_spread * min_spread or det <= 0.0:
+        return PLANE_COLLINEAR, 0.0
+    cwx = swx / n - mw * mx
+    cwy = swy / n - mw * my
+    gx = (cyy * cwx - cxy * cwy) / det
+    gy = (cxx * cwy - cxy * cwx) / det
+    a = mw - gx * mx - gy * my
+    if not (wmin <= a <= wmax):
+        return PLANE_EXTRAPOLATED, 0.0
+    # A point lies anywhere in its GT pixel, not at the centre used: allow the plane's change over
+    # half a GT pixel, up to the tolerance again (a plane forced through a depth step has a large
+    # false gradient: an uncapped allowance would let it pass).
+    slack = abs(gx) * slack_x + abs(gy) * slack_y
+    for r in range(i0, i1 + 1):
+        for c in range(j0, j1 + 1):
+            for q in range(start[r * width + c], start[r * width + c + 1]):
+                x = px[q] + (c - j)
+                y = py[q] + (r - i)
+                if abs(x) > radius or abs(y) > radius:
+                    continue
+                w = pw[q]
+                if abs(w - (a + gx * x + gy * y)) > tolerance * w + min(slack, tolerance * w):
+                    return PLANE_INCONSISTENT, 0.0
+    return PLANE_FITTED, a
+
+
+@njit(**_JIT)
+def _touching(i, j, start, px, py, height, width, half_x, half_y, want_nearest):
+    """(count, 1/depth of the nearest) of the points whose GT pixel overlaps footprint (i, j):
+    position within half a source pixel of it, owned by the pixel or one of its 8 neighbours."""
+    n = 0
+    best = np.inf
+    nearest = -1
+    for r in range(max(i - 1, 0), min(i + 1, height - 1) + 1):
+        for c in range(max(j - 1, 0), min(j + 1, width - 1) + 1):
+            for q in range(start[r * width + c], start[r * width + c + 1]):
+                x = px[q] + (c - j)
+                y = py[q] + (r - i)
+                if abs(x) >= 0.5 + half_x or abs(y) >= 0.5 + half_y:
+                    continue
+                n += 1
+                if want_nearest:
+                    r2 = x * x + y * y
+                    if r2 < best:
+                        best = r2
+                        nearest = q
+    return n, nearest
+
+
+@njit(**_JIT)
+def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, tolerance, min_spread,
+               out_depth, out_status):
+    """Depth of every output pixel from the bucketed laser points (`bucket_points`).
+
+    The samples of a pixel are the points whose GT pixel overlaps its footprint (position within
+    half a source pixel of it). With >= min_count of them the pixel gets the local plane where
+    valid, else the depth of the sample nearest its centre. Plane: inverse depth is affine in
+    pinhole pixel coordinates on a plane, so 1/z = a + b*x + c*y is fitted (least squares,
+    float64, positions relative to the pixel centre) and a is taken. Accepted only when well posed
+    (>= min_points points, smallest position std >= min_spread output px), consistent (every
+    residual within tolerance, plus the plane's change over half a GT pixel: one surface, not two
+    across an edge) and not extrapolated (a within the points' range). The window starts at the
+    pixel's own footprint (+-0.5) and widens by half a pixel up to +-radius (<= 1.5) while the
+    points are too few, on a line or do not bracket the centre; an inconsistent window ends the
+    search (a wider one holds the same points). Never fills a pixel without samples.
+    out_status: PLANE_* codes.
+    """
+    height, width = out_depth.shape
+    half_x = 0.5 / affine[0]  # half a source pixel in output px
+    half_y = 0.5 / affine[2]
+    for i in range(height):
+        for j in range(width):
+            own = start[i * width + j + 1] - start[i * width + j]
+            if own < max(min_count, 1):  # own points are samples; count the neighbours' too
+                n, _ = _touching(i, j, start, px, py, height, width, half_x, half_y, False)
+                if n == 0 or n < min_count:
+                    out_depth[i, j] = 0.0
+                    out_status[i, j] = PLANE_HOLE
+                    continue
+            rad = min(0.5, radius)
+            while True:
+                status, a = _plane_at(i, j, start, px, py, pw, height, width, rad, min_points,
+                                      tolerance, min_spread, half_x, half_y)
+                if status == PLANE_FITTED or status == PLANE_INCONSISTENT or rad >= radius:
+                    break
+                rad = min(rad + 0.5, radius)
+            out_status[i, j] = status
+            if status == PLANE_FITTED:
+                out_depth[i, j] = np.float32(1.0 / a)
+            else:
+                _, q = _touching(i, j, start, px, py, height, width, half_x, half_y, True)
+                out_depth[i, j] = np.float32(1.0 / pw[q])  # == the GT value (float64 round trip)
+
+
+@njit(**_JIT)
 def scan_depth(depth):
-    """(NaN count, valid count = finite and > 0) of a raw GT depth map, in one pass."""
+    """(NaN count, valid count = finite and > 0) of a raw GT depth map (branch-free: SIMD)."""
     n_nan = 0
     n_valid = 0
     flat = depth.reshape(-1)
     for i in range(flat.size):
         d = flat[i]
-        if d != d:
-            n_nan += 1
-        elif d > 0.0 and d < np.inf:
-            n_valid += 1
+        n_nan += d != d
+        n_valid += (d > 0.0) & (d < np.inf)
     return n_nan, n_valid
 
 

@@ -111,8 +111,9 @@ def test_mask_values_exclude_gt(eth3d_root):
     with_mask = process_frame(frame, scene, cfg).depth
     without = process_frame(replace(frame, mask_path=None), scene, cfg).depth
     assert np.count_nonzero(without) > np.count_nonzero(with_mask)  # masked GT was dropped
+    # Elsewhere the depth stays (plane fits next to masked points see fewer points: tiny changes).
     both = (with_mask > 0) & (without > 0)
-    assert np.mean(with_mask[both] == without[both]) > 0.95
+    assert np.mean(np.abs(with_mask[both] / without[both] - 1) < 0.005) > 0.95
 
 
 # ------------------------------------------------------------------------------------------ sparse depth

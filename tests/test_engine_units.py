@@ -195,6 +195,136 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
     assert kernels.scan_depth(nan_depth) == (nan_depth.size, 0)
 
 
+# A small, strongly distorted camera pair (120x80 distorted, 124x83 undistorted) for plane pooling.
+SMALL_PRISM = np.r_[68.2, 68.2, 60.8, 40.3, PRISM[4:]]
+SMALL_PIN = np.array([68.2, 68.2, 62.4, 41.4])
+SMALL_CAMS = (Camera(0, "PINHOLE", 124, 83, SMALL_PIN), Camera(0, "THIN_PRISM_FISHEYE", 120, 80, SMALL_PRISM))
+PLANE = np.array([0.08, 0.05, 0.2])  # inverse depth 1/z = 0.2 + 0.08 u + 0.05 v: z from ~3 to ~10 m
+
+
+def _gt_of_inverse_depth(inv_depth, density, seed):
+    """Laser-like GT of the small camera: inverse depth f(u, v) at the distorted pixel centres
+    (pycolmap-independent numpy unprojection), `density` of the pixels valid, the rest +inf."""
+    ys, xs = np.mgrid[0:80, 0:120] + 0.5
+    uv = camera.thin_prism_unproject(np.c_[xs.ravel(), ys.ravel()], SMALL_PRISM)
+    depth = (1.0 / inv_depth(uv[:, 0], uv[:, 1])).reshape(80, 120).astype(np.float32)
+    depth[np.random.default_rng(seed).random(depth.shape) >= density] = np.inf
+    return depth
+
+
+def _output_rays(geom):
+    """Pinhole-normalised (u, v) of the output pixel centres."""
+    x = geom.ax * (np.arange(geom.width) + 0.5) + geom.bx
+    y = geom.ay * (np.arange(geom.height) + 0.5) + geom.by
+    return np.meshgrid((x - SMALL_PIN[2]) / SMALL_PIN[0], (y - SMALL_PIN[3]) / SMALL_PIN[1])
+
+
+def _truth_at_output_centres(geom, inv_depth):
+    """Depth at the undistorted output pixel centres (the pinhole of the same camera)."""
+    return 1.0 / inv_depth(*_output_rays(geom))
+
+
+def _plane_pool(depth, mask, geom, **kw):
+    from dataengine.depth import LaserDepthConfig, plane_depth
+
+    cfg = LaserDepthConfig(grid_spacing=1.0, **kw)
+    n_valid = int(np.count_nonzero(np.isfinite(depth) & (depth > 0)))
+    return plane_depth(depth, n_valid, mask, *SMALL_CAMS, geom, cfg)
+
+
+def test_undistortion_grid_inverts_the_thin_prism_model():
+    spacing = 8.0
+    gw, gh = int(6048 // spacing) + 2, int(4032 // spacing) + 2
+    ux, uy = np.empty((gh, gw)), np.empty((gh, gw))
+    pin = np.array([3411.42, 3410.02, 3041.29 + 78, 2014.07 + 53])
+    kernels.undistortion_grid(pin, PRISM, spacing, ux, uy)
+    assert np.isfinite(ux).all() and np.isfinite(uy).all()
+    nodes = np.c_[np.arange(gw)[None, :].repeat(gh, 0).ravel(), np.arange(gh)[:, None].repeat(gw, 1).ravel()]
+    ref = camera.thin_prism_unproject(nodes * spacing, PRISM)  # independent numpy Newton
+    np.testing.assert_allclose(ux.ravel(), ref[:, 0] * pin[0] + pin[2], atol=1e-6)
+    np.testing.assert_allclose(uy.ravel(), ref[:, 1] * pin[1] + pin[3], atol=1e-6)
+
+
+def test_plane_pooling_is_exact_on_a_slanted_plane_where_nearest_is_not():
+    geom = fit_geometry(124, 83, 31, 20, "crop")  # ~4 source px per output px
+    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
+    depth = _gt_of_inverse_depth(inv_depth, 0.4, seed=3)
+    truth = _truth_at_output_centres(geom, inv_depth)
+    out, status = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
+    fitted = status == kernels.PLANE_FITTED
+    assert (out > 0).all() and fitted.mean() > 0.9
+    # Inverse depth is affine in pinhole pixels on a plane: exact up to the bilinear undistortion
+    # grid (~2e-3 px on this 68-px-focal camera) times the steep gradient.
+    assert np.abs(out[fitted] / truth[fitted] - 1).max() < 5e-5
+    # The fallback is the GT value nearest the centre: off by the gradient times the offset.
+    nearest, _ = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom, plane_min_points=10**6)
+    assert set(np.unique(nearest)) <= set(np.unique(depth[np.isfinite(depth)]))
+    assert np.median(np.abs(nearest / truth - 1)) > 100 * np.median(np.abs(out / truth - 1))
+
+
+def test_plane_pooling_never_blends_two_surfaces_or_fills_holes():
+    geom = fit_geometry(124, 83, 31, 20, "crop")
+    # A wall at 4 m left of u = 0.1 and a slanted plane behind it: a depth step through the image.
+    step = lambda u, v: np.where(u < 0.1, 0.25, PLANE[2] + PLANE[0] * u + PLANE[1] * v)
+    depth = _gt_of_inverse_depth(step, 0.5, seed=4)
+    full, _ = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
+    depth[:, 95:] = np.inf  # a hole wider than a footprint on the right
+    out, status = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
+    truth = _truth_at_output_centres(geom, step)
+    u, _ = _output_rays(geom)
+    edge = (out > 0) & (np.abs(u - 0.1) < 1.6 * geom.ax / SMALL_PIN[0])  # windows reaching the step
+    assert (status[edge] == kernels.PLANE_INCONSISTENT).any()
+    # Every value is one of the two surfaces' depths (never a blend) ...
+    wall = np.abs(out * 0.25 - 1) < 0.02
+    back = np.abs(out / _truth_at_output_centres(geom, lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v) - 1) < 0.02
+    assert (wall | back)[out > 0].all()
+    # ... and away from the step it is exact.
+    far = (out > 0) & ~edge
+    assert np.abs(out[far] / truth[far] - 1).max() < 5e-5
+    # The hole stays a hole: no output pixel whose footprint lies in it gets depth.
+    x_hole = 95 + 12  # distorted column 95 lies left of undistorted ~107 on every row here
+    cols_in_hole = geom.ax * np.arange(geom.width) + geom.bx > x_hole
+    assert full[:, cols_in_hole].all() and not out[:, cols_in_hole].any()
+    assert (status[:, cols_in_hole] == kernels.PLANE_HOLE).all()
+
+
+def test_plane_pooling_excludes_masked_gt():
+    geom = fit_geometry(124, 83, 31, 20, "crop")
+    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
+    depth = _gt_of_inverse_depth(inv_depth, 0.5, seed=5)
+    mask = np.zeros(depth.shape, np.uint8)
+    mask[10:40, 20:60] = 1
+    mask[50:70, 70:110] = 2
+    depth[(mask > 0) & np.isfinite(depth)] = 1000.0  # masked GT is garbage: it must never show
+    out, _ = _plane_pool(depth, mask, geom)
+    truth = _truth_at_output_centres(geom, inv_depth)
+    assert (out > 0).mean() > 0.8 and out.max() < 11.0
+    assert np.abs(out[out > 0] / truth[out > 0] - 1).max() < 5e-5
+    unmasked, _ = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
+    assert unmasked.max() > 100  # the same GT without its mask does reach the output
+
+
+def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):
+    from dataengine.depth import LaserDepthConfig, read_gt_depth
+
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        LaserDepthConfig(pooling="mean")
+    with pytest.raises(ValueError, match="plane_radius"):
+        LaserDepthConfig(plane_radius=2.0)
+    gt = np.full((150, 7), np.inf, "<f4")  # 150 rows: more than one read chunk, a partial last one
+    gt[::3, ::2] = 2.5
+    gt.tofile(tmp_path / "ok")
+    read, n_valid = read_gt_depth(tmp_path / "ok", 7, 150)
+    np.testing.assert_array_equal(read, gt)
+    assert n_valid == np.isfinite(gt).sum()
+    gt[149, 6] = np.nan  # in the last, partial chunk
+    gt.tofile(tmp_path / "nan")
+    with pytest.raises(BadInputError, match=r"nan: 1 NaN values"):
+        read_gt_depth(tmp_path / "nan", 7, 150)
+    with pytest.raises(BadInputError, match="depth file has 4200 bytes, expected 4228"):
+        read_gt_depth(tmp_path / "ok", 7, 151)
+
+
 def test_sparse_zbuffer_drops_points_behind_the_surface():
     K = np.array([[10.0, 0, 4.0], [0, 10.0, 4.0], [0, 0, 1]])  # 10x10 image, axis through pixel (4,4)
     R, t = np.eye(3), np.zeros(3)
