@@ -1,23 +1,38 @@
 # Developer interface. `make demo` and `make test` work on a fresh machine with Python 3.11 + pip.
 #
 # TORCH selects how torch is installed before the project (the project itself only needs torch>=2.4):
-#   default             torch==2.13.0  (a CPU machine without CUDA gets whatever pip resolves; on
-#                                        Linux/PyPI that is the CUDA build, on our CI the local CPU wheel)
-#   CPU-only anywhere   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-#   a specific CUDA     make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV   ?= .venv
-TORCH  ?= torch==2.13.0
-PY     := $(VENV)/bin/python
+#   default             torch==2.13.0   (pip picks the build for the platform: CUDA on a Linux GPU box
+#                                        from PyPI; a local CPU wheel where one is provided, as on our CI)
+#   force a CPU build   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+#   force a CUDA build  make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON     ?= $(shell command -v python3.11 || command -v python3)
+VENV       ?= .venv
+TORCH      ?= torch==2.13.0
+PY         := $(VENV)/bin/python
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: setup test demo
+# Real-data path
+ETH3D_ROOT ?= data/eth3d
+SCENES     ?= facade,electro,office,terrace,delivery_area
+SHARDS     ?= shards/eth3d-518
+STRATEGY   ?= b
+WEIGHTS    ?= facebook/VGGT-1B
+RUN        ?= runs/strategy_$(STRATEGY)
+# The demo
+DEMO       ?= build/demo
+
+.PHONY: help setup test demo download shards train eval bench
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo   - whole pipeline on a generated ETH3D-format scene, tiny model, CPU"
-	@echo "make test   - the test suite"
-	@echo "make setup  - create $(VENV) and install the project (TORCH=... to choose the torch build)"
+	@echo "make demo                 whole pipeline on a generated ETH3D-format scene, tiny model, CPU"
+	@echo "make test                 the test suite (CPU)"
+	@echo "make download             fetch ETH3D scenes into ETH3D_ROOT=$(ETH3D_ROOT)"
+	@echo "make shards               build + verify shards SHARDS=$(SHARDS) from ETH3D_ROOT"
+	@echo "make train STRATEGY=a|b|c LoRA fine-tune VGGT-1B (WEIGHTS=$(WEIGHTS)) on SHARDS"
+	@echo "make eval RUN=runs/NAME   base vs adapter report on the val split"
+	@echo "make bench                engine, loader, model-forward and train-step benchmarks"
+	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,4 +47,36 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m dataengine synth build/demo/eth3d --scene demo_facade --images 12 --scale 0.1 --seed 0
+	rm -rf $(DEMO)
+	$(PY) -m dataengine synth $(DEMO)/eth3d --scene demo_facade --images 12 --scale 0.1 --seed 0
+	$(PY) -m dataengine build --root $(DEMO)/eth3d --out $(DEMO)/shards --scenes demo_facade \
+		--size 112 --frames 4 --stride 2 --samples-per-shard 1 --quiet
+	$(PY) -m dataengine verify $(DEMO)/shards
+	$(PY) -m dataengine inspect $(DEMO)/shards --png $(DEMO)/sample.png
+	$(PY) -m trainer train --config configs/demo.yaml --shards $(DEMO)/shards --out $(DEMO)/run
+	$(PY) -m trainer eval --shards $(DEMO)/shards --split val --run $(DEMO)/run --device cpu \
+		--max-pictures 2 --out $(DEMO)/eval
+	@echo "demo done: shards in $(DEMO)/shards, run in $(DEMO)/run, report in $(DEMO)/eval/report.md"
+
+download: setup
+	$(PY) -m dataengine download --root $(ETH3D_ROOT) --scenes $(SCENES)
+
+shards: setup
+	@test -d $(ETH3D_ROOT) || { echo "$(ETH3D_ROOT) is missing. Run 'make download' (per scene it fetches" \
+		"<scene>_dslr_undistorted.7z, <scene>_dslr_jpg.7z, <scene>_dslr_depth.7z and" \
+		"<scene>_dslr_occlusion.7z from https://www.eth3d.net/data/ and extracts them), or set ETH3D_ROOT."; exit 1; }
+	$(PY) -m dataengine build --root $(ETH3D_ROOT) --out $(SHARDS) --scenes $(SCENES)
+	$(PY) -m dataengine verify $(SHARDS)
+
+train: setup
+	$(PY) -m trainer train --config configs/strategy_$(STRATEGY).yaml --shards $(SHARDS) \
+		--weights $(WEIGHTS) --out $(RUN)
+
+eval: setup
+	$(PY) -m trainer eval --shards $(SHARDS) --split val --run $(RUN) --out $(RUN)/eval
+
+bench: setup
+	$(PY) benchmarks/engine.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/model_forward.py
+	$(PY) benchmarks/train_step.py
