@@ -1,15 +1,19 @@
 """Data engine benchmark on full-size synthetic ETH3D frames (not a test; numbers → RESULTS.md).
 
 Per frame: ~6200x4130 undistorted JPEG + 6048x4032 raw float32 GT + mask → one 518² frame with laser
-depth. Compares, single thread (CPU time, median):
-  engine    DCT-scaled decode + numba area resample + numba laser pooling (dataengine.build)
+depth. Compares, single thread (CPU time = time.thread_time, median; variants interleaved frame by
+frame, so background load on a shared machine hits them alike):
+  engine    DCT-scaled decode + numba area resample + laser depth (dataengine.build.process_frame),
+            with plane pooling (the default) and with nearest pooling
   baseline  the existing fork's way: PIL full-resolution decode + resize, depth mapping and pooling
             in plain numpy (no numba, no DCT scaling)
   floor     DCT-scaled decode alone + reading the depth file
-plus 1 vs 2 worker threads (wall), the sparse mode, and a 214-frame (5-scene-sized) build on all
-cores, whose frames are symlinks to the generated ones (warm page cache).
+plus a per-stage breakdown of the engine, the sparse mode, 1 vs 2 worker threads (wall, with the
+load average before each run) and optionally a 214-frame (5-scene-sized) build on all cores, whose
+frames are symlinks to the generated ones (warm page cache).
 
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/engine.py [--frames 4] [--work DIR]
+        [--reps 3] [--scaling-frames 8] [--build-frames 214 | 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -87,6 +91,89 @@ def floor_frame(frame, reduction=4):
     np.fromfile(frame.depth_path, dtype="<f4")
 
 
+# ------------------------------------------------------------------------------------------ stages
+def engine_stages(frame, cfg) -> dict:
+    """CPU seconds of each stage of one laser frame, the way dataengine.build.process_frame runs
+    them (the stage functions are the engine's own)."""
+    import simplejpeg
+
+    from dataengine import depth as depth_mod
+    from dataengine.images import choose_reduction, encode_jpeg, fit_geometry
+    from dataengine.kernels import area_resample
+
+    geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, cfg.width, cfg.height, cfg.fit)
+    t = {}
+    clock = time.thread_time
+    t0 = clock()
+    data = frame.image_path.read_bytes()
+    red = choose_reduction(geom, 1.9)
+    w, h = frame.pinhole.width, frame.pinhole.height
+    img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // red),
+                                 min_height=-(-h // red), strict=True)
+    t["jpeg_read_decode"] = clock() - t0
+    t0 = clock()
+    rgb = np.empty((geom.height, geom.width, 3), np.uint8)
+    area_resample(img, geom.affine / red, np.array([w / red, h / red]), rgb)
+    encode_jpeg(rgb, cfg.jpeg_quality)
+    t["resample_encode"] = clock() - t0
+    t0 = clock()
+    gt, n_valid = depth_mod.read_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
+    t["depth_read_scan"] = clock() - t0
+    t0 = clock()
+    mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height)
+    t["mask_decode"] = clock() - t0
+    t0 = clock()
+    if cfg.laser.pooling == "plane":
+        depth_mod.plane_depth(gt, n_valid, mask, frame.pinhole, frame.prism, geom, cfg.laser)
+    else:
+        depth_mod._sampled_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
+    t["depth_pool"] = clock() - t0
+    return t
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds all processes of the machine have spent busy since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersLoad:
+    """Cores the OTHER processes kept busy while the block ran: machine busy time minus this
+    process's CPU time, over the wall time (a 2-core machine shared with other engineers)."""
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = busy_cpu_s(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        own = time.process_time() - self.own
+        self.wall_s = wall
+        self.own_cores = own / wall
+        self.others_cores = max(0.0, (busy_cpu_s() - self.busy - own) / wall)
+
+
+def wait_for_quiet(max_others: float, timeout_s: float) -> float:
+    """Wait (up to timeout_s) until other processes use < max_others cores over 3 s; returns the
+    last measurement."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        with OthersLoad() as probe:
+            time.sleep(3.0)
+        if probe.others_cores < max_others or time.perf_counter() > deadline:
+            return round(probe.others_cores, 2)
+
+
+def median_ms(xs) -> float:
+    return round(1e3 * statistics.median(xs), 1)
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine_info() -> dict:
     import numba
@@ -102,7 +189,7 @@ def machine_info() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "simplejpeg": simplejpeg.__version__,
-            "load_avg_at_start": os.getloadavg()}
+            "load_avg_at_start": load()}
 
 
 def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
@@ -135,11 +222,62 @@ def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
         (dst / calib / "images.txt").write_text("".join(lines))
 
 
+def per_frame_cpu(frames, scene, cfgs, reps) -> dict:
+    """Median CPU ms per frame; the variants are interleaved frame by frame so that a change in
+    background load hits all of them alike."""
+    from dataengine.build import process_frame
+
+    times = {name: [] for name in [*cfgs, "floor", "baseline"]}
+    stages = {name: [] for name in cfgs}
+    for rep in range(reps):
+        for f in frames:
+            for name, cfg in cfgs.items():
+                times[name].append(cpu_time(process_frame, f, scene, cfg))
+                stages[name].append(engine_stages(f, cfg))
+            times["floor"].append(cpu_time(floor_frame, f))
+            if rep == 0:  # the slow baseline: once per frame
+                times["baseline"].append(cpu_time(baseline_frame, f))
+    out = {name: median_ms(v) for name, v in times.items()}
+    out["stages"] = {name: {k: median_ms([s[k] for s in v]) for k in v[0]}
+                     for name, v in stages.items()}
+    return out
+
+
+def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: float) -> dict:
+    """Wall seconds for `items` frames on 1 and 2 threads (the engine's ThreadPoolExecutor), as
+    1, 2, 1, 2 to bracket drifting background load. Each run first waits (up to quiet_wait_s) for
+    the other processes to use < quiet cores, and records the cores they used during the run
+    (others_cores) and the cores this process used (own_cores: 2 threads free of the GIL → ~2)."""
+    from dataengine.build import process_frame
+
+    work = (frames * items)[:items]
+
+    def wall(workers):
+        quiet_before = wait_for_quiet(quiet, quiet_wait_s)
+        before = load()
+        with OthersLoad() as run, ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda f: process_frame(f, scene, cfg), work))
+        return {"workers": workers, "wall_s": round(run.wall_s, 3), "load_avg_before": before,
+                "others_cores_before": quiet_before, "others_cores": round(run.others_cores, 2),
+                "own_cores": round(run.own_cores, 2)}
+
+    runs = [wall(1), wall(2), wall(1), wall(2)]
+    one = statistics.mean(r["wall_s"] for r in runs if r["workers"] == 1)
+    two = statistics.mean(r["wall_s"] for r in runs if r["workers"] == 2)
+    return {"frames": items, "runs": runs, "speedup": round(one / two, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--frames", type=int, default=4, help="full-size frames to generate")
     parser.add_argument("--work", type=Path, default=None, help="work dir (default: a temp dir)")
-    parser.add_argument("--build-frames", type=int, default=214)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the per-frame timings")
+    parser.add_argument("--scaling-frames", type=int, default=8, help="frames per 1-vs-2 worker run")
+    parser.add_argument("--build-frames", type=int, default=214, help="0 = skip the build")
+    parser.add_argument("--quiet", type=float, default=0.3,
+                        help="wait for other processes to use fewer cores than this before each "
+                             "worker-scaling run ...")
+    parser.add_argument("--quiet-wait", type=float, default=120.0, help="... at most this long (s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -160,64 +298,67 @@ def main() -> None:
     scene = load_scene(scene_dir, "auto")
     frames = [f for f in scene.frames if f.depth_source == "laser"]
     jpeg_mb = statistics.mean(f.image_path.stat().st_size for f in frames) / 1e6
-    cfg = BuildConfig(root=root, out=work / "unused", progress=False)
-    sparse_cfg = BuildConfig(root=root, out=work / "unused", depth="sparse", progress=False)
+    base = dict(root=root, out=work / "unused", progress=False)
+    cfgs = {"engine_laser_plane": BuildConfig(**base, laser=LaserDepthConfig(pooling="plane")),
+            "engine_laser_nearest": BuildConfig(**base, laser=LaserDepthConfig(pooling="nearest")),
+            "sparse": BuildConfig(**base, depth="sparse")}
     sparse_scene = load_scene(scene_dir, "sparse")
-
-    process_frame(frames[0], scene, cfg)  # numba load/compile outside the timing
-    process_frame(sparse_scene.frames[0], sparse_scene, sparse_cfg)
-    reps = 2
-    engine = [cpu_time(process_frame, f, scene, cfg) for _ in range(reps) for f in frames]
-    floor = [cpu_time(floor_frame, f) for _ in range(reps) for f in frames]
-    base = [cpu_time(baseline_frame, f) for f in frames[:2]]
-    sparse = [cpu_time(process_frame, f, sparse_scene, sparse_cfg) for f in sparse_scene.frames]
-
-    def wall(workers, items):
-        t = time.perf_counter()
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda f: process_frame(f, scene, cfg), items))
-        return time.perf_counter() - t
-
-    items = frames * max(1, 8 // len(frames))
-    w1 = wall(1, items)
-    w2 = wall(2, items)
+    for name, cfg in cfgs.items():  # numba load/compile and grid caches outside the timing
+        process_frame(sparse_scene.frames[0] if name == "sparse" else frames[0],
+                      sparse_scene if name == "sparse" else scene, cfg)
+    laser_cfgs = {k: v for k, v in cfgs.items() if k != "sparse"}
+    load_before = load()
+    with OthersLoad() as during:
+        per = per_frame_cpu(frames, scene, laser_cfgs, args.reps)
+        per["engine_sparse"] = median_ms([cpu_time(process_frame, f, sparse_scene, cfgs["sparse"])
+                                          for f in sparse_scene.frames])
+    per["load_avg_before"] = load_before
+    per["load_avg_after"] = load()
+    per["others_cores_during"] = round(during.others_cores, 2)
+    scaling = worker_scaling(frames, scene, cfgs["engine_laser_plane"], args.scaling_frames,
+                             args.quiet, args.quiet_wait)
 
     results = {
         "machine": info, "frames_generated": len(frames), "generate_s": round(gen_s, 1),
         "source": {"undistorted_size": [frames[0].pinhole.width, frames[0].pinhole.height],
                    "depth_size": [frames[0].prism.width, frames[0].prism.height],
-                   "jpeg_mb_mean": round(jpeg_mb, 2)},
-        "per_frame_cpu_ms_median": {"engine_laser": 1e3 * statistics.median(engine),
-                                    "baseline": 1e3 * statistics.median(base),
-                                    "floor": 1e3 * statistics.median(floor),
-                                    "engine_sparse": 1e3 * statistics.median(sparse)},
-        "threads_wall_s": {"1": w1, "2": w2, "frames": len(items), "speedup": w1 / w2},
+                   "jpeg_mb_mean": round(jpeg_mb, 2),
+                   "masks": sum(f.mask_path is not None for f in frames)},
+        "per_frame_cpu_ms_median": per,
+        "threads": scaling,
     }
-    per = results["per_frame_cpu_ms_median"]
-    results["ratios"] = {"engine_vs_baseline": per["baseline"] / per["engine_laser"],
-                         "engine_vs_floor": per["floor"] / per["engine_laser"],
-                         "two_workers_vs_one": w1 / w2}
+    results["ratios"] = {
+        f"{name}_vs_baseline": round(per["baseline"] / per[name], 2) for name in laser_cfgs}
+    results["ratios"].update({
+        f"{name}_vs_floor": round(per["floor"] / per[name], 3) for name in laser_cfgs})
+    results["ratios"]["two_workers_vs_one"] = scaling["speedup"]
     print(json.dumps(results, indent=1))
 
-    big = work / "eth3d_big"
-    if not big.exists():
-        counts = [76, 45, 26, 23, 44][: 5]
-        scale = args.build_frames / sum(counts)
-        for i, n in enumerate(counts):
-            replicate_scene(scene_dir, big / f"scene{i}", max(8, round(n * scale)))
-    out = work / "shards_big"
-    shutil.rmtree(out, ignore_errors=True)
-    n_frames = sum(len(load_scene(big / s).frames) for s in sorted(os.listdir(big)))
-    t = time.perf_counter()
-    manifest = build_shards(BuildConfig(root=big, out=out, scenes=tuple(sorted(os.listdir(big))),
-                                        progress=False, laser=LaserDepthConfig()))
-    build_s = time.perf_counter() - t
-    results["build_214"] = {"frames": n_frames, "wall_s": build_s, "frames_per_s": n_frames / build_s,
-                            "workers": os.cpu_count(),
+    if args.build_frames > 0:
+        big = work / "eth3d_big"
+        if not big.exists():
+            counts = [76, 45, 26, 23, 44]
+            scale = args.build_frames / sum(counts)
+            for i, n in enumerate(counts):
+                replicate_scene(scene_dir, big / f"scene{i}", max(8, round(n * scale)))
+        out = work / "shards_big"
+        shutil.rmtree(out, ignore_errors=True)
+        n_frames = sum(len(load_scene(big / s).frames) for s in sorted(os.listdir(big)))
+        before = load()
+        with OthersLoad() as run:
+            manifest = build_shards(BuildConfig(root=big, out=out,
+                                                scenes=tuple(sorted(os.listdir(big))),
+                                                progress=False))
+        build_s = run.wall_s
+        results["build"] = {"frames": n_frames, "wall_s": round(build_s, 1),
+                            "frames_per_s": round(n_frames / build_s, 2), "workers": os.cpu_count(),
+                            "load_avg_before": before, "load_avg_after": load(),
+                            "others_cores": round(run.others_cores, 2),
+                            "own_cores": round(run.own_cores, 2),
                             "samples": {k: v["samples"] for k, v in manifest["splits"].items()},
                             "shard_bytes": sum(s["bytes"] for v in manifest["splits"].values()
                                                for s in v["shards"])}
-    print(json.dumps(results["build_214"], indent=1))
+        print(json.dumps(results["build"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
 

@@ -293,8 +293,21 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     inv_spacing = 1.0 / spacing
     n = 0
     valid = np.empty(dist_w + 1, dtype=np.int64)
+    gh, gw = inv_x.shape
+    row_x = np.empty(gw, dtype=np.float64)
+    row_y = np.empty(gw, dtype=np.float64)
     for iy in range(dist_h):
         c0, c1 = _row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing)
+        if c1 <= c0:
+            continue
+        # The grid interpolated to this row once: per point, only the lerp along x remains
+        # (the same bilinear value as _distort_bilinear).
+        fy = (iy + 0.5) * inv_spacing
+        gy0 = min(int(fy), gh - 2)
+        wy = fy - gy0
+        for g in range(min(int(c0 * inv_spacing), gw - 2), min(int(c1 * inv_spacing) + 2, gw)):
+            row_x[g] = inv_x[gy0, g] * (1 - wy) + inv_x[gy0 + 1, g] * wy
+            row_y[g] = inv_y[gy0, g] * (1 - wy) + inv_y[gy0 + 1, g] * wy
         drow = depth[iy]
         # Branch-free compaction of the row's valid columns first (~9 % of the pixels are valid,
         # at random: a branch per pixel would mispredict on most of them).
@@ -308,7 +321,11 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
             d = drow[ix]
             if has_mask and mask[iy, ix] != 0:
                 continue
-            ux, uy = _distort_bilinear(ix + 0.5, iy + 0.5, inv_x, inv_y, inv_spacing)
+            fx = (ix + 0.5) * inv_spacing
+            g = min(int(fx), gw - 2)
+            wx = fx - g
+            ux = row_x[g] * (1 - wx) + row_x[g + 1] * wx
+            uy = row_y[g] * (1 - wx) + row_y[g + 1] * wx
             if not (ux >= 0.0 and ux < src_w and uy >= 0.0 and uy < src_h):
                 continue  # also NaN (no inverse there)
             ox = (ux - bx) * rax
@@ -464,7 +481,8 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
                     out_depth[i, j] = 0.0
                     out_status[i, j] = PLANE_HOLE
                     continue
-            rad = min(0.5, radius)
+            # The +-0.5 window holds exactly the pixel's own points: skip it when they are too few.
+            rad = min(0.5, radius) if own >= min_points else min(1.0, radius)
             while True:
                 status, a = _plane_at(i, j, start, px, py, pw, height, width, rad, min_points,
                                       tolerance, min_spread, half_x, half_y)
