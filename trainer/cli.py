@@ -46,6 +46,14 @@ def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_d
 
 
 # --- train, params, export, push (owner: trainer) ----------------------------------------------------
+def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
+    """Extra KEY=VALUE words, so that `--set seed=5 lr=1e-4` sets both."""
+    for word in words:
+        if "=" not in word:
+            raise click.UsageError(f"unexpected argument {word!r}: overrides are KEY=VALUE")
+    return tuple(words)
+
+
 @main.command("train")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Strategy YAML (configs/strategy_{a,b,c}.yaml). With --resume the run's config.yaml is used.")
@@ -57,15 +65,18 @@ def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_d
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--stop-after", type=int, help="Checkpoint and exit after this many steps (preemptible jobs).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Config override, e.g. --set lr=1e-4 --set data.batch_size=2 (repeatable; several per flag).")
-def train_command(config_path, shards, weights, model_name, out_dir, max_steps, resume, stop_after, overrides) -> None:
+              help="Config override, e.g. --set seed=5 lr=1e-4 data.batch_size=2 (repeatable; KEY=VALUE words "
+                   "after it are overrides too).")
+@click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def train_command(config_path, shards, weights, model_name, out_dir, max_steps, resume, stop_after, overrides,
+                  more_overrides) -> None:
     """Train a LoRA adapter (one GPU/CPU, or torchrun --nproc_per_node=N -m trainer train ...)."""
     from pathlib import Path
 
     from trainer.config import ConfigError, config_from_run, load_config, split_overrides
     from trainer.train import NonFiniteLossError, train
 
-    sets = split_overrides(overrides)
+    sets = split_overrides(overrides + _key_values(more_overrides))
     for key, value in (("data.shards", shards), ("weights", weights), ("model", model_name), ("out", out_dir),
                        ("max_steps", max_steps)):
         if value is not None:
@@ -89,12 +100,13 @@ def train_command(config_path, shards, weights, model_name, out_dir, max_steps, 
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
-def params_command(config_path, model_name, overrides) -> None:
+@click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def params_command(config_path, model_name, overrides, more_overrides) -> None:
     """Trainable / total parameters and adapter size of a strategy (meta device: no weights, no memory)."""
     from trainer.config import ConfigError, load_config, split_overrides
     from trainer.lora import param_counts_on_meta
 
-    sets = split_overrides(overrides) + ([f"model={model_name}"] if model_name else [])
+    sets = split_overrides(overrides + _key_values(more_overrides)) + ([f"model={model_name}"] if model_name else [])
     try:
         cfg = load_config(config_path, sets)
         report = param_counts_on_meta(cfg.model, cfg.lora)
