@@ -14,7 +14,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # Real-data path
 ETH3D_ROOT ?= data/eth3d
 SCENES     ?= facade,electro,office,terrace,delivery_area
-SHARDS     ?= shards/eth3d-518
+SHARDS     ?= shards/eth3d
 STRATEGY   ?= b
 WEIGHTS    ?= facebook/VGGT-1B
 RUN        ?= runs/strategy_$(STRATEGY)
