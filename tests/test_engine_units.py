@@ -311,13 +311,14 @@ def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):
         LaserDepthConfig(pooling="mean")
     with pytest.raises(ValueError, match="plane_radius"):
         LaserDepthConfig(plane_radius=2.0)
-    gt = np.full((150, 7), np.inf, "<f4")  # 150 rows: more than one read chunk, a partial last one
+    gt = np.full((150, 7), np.inf, "<f4")
     gt[::3, ::2] = 2.5
+    gt[1, 1] = 0.0  # zero is no depth either
     gt.tofile(tmp_path / "ok")
     read, n_valid = read_gt_depth(tmp_path / "ok", 7, 150)
     np.testing.assert_array_equal(read, gt)
-    assert n_valid == np.isfinite(gt).sum()
-    gt[149, 6] = np.nan  # in the last, partial chunk
+    assert n_valid == np.count_nonzero(gt == 2.5) and not read.flags.writeable  # mapped read-only
+    gt[149, 6] = np.nan  # the very last value
     gt.tofile(tmp_path / "nan")
     with pytest.raises(BadInputError, match=r"nan: 1 NaN values"):
         read_gt_depth(tmp_path / "nan", 7, 150)
