@@ -294,10 +294,17 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     n = 0
     valid = np.empty(dist_w + 1, dtype=np.int64)
     gh, gw = inv_x.shape
+    # The column spans need a complete (monotone) inverse; with any NaN node scan whole rows.
+    complete = True
+    for g in range(inv_x.size):
+        if inv_x.flat[g] != inv_x.flat[g]:
+            complete = False
+            break
     row_x = np.empty(gw, dtype=np.float64)
     row_y = np.empty(gw, dtype=np.float64)
     for iy in range(dist_h):
-        c0, c1 = _row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing)
+        c0, c1 = (_row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete
+                  else (0, dist_w))
         if c1 <= c0:
             continue
         # The grid interpolated to this row once: per point, only the lerp along x remains
