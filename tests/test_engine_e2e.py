@@ -87,9 +87,12 @@ def test_laser_depth_matches_analytic_truth_and_catches_thin_prism_mistakes(eth3
             r = process_frame(frame, scene, cfg)
             out.append(relative_errors(r.depth, geometry.zdepth(r.K, frame.rotation, frame.translation,
                                                                 224, 160)))
+            plane_fractions.append(r.meta["plane_fraction"])
         return np.concatenate(out)
 
+    plane_fractions = []
     err = errors()
+    assert cfg.laser.pooling == "plane" and min(plane_fractions) > 0.6  # the default is the plane fit
     assert len(err) > 100_000
     assert np.median(err) <= 0.001
     assert np.percentile(err, 95) <= 0.01
@@ -216,6 +219,7 @@ def test_split_is_frame_disjoint_and_manifest_complete(built):
     stats = manifest["per_scene"][SCENE]
     assert stats["frames"] == 12 and stats["val_frames"] == 4 and stats["train_frames"] == 8
     assert manifest["format"] == "eth3d-vggt-shards/1" and manifest["license"] == "CC BY-NC-SA 4.0"
+    assert manifest["options"]["laser"]["pooling"] == "plane"  # the depth estimator is recorded
     assert len(manifest["engine"]["git_sha"]) in (40, 7) or manifest["engine"]["git_sha"] == "unknown"
     assert "CC BY-NC-SA 4.0" in (out / "README.md").read_text()
     assert "Schöps" in (out / "README.md").read_text() or "Sch\\\"ops" in (out / "README.md").read_text()
