@@ -31,18 +31,20 @@ POOLING = ("nearest", "median", "min", "plane")  # kernel codes 0, 1, 2; plane h
 
 @dataclass(frozen=True)
 class LaserDepthConfig:
-    samples: int = 8  # k: k x k samples per output pixel footprint
-    # plane: a local plane fitted to the laser points, evaluated at the pixel centre, where the fit
-    #   is well posed, consistent and not extrapolated; else the nearest sample (see below);
+    samples: int = 8  # k: k x k samples per output pixel footprint (nearest / median / min)
+    # plane: a local plane in inverse depth fitted to the laser points around the pixel and
+    #   evaluated at its centre, where the fit is well posed, consistent and not extrapolated;
+    #   else the GT value nearest the centre (kernels.plane_pool);
     # nearest: the valid sample nearest the footprint centre; median: their lower median (a real
     #   sample, robust to outliers); min: the nearest surface.
     pooling: str = "plane"
-    min_count: int = 1  # valid samples needed to supervise a pixel
-    grid_spacing: float = 8.0  # undistorted px between exact thin-prism evaluations
-    # plane pooling: laser points within +-plane_radius output px of the pixel centre (<= 1.5: the
-    # 3x3 footprint neighbourhood) enter the fit of inverse depth 1/z = a + b x + c y.
+    # Valid samples needed to supervise a pixel (plane: GT pixels overlapping its footprint).
+    min_count: int = 1
+    grid_spacing: float = 8.0  # px between exact thin-prism evaluations (both map directions)
+    # plane: the fit window starts at the pixel's own footprint (+-0.5 output px) and widens up to
+    # +-plane_radius (<= 1.5: the 3x3 neighbourhood) while the points are too few.
     plane_radius: float = 1.5
-    plane_min_points: int = 5  # distinct laser points (3 define a plane; more let it be checked)
+    plane_min_points: int = 5  # laser points (3 define a plane; more let it be checked)
     plane_tolerance: float = 0.005  # max relative residual: larger = two surfaces, no plane
     plane_min_spread: float = 0.15  # output px: smallest position std (points not on a line)
 
@@ -52,7 +54,8 @@ class LaserDepthConfig:
         if self.samples < 1 or self.min_count < 0 or self.grid_spacing <= 0:
             raise ValueError("samples >= 1, min_count >= 0 and grid_spacing > 0 are required")
         if not 0.0 < self.plane_radius <= 1.5:
-            raise ValueError(f"plane_radius must be in (0, 1.5] output pixels, got {self.plane_radius}")
+            raise ValueError(f"plane_radius must be in (0, 1.5] output pixels, "
+                             f"got {self.plane_radius}")
         if self.plane_min_points < 3 or self.plane_tolerance <= 0 or self.plane_min_spread < 0:
             raise ValueError("plane_min_points >= 3, plane_tolerance > 0 and plane_min_spread >= 0 "
                              "are required")
