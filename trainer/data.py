@@ -8,19 +8,33 @@ samples in a buffer seeded by (seed, epoch, rank, worker), and yields whole batc
 Every worker of every rank yields exactly the same number of batches in an epoch (the minimum over
 all of them, computed from the per-shard sample counts), so DDP ranks take equal step counts and the
 DataLoader's round-robin over workers is a fixed interleaving. That makes the data position a single
-number: (epoch, batches consumed). Resuming skips the consumed samples *before* JPEG decoding.
+number: (epoch, batches consumed). Resuming skips the consumed samples before reading their payloads.
 
-Images stay uint8 until `to_device`, which moves the batch and converts there.
+Reading is built for throughput (benchmarks/loader.py): a worker indexes its tars from the 512-byte
+headers only, shuffles these small records, and reads each payload once, with pread, straight into
+the batch: JPEGs decode (simplejpeg) into a preallocated uint8 array, float32 depth lands in place,
+masks are combined per frame. The frames of a batch are decoded by a small thread pool (simplejpeg
+and pread release the GIL). Inside a DataLoader worker the batch lives in one shared-memory storage,
+so handing it to the main process copies nothing.
+
+Images stay uint8 (HWC in memory; the [B,S,3,H,W] tensor is a view) until `to_device`, which moves
+the batch and converts there.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import io
 import itertools
 import json
 import logging
+import math
+import os
 import random
+import re
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -128,16 +142,167 @@ def batches_per_worker(
     return min(per_worker)
 
 
-def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
-    """Raw tar members of one sample → numpy arrays (uint8 images S×H×W×3, as decoded)."""
-    import simplejpeg
+def index_tar_samples(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """wds stage: {"url": tar path} → sample records {"__key__", "__url__", member: TarRange}.
 
-    key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
-    where = f"{url}: sample {key}"
-    if "cameras.json" not in sample:
-        raise ShardError(f"{where}: missing member {key}.cameras.json")
+    Same grouping as `wds.tarfile_to_samples` (key = name up to the first dot of the basename,
+    lower-cased suffix, `__*__` meta files skipped), but only the 512-byte headers are read: payloads
+    stay on disk until `decode_batch` reads them straight into the batch arrays.
+    """
+    for item in src:
+        yield from _index_tar(item["url"])
+
+
+def _index_tar(path: str) -> Iterator[dict[str, Any]]:
+    current: dict[str, Any] | None = None
     try:
-        cams = json.loads(sample["cameras.json"])
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            file_size = os.fstat(f.fileno()).st_size
+            for member in tar:
+                if not member.isreg() or _META_MEMBER.match(member.name):
+                    continue
+                name = member.name
+                dot = name.find(".", name.rfind("/") + 1)
+                if dot < 0:
+                    raise ShardError(f"{path}: member {name!r} has no extension (members are <key>.<name>)")
+                if member.offset_data + member.size > file_size:
+                    raise ShardError(f"{path}: member {name} is truncated (the tar ends at byte {file_size})")
+                key, suffix = name[:dot], name[dot + 1:].lower()
+                if current is None or key != current["__key__"]:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": path}
+                if suffix in current:
+                    raise ShardError(f"{path}: sample {key}: member {name} appears twice")
+                current[suffix] = TarRange(member.offset_data, member.size)
+            # tarfile stops quietly at a damaged header; a sound tar has only zero blocks after the last member
+            f.seek(tar.offset)
+            if f.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                raise ShardError(f"{path}: unreadable tar header at byte {tar.offset}")
+    except tarfile.TarError as exc:
+        raise ShardError(f"{path}: not a readable tar: {exc}") from None
+    if current is not None:
+        yield current
+
+
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")
+
+
+@dataclass(frozen=True)
+class TarRange:
+    """Where a member's payload lies in its shard (bytes)."""
+
+    offset: int
+    size: int
+
+
+class _SampleReader:
+    """Payload access for one sample: tar ranges are read with pread (thread-safe, releases the GIL);
+    bytes already in memory (samples of `wds.tarfile_to_samples`) are sliced."""
+
+    def __init__(self, sample: dict[str, Any]) -> None:
+        self.sample, self.key = sample, sample.get("__key__", "?")
+        self.where = f"{sample.get('__url__', '?')}: sample {self.key}"
+        self._fd: int | None = None
+
+    def require(self, member: str) -> None:
+        if member not in self.sample:
+            raise ShardError(f"{self.where}: missing member {self.key}.{member}")
+
+    def size(self, member: str) -> int:
+        value = self.sample[member]
+        return value.size if isinstance(value, TarRange) else len(value)
+
+    def read(self, member: str, start: int = 0, size: int | None = None) -> bytes | memoryview:
+        value = self.sample[member]
+        size = self.size(member) - start if size is None else size
+        if not isinstance(value, TarRange):
+            return memoryview(value)[start:start + size]
+        data = os.pread(self._file(), size, value.offset + start)
+        if len(data) != size:
+            raise ShardError(f"{self.where}: {member} is truncated")
+        return data
+
+    def read_into(self, member: str, start: int, dest: np.ndarray) -> None:
+        """Fill the C-contiguous `dest` with the member's bytes from `start` on (no intermediate copy)."""
+        target = memoryview(dest).cast("B")
+        value = self.sample[member]
+        if not isinstance(value, TarRange):
+            target[:] = memoryview(value)[start:start + len(target)]
+            return
+        done = 0
+        while done < len(target):
+            n = os.preadv(self._file(), [target[done:]], value.offset + start + done)
+            if n <= 0:
+                raise ShardError(f"{self.where}: {member} is truncated")
+            done += n
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.sample["__url__"], os.O_RDONLY)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True)
+class _NpyLayout:
+    """A C-order .npy member: where its data starts, its dtype and shape."""
+
+    member: str
+    start: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+def _npy_layout(reader: _SampleReader, member: str) -> _NpyLayout:
+    """Parse the .npy header only (magic, version, header dict); the data is read per frame later."""
+    reader.require(member)
+    total = reader.size(member)
+    head = bytes(reader.read(member, 0, min(total, 4096)))
+    try:
+        stream = io.BytesIO(head)
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            if len(head) >= 12 and 12 + int.from_bytes(head[8:12], "little") > len(head):
+                stream = io.BytesIO(bytes(reader.read(member, 0, 12 + int.from_bytes(head[8:12], "little"))))
+                np.lib.format.read_magic(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except ValueError as exc:
+        raise ShardError(f"{reader.where}: {member}: {exc}") from None
+    if fortran or dtype.hasobject:
+        raise ShardError(f"{reader.where}: {member}: {'Fortran-order' if fortran else 'object'} array; "
+                         "expected a C-order numeric array")
+    start = stream.tell()
+    expected = start + int(np.prod(shape)) * dtype.itemsize
+    if total != expected:
+        raise ShardError(f"{reader.where}: {member}: {total} bytes, its header {shape} {dtype} needs {expected}")
+    return _NpyLayout(member, start, dtype, tuple(shape))
+
+
+@dataclass
+class _SamplePlan:
+    """One sample, validated before anything large is read."""
+
+    reader: _SampleReader
+    frames: int
+    height: int
+    width: int
+    cams: dict[str, Any]
+    depth: _NpyLayout
+    mask: _NpyLayout
+
+
+def _plan_sample(reader: _SampleReader, frames: int | None) -> _SamplePlan:
+    where, key = reader.where, reader.key
+    reader.require("cameras.json")
+    try:
+        cams = json.loads(bytes(reader.read("cameras.json")))
     except json.JSONDecodeError as exc:
         raise ShardError(f"{where}: cameras.json line {exc.lineno}: {exc.msg}") from None
     if cams.get("format") != SHARD_FORMAT:
@@ -147,38 +312,136 @@ def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
     if n > len(frame_meta):
         raise ShardError(f"{where}: data.frames={n} but the sample has only {len(frame_meta)} frames")
     height, width = cams["image_size"]
-    images = np.empty((n, height, width, 3), np.uint8)  # HWC as decoded; made CHW by a view in collate
     for i in range(n):
-        member = f"f{i}.jpg"
-        if member not in sample:
-            raise ShardError(f"{where}: missing member {key}.{member}")
-        rgb = simplejpeg.decode_jpeg(sample[member], colorspace="RGB")
-        if rgb.shape != (height, width, 3):
-            raise ShardError(f"{where}: {member} is {rgb.shape[1]}x{rgb.shape[0]}, cameras.json says {width}x{height}")
-        images[i] = rgb
-    depth = _load_npy(sample, "depth.npy", where)[:n]
-    mask = _load_npy(sample, "mask.npy", where)[:n]
-    if depth.shape != (n, height, width) or mask.shape != (n, height, width):
-        raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
+        reader.require(f"f{i}.jpg")
+    depth, mask = _npy_layout(reader, "depth.npy"), _npy_layout(reader, "mask.npy")
+    for layout in (depth, mask):
+        if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
+            raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
+    if depth.dtype.kind not in "fiu" or mask.dtype.kind not in "biuf":
+        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype} are not numeric")
+    return _SamplePlan(reader, n, height, width, cams, depth, mask)
+
+
+_FLOAT32 = np.dtype("=f4")
+
+
+def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, masks: np.ndarray, i: int) -> None:
+    """Frame i of one sample into its slots: JPEG → uint8 HWC, depth → float32, mask & (depth > 0)."""
+    import simplejpeg
+
+    reader, h, w = plan.reader, plan.height, plan.width
+    member = f"f{i}.jpg"
+    data = reader.read(member)
+    try:
+        size = simplejpeg.decode_jpeg_header(data)[:2]
+        if size != (h, w):
+            raise ShardError(f"{reader.where}: {member} is {size[1]}x{size[0]}, cameras.json says {w}x{h}")
+        simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=images[i])
+    except ValueError as exc:
+        if isinstance(exc, ShardError):
+            raise
+        raise ShardError(f"{reader.where}: {member}: {exc}") from None
+    for layout, dest in ((plan.depth, depths[i]), (plan.mask, masks[i])):
+        frame_bytes = h * w * layout.dtype.itemsize
+        start = layout.start + i * frame_bytes
+        if layout is plan.depth and layout.dtype == _FLOAT32:
+            reader.read_into(layout.member, start, dest)  # the common case: straight into the batch
+        elif layout is plan.mask and layout.dtype.itemsize == 1:
+            raw = dest.view(np.uint8).view(layout.dtype)  # read in place, then turned into 0/1 bools
+            reader.read_into(layout.member, start, raw)
+            np.greater(raw, 0, out=dest)
+        else:
+            values = np.frombuffer(reader.read(layout.member, start, frame_bytes), layout.dtype).reshape(h, w)
+            if layout is plan.depth:
+                np.copyto(dest, values, casting="unsafe")
+            else:
+                np.greater(values, 0, out=dest)
+    np.logical_and(masks[i], depths[i] > 0, out=masks[i])
+
+
+def _batch_tensors(batch: int, frames: int, height: int, width: int, shared: bool) -> dict[str, torch.Tensor]:
+    """The batch's tensors, carved from one storage; in a DataLoader worker that storage is shared
+    memory, so sending the batch to the main process passes a file descriptor instead of copying."""
+    layout = [
+        ("depths", torch.float32, (batch, frames, height, width)),
+        ("extrinsics", torch.float32, (batch, frames, 3, 4)),
+        ("intrinsics", torch.float32, (batch, frames, 3, 3)),
+        ("images", torch.uint8, (batch, frames, height, width, 3)),
+        ("point_masks", torch.bool, (batch, frames, height, width)),
+    ]
+    offsets, total = [], 0
+    for _, dtype, shape in layout:
+        offsets.append(total)
+        total += -(-math.prod(shape) * dtype.itemsize // 64) * 64  # 64-byte aligned starts
+    storage = torch.UntypedStorage._new_shared(total) if shared else torch.UntypedStorage(total)
     return {
-        "images": images,
-        "depths": depth.astype(np.float32, copy=False),
-        "point_masks": (mask > 0) & (depth > 0),
-        "extrinsics": np.asarray([f["extrinsics"] for f in frame_meta[:n]], np.float32),
-        "intrinsics": np.asarray([f["K"] for f in frame_meta[:n]], np.float32),
-        "key": key,
-        "scene": cams["scene"],
-        "names": [f["name"] for f in frame_meta[:n]],
+        name: torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
+        for (name, dtype, shape), offset in zip(layout, offsets)
     }
 
 
-def _load_npy(sample: dict[str, Any], member: str, where: str) -> np.ndarray:
-    if member not in sample:
-        raise ShardError(f"{where}: missing member {sample.get('__key__')}.{member}")
+def decode_batch(
+    samples: list[dict[str, Any]], frames: int | None, pool: ThreadPoolExecutor | None = None, shared: bool = False
+) -> dict[str, Any]:
+    """Sample records (tar ranges from `index_tar_samples`, or wds raw bytes) → a batch (module docstring).
+
+    Every frame is one task (JPEG decode + depth/mask read) run on `pool` when given; `shared`
+    allocates the batch in shared memory (use it inside DataLoader workers).
+    """
+    readers = [_SampleReader(s) for s in samples]
     try:
-        return np.load(io.BytesIO(sample[member]), allow_pickle=False)
-    except ValueError as exc:
-        raise ShardError(f"{where}: {member}: {exc}") from None
+        plans = [_plan_sample(r, frames) for r in readers]
+        shapes = {(p.frames, p.height, p.width) for p in plans}
+        if len(shapes) > 1:
+            keys = [r.key for r in readers]
+            raise ShardError(f"samples {keys} differ in frames/size {sorted(shapes)}: one dataset, one size")
+        n, h, w = shapes.pop()
+        out = _batch_tensors(len(plans), n, h, w, shared)
+        images, depths, masks = out["images"].numpy(), out["depths"].numpy(), out["point_masks"].numpy()
+        tasks = [
+            functools.partial(_decode_frame, plan, images[b], depths[b], masks[b], i)
+            for b, plan in enumerate(plans)
+            for i in range(n)
+        ]
+        if pool is None:
+            for task in tasks:
+                task()
+        else:
+            futures = [pool.submit(task) for task in tasks]
+            concurrent.futures.wait(futures)  # all done before the files close, even when one failed
+            for future in futures:
+                future.result()
+        for b, plan in enumerate(plans):
+            meta = plan.cams["frames"][:n]
+            out["extrinsics"][b] = torch.tensor([f["extrinsics"] for f in meta], dtype=torch.float32)
+            out["intrinsics"][b] = torch.tensor([f["K"] for f in meta], dtype=torch.float32)
+    finally:
+        for reader in readers:
+            reader.close()
+    return {
+        "images": out["images"].permute(0, 1, 4, 2, 3),  # [B,S,3,H,W] view of the decoded HWC
+        "depths": out["depths"],
+        "point_masks": out["point_masks"],
+        "extrinsics": out["extrinsics"],
+        "intrinsics": out["intrinsics"],
+        "keys": [r.key for r in readers],
+        "scenes": [p.cams["scene"] for p in plans],
+        "names": [[f["name"] for f in p.cams["frames"][:n]] for p in plans],
+    }
+
+
+def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
+    """One sample (tar ranges or wds raw bytes) → numpy arrays (uint8 images S×H×W×3, as decoded)."""
+    batch = decode_batch([sample], frames)
+    arrays = {name: batch[name][0].numpy() for name in ("depths", "point_masks", "extrinsics", "intrinsics")}
+    return {
+        "images": batch["images"][0].permute(0, 2, 3, 1).numpy(),
+        **arrays,
+        "key": batch["keys"][0],
+        "scene": batch["scenes"][0],
+        "names": batch["names"][0],
+    }
 
 
 def _stack(samples: list[dict[str, Any]], name: str) -> torch.Tensor:
@@ -187,7 +450,7 @@ def _stack(samples: list[dict[str, Any]], name: str) -> torch.Tensor:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch tensors; images are a [B,S,3,H,W] view of the decoded [B,S,H,W,3] (saves a full copy)."""
+    """Batch tensors from `decode_sample` dicts; images are a [B,S,3,H,W] view of the decoded [B,S,H,W,3]."""
     shapes = {s["images"].shape for s in samples}
     if len(shapes) > 1:
         keys = [s["key"] for s in samples]
@@ -219,11 +482,13 @@ class ShardStream(IterableDataset):
         world: int,
         workers: int,
         split_across_ranks: bool = True,
+        decode_threads: int = 1,
     ) -> None:
         self.shards, self.batch_size, self.shuffle, self.seed = shards, batch_size, shuffle, seed
         self.shuffle_buffer, self.frames = shuffle_buffer, frames
         self.rank, self.world, self.workers = rank, world, max(workers, 1)
         self.split_across_ranks = split_across_ranks
+        self.decode_threads = max(decode_threads, 1)
         if not split_across_ranks and (rank, world) != (0, 1):
             raise ValueError("a stream that is not split across ranks reads every shard: use rank=0, world_size=1")
         self.epoch, self.skip_batches = 0, 0
@@ -263,17 +528,22 @@ class ShardStream(IterableDataset):
             wds.SimpleShardList([s.path for s in order]),
             wds.split_by_node if self.split_across_ranks else _all_shards,  # rank r: shards r::world
             _take_role(role, self.workers),  # worker role j: j::W of those (wds.split_by_worker by role)
-            wds.tarfile_to_samples(),
+            index_tar_samples,  # records of where each member lies; payloads are read when decoded
         ]
         if self.shuffle and self.shuffle_buffer > 1:
             rng = random.Random(f"samples-{self.seed}-{self.epoch}-{self.rank}-{role}")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
         samples = iter(wds.DataPipeline(*stages))
-        for _ in range(skip * self.batch_size):  # resume: drop raw samples, nothing decoded
+        for _ in range(skip * self.batch_size):  # resume: drop sample records, nothing read
             next(samples)
-        for _ in range(per_worker - skip):
-            raw = [next(samples) for _ in range(self.batch_size)]
-            yield collate([decode_sample(s, self.frames) for s in raw])
+        pool = ThreadPoolExecutor(self.decode_threads, "decode") if self.decode_threads > 1 else None
+        try:
+            for _ in range(per_worker - skip):
+                records = [next(samples) for _ in range(self.batch_size)]
+                yield decode_batch(records, self.frames, pool, shared=info is not None)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _all_shards(src: Iterator[Any]) -> Iterator[Any]:
@@ -340,18 +610,23 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     split_across_ranks: bool = True,
+    decode_threads: int | None = None,
 ) -> Loader:
     """Loader over `<shards_dir>/<split>-*.tar`; iterate it for one epoch, or use `epoch_batches`.
 
     rank/world_size default to what webdataset's `split_by_node` sees (RANK/WORLD_SIZE as set by
     torchrun, else torch.distributed, else a single process); they must agree with it.
     split_across_ranks=False reads every shard in this process (e.g. validation on rank 0 only).
+    decode_threads: frames decoded in parallel per loading process (None: the usable CPUs divided
+    by max(num_workers, 1), at most 8).
     """
     if rank is None or world_size is None:
         rank, world_size, _, _ = wds.utils.pytorch_worker_info()
     shards = list_shards(shards_dir, split)
+    if decode_threads is None:
+        decode_threads = min(8, max(1, len(os.sched_getaffinity(0)) // max(num_workers, 1)))
     stream = ShardStream(shards, batch_size, shuffle, seed, shuffle_buffer, frames, rank, world_size, num_workers,
-                         split_across_ranks)
+                         split_across_ranks, decode_threads)
     return Loader(stream, num_workers, pin_memory, prefetch_factor, seed)
 
 
