@@ -76,7 +76,7 @@ eval: setup
 	$(PY) -m trainer eval --shards $(SHARDS) --split val --run $(RUN) --out $(RUN)/eval
 
 bench: setup
-	$(PY) benchmarks/engine.py
+	$(PY) benchmarks/engine.py --work build/bench/engine --json build/bench/engine.json
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/model_forward.py
 	$(PY) benchmarks/train_step.py
