@@ -175,3 +175,16 @@ def test_rotation_angle_and_fov_error():
     gt[:, 7] = math.radians(48.0)
     pred[:, 8] = gt[:, 8] = math.radians(60.0)
     torch.testing.assert_close(fov_errors_deg(pred, gt), torch.full((2,), 1.0, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_training_validation_uses_the_same_metrics():
+    """The loop's validation numbers: pred = 2·GT is AbsRel 1 as predicted and 0 after the window scale."""
+    from trainer.train import validation_depth_metrics
+
+    gt = torch.rand(2, 3, 8, 8) * 4 + 1
+    mask = torch.rand(2, 3, 8, 8) > 0.3
+    mask[1] = False  # a window without GT is not counted
+    out = validation_depth_metrics(2 * gt, gt * mask, mask)
+    assert out["n"] == 1
+    assert out["abs_rel"] == pytest.approx(1.0) and out["delta1"] == 0.0
+    assert out["abs_rel_med"] == pytest.approx(0.0, abs=1e-6) and out["delta1_med"] == 1.0

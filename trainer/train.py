@@ -251,22 +251,23 @@ def barrier(d: Dist) -> None:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sequence AbsRel and δ<1.25, as predicted (normalised frame) and median-scale aligned.
+def validation_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Sums over windows of the frame-averaged AbsRel and δ<1.25, as predicted (normalised frame) and
+    with one median scale per window (trainer.metrics' `sequence` alignment), plus the window count.
 
-    pred [B,S,H,W], gt [B,S,H,W] (normalised GT), mask [B,S,H,W]. Returns sums over sequences with
-    at least one valid pixel, plus their count, so callers can average across batches.
+    pred, gt, mask [B,S,H,W]; the same metric code as `python -m trainer eval`.
     """
-    out = {k: torch.zeros((), dtype=torch.float64) for k in ("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n")}
+    from trainer.metrics import align_depth, depth_metrics
+
+    out = dict.fromkeys(("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n"), 0.0)
     for p, g, m in zip(pred.float(), gt.float(), mask.bool()):
         m = m & (g > 0) & torch.isfinite(p) & (p > 0)
         if not bool(m.any()):
             continue
-        p, g = p[m], g[m]
-        aligned = p * (g.median() / p.median())
-        for suffix, q in (("", p), ("_med", aligned)):
-            out["abs_rel" + suffix] += ((q - g).abs() / g).mean().double().cpu()
-            out["delta1" + suffix] += (torch.maximum(q / g, g / q) < 1.25).double().mean().cpu()
+        for suffix, alignment in (("", "none"), ("_med", "sequence")):
+            metrics = depth_metrics(align_depth(p, g, m, alignment)[0], g, m)
+            out["abs_rel" + suffix] += float(metrics["abs_rel"].nanmean())
+            out["delta1" + suffix] += float(metrics["delta1"].nanmean())
         out["n"] += 1
     return out
 
@@ -289,8 +290,9 @@ def evaluate(model: nn.Module, loader: Loader, loss_cfg: Any, device: torch.devi
         _, terms = compute_loss(preds, batch, loss_cfg)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value)
-        for name, value in depth_metrics(preds["depth"][..., 0], batch["depths"], batch["point_masks"]).items():
-            depth[name] += float(value)
+        for name, value in validation_depth_metrics(preds["depth"][..., 0], batch["depths"],
+                                                    batch["point_masks"]).items():
+            depth[name] += value
         batches += 1
     if was_training:
         freeze_modes(model)
