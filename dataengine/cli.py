@@ -52,9 +52,11 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--workers", type=int, default=0, help="Frame worker threads [default: all cores].")
 @click.option("--samples-per-shard", type=int, default=8, show_default=True)
 @click.option("--depth-samples", type=int, default=8, show_default=True,
-              help="k: k×k laser samples per output pixel.")
-@click.option("--pooling", type=click.Choice(["nearest", "median", "min"]), default="nearest",
-              show_default=True, help="Which valid laser sample of a pixel's footprint to keep.")
+              help="k: k×k laser samples per output pixel (nearest/median/min only).")
+@click.option("--pooling", type=click.Choice(["plane", "nearest", "median", "min"]), default="plane",
+              show_default=True, help="Laser depth per output pixel: plane = local inverse-depth "
+              "plane fit at the pixel centre where valid, else the nearest GT value; "
+              "nearest/median/min of the k×k footprint samples.")
 @click.option("--min-count", type=int, default=1, show_default=True,
               help="Valid laser samples needed to supervise a pixel.")
 @click.option("--depth-dtype", type=click.Choice(["float32", "float16"]), default="float32",

@@ -103,28 +103,50 @@ def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]
 
 
 def read_mask(path: Path | None, width: int, height: int) -> np.ndarray:
-    """ETH3D mask PNG (0 = fine, 1 = bad colour, 2 = bad geometry) or (0, 0) when there is none."""
+    """ETH3D mask PNG (0 = fine, 1 = bad colour, 2 = bad geometry) or (0, 0) when there is none.
+
+    8-bit greyscale PNGs (ETH3D's kind) take the fast decoder (dataengine.png, ~3x faster than
+    Pillow); any other PNG kind goes through Pillow."""
     if path is None:
         return np.zeros((0, 0), dtype=np.uint8)
+    from dataengine.png import read_png_gray8
+
+    try:
+        fast = read_png_gray8(path)
+    except OSError as exc:
+        raise BadInputError(f"{path}: unreadable mask PNG ({exc})", path) from None
+    if fast is not None:
+        mask, max_value = fast
+        _check_mask_size(path, mask.shape[1], mask.shape[0], width, height)
+    else:
+        mask = _read_mask_pillow(path, width, height)
+        max_value = int(mask.max(initial=0))
+    if max_value > 2:
+        raise BadInputError(f"{path}: mask values must be 0, 1 or 2, found {max_value}", path)
+    return mask
+
+
+def _check_mask_size(path, got_w, got_h, width, height):
+    if (got_w, got_h) != (width, height):
+        raise BadInputError(f"{path}: mask is {got_w}x{got_h}, expected {width}x{height} (the "
+                            f"distorted image size)", path)
+
+
+def _read_mask_pillow(path: Path, width: int, height: int) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            if im.size != (width, height):
-                raise BadInputError(f"{path}: mask is {im.size[0]}x{im.size[1]}, expected "
-                                    f"{width}x{height} (the distorted image size)", path)
+            _check_mask_size(path, im.size[0], im.size[1], width, height)
             if im.mode not in ("L", "P", "1"):
                 raise BadInputError(f"{path}: mask must be 8-bit single channel, got mode {im.mode}",
                                     path)
             if im.mode == "1":
                 im = im.convert("L")
             # tobytes + frombuffer: np.asarray(im) costs ~50 ms more on a 24-megapixel mask.
-            mask = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(height, width)
+            return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(height, width)
     except (OSError, SyntaxError) as exc:
         raise BadInputError(f"{path}: unreadable mask PNG ({exc})", path) from None
-    if mask.max(initial=0) > 2:
-        raise BadInputError(f"{path}: mask values must be 0, 1 or 2, found {int(mask.max())}", path)
-    return mask
 
 
 _grid_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
