@@ -233,7 +233,7 @@ def plane_depth(gt, n_valid, mask, pinhole, prism, geom, cfg) -> tuple[np.ndarra
     n = laser_points(gt, mask, ux, uy, float(cfg.grid_spacing), geom.affine,
                         np.array([pinhole.width, pinhole.height], dtype=np.float64), geom.height,
                         geom.width, owner, pos_x, pos_y, inv_z)
-    start = np.empty(geom.height * geom.width + 1, dtype=np.int64)
+    start = np.empty(4 * geom.height * geom.width + 1, dtype=np.int64)  # quadrant sub-buckets
     px = _buffer_at_least("bk_x", n, np.float32)
     py = _buffer_at_least("bk_y", n, np.float32)
     pw = _buffer_at_least("bk_w", n, np.float64)

@@ -279,8 +279,9 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     position is taken as the pixel centre, mapped through the undistortion grid (bilinear) to the
     undistorted image and then to output pixels. Points outside the undistorted image or the
     output are dropped (only the columns that can reach the output are visited: a 518² crop of a
-    3:2 image skips a third). Writes owner (flat output pixel the point lies in), pos_x/pos_y
-    (offset from that pixel's centre, output px) and inv_z (1/depth); returns the point count.
+    3:2 image skips a third). Writes owner (4 * flat output pixel the point lies in + its
+    quadrant: 2 * (pos_y >= 0) + (pos_x >= 0)), pos_x/pos_y (offset from that pixel's centre,
+    output px) and inv_z (1/depth); returns the point count.
     """
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     rax = 1.0 / ax
@@ -318,16 +319,22 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
         drow = depth[iy]
         # Branch-free compaction of the row's valid columns first (~9 % of the pixels are valid,
         # at random: a branch per pixel would mispredict on most of them).
+        # The mask joins the same pass (read contiguously, not at each valid pixel).
         m = 0
-        for ix in range(c0, c1):
-            d = drow[ix]
-            valid[m] = ix
-            m += (d > 0.0) & (d < np.inf)
+        if has_mask:
+            mrow = mask[iy]
+            for ix in range(c0, c1):
+                d = drow[ix]
+                valid[m] = ix
+                m += (d > 0.0) & (d < np.inf) & (mrow[ix] == 0)
+        else:
+            for ix in range(c0, c1):
+                d = drow[ix]
+                valid[m] = ix
+                m += (d > 0.0) & (d < np.inf)
         for t in range(m):
             ix = valid[t]
             d = drow[ix]
-            if has_mask and mask[iy, ix] != 0:
-                continue
             fx = (ix + 0.5) * inv_spacing
             g = min(int(fx), gw - 2)
             wx = fx - g
@@ -341,9 +348,11 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
                 continue
             j = int(ox)
             i = int(oy)
-            owner[n] = i * out_w + j
-            pos_x[n] = ox - j - 0.5
-            pos_y[n] = oy - i - 0.5
+            qx = np.float32(ox - j - 0.5)
+            qy = np.float32(oy - i - 0.5)
+            owner[n] = 4 * (i * out_w + j) + 2 * (qy >= 0) + (qx >= 0)
+            pos_x[n] = qx
+            pos_y[n] = qy
             inv_z[n] = 1.0 / d
             n += 1
     return n
@@ -351,7 +360,9 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
 
 @njit(**_JIT)
 def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
-    """Counting sort of the first n points by owner: pixel p holds px/py/pw[start[p]:start[p+1]]."""
+    """Counting sort of the first n points by owner (= 4 * flat pixel + quadrant, see
+    `laser_points`): sub-bucket b holds px/py/pw[start[b]:start[b+1]], so pixel p's points are
+    [start[4p], start[4p+4]) and a window can take only the quadrants it overlaps."""
     start[:] = 0
     for q in range(n):
         start[owner[q] + 1] += 1
@@ -367,38 +378,57 @@ def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
 
 
 @njit(**_JIT)
-def _plane_at(i, j, start, px, py, pw, height, width, radius, min_points, tolerance, min_spread,
-              slack_x, slack_y):
-    """(PLANE_* status, inverse depth at the centre of pixel (i, j)) of the plane fitted to the
-    laser points within +-radius output px (points of the 3x3 pixel neighbourhood)."""
-    reach = 1 if radius > 0.5 else 0
-    i0, i1 = max(i - reach, 0), min(i + reach, height - 1)
-    j0, j1 = max(j - reach, 0), min(j + reach, width - 1)
+def _gather_window(i, j, start, px, py, pw, height, width, radius, wx, wy, ww):
+    """Points of the window [-radius, radius)^2 around the centre of pixel (i, j) (radius <= 1.5:
+    the 3x3 neighbourhood) copied to wx/wy/ww (positions relative to that centre); returns their
+    count. Only the quadrant sub-buckets overlapping the window are visited."""
     n = 0
+    for r in range(max(i - 1, 0), min(i + 1, height - 1) + 1):
+        for qy in range(2):
+            lo_y = (r - i) - 0.5 + 0.5 * qy  # the quadrant covers [lo_y, lo_y + 0.5)
+            if lo_y >= radius or lo_y + 0.5 <= -radius:
+                continue
+            for c in range(max(j - 1, 0), min(j + 1, width - 1) + 1):
+                for qx in range(2):
+                    lo_x = (c - j) - 0.5 + 0.5 * qx
+                    if lo_x >= radius or lo_x + 0.5 <= -radius:
+                        continue
+                    b = 4 * (r * width + c) + 2 * qy + qx
+                    for q in range(start[b], start[b + 1]):
+                        x = px[q] + (c - j)
+                        y = py[q] + (r - i)
+                        if x < -radius or x >= radius or y < -radius or y >= radius:
+                            continue  # only for radii off the half-pixel ladder
+                        wx[n] = x
+                        wy[n] = y
+                        ww[n] = pw[q]
+                        n += 1
+    return n
+
+
+@njit(**_JIT)
+def _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_y):
+    """(PLANE_* status, inverse depth at the window centre) of the plane fitted to the n gathered
+    points (`_gather_window`)."""
+    if n < min_points:
+        return PLANE_FEW_POINTS, 0.0
     sx = sy = sw = sxx = sxy = syy = swx = swy = 0.0
     wmin = np.inf
     wmax = 0.0
-    for r in range(i0, i1 + 1):
-        for c in range(j0, j1 + 1):
-            for q in range(start[r * width + c], start[r * width + c + 1]):
-                x = px[q] + (c - j)
-                y = py[q] + (r - i)
-                if abs(x) > radius or abs(y) > radius:
-                    continue
-                w = pw[q]
-                n += 1
-                sx += x
-                sy += y
-                sw += w
-                sxx += x * x
-                sxy += x * y
-                syy += y * y
-                swx += w * x
-                swy += w * y
-                wmin = min(wmin, w)
-                wmax = max(wmax, w)
-    if n < min_points:
-        return PLANE_FEW_POINTS, 0.0
+    for q in range(n):
+        x = wx[q]
+        y = wy[q]
+        w = ww[q]
+        sx += x
+        sy += y
+        sw += w
+        sxx += x * x
+        sxy += x * y
+        syy += y * y
+        swx += w * x
+        swy += w * y
+        wmin = min(wmin, w)
+        wmax = max(wmax, w)
     # Centred normal equations: the intercept decouples, the 2x2 position covariance remains.
     mx = sx / n
     my = sy / n
@@ -422,29 +452,23 @@ def _plane_at(i, j, start, px, py, pw, height, width, radius, min_points, tolera
     # half a GT pixel, up to the tolerance again (a plane forced through a depth step has a large
     # false gradient: an uncapped allowance would let it pass).
     slack = abs(gx) * slack_x + abs(gy) * slack_y
-    for r in range(i0, i1 + 1):
-        for c in range(j0, j1 + 1):
-            for q in range(start[r * width + c], start[r * width + c + 1]):
-                x = px[q] + (c - j)
-                y = py[q] + (r - i)
-                if abs(x) > radius or abs(y) > radius:
-                    continue
-                w = pw[q]
-                if abs(w - (a + gx * x + gy * y)) > tolerance * w + min(slack, tolerance * w):
-                    return PLANE_INCONSISTENT, 0.0
+    for q in range(n):
+        w = ww[q]
+        if abs(w - (a + gx * wx[q] + gy * wy[q])) > tolerance * w + min(slack, tolerance * w):
+            return PLANE_INCONSISTENT, 0.0
     return PLANE_FITTED, a
 
 
 @njit(**_JIT)
 def _touching(i, j, start, px, py, height, width, half_x, half_y, want_nearest):
-    """(count, 1/depth of the nearest) of the points whose GT pixel overlaps footprint (i, j):
+    """(count, index of the nearest) of the points whose GT pixel overlaps footprint (i, j):
     position within half a source pixel of it, owned by the pixel or one of its 8 neighbours."""
     n = 0
     best = np.inf
     nearest = -1
     for r in range(max(i - 1, 0), min(i + 1, height - 1) + 1):
         for c in range(max(j - 1, 0), min(j + 1, width - 1) + 1):
-            for q in range(start[r * width + c], start[r * width + c + 1]):
+            for q in range(start[4 * (r * width + c)], start[4 * (r * width + c) + 4]):
                 x = px[q] + (c - j)
                 y = py[q] + (r - i)
                 if abs(x) >= 0.5 + half_x or abs(y) >= 0.5 + half_y:
@@ -470,29 +494,37 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
     float64, positions relative to the pixel centre) and a is taken. Accepted only when well posed
     (>= min_points points, smallest position std >= min_spread output px), consistent (every
     residual within tolerance, plus the plane's change over half a GT pixel: one surface, not two
-    across an edge) and not extrapolated (a within the points' range). The window starts at the
-    pixel's own footprint (+-0.5) and widens by half a pixel up to +-radius (<= 1.5) while the
-    points are too few, on a line or do not bracket the centre; an inconsistent window ends the
-    search (a wider one holds the same points). Never fills a pixel without samples.
-    out_status: PLANE_* codes.
+    across an edge) and not extrapolated (a within the points' range). The window
+    [-rad, rad)^2 starts at the pixel's own footprint (rad 0.5) and widens by half a pixel up to
+    +-radius (<= 1.5) while the points are too few, on a line or do not bracket the centre; an
+    inconsistent window ends the search (a wider one holds the same points). Never fills a pixel
+    without samples. out_status: PLANE_* codes.
     """
     height, width = out_depth.shape
     half_x = 0.5 / affine[0]  # half a source pixel in output px
     half_y = 0.5 / affine[2]
+    # Window buffers: at most the 3x3 neighbourhood of the fullest pixel.
+    most = 0
+    for p in range(height * width):
+        most = max(most, start[4 * p + 4] - start[4 * p])
+    wx = np.empty(9 * most + 1, dtype=np.float64)
+    wy = np.empty(9 * most + 1, dtype=np.float64)
+    ww = np.empty(9 * most + 1, dtype=np.float64)
     for i in range(height):
         for j in range(width):
-            own = start[i * width + j + 1] - start[i * width + j]
+            own = start[4 * (i * width + j) + 4] - start[4 * (i * width + j)]
             if own < max(min_count, 1):  # own points are samples; count the neighbours' too
                 n, _ = _touching(i, j, start, px, py, height, width, half_x, half_y, False)
                 if n == 0 or n < min_count:
                     out_depth[i, j] = 0.0
                     out_status[i, j] = PLANE_HOLE
                     continue
-            # The +-0.5 window holds exactly the pixel's own points: skip it when they are too few.
+            # The 0.5 window holds exactly the pixel's own points: skip it when they are too few.
             rad = min(0.5, radius) if own >= min_points else min(1.0, radius)
             while True:
-                status, a = _plane_at(i, j, start, px, py, pw, height, width, rad, min_points,
-                                      tolerance, min_spread, half_x, half_y)
+                n = _gather_window(i, j, start, px, py, pw, height, width, rad, wx, wy, ww)
+                status, a = _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, half_x,
+                                       half_y)
                 if status == PLANE_FITTED or status == PLANE_INCONSISTENT or rad >= radius:
                     break
                 rad = min(rad + 0.5, radius)
