@@ -1,14 +1,21 @@
 """Loader benchmark: 8-frame samples/s from 518² shards vs a naive loader on full-size JPEGs.
 
   shards  trainer.data.make_loader over engine-built shards (simplejpeg decode of 8 × 518² JPEGs,
-          depth/mask .npy, cameras.json → uint8 batch tensors), 0 and 2 DataLoader workers
+          depth/mask .npy, cameras.json → uint8 batch tensors): 0 DataLoader workers (default decode
+          threads, and 1 thread = the per-core rate) and 2 workers; samples/s and CPU ms per sample
+          (this process + its workers); `--baseline-rev REV` adds trainer/data.py of a git revision,
+          interleaved, for a same-run before/after
   naive   what the existing ETH3D LoRA fork does per sample: parse the COLMAP text model, then
           PIL-decode each of the 8 full-size (6048×4032-class) undistorted JPEGs and resize to 518²
 
 The full-size scene is synthetic (dataengine.synth at scale 1.0, 8 images, one window); its single
 shard is replicated so an epoch holds `--samples` samples (same bytes, warm page cache).
 
+Shard configurations are interleaved `--repeats` times (the machine is shared: report best and median
+with the load averages printed next to them).
+
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/loader.py [--samples 32] [--work DIR]
+        [--repeats 3] [--baseline-rev 6636248] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,17 +56,41 @@ def build_dataset(work: Path, samples: int) -> tuple[Path, Path]:
     return scene_dir, replicated
 
 
-def shard_rate(shards: Path, workers: int, epochs: int) -> float:
-    from trainer.data import make_loader
+def load_make_loader(rev: str | None):
+    """trainer.data.make_loader, or the one of git revision `rev` (for a same-run before/after)."""
+    if rev is None:
+        from trainer.data import make_loader
 
-    loader = make_loader(shards, "train", batch_size=1, shuffle=True, num_workers=workers, seed=0)
+        return make_loader
+    import importlib.util
+    import subprocess
+
+    source = subprocess.run(["git", "show", f"{rev}:trainer/data.py"], check=True, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    path = Path(tempfile.mkdtemp(prefix="loader-rev-")) / f"data_{rev.replace('/', '_')}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # DataLoader workers (fork) find it by name
+    spec.loader.exec_module(module)
+    return module.make_loader
+
+
+def shard_run(make_loader, shards: Path, workers: int, threads: int | None, epochs: int) -> dict[str, float]:
+    """Steady-state samples/s over `epochs` epochs (after one warm-up epoch), and CPU ms per sample
+    of this process plus its DataLoader workers (reaped at each epoch's end)."""
+    options = {} if threads is None else {"decode_threads": threads}
+    loader = make_loader(shards, "train", batch_size=1, shuffle=True, num_workers=workers, seed=0, **options)
     for _ in loader.epoch_batches(0):  # warm-up: worker start, page cache
         pass
-    t0, n = time.perf_counter(), 0
+    load = os.getloadavg()[0]
+    c0, t0, n = os.times(), time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
         for batch in loader.epoch_batches(epoch):
             n += batch["images"].shape[0]
-    return n / (time.perf_counter() - t0)
+    wall, c1 = time.perf_counter() - t0, os.times()
+    cpu = sum(c1[:4]) - sum(c0[:4])  # user + system, self + children
+    return {"samples_per_s": n / wall, "cpu_ms_per_sample": 1000 * cpu / n, "load_before": load}
 
 
 def naive_sample(scene_dir: Path, size: int = 518) -> np.ndarray:
@@ -81,11 +113,18 @@ def naive_rate(scene_dir: Path, samples: int) -> float:
     return samples / (time.perf_counter() - t0)
 
 
+# (label, DataLoader workers, decode threads; None = make_loader's default: CPUs / max(workers, 1))
+CONFIGS = [("0 workers", 0, None), ("0 workers, 1 decode thread", 0, 1), ("2 workers", 2, None)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--samples", type=int, default=32, help="samples per shard epoch")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every shard configuration")
     parser.add_argument("--naive-samples", type=int, default=3)
+    parser.add_argument("--baseline-rev", default=None,
+                        help="also time trainer/data.py of this git revision, interleaved (before/after)")
     parser.add_argument("--work", type=Path, default=None, help="work dir (kept; default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -97,20 +136,47 @@ def main() -> None:
 
     with Image.open(frame) as im:
         full_size = im.size
-    results = {
+    impls = {"current": load_make_loader(None)}
+    if args.baseline_rev:
+        impls[args.baseline_rev] = load_make_loader(args.baseline_rev)
+    results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "full_size_jpeg": list(full_size),
-        "naive_samples_per_s": naive_rate(scene_dir, args.naive_samples),
+        "samples_per_epoch": args.samples,
+        "naive": {"load_before": os.getloadavg()[0], "samples_per_s": naive_rate(scene_dir, args.naive_samples)},
+        "runs": [],
     }
-    for workers in (0, 2):
-        results[f"shards_samples_per_s_workers{workers}"] = shard_rate(shards, workers, args.epochs)
-    best = max(results["shards_samples_per_s_workers0"], results["shards_samples_per_s_workers2"])
-    results["speedup"] = best / results["naive_samples_per_s"]
-    print(f"8-frame samples/s (518² output; full-size JPEG {full_size[0]}x{full_size[1]}):")
-    print(f"  naive (COLMAP text + PIL full decode + resize): {results['naive_samples_per_s']:8.2f}")
-    print(f"  shards, 0 workers:                              {results['shards_samples_per_s_workers0']:8.2f}")
-    print(f"  shards, 2 workers:                              {results['shards_samples_per_s_workers2']:8.2f}")
-    print(f"  speed-up: {results['speedup']:.0f}x")
+    for repeat in range(args.repeats):
+        for impl, make_loader in impls.items():
+            for label, workers, threads in CONFIGS:
+                if threads is not None and impl != "current":
+                    continue  # older revisions have no decode threads
+                run = shard_run(make_loader, shards, workers, threads, args.epochs)
+                results["runs"].append({"impl": impl, "config": label, "repeat": repeat, **run})
+                print(f"  [{impl}, {label}, repeat {repeat}] {run['samples_per_s']:.1f} samples/s, "
+                      f"{run['cpu_ms_per_sample']:.1f} CPU ms/sample, load {run['load_before']:.2f}", flush=True)
+    naive = results["naive"]["samples_per_s"]
+    print(f"8-frame samples/s (518² output; full-size JPEG {full_size[0]}x{full_size[1]}; "
+          f"best / median of {args.repeats}; CPU ms per sample incl. workers, median):")
+    print(f"  naive (COLMAP text + PIL full decode + resize): {naive:8.2f}   "
+          f"(load {results['naive']['load_before']:.2f})")
+    summary = {}
+    for impl in impls:
+        for label, _, _ in CONFIGS:
+            runs = [r for r in results["runs"] if r["impl"] == impl and r["config"] == label]
+            if not runs:
+                continue
+            rates = [r["samples_per_s"] for r in runs]
+            entry = {"best": max(rates), "median": float(np.median(rates)),
+                     "cpu_ms_per_sample": float(np.median([r["cpu_ms_per_sample"] for r in runs])),
+                     "load": [r["load_before"] for r in runs]}
+            summary[f"{impl}: {label}"] = entry
+            loads = ", ".join(f"{x:.1f}" for x in entry["load"])
+            print(f"  shards [{impl}], {label + ':':28s} {entry['best']:6.1f} / {entry['median']:6.1f}   "
+                  f"{entry['cpu_ms_per_sample']:5.1f} ms CPU   (load {loads})")
+    best = max(summary["current: 0 workers"]["best"], summary["current: 2 workers"]["best"])
+    results["summary"], results["speedup"] = summary, best / naive
+    print(f"  speed-up (best current shard rate / naive): {results['speedup']:.0f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
