@@ -124,7 +124,7 @@ def engine_stages(frame, cfg) -> dict:
     t["mask_decode"] = clock() - t0
     t0 = clock()
     if cfg.laser.pooling == "plane":
-        depth_mod.plane_depth(gt, n_valid, mask, frame.pinhole, frame.prism, geom, cfg.laser)
+        depth_mod.plane_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
     else:
         depth_mod._sampled_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
     t["depth_pool"] = clock() - t0

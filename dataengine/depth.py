@@ -20,6 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,13 +80,10 @@ def _buffer_at_least(name: str, size: int, dtype) -> np.ndarray:
     return buf
 
 
-def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]:
+def map_gt_depth(path: Path, width: int, height: int) -> np.ndarray:
     """Raw little-endian float32 (height, width) GT, memory-mapped read-only (no 97.5 MB copy
-    out of the page cache), and its count of valid (finite, > 0) pixels; a clear error on a wrong
-    file size or any NaN. The map lives as long as the array (the file must not be truncated
-    meanwhile)."""
-    from dataengine.kernels import scan_depth
-
+    out of the page cache); a clear error on a wrong file size. The map lives as long as the array
+    (the file must not be truncated meanwhile)."""
     path = Path(path)
     expected = width * height * 4
     size = os.path.getsize(path)
@@ -94,11 +92,23 @@ def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]
                             f"(= {width}x{height} float32 of the distorted camera)", path)
     with open(path, "rb") as fh:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    gt = np.frombuffer(mapped, dtype="<f4").reshape(height, width)
-    n_nan, n_valid = scan_depth(gt)
+    return np.frombuffer(mapped, dtype="<f4").reshape(height, width)
+
+
+def check_no_nan(path: Path, n_nan: int) -> None:
     if n_nan:
         raise BadInputError(f"{path}: {n_nan} NaN values in the GT depth (expected +inf for "
                             f"'no depth')", path)
+
+
+def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]:
+    """`map_gt_depth` and its count of valid (finite, > 0) pixels; a clear error on any NaN.
+    (Plane pooling scans the map inside its own first pass instead: `plane_depth`.)"""
+    from dataengine.kernels import scan_depth
+
+    gt = map_gt_depth(path, width, height)
+    n_nan, n_valid = scan_depth(gt)
+    check_no_nan(path, n_nan)
     return gt, n_valid
 
 
@@ -192,18 +202,22 @@ def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism
     if prism.model != "THIN_PRISM_FISHEYE":
         raise BadInputError(f"camera {prism.camera_id} of dslr_calibration_jpg must be "
                             f"THIN_PRISM_FISHEYE, got {prism.model}")
-    gt, n_valid = read_gt_depth(depth_path, prism.width, prism.height)
     mask = read_mask(mask_path, prism.width, prism.height)
+    if cfg.pooling == "plane":
+        gt = map_gt_depth(depth_path, prism.width, prism.height)
+        plane = plane_depth(gt, mask, pinhole, prism, geom, cfg)
+        check_no_nan(depth_path, plane.n_nan)
+        out, n_valid = plane.depth, plane.n_valid
+    else:
+        gt, n_valid = read_gt_depth(depth_path, prism.width, prism.height)
+        out = _sampled_depth(gt, mask, pinhole, prism, geom, cfg)
     stats = {"source_valid_fraction": round(n_valid / gt.size, 6),
              "masked_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6)
              if mask.size else 0.0}
     if cfg.pooling == "plane":
-        out, status = plane_depth(gt, n_valid, mask, pinhole, prism, geom, cfg)
         supervised = np.count_nonzero(out)
-        stats["plane_fraction"] = (round(np.count_nonzero(status == PLANE_FITTED) / supervised, 6)
-                                   if supervised else 0.0)
-    else:
-        out = _sampled_depth(gt, mask, pinhole, prism, geom, cfg)
+        stats["plane_fraction"] = (round(np.count_nonzero(plane.status == PLANE_FITTED)
+                                         / supervised, 6) if supervised else 0.0)
     return out, stats
 
 
@@ -220,20 +234,34 @@ def _sampled_depth(gt, mask, pinhole, prism, geom, cfg) -> np.ndarray:
     return out
 
 
-def plane_depth(gt, n_valid, mask, pinhole, prism, geom, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Local plane fits with nearest-point fallback (kernels.plane_pool): (H, W) depth and the
-    PLANE_* status of every pixel. gt: raw GT with n_valid valid pixels; mask may be (0, 0)."""
+class PlaneDepth(NamedTuple):
+    depth: np.ndarray  # (H, W) float32 metres, 0 = no supervision
+    status: np.ndarray  # (H, W) uint8 kernels.PLANE_* code of every pixel
+    n_valid: int  # valid (finite, > 0) pixels of the whole GT map
+    n_nan: int  # NaN pixels of the whole GT map (the caller rejects the file when > 0)
+
+
+def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
+    """Local plane fits with nearest-point fallback (kernels.plane_pool). gt: the raw GT map
+    (scanned for valid/NaN pixels in the same pass); mask may be (0, 0)."""
     from dataengine.kernels import bucket_points, laser_points, plane_pool
 
     ux, uy = undistortion_grid_for(pinhole, prism, cfg.grid_spacing)
-    owner = _buffer_at_least("pt_owner", n_valid, np.int32)
-    pos_x = _buffer_at_least("pt_x", n_valid, np.float32)
-    pos_y = _buffer_at_least("pt_y", n_valid, np.float32)
-    inv_z = _buffer_at_least("pt_w", n_valid, np.float64)
-    n = laser_points(gt, mask, ux, uy, float(cfg.grid_spacing), geom.affine,
-                        np.array([pinhole.width, pinhole.height], dtype=np.float64), geom.height,
-                        geom.width, owner, pos_x, pos_y, inv_z)
-    start = np.empty(4 * geom.height * geom.width + 1, dtype=np.int64)  # quadrant sub-buckets
+    src_size = np.array([pinhole.width, pinhole.height], dtype=np.float64)
+    counts = np.zeros(2, dtype=np.int64)
+    want = getattr(_local, "points_needed", gt.size // 8)  # the thread's last frame, else 12.5 %
+    while True:
+        owner = _buffer_at_least("pt_owner", want, np.int32)
+        pos_x = _buffer_at_least("pt_x", want, np.float32)
+        pos_y = _buffer_at_least("pt_y", want, np.float32)
+        inv_z = _buffer_at_least("pt_w", want, np.float64)
+        n = laser_points(gt, mask, ux, uy, float(cfg.grid_spacing), geom.affine, src_size,
+                         geom.height, geom.width, owner, pos_x, pos_y, inv_z, counts)
+        if n <= min(owner.size, pos_x.size, pos_y.size, inv_z.size):
+            break
+        want = n  # more points than the buffers hold (rare): grow them and map again
+    _local.points_needed = n
+    start = np.empty(4 * geom.height * geom.width + 1, dtype=np.int32)  # quadrant sub-buckets
     px = _buffer_at_least("bk_x", n, np.float32)
     py = _buffer_at_least("bk_y", n, np.float32)
     pw = _buffer_at_least("bk_w", n, np.float64)
@@ -243,7 +271,7 @@ def plane_depth(gt, n_valid, mask, pinhole, prism, geom, cfg) -> tuple[np.ndarra
     plane_pool(start, px, py, pw, geom.affine, cfg.min_count, float(cfg.plane_radius),
                cfg.plane_min_points, float(cfg.plane_tolerance), float(cfg.plane_min_spread),
                out, status)
-    return out, status
+    return PlaneDepth(out, status, int(counts[0]), int(counts[1]))
 
 
 def sparse_depth(points_xyz: np.ndarray, observed_xyz: np.ndarray, rotation: np.ndarray,

@@ -272,7 +272,7 @@ def _row_span(iy, lo, hi, dist_w, inv_x, inv_y, inv_spacing):
 
 @njit(**_JIT)
 def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, out_w, owner,
-                 pos_x, pos_y, inv_z):
+                 pos_x, pos_y, inv_z, counts):
     """Every valid, unmasked GT pixel as a laser point at output resolution.
 
     The splat rule puts a laser point somewhere in its GT pixel [ix, ix+1) x [iy, iy+1); its
@@ -281,7 +281,10 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     output are dropped (only the columns that can reach the output are visited: a 518² crop of a
     3:2 image skips a third). Writes owner (4 * flat output pixel the point lies in + its
     quadrant: 2 * (pos_y >= 0) + (pos_x >= 0)), pos_x/pos_y (offset from that pixel's centre,
-    output px) and inv_z (1/depth); returns the point count.
+    output px) and inv_z (1/depth), at most as many as they hold; returns the point count (a
+    count above the buffer size = grow them and call again). The same pass scans every GT row
+    whole (the row then sits in cache for the compaction): counts = (valid GT pixels = finite and
+    > 0, NaN pixels) of the whole map.
     """
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     rax = 1.0 / ax
@@ -303,7 +306,15 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
             break
     row_x = np.empty(gw, dtype=np.float64)
     row_y = np.empty(gw, dtype=np.float64)
+    capacity = min(owner.size, pos_x.size, pos_y.size, inv_z.size)
+    n_valid = 0
+    n_nan = 0
     for iy in range(dist_h):
+        drow = depth[iy]
+        for ix in range(dist_w):  # branch-free: SIMD
+            d = drow[ix]
+            n_nan += d != d
+            n_valid += (d > 0.0) & (d < np.inf)
         c0, c1 = (_row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete
                   else (0, dist_w))
         if c1 <= c0:
@@ -316,7 +327,6 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
         for g in range(min(int(c0 * inv_spacing), gw - 2), min(int(c1 * inv_spacing) + 2, gw)):
             row_x[g] = inv_x[gy0, g] * (1 - wy) + inv_x[gy0 + 1, g] * wy
             row_y[g] = inv_y[gy0, g] * (1 - wy) + inv_y[gy0 + 1, g] * wy
-        drow = depth[iy]
         # Branch-free compaction of the row's valid columns first (~9 % of the pixels are valid,
         # at random: a branch per pixel would mispredict on most of them).
         # The mask joins the same pass (read contiguously, not at each valid pixel).
@@ -348,13 +358,16 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
                 continue
             j = int(ox)
             i = int(oy)
-            qx = np.float32(ox - j - 0.5)
-            qy = np.float32(oy - i - 0.5)
-            owner[n] = 4 * (i * out_w + j) + 2 * (qy >= 0) + (qx >= 0)
-            pos_x[n] = qx
-            pos_y[n] = qy
-            inv_z[n] = 1.0 / d
+            if n < capacity:
+                qx = np.float32(ox - j - 0.5)
+                qy = np.float32(oy - i - 0.5)
+                owner[n] = 4 * (i * out_w + j) + 2 * (qy >= 0) + (qx >= 0)
+                pos_x[n] = qx
+                pos_y[n] = qy
+                inv_z[n] = 1.0 / d
             n += 1
+    counts[0] = n_valid
+    counts[1] = n_nan
     return n
 
 
@@ -381,28 +394,33 @@ def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
 def _gather_window(i, j, start, px, py, pw, height, width, radius, wx, wy, ww):
     """Points of the window [-radius, radius)^2 around the centre of pixel (i, j) (radius <= 1.5:
     the 3x3 neighbourhood) copied to wx/wy/ww (positions relative to that centre); returns their
-    count. Only the quadrant sub-buckets overlapping the window are visited."""
+    count. Only the quadrant sub-buckets overlapping the window are visited: half-cell k of an
+    axis covers [k/2, (k+1)/2), i.e. quadrant q = k + 1 - 2d of the neighbour at offset
+    d = floor((k + 1) / 2)."""
+    reach = int(math.ceil(2.0 * radius))
+    exact = 2.0 * radius == reach  # the half-cells tile the window: no per-point test
     n = 0
-    for r in range(max(i - 1, 0), min(i + 1, height - 1) + 1):
-        for qy in range(2):
-            lo_y = (r - i) - 0.5 + 0.5 * qy  # the quadrant covers [lo_y, lo_y + 0.5)
-            if lo_y >= radius or lo_y + 0.5 <= -radius:
+    for ky in range(-reach, reach):
+        dy = (ky + 1) >> 1
+        r = i + dy
+        if r < 0 or r >= height:
+            continue
+        qy = ky + 1 - 2 * dy
+        for kx in range(-reach, reach):
+            dx = (kx + 1) >> 1
+            c = j + dx
+            if c < 0 or c >= width:
                 continue
-            for c in range(max(j - 1, 0), min(j + 1, width - 1) + 1):
-                for qx in range(2):
-                    lo_x = (c - j) - 0.5 + 0.5 * qx
-                    if lo_x >= radius or lo_x + 0.5 <= -radius:
-                        continue
-                    b = 4 * (r * width + c) + 2 * qy + qx
-                    for q in range(start[b], start[b + 1]):
-                        x = px[q] + (c - j)
-                        y = py[q] + (r - i)
-                        if x < -radius or x >= radius or y < -radius or y >= radius:
-                            continue  # only for radii off the half-pixel ladder
-                        wx[n] = x
-                        wy[n] = y
-                        ww[n] = pw[q]
-                        n += 1
+            b = 4 * (r * width + c) + 2 * qy + (kx + 1 - 2 * dx)
+            for q in range(start[b], start[b + 1]):
+                x = px[q] + dx
+                y = py[q] + dy
+                if not exact and (x < -radius or x >= radius or y < -radius or y >= radius):
+                    continue
+                wx[n] = x
+                wy[n] = y
+                ww[n] = pw[q]
+                n += 1
     return n
 
 
@@ -576,6 +594,35 @@ def _box_weights(n_out, scale, offset, extent, max_taps, first, weights):
 
 
 @njit(**_JIT)
+def _filter_row(src_row, first_x, w_x, row):
+    """row[j] = sum over taps of w_x[j, t] * src_row[first_x[j] + t] (taps past the row's end
+    skipped; zero weights add an exact 0). RGB gets scalar accumulators (the common case)."""
+    src_w, nc = src_row.shape
+    out_w, taps_x = w_x.shape
+    for j in range(out_w):
+        if nc == 3:
+            r = g = b = 0.0
+            for tx in range(taps_x):
+                sx = first_x[j] + tx
+                if sx < src_w:
+                    wx = w_x[j, tx]
+                    r += wx * src_row[sx, 0]
+                    g += wx * src_row[sx, 1]
+                    b += wx * src_row[sx, 2]
+            row[j, 0] = r
+            row[j, 1] = g
+            row[j, 2] = b
+        else:
+            for c in range(nc):
+                row[j, c] = 0.0
+            for tx in range(taps_x):
+                sx = first_x[j] + tx
+                if sx < src_w:
+                    for c in range(nc):
+                        row[j, c] += w_x[j, tx] * src_row[sx, c]
+
+
+@njit(**_JIT)
 def area_resample(src, affine, extent, out):
     """Exact box-filter resample of an (h, w, c) uint8 image into `out` (H, W, c).
 
@@ -595,7 +642,10 @@ def area_resample(src, affine, extent, out):
     _box_weights(out_w, ax, bx, extent[0], taps_x, first_x, w_x)
     _box_weights(out_h, ay, by, extent[1], taps_y, first_y, w_y)
     src_h, src_w = src.shape[0], src.shape[1]
-    row = np.empty((out_w, nc), dtype=np.float64)
+    # Horizontally filtered source rows, cached: neighbouring output rows share source rows
+    # (slot = row % taps_y; the taps_y rows of one output row never collide).
+    rows = np.empty((taps_y, out_w, nc), dtype=np.float64)
+    row_of_slot = np.full(taps_y, -1, dtype=np.int64)
     acc = np.empty((out_w, nc), dtype=np.float64)
     for i in range(out_h):
         acc[:, :] = 0.0
@@ -604,16 +654,11 @@ def area_resample(src, affine, extent, out):
             sy = first_y[i] + ty
             if wy == 0.0 or sy >= src_h:
                 continue
-            for j in range(out_w):
-                for c in range(nc):
-                    row[j, c] = 0.0
-                for tx in range(taps_x):
-                    wx = w_x[j, tx]
-                    sx = first_x[j] + tx
-                    if wx == 0.0 or sx >= src_w:
-                        continue
-                    for c in range(nc):
-                        row[j, c] += wx * src[sy, sx, c]
+            slot = sy % taps_y
+            row = rows[slot]
+            if row_of_slot[slot] != sy:
+                row_of_slot[slot] = sy
+                _filter_row(src[sy], first_x, w_x, row)
             for j in range(out_w):
                 for c in range(nc):
                     acc[j, c] += wy * row[j, c]

@@ -228,8 +228,11 @@ def _plane_pool(depth, mask, geom, **kw):
     from dataengine.depth import LaserDepthConfig, plane_depth
 
     cfg = LaserDepthConfig(grid_spacing=1.0, **kw)
-    n_valid = int(np.count_nonzero(np.isfinite(depth) & (depth > 0)))
-    return plane_depth(depth, n_valid, mask, *SMALL_CAMS, geom, cfg)
+    plane = plane_depth(depth, mask, *SMALL_CAMS, geom, cfg)
+    # The same pass counts the whole map, also the columns the crop never reaches.
+    assert plane.n_valid == np.count_nonzero(np.isfinite(depth) & (depth > 0))
+    assert plane.n_nan == np.count_nonzero(np.isnan(depth))
+    return plane.depth, plane.status
 
 
 def test_undistortion_grid_inverts_the_thin_prism_model():
@@ -302,6 +305,62 @@ def test_plane_pooling_excludes_masked_gt():
     assert np.abs(out[out > 0] / truth[out > 0] - 1).max() < 5e-5
     unmasked, _ = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
     assert unmasked.max() > 100  # the same GT without its mask does reach the output
+
+
+def test_plane_points_buffers_grow_and_nan_outside_the_crop_is_reported(tmp_path):
+    import threading
+
+    from dataengine import depth as depth_mod
+
+    geom = fit_geometry(124, 83, 20, 20, "crop")  # a square crop: the outer columns are skipped
+    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
+    depth = _gt_of_inverse_depth(inv_depth, 0.5, seed=6)
+    ref, ref_status = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
+
+    def in_fresh_thread(fn):  # per-thread buffers: start from none at all
+        box = []
+        t = threading.Thread(target=lambda: box.append(fn()))
+        t.start()
+        t.join()
+        return box[0]
+
+    def tiny_buffers_first():
+        depth_mod._local.points_needed = 3  # far fewer than the ~2000 points: must grow and redo
+        out = _plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
+        return out, depth_mod._local.points_needed
+
+    (out, status), needed = in_fresh_thread(tiny_buffers_first)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(status, ref_status)
+    assert needed > 1000 and (out > 0).mean() > 0.9
+    # A NaN in column 2, which the 20x20 crop of a 124x83 image never maps to: still an error.
+    depth[40, 2] = np.nan
+    path = tmp_path / "DSC_0001.JPG"
+    depth.astype("<f4").tofile(path)
+    with pytest.raises(BadInputError, match=r"DSC_0001.JPG: 1 NaN values in the GT depth"):
+        depth_mod.laser_depth(path, None, *SMALL_CAMS, geom, depth_mod.LaserDepthConfig(grid_spacing=1.0))
+
+
+def test_build_cli_pooling_option_reaches_the_build_config(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import dataengine.build
+    from dataengine.cli import build_command
+
+    seen = []
+    monkeypatch.setattr(dataengine.build, "build_shards",
+                        lambda cfg: seen.append(cfg) or {"splits": {}, "skipped": []})
+    args = ["--root", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]
+    for extra, pooling in [([], "plane"), (["--pooling", "median", "--depth-samples", "4"], "median")]:
+        result = CliRunner().invoke(build_command, args + extra)
+        assert result.exit_code == 0, result.output
+        assert seen[-1].laser.pooling == pooling
+    assert seen[-1].laser.samples == 4
+    result = CliRunner().invoke(build_command, args + ["--pooling", "mean"])
+    assert result.exit_code != 0 and "'mean' is not one of 'plane', 'nearest'" in result.output
+    help_text = " ".join(CliRunner().invoke(build_command, ["--help"]).output.split())
+    assert "plane = local inverse-depth plane fit" in help_text and "[default: plane]" in help_text
+    assert "(nearest/median/min only)" in help_text
 
 
 def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):
