@@ -117,17 +117,19 @@ def engine_stages(frame, cfg) -> dict:
     encode_jpeg(rgb, cfg.jpeg_quality)
     t["resample_encode"] = clock() - t0
     t0 = clock()
-    gt, n_valid = depth_mod.read_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
-    t["depth_read_scan"] = clock() - t0
-    t0 = clock()
     mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height)
     t["mask_decode"] = clock() - t0
     t0 = clock()
-    if cfg.laser.pooling == "plane":
+    if cfg.laser.pooling == "plane":  # the GT scan happens inside the first pooling pass
+        gt = depth_mod.map_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
         depth_mod.plane_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
+        t["depth_scan_pool"] = clock() - t0
     else:
+        gt, _ = depth_mod.read_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
+        t["depth_read_scan"] = clock() - t0
+        t0 = clock()
         depth_mod._sampled_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
-    t["depth_pool"] = clock() - t0
+        t["depth_pool"] = clock() - t0
     return t
 
 
