@@ -176,6 +176,7 @@ def _index_tar(path: str) -> Iterator[dict[str, Any]]:
                 if suffix in current:
                     raise ShardError(f"{path}: sample {key}: member {name} appears twice")
                 current[suffix] = TarRange(member.offset_data, member.size)
+                tar.members.clear()  # tarfile keeps every header otherwise; iteration does not need them
             # tarfile stops quietly at a damaged header; a sound tar has only zero blocks after the last member
             f.seek(tar.offset)
             if f.read(tarfile.BLOCKSIZE).strip(b"\0"):
