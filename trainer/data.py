@@ -264,17 +264,17 @@ def _npy_layout(reader: _SampleReader, member: str) -> _NpyLayout:
     """Parse the .npy header only (magic, version, header dict); the data is read per frame later."""
     reader.require(member)
     total = reader.size(member)
-    head = bytes(reader.read(member, 0, min(total, 4096)))
+    prefix = bytes(reader.read(member, 0, min(total, 12)))
     try:
-        stream = io.BytesIO(head)
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:
-            if len(head) >= 12 and 12 + int.from_bytes(head[8:12], "little") > len(head):
-                stream = io.BytesIO(bytes(reader.read(member, 0, 12 + int.from_bytes(head[8:12], "little"))))
-                np.lib.format.read_magic(stream)
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        major = np.lib.format.read_magic(io.BytesIO(prefix))[0]
+        if len(prefix) < 12:
+            raise ValueError("the file is shorter than an .npy header")
+        header_end = 10 + int.from_bytes(prefix[8:10], "little") if major == 1 else \
+            12 + int.from_bytes(prefix[8:12], "little")
+        stream = io.BytesIO(bytes(reader.read(member, 0, min(total, header_end))))
+        np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream)
     except ValueError as exc:
         raise ShardError(f"{reader.where}: {member}: {exc}") from None
     if fortran or dtype.hasobject:
