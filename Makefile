@@ -77,6 +77,6 @@ eval: setup
 
 bench: setup
 	$(PY) benchmarks/engine.py --work build/bench/engine --json build/bench/engine.json
-	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/loader.py --work build/bench/loader --json build/bench/loader.json
 	$(PY) benchmarks/model_forward.py
 	$(PY) benchmarks/train_step.py

@@ -32,6 +32,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per process; #shards must be >= world_size x workers
     prefetch_factor: int = 2
     pin_memory: bool = True
+    decode_threads: int | None = None  # frames decoded in parallel per loading process (None: CPUs / max(workers, 1))
 
 
 @dataclass

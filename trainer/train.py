@@ -401,7 +401,8 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     data = cfg.data
     loader = make_loader(data.shards, data.train_split, data.batch_size, shuffle=True, num_workers=data.num_workers,
                          seed=cfg.seed, shuffle_buffer=data.shuffle_buffer, frames=data.frames,
-                         pin_memory=data.pin_memory, prefetch_factor=data.prefetch_factor)
+                         pin_memory=data.pin_memory, prefetch_factor=data.prefetch_factor,
+                         decode_threads=data.decode_threads)
     info = {"model": cfg.model, "weights": cfg.weights, "strategy": cfg.lora.strategy,
             "targets": cfg.lora.targets, "git_sha": git_sha()}
     if d.main:
