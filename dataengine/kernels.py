@@ -271,6 +271,18 @@ def _row_span(iy, lo, hi, dist_w, inv_x, inv_y, inv_spacing):
 
 
 @njit(**_JIT)
+def _is_valid_bits(b):
+    """1 when the float32 with bit pattern b (int32) is finite and > 0: 0 < b < bits(+inf)
+    (excludes +-0, negatives, +-inf and NaN)."""
+    return np.int32(np.uint32(b - 1) < np.uint32(0x7F7FFFFF))
+
+
+@njit(**_JIT)
+def _is_nan_bits(b):
+    return np.int32((b & 0x7FFFFFFF) > 0x7F800000)
+
+
+@njit(**_JIT)
 def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, out_w, owner,
                  pos_x, pos_y, inv_z, counts):
     """Every valid, unmasked GT pixel as a laser point at output resolution.
@@ -296,7 +308,8 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     has_mask = mask.shape[0] > 0
     inv_spacing = 1.0 / spacing
     n = 0
-    valid = np.empty(dist_w + 1, dtype=np.int64)
+    valid = np.empty(dist_w + 1, dtype=np.int32)
+    flags = np.empty(dist_w, dtype=np.int32)
     gh, gw = inv_x.shape
     # The column spans need a complete (monotone) inverse; with any NaN node scan whole rows.
     complete = True
@@ -311,10 +324,10 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     n_nan = 0
     for iy in range(dist_h):
         drow = depth[iy]
-        for ix in range(dist_w):  # branch-free: SIMD
-            d = drow[ix]
-            n_nan += d != d
-            n_valid += (d > 0.0) & (d < np.inf)
+        bits = drow.view(np.int32)
+        for ix in range(dist_w):  # integer tests on the float bits: SIMD
+            n_nan += _is_nan_bits(bits[ix])
+            n_valid += _is_valid_bits(bits[ix])
         c0, c1 = (_row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete
                   else (0, dist_w))
         if c1 <= c0:
@@ -328,20 +341,20 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
             row_x[g] = inv_x[gy0, g] * (1 - wy) + inv_x[gy0 + 1, g] * wy
             row_y[g] = inv_y[gy0, g] * (1 - wy) + inv_y[gy0 + 1, g] * wy
         # Branch-free compaction of the row's valid columns first (~9 % of the pixels are valid,
-        # at random: a branch per pixel would mispredict on most of them).
-        # The mask joins the same pass (read contiguously, not at each valid pixel).
-        m = 0
+        # at random: a branch per pixel would mispredict on most of them); the validity flags
+        # in a pass of their own (vectorised, 3x faster than float compares in the compaction).
+        # The mask joins that pass (read contiguously, not at each valid pixel).
         if has_mask:
             mrow = mask[iy]
             for ix in range(c0, c1):
-                d = drow[ix]
-                valid[m] = ix
-                m += (d > 0.0) & (d < np.inf) & (mrow[ix] == 0)
+                flags[ix] = _is_valid_bits(bits[ix]) & (mrow[ix] == 0)
         else:
             for ix in range(c0, c1):
-                d = drow[ix]
-                valid[m] = ix
-                m += (d > 0.0) & (d < np.inf)
+                flags[ix] = _is_valid_bits(bits[ix])
+        m = 0
+        for ix in range(c0, c1):
+            valid[m] = ix
+            m += flags[ix]
         for t in range(m):
             ix = valid[t]
             d = drow[ix]

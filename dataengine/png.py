@@ -1,9 +1,10 @@
 """Fast decoder for 8-bit greyscale, non-interlaced PNGs (the kind of every ETH3D mask).
 
 Pillow spends ~100 ms on a 6048x4032 mask; most of it is not the inflate. Here: the chunks are
-parsed and CRC-checked in Python, the IDAT stream is inflated by zlib in one call into a buffer of
-the exact size (no growth, no final copy; zlib checks its adler32), and the per-scanline filters
-(None/Sub/Up/Average/Paeth) are undone by a numba kernel that also returns the largest value.
+parsed and CRC-checked in Python, the IDAT stream is inflated by zlib a band of rows at a time
+(zlib checks its adler32 at the end), and each band's per-scanline filters
+(None/Sub/Up/Average/Paeth) are undone by a numba kernel while it is in cache, which also returns
+the largest value.
 Every other PNG kind (palette, 16-bit, sub-byte, colour, alpha, interlaced) is declined
 (`None`), so that the caller falls back to Pillow.
 """
@@ -33,20 +34,35 @@ def read_png_gray8(path: Path) -> tuple[np.ndarray, int] | None:
     if header is None:
         return None
     width, height, idat = header
-    expected = height * (width + 1)  # one filter-type byte per scanline
+    stride = width + 1  # one filter-type byte per scanline
+    pixels = np.empty((height, width), dtype=np.uint8)
+    # Inflated a band of rows at a time (~256 KB, cache-resident) and unfiltered at once: the
+    # filtered image never exists in memory as a whole.
+    band = max(1, (1 << 18) // stride)
+    inflater = zlib.decompressobj()
+    pending = idat
+    peak = 0
     try:
-        raw = zlib.decompress(idat, bufsize=expected)
+        for y0 in range(0, height, band):
+            want = min(band, height - y0) * stride
+            raw = inflater.decompress(pending, want)
+            pending = inflater.unconsumed_tail
+            if len(raw) != want:
+                raise BadInputError(f"{path}: PNG image data ends after {y0 + len(raw) // stride} "
+                                    f"of {height} scanlines", path)
+            bad_row, band_peak = unfilter_gray8(np.frombuffer(raw, dtype=np.uint8), pixels, y0)
+            if bad_row >= 0:
+                raise BadInputError(f"{path}: PNG scanline {bad_row} has the invalid filter "
+                                    f"type {raw[(bad_row - y0) * stride]}", path)
+            peak = max(peak, band_peak)
+        extra = inflater.decompress(pending)  # the stream end: zlib checks its adler32 here
     except zlib.error as exc:
         raise BadInputError(f"{path}: corrupt or truncated PNG image data ({exc})", path) from None
-    if len(raw) != expected:
-        raise BadInputError(f"{path}: PNG image data inflates to {len(raw)} bytes, expected "
-                            f"{expected} ({height} scanlines of 1 + {width} bytes)", path)
-    pixels = np.empty((height, width), dtype=np.uint8)
-    bad_row, max_value = unfilter_gray8(np.frombuffer(raw, dtype=np.uint8), pixels)
-    if bad_row >= 0:
-        raise BadInputError(f"{path}: PNG scanline {bad_row} has the invalid filter type "
-                            f"{raw[bad_row * (width + 1)]}", path)
-    return pixels, int(max_value)
+    if extra or not inflater.eof:
+        raise BadInputError(f"{path}: PNG image data " + ("holds more than the " if extra else
+                            "is cut short after the ") + f"{height} scanlines of 1 + {width} "
+                            f"bytes", path)
+    return pixels, int(peak)
 
 
 def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
@@ -96,18 +112,20 @@ def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
 
 
 @njit(cache=True, nogil=True)
-def unfilter_gray8(raw, out):
-    """Undo the PNG scanline filters of 1-byte pixels: raw = height x (filter byte + width bytes)
-    → out (height, width). Returns (first row with an invalid filter type or -1, maximum value)."""
-    height, width = out.shape
+def unfilter_gray8(raw, out, y0):
+    """Undo the PNG scanline filters of 1-byte pixels: raw = a band of scanlines (filter byte +
+    width bytes each) → out rows y0, y0 + 1, ... (row y0 - 1 of out is the one above). Returns
+    (first row with an invalid filter type or -1, maximum value of the band)."""
+    width = out.shape[1]
     stride = width + 1
     zero = np.zeros(width, dtype=np.uint8)
     peak = 0
-    for y in range(height):
-        src = raw[y * stride + 1:(y + 1) * stride]
+    for k in range(raw.size // stride):
+        y = y0 + k
+        src = raw[k * stride + 1:(k + 1) * stride]
         row = out[y]
         up = out[y - 1] if y > 0 else zero
-        kind = raw[y * stride]
+        kind = raw[k * stride]
         if kind == 0:
             for x in range(width):
                 row[x] = src[x]

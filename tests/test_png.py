@@ -19,23 +19,18 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-
-
 def _filter_row(kind: int, row: np.ndarray, up: np.ndarray) -> bytes:
     """PNG filter `kind` applied to one scanline of 1-byte pixels (spec §9.2), written out
-    independently of the decoder."""
-    out = bytearray([kind])
-    for x in range(row.size):
-        a = int(row[x - 1]) if x else 0
-        b = int(up[x])
-        c = int(up[x - 1]) if x else 0
-        pred = [0, a, b, (a + b) // 2, _paeth(a, b, c)][kind]
-        out.append((int(row[x]) - pred) & 0xFF)
-    return bytes(out)
+    independently of the decoder: the encoder knows every original pixel, so it is vectorised."""
+    x = row.astype(np.int32)
+    a = np.r_[0, x[:-1]]  # left
+    b = up.astype(np.int32)  # above
+    c = np.r_[0, b[:-1]]  # upper left
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    pred = [np.zeros_like(x), a, b, (a + b) // 2, paeth][kind]
+    return bytes([kind]) + ((x - pred) & 0xFF).astype(np.uint8).tobytes()
 
 
 def _png(pixels: np.ndarray, filters, *, bit_depth=8, colour_type=0, interlace=0, extra=b"",
@@ -76,6 +71,21 @@ def test_every_filter_type_matches_the_pixels_and_pillow(tmp_path, filters):
     assert peak == pixels.max()
     with Image.open(path) as im:
         np.testing.assert_array_equal(np.asarray(im), decoded)
+
+
+def test_images_larger_than_one_inflate_band(tmp_path):
+    # 300 rows of 2000 px: three bands of rows; Up/Average/Paeth rows at the band boundaries
+    # need the last row of the previous band.
+    rng = np.random.default_rng(7)
+    pixels = np.zeros((300, 2000), np.uint8)
+    pixels[40:260, 300:1700] = 1
+    pixels[100:200, 900:1900] = 2
+    pixels[rng.random(pixels.shape) < 0.01] = 1
+    path = tmp_path / "big.png"
+    path.write_bytes(_png(pixels, [2, 4, 3, 1, 0, 4, 2], chunk_size=1000))
+    decoded, peak = read_png_gray8(path)
+    np.testing.assert_array_equal(decoded, pixels)
+    assert peak == 2
 
 
 def test_pillow_written_masks_decode_identically(tmp_path):
@@ -160,22 +170,29 @@ def _corrupt_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
     short = _png(np.zeros((4, 5), np.uint8), [0])
     short = short.replace(short[short.index(b"IDAT") - 4:short.index(b"IEND") - 4],
                           _chunk(b"IDAT", zlib.compress(bytes(6 * 3))))  # 3 of 4 scanlines
-    no_zlib = _png(np.zeros((4, 5), np.uint8), [0])
-    no_zlib = no_zlib.replace(no_zlib[no_zlib.index(b"IDAT") - 4:no_zlib.index(b"IEND") - 4],
-                              _chunk(b"IDAT", zlib.compress(bytes(24))[:-6]))  # stream cut
+    def with_stream(stream: bytes) -> bytes:  # a 5x4 image whose IDAT holds `stream`
+        png = _png(np.zeros((4, 5), np.uint8), [0])
+        return png.replace(png[png.index(b"IDAT") - 4:png.index(b"IEND") - 4],
+                           _chunk(b"IDAT", stream))
+
+    full = zlib.compress(bytes(24))
+    bad_adler = full[:-1] + bytes([full[-1] ^ 1])
     return {
         "truncated_mid_idat": (good[:idat_at + 8 + idat_len // 2], "truncated PNG"),
         "no_iend": (good[:good.index(b"IEND") - 4], "truncated PNG"),
         "crc": (bytes(flipped), "CRC mismatch in the b'IDAT' chunk"),
         "signature": (b"GIF89a" + good[6:], "not a PNG file"),
         "filter_type": (bad_filter, "scanline 2 has the invalid filter type 7"),
-        "too_few_rows": (short, "inflates to 18 bytes, expected 24"),
-        "cut_zlib_stream": (no_zlib, "corrupt or truncated PNG image data"),
+        "too_few_rows": (short, "image data ends after 3 of 4 scanlines"),
+        "no_adler32": (with_stream(full[:-4]), "image data is cut short after the 4 scanlines"),
+        "bad_adler32": (with_stream(bad_adler), "corrupt or truncated PNG image data"),
+        "too_many_rows": (with_stream(zlib.compress(bytes(30))), "holds more than the 4 scanlines"),
     }
 
 
 @pytest.mark.parametrize("case", ["truncated_mid_idat", "no_iend", "crc", "signature",
-                                  "filter_type", "too_few_rows", "cut_zlib_stream"])
+                                  "filter_type", "too_few_rows", "no_adler32", "bad_adler32",
+                                  "too_many_rows"])
 def test_corrupt_png_gives_a_clear_error_naming_the_file(tmp_path, case):
     pixels = _mask_like(seed=4) % 3
     data, message = _corrupt_cases(_png(pixels, [0, 1, 2, 3, 4]))[case]
