@@ -325,9 +325,22 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     for iy in range(dist_h):
         drow = depth[iy]
         bits = drow.view(np.int32)
-        for ix in range(dist_w):  # integer tests on the float bits: SIMD
-            n_nan += _is_nan_bits(bits[ix])
-            n_valid += _is_valid_bits(bits[ix])
+        # One vectorised pass over the whole row: the map's valid/NaN counts and the flags of
+        # the valid, unmasked pixels (integer tests on the float bits; the mask read
+        # contiguously, not at each valid pixel).
+        if has_mask:
+            mrow = mask[iy]
+            for ix in range(dist_w):
+                f = _is_valid_bits(bits[ix])
+                n_nan += _is_nan_bits(bits[ix])
+                n_valid += f
+                flags[ix] = f & (mrow[ix] == 0)
+        else:
+            for ix in range(dist_w):
+                f = _is_valid_bits(bits[ix])
+                n_nan += _is_nan_bits(bits[ix])
+                n_valid += f
+                flags[ix] = f
         c0, c1 = (_row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete
                   else (0, dist_w))
         if c1 <= c0:
@@ -340,17 +353,8 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
         for g in range(min(int(c0 * inv_spacing), gw - 2), min(int(c1 * inv_spacing) + 2, gw)):
             row_x[g] = inv_x[gy0, g] * (1 - wy) + inv_x[gy0 + 1, g] * wy
             row_y[g] = inv_y[gy0, g] * (1 - wy) + inv_y[gy0 + 1, g] * wy
-        # Branch-free compaction of the row's valid columns first (~9 % of the pixels are valid,
-        # at random: a branch per pixel would mispredict on most of them); the validity flags
-        # in a pass of their own (vectorised, 3x faster than float compares in the compaction).
-        # The mask joins that pass (read contiguously, not at each valid pixel).
-        if has_mask:
-            mrow = mask[iy]
-            for ix in range(c0, c1):
-                flags[ix] = _is_valid_bits(bits[ix]) & (mrow[ix] == 0)
-        else:
-            for ix in range(c0, c1):
-                flags[ix] = _is_valid_bits(bits[ix])
+        # Branch-free compaction of the row's flagged columns (~9 % of the pixels are valid,
+        # at random: a branch per pixel would mispredict on most of them).
         m = 0
         for ix in range(c0, c1):
             valid[m] = ix
@@ -447,8 +451,8 @@ def _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_
     wmin = np.inf
     wmax = 0.0
     for q in range(n):
-        x = wx[q]
-        y = wy[q]
+        x = np.float64(wx[q])
+        y = np.float64(wy[q])
         w = ww[q]
         sx += x
         sy += y
@@ -485,7 +489,8 @@ def _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_
     slack = abs(gx) * slack_x + abs(gy) * slack_y
     for q in range(n):
         w = ww[q]
-        if abs(w - (a + gx * wx[q] + gy * wy[q])) > tolerance * w + min(slack, tolerance * w):
+        if abs(w - (a + gx * np.float64(wx[q]) + gy * np.float64(wy[q]))) > (
+                tolerance * w + min(slack, tolerance * w)):
             return PLANE_INCONSISTENT, 0.0
     return PLANE_FITTED, a
 
@@ -553,9 +558,15 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
             # The 0.5 window holds exactly the pixel's own points: skip it when they are too few.
             rad = min(0.5, radius) if own >= min_points else min(1.0, radius)
             while True:
-                n = _gather_window(i, j, start, px, py, pw, height, width, rad, wx, wy, ww)
-                status, a = _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, half_x,
-                                       half_y)
+                if rad == 0.5:  # exactly the pixel's own points, contiguous: fit them in place
+                    p0 = start[4 * (i * width + j)]
+                    p1 = start[4 * (i * width + j) + 4]
+                    status, a = _plane_fit(p1 - p0, px[p0:p1], py[p0:p1], pw[p0:p1], min_points,
+                                           tolerance, min_spread, half_x, half_y)
+                else:
+                    n = _gather_window(i, j, start, px, py, pw, height, width, rad, wx, wy, ww)
+                    status, a = _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread,
+                                           half_x, half_y)
                 if status == PLANE_FITTED or status == PLANE_INCONSISTENT or rad >= radius:
                     break
                 rad = min(rad + 0.5, radius)
@@ -569,14 +580,14 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
 
 @njit(**_JIT)
 def scan_depth(depth):
-    """(NaN count, valid count = finite and > 0) of a raw GT depth map (branch-free: SIMD)."""
+    """(NaN count, valid count = finite and > 0) of a raw GT depth map (integer tests on the
+    float bits, branch-free: SIMD)."""
     n_nan = 0
     n_valid = 0
-    flat = depth.reshape(-1)
-    for i in range(flat.size):
-        d = flat[i]
-        n_nan += d != d
-        n_valid += (d > 0.0) & (d < np.inf)
+    bits = depth.reshape(-1).view(np.int32)
+    for i in range(bits.size):
+        n_nan += _is_nan_bits(bits[i])
+        n_valid += _is_valid_bits(bits[i])
     return n_nan, n_valid
 
 

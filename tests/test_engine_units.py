@@ -363,6 +363,26 @@ def test_build_cli_pooling_option_reaches_the_build_config(monkeypatch, tmp_path
     assert "(nearest/median/min only)" in help_text
 
 
+def test_gt_scans_classify_every_special_float_like_numpy():
+    # Validity and NaN are tested on the float bits: every class of float32 value must agree with
+    # the float comparisons (finite and > 0; NaN of either sign and any payload).
+    special = np.array([0.0, -0.0, -1.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, np.inf, -np.inf, np.nan,
+                        -np.nan, 1.0, 2.5], np.float32)
+    payload_nan = np.array([0x7FC00001, 0xFF800001, 0x7F800001], np.uint32).view(np.float32)
+    values = np.r_[special, payload_nan]
+    expect_valid = int(np.count_nonzero(np.isfinite(values) & (values > 0)))
+    expect_nan = int(np.count_nonzero(np.isnan(values)))
+    assert (expect_valid, expect_nan) == (5, 5)
+    assert kernels.scan_depth(values.reshape(1, -1)) == (expect_nan, expect_valid)
+    from dataengine.depth import LaserDepthConfig, plane_depth
+
+    depth = np.full((80, 120), np.inf, np.float32)
+    depth[40, 30:30 + values.size] = values
+    plane = plane_depth(depth, np.zeros((0, 0), np.uint8), *SMALL_CAMS,
+                        fit_geometry(124, 83, 31, 20, "crop"), LaserDepthConfig(grid_spacing=1.0))
+    assert (plane.n_valid, plane.n_nan) == (expect_valid, expect_nan)
+
+
 def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):
     from dataengine.depth import LaserDepthConfig, read_gt_depth
 
