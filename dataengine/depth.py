@@ -112,17 +112,19 @@ def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]
     return gt, n_valid
 
 
-def read_mask(path: Path | None, width: int, height: int) -> np.ndarray:
+def read_mask(path: Path | None, width: int, height: int,
+              out: np.ndarray | None = None) -> np.ndarray:
     """ETH3D mask PNG (0 = fine, 1 = bad colour, 2 = bad geometry) or (0, 0) when there is none.
 
     8-bit greyscale PNGs (ETH3D's kind) take the fast decoder (dataengine.png, ~3x faster than
-    Pillow); any other PNG kind goes through Pillow."""
+    Pillow), into `out` when given (a reusable uint8 buffer); any other PNG kind goes through
+    Pillow."""
     if path is None:
         return np.zeros((0, 0), dtype=np.uint8)
     from dataengine.png import read_png_gray8
 
     try:
-        fast = read_png_gray8(path)
+        fast = read_png_gray8(path, out)
     except OSError as exc:
         raise BadInputError(f"{path}: unreadable mask PNG ({exc})", path) from None
     if fast is not None:
@@ -202,18 +204,20 @@ def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism
     if prism.model != "THIN_PRISM_FISHEYE":
         raise BadInputError(f"camera {prism.camera_id} of dslr_calibration_jpg must be "
                             f"THIN_PRISM_FISHEYE, got {prism.model}")
-    mask = read_mask(mask_path, prism.width, prism.height)
+    # The per-thread mask buffer lives until this thread's next frame: the mask is not returned.
+    mask = read_mask(mask_path, prism.width, prism.height,
+                     _buffer_at_least("mask", prism.width * prism.height, np.uint8))
     if cfg.pooling == "plane":
         gt = map_gt_depth(depth_path, prism.width, prism.height)
         plane = plane_depth(gt, mask, pinhole, prism, geom, cfg)
         check_no_nan(depth_path, plane.n_nan)
-        out, n_valid = plane.depth, plane.n_valid
+        out, n_valid, n_masked = plane.depth, plane.n_valid, plane.n_masked
     else:
         gt, n_valid = read_gt_depth(depth_path, prism.width, prism.height)
         out = _sampled_depth(gt, mask, pinhole, prism, geom, cfg)
+        n_masked = np.count_nonzero(mask)
     stats = {"source_valid_fraction": round(n_valid / gt.size, 6),
-             "masked_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6)
-             if mask.size else 0.0}
+             "masked_fraction": round(n_masked / mask.size, 6) if mask.size else 0.0}
     if cfg.pooling == "plane":
         supervised = np.count_nonzero(out)
         stats["plane_fraction"] = (round(np.count_nonzero(plane.status == PLANE_FITTED)
@@ -239,6 +243,7 @@ class PlaneDepth(NamedTuple):
     status: np.ndarray  # (H, W) uint8 kernels.PLANE_* code of every pixel
     n_valid: int  # valid (finite, > 0) pixels of the whole GT map
     n_nan: int  # NaN pixels of the whole GT map (the caller rejects the file when > 0)
+    n_masked: int  # mask pixels != 0 (0 without a mask)
 
 
 def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
@@ -248,7 +253,7 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
 
     ux, uy = undistortion_grid_for(pinhole, prism, cfg.grid_spacing)
     src_size = np.array([pinhole.width, pinhole.height], dtype=np.float64)
-    counts = np.zeros(2, dtype=np.int64)
+    counts = np.zeros(3, dtype=np.int64)
     want = getattr(_local, "points_needed", gt.size // 8)  # the thread's last frame, else 12.5 %
     while True:
         owner = _buffer_at_least("pt_owner", want, np.int32)
@@ -261,7 +266,8 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
             break
         want = n  # more points than the buffers hold (rare): grow them and map again
     _local.points_needed = n
-    start = np.empty(4 * geom.height * geom.width + 1, dtype=np.int32)  # quadrant sub-buckets
+    n_buckets = 4 * geom.height * geom.width  # quadrant sub-buckets
+    start = _buffer_at_least("bk_start", n_buckets + 1, np.int32)[:n_buckets + 1]
     px = _buffer_at_least("bk_x", n, np.float32)
     py = _buffer_at_least("bk_y", n, np.float32)
     pw = _buffer_at_least("bk_w", n, np.float64)
@@ -271,7 +277,7 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
     plane_pool(start, px, py, pw, geom.affine, cfg.min_count, float(cfg.plane_radius),
                cfg.plane_min_points, float(cfg.plane_tolerance), float(cfg.plane_min_spread),
                out, status)
-    return PlaneDepth(out, status, int(counts[0]), int(counts[1]))
+    return PlaneDepth(out, status, int(counts[0]), int(counts[1]), int(counts[2]))
 
 
 def sparse_depth(points_xyz: np.ndarray, observed_xyz: np.ndarray, rotation: np.ndarray,

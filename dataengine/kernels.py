@@ -296,7 +296,7 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     output px) and inv_z (1/depth), at most as many as they hold; returns the point count (a
     count above the buffer size = grow them and call again). The same pass scans every GT row
     whole (the row then sits in cache for the compaction): counts = (valid GT pixels = finite and
-    > 0, NaN pixels) of the whole map.
+    > 0, NaN pixels, masked pixels) of the whole map.
     """
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     rax = 1.0 / ax
@@ -322,6 +322,7 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
     capacity = min(owner.size, pos_x.size, pos_y.size, inv_z.size)
     n_valid = 0
     n_nan = 0
+    n_masked = 0
     for iy in range(dist_h):
         drow = depth[iy]
         bits = drow.view(np.int32)
@@ -334,6 +335,7 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
                 f = _is_valid_bits(bits[ix])
                 n_nan += _is_nan_bits(bits[ix])
                 n_valid += f
+                n_masked += mrow[ix] != 0
                 flags[ix] = f & (mrow[ix] == 0)
         else:
             for ix in range(dist_w):
@@ -385,6 +387,7 @@ def laser_points(depth, mask, inv_x, inv_y, spacing, affine, src_size, out_h, ou
             n += 1
     counts[0] = n_valid
     counts[1] = n_nan
+    counts[2] = n_masked
     return n
 
 
@@ -398,13 +401,17 @@ def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
         start[owner[q] + 1] += 1
     for p in range(1, start.size):
         start[p] += start[p - 1]
-    fill = start[:-1].copy()
+    # start[b] serves as bucket b's write cursor (no copy) and ends at bucket b's end =
+    # start[b + 1]: shifted back afterwards.
     for q in range(n):
-        t = fill[owner[q]]
-        fill[owner[q]] = t + 1
+        t = start[owner[q]]
+        start[owner[q]] = t + 1
         px[t] = pos_x[q]
         py[t] = pos_y[q]
         pw[t] = inv_z[q]
+    for p in range(start.size - 1, 0, -1):
+        start[p] = start[p - 1]
+    start[0] = 0
 
 
 @njit(**_JIT)

@@ -232,6 +232,7 @@ def _plane_pool(depth, mask, geom, **kw):
     # The same pass counts the whole map, also the columns the crop never reaches.
     assert plane.n_valid == np.count_nonzero(np.isfinite(depth) & (depth > 0))
     assert plane.n_nan == np.count_nonzero(np.isnan(depth))
+    assert plane.n_masked == np.count_nonzero(mask)
     return plane.depth, plane.status
 
 
