@@ -12,7 +12,12 @@ from PIL import Image
 
 from dataengine.colmap import BadInputError
 from dataengine.depth import read_mask
-from dataengine.png import PNG_SIGNATURE, read_png_gray8
+from dataengine.png import PNG_SIGNATURE, libdeflate_available, read_png_gray8
+
+# Both inflate backends: zlib (always) and the system libdeflate (when installed).
+BACKENDS = [pytest.param(False, id="zlib"),
+            pytest.param(True, id="libdeflate", marks=pytest.mark.skipif(
+                not libdeflate_available(), reason="no libdeflate on this system"))]
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -61,19 +66,21 @@ def _mask_like(h=37, w=53, seed=0) -> np.ndarray:
     return m
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("filters", [[0], [1], [2], [3], [4], [0, 1, 2, 3, 4], [4, 3, 2, 1, 0, 4]])
-def test_every_filter_type_matches_the_pixels_and_pillow(tmp_path, filters):
+def test_every_filter_type_matches_the_pixels_and_pillow(tmp_path, filters, backend):
     pixels = _mask_like()
     path = tmp_path / "m.png"
     path.write_bytes(_png(pixels, filters, chunk_size=97))
-    decoded, peak = read_png_gray8(path)
+    decoded, peak = read_png_gray8(path, use_libdeflate=backend)
     np.testing.assert_array_equal(decoded, pixels)
     assert peak == pixels.max()
     with Image.open(path) as im:
         np.testing.assert_array_equal(np.asarray(im), decoded)
 
 
-def test_images_larger_than_one_inflate_band(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_images_larger_than_one_inflate_band(tmp_path, backend):
     # 300 rows of 2000 px: three bands of rows; Up/Average/Paeth rows at the band boundaries
     # need the last row of the previous band.
     rng = np.random.default_rng(7)
@@ -83,9 +90,10 @@ def test_images_larger_than_one_inflate_band(tmp_path):
     pixels[rng.random(pixels.shape) < 0.01] = 1
     path = tmp_path / "big.png"
     path.write_bytes(_png(pixels, [2, 4, 3, 1, 0, 4, 2], chunk_size=1000))
-    decoded, peak = read_png_gray8(path)
+    reused = np.full(300 * 2000 + 5, 9, np.uint8)  # a dirty reusable buffer, larger than needed
+    decoded, peak = read_png_gray8(path, reused, use_libdeflate=backend)
     np.testing.assert_array_equal(decoded, pixels)
-    assert peak == 2
+    assert peak == 2 and np.shares_memory(decoded, reused)
 
 
 def test_pillow_written_masks_decode_identically(tmp_path):
@@ -184,7 +192,7 @@ def _corrupt_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
         "signature": (b"GIF89a" + good[6:], "not a PNG file"),
         "filter_type": (bad_filter, "scanline 2 has the invalid filter type 7"),
         "too_few_rows": (short, "image data ends after 3 of 4 scanlines"),
-        "no_adler32": (with_stream(full[:-4]), "image data is cut short after the 4 scanlines"),
+        "no_adler32": (with_stream(full[:-4]), "corrupt or truncated PNG image data"),
         "bad_adler32": (with_stream(bad_adler), "corrupt or truncated PNG image data"),
         "too_many_rows": (with_stream(zlib.compress(bytes(30))), "holds more than the 4 scanlines"),
     }
@@ -193,13 +201,16 @@ def _corrupt_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
 @pytest.mark.parametrize("case", ["truncated_mid_idat", "no_iend", "crc", "signature",
                                   "filter_type", "too_few_rows", "no_adler32", "bad_adler32",
                                   "too_many_rows"])
-def test_corrupt_png_gives_a_clear_error_naming_the_file(tmp_path, case):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_png_gives_a_clear_error_naming_the_file(tmp_path, case, backend):
     pixels = _mask_like(seed=4) % 3
     data, message = _corrupt_cases(_png(pixels, [0, 1, 2, 3, 4]))[case]
     path = tmp_path / f"{case}.png"
     path.write_bytes(data)
     with pytest.raises(BadInputError, match=rf"{case}.png: .*{_re(message)}"):
-        read_mask(path, *pixels.shape[::-1])
+        read_png_gray8(path, use_libdeflate=backend)
+    with pytest.raises(BadInputError, match=rf"{case}.png: .*{_re(message)}"):
+        read_mask(path, *pixels.shape[::-1])  # the engine's entry point, default backend
 
 
 def _re(text: str) -> str:
