@@ -268,9 +268,12 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
     _local.points_needed = n
     n_buckets = 4 * geom.height * geom.width  # quadrant sub-buckets
     start = _buffer_at_least("bk_start", n_buckets + 1, np.int32)[:n_buckets + 1]
-    px = _buffer_at_least("bk_x", n, np.float32)
-    py = _buffer_at_least("bk_y", n, np.float32)
-    pw = _buffer_at_least("bk_w", n, np.float64)
+    # The bucketed points as 16-byte records (1/depth, x, y): the scatter of the counting sort
+    # and the window reads touch one cache line per point, not three.
+    records = _buffer_at_least("bk_rec", 2 * n, np.float64)[:2 * n].reshape(n, 2)
+    pw = records[:, 0]
+    px = records.view(np.float32)[:, 2]
+    py = records.view(np.float32)[:, 3]
     bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw)
     out = np.empty((geom.height, geom.width), dtype=np.float32)
     status = np.empty((geom.height, geom.width), dtype=np.uint8)
