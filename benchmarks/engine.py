@@ -117,7 +117,9 @@ def engine_stages(frame, cfg) -> dict:
     encode_jpeg(rgb, cfg.jpeg_quality)
     t["resample_encode"] = clock() - t0
     t0 = clock()
-    mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height)
+    size = frame.prism.width * frame.prism.height  # the engine's per-thread mask buffer
+    mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height,
+                               depth_mod._buffer_at_least("mask", size, np.uint8))
     t["mask_decode"] = clock() - t0
     t0 = clock()
     if cfg.laser.pooling == "plane":  # the GT scan happens inside the first pooling pass
