@@ -24,7 +24,6 @@ from numba import njit
 from dataengine.colmap import BadInputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_KNOWN_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 
 
 def read_png_gray8(path: Path, out: np.ndarray | None = None,
