@@ -700,6 +700,27 @@ def area_resample(src, affine, extent, out):
 
 
 @njit(**_JIT)
+def _project_point(xyz_world, p, rot, trans, kmat, valid_rect, h, w):
+    """Pixel (iu, iv) = floor(K [R|t] X + 0.5) and camera z of point p; iu = -1 when z <= 0 or the
+    point falls outside valid_rect (output pixel-corner units) or the image."""
+    X, Y, Z = xyz_world[p, 0], xyz_world[p, 1], xyz_world[p, 2]
+    zc = rot[2, 0] * X + rot[2, 1] * Y + rot[2, 2] * Z + trans[2]
+    if zc <= 0.0:
+        return -1, -1, zc
+    xc = rot[0, 0] * X + rot[0, 1] * Y + rot[0, 2] * Z + trans[0]
+    yc = rot[1, 0] * X + rot[1, 1] * Y + rot[1, 2] * Z + trans[1]
+    u = kmat[0, 0] * xc / zc + kmat[0, 1] * yc / zc + kmat[0, 2] + 0.5
+    v = kmat[1, 1] * yc / zc + kmat[1, 2] + 0.5
+    if u < valid_rect[0] or v < valid_rect[1] or u >= valid_rect[2] or v >= valid_rect[3]:
+        return -1, -1, zc
+    iu = int(math.floor(u))
+    iv = int(math.floor(v))
+    if iu < 0 or iv < 0 or iu >= w or iv >= h:
+        return -1, -1, zc
+    return iu, iv, zc
+
+
+@njit(**_JIT)
 def splat_min_depth(xyz_world, rot, trans, kmat, valid_rect, zbuf):
     """Project world points with X_cam = R X + t and OpenCV pixel-centre K; keep the min z per pixel.
 
@@ -708,19 +729,8 @@ def splat_min_depth(xyz_world, rot, trans, kmat, valid_rect, zbuf):
     """
     h, w = zbuf.shape
     for p in range(xyz_world.shape[0]):
-        X, Y, Z = xyz_world[p, 0], xyz_world[p, 1], xyz_world[p, 2]
-        zc = rot[2, 0] * X + rot[2, 1] * Y + rot[2, 2] * Z + trans[2]
-        if zc <= 0.0:
-            continue
-        xc = rot[0, 0] * X + rot[0, 1] * Y + rot[0, 2] * Z + trans[0]
-        yc = rot[1, 0] * X + rot[1, 1] * Y + rot[1, 2] * Z + trans[1]
-        u = kmat[0, 0] * xc / zc + kmat[0, 1] * yc / zc + kmat[0, 2] + 0.5
-        v = kmat[1, 1] * yc / zc + kmat[1, 2] + 0.5
-        if u < valid_rect[0] or v < valid_rect[1] or u >= valid_rect[2] or v >= valid_rect[3]:
-            continue
-        iu = int(math.floor(u))
-        iv = int(math.floor(v))
-        if iu < 0 or iv < 0 or iu >= w or iv >= h:
+        iu, iv, zc = _project_point(xyz_world, p, rot, trans, kmat, valid_rect, h, w)
+        if iu < 0:
             continue
         if zc < zbuf[iv, iu]:
             zbuf[iv, iu] = zc
@@ -737,19 +747,8 @@ def sparse_visible_depth(xyz_world, rot, trans, kmat, valid_rect, zbuf, radius, 
     kept = 0
     occluded = 0
     for p in range(xyz_world.shape[0]):
-        X, Y, Z = xyz_world[p, 0], xyz_world[p, 1], xyz_world[p, 2]
-        zc = rot[2, 0] * X + rot[2, 1] * Y + rot[2, 2] * Z + trans[2]
-        if zc <= 0.0:
-            continue
-        xc = rot[0, 0] * X + rot[0, 1] * Y + rot[0, 2] * Z + trans[0]
-        yc = rot[1, 0] * X + rot[1, 1] * Y + rot[1, 2] * Z + trans[1]
-        u = kmat[0, 0] * xc / zc + kmat[0, 1] * yc / zc + kmat[0, 2] + 0.5
-        v = kmat[1, 1] * yc / zc + kmat[1, 2] + 0.5
-        if u < valid_rect[0] or v < valid_rect[1] or u >= valid_rect[2] or v >= valid_rect[3]:
-            continue
-        iu = int(math.floor(u))
-        iv = int(math.floor(v))
-        if iu < 0 or iv < 0 or iu >= w or iv >= h:
+        iu, iv, zc = _project_point(xyz_world, p, rot, trans, kmat, valid_rect, h, w)
+        if iu < 0:
             continue
         limit = zc / (1.0 + tol)
         hidden = False

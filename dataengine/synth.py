@@ -418,22 +418,30 @@ def _render_pinhole_kernel(K_inv, R_fc, C_f, width, height, supersample, want_co
             rgb[v, u, 2] /= n
 
 
+@njit(cache=True)
+def _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, boxes, box_mat, building, openings,
+                opening_mat, ground, light, t_out, mat_out, rgb_out):
+    """Nearest hit of one ray (and its shaded colour if wanted) written to slot i of the outputs."""
+    t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building,
+                                            openings, opening_mat, ground)
+    t_out[i] = t
+    mat_out[i] = mat
+    if want_colour:
+        r, g, b = _shade(ox + t * dx, oy + t * dy, oz + t * dz, axis, sign, mat, prim, dx, dy,
+                         dz, boxes, box_mat, building, openings, opening_mat, ground, light)
+        rgb_out[i, 0] = r
+        rgb_out[i, 1] = g
+        rgb_out[i, 2] = b
+
+
 @njit(cache=True, parallel=True)
 def _cast_kernel(origins, dirs, want_colour, boxes, box_mat, building, openings, opening_mat,
                  ground, light, t_out, mat_out, rgb_out):
     for i in prange(origins.shape[0]):
         ox, oy, oz = origins[i, 0], origins[i, 1], origins[i, 2]
         dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
-        t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building,
-                                                openings, opening_mat, ground)
-        t_out[i] = t
-        mat_out[i] = mat
-        if want_colour:
-            r, g, b = _shade(ox + t * dx, oy + t * dy, oz + t * dz, axis, sign, mat, prim, dx, dy,
-                             dz, boxes, box_mat, building, openings, opening_mat, ground, light)
-            rgb_out[i, 0] = r
-            rgb_out[i, 1] = g
-            rgb_out[i, 2] = b
+        _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, boxes, box_mat, building, openings,
+                    opening_mat, ground, light, t_out, mat_out, rgb_out)
 
 
 @njit(cache=True, parallel=True)
@@ -446,16 +454,8 @@ def _cast_camera_kernel(rays_n, R_fc, C_f, want_colour, boxes, box_mat, building
         dx = R_fc[0, 0] * cx + R_fc[0, 1] * cy + R_fc[0, 2]
         dy = R_fc[1, 0] * cx + R_fc[1, 1] * cy + R_fc[1, 2]
         dz = R_fc[2, 0] * cx + R_fc[2, 1] * cy + R_fc[2, 2]
-        t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building,
-                                                openings, opening_mat, ground)
-        t_out[i] = t
-        mat_out[i] = mat
-        if want_colour:
-            r, g, b = _shade(ox + t * dx, oy + t * dy, oz + t * dz, axis, sign, mat, prim, dx, dy,
-                             dz, boxes, box_mat, building, openings, opening_mat, ground, light)
-            rgb_out[i, 0] = r
-            rgb_out[i, 1] = g
-            rgb_out[i, 2] = b
+        _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, boxes, box_mat, building, openings,
+                    opening_mat, ground, light, t_out, mat_out, rgb_out)
 
 
 @njit(cache=True, parallel=True)
