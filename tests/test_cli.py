@@ -27,3 +27,20 @@ def test_unknown_command_fails():
     )
     assert proc.returncode != 0
     assert "No such command" in proc.stderr
+
+
+def test_offline_hub_weights_give_one_clear_line(tmp_path):
+    """A user error (weights not reachable) is one `Error:` line naming the fix, not a traceback."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--config", str(repo / "configs" / "strategy_b.yaml"),
+         "--shards", str(repo / "tests" / "assets"), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Error: PretrainedSourceError" in proc.stderr and "local path" in proc.stderr

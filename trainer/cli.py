@@ -5,7 +5,29 @@ from __future__ import annotations
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's input (weights, shards, configs): shown as one clear line, no
+    traceback. Imported lazily so that `--help` does not import torch."""
+    from trainer.config import ConfigError
+    from trainer.data import ShardError
+    from trainer.vggt.loading import CheckpointMismatchError, PretrainedSourceError
+
+    return ConfigError, ShardError, PretrainedSourceError, CheckpointMismatchError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if isinstance(exc, _user_errors()):
+                raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vggt-eth3d-lora")
 def main() -> None:
     """VGGT LoRA fine-tuning on pre-built shards: train, params, eval, export, push."""
