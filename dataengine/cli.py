@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
+
 import click
 
 
@@ -12,7 +15,6 @@ def main() -> None:
 
 
 # ---- data engine commands: build / inspect / verify / download (owner: data engine) ----------------
-from pathlib import Path  # noqa: E402
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -103,9 +105,12 @@ def inspect_command(path, png, key):
     """Keys, shapes, dtypes and coverage of a shard directory or a single shard."""
     from dataengine.inspect_shards import contact_sheet, describe
 
-    click.echo(describe(path))
-    if png is not None:
-        click.echo(f"wrote {contact_sheet(path, png, key)}")
+    try:
+        click.echo(describe(path))
+        if png is not None:
+            click.echo(f"wrote {contact_sheet(path, png, key)}")
+    except (FileNotFoundError, tarfile.ReadError) as exc:
+        raise click.ClickException(f"{path}: not a readable shard or shard directory ({exc})") from None
 
 
 @main.command("verify")

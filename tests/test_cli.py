@@ -44,3 +44,11 @@ def test_offline_hub_weights_give_one_clear_line(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Error: PretrainedSourceError" in proc.stderr and "local path" in proc.stderr
+
+
+def test_inspect_names_a_file_that_is_not_a_shard(tmp_path):
+    bad = tmp_path / "train-00000.tar"
+    bad.write_bytes(b"not a tar archive")
+    proc = subprocess.run([sys.executable, "-m", "dataengine", "inspect", str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"Error: {bad}: not a readable shard" in proc.stderr
