@@ -117,16 +117,26 @@ def engine_stages(frame, cfg) -> dict:
     encode_jpeg(rgb, cfg.jpeg_quality)
     t["resample_encode"] = clock() - t0
     t0 = clock()
-    size = frame.prism.width * frame.prism.height  # the engine's per-thread mask buffer
-    mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height,
-                               depth_mod._buffer_at_least("mask", size, np.uint8))
-    t["mask_decode"] = clock() - t0
-    t0 = clock()
-    if cfg.laser.pooling == "plane":  # the GT scan happens inside the first pooling pass
+    if cfg.laser.pooling == "plane":
+        # The mask is only inflated here; its scanlines are unfiltered inside the GT scan, which
+        # happens inside the first pooling pass (as in depth.laser_depth).
+        mask = depth_mod.read_mask_scanlines(frame.mask_path, frame.prism.width,
+                                             frame.prism.height)
+        filtered = mask is not None
+        if not filtered:
+            mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height,
+                                       depth_mod._mask_buffer(frame.prism))
+        t["mask_decode"] = clock() - t0
+        t0 = clock()
         gt = depth_mod.map_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
-        depth_mod.plane_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
+        depth_mod.plane_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser,
+                              mask_filtered=filtered, mask_path=frame.mask_path)
         t["depth_scan_pool"] = clock() - t0
     else:
+        mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height,
+                                   depth_mod._mask_buffer(frame.prism))
+        t["mask_decode"] = clock() - t0
+        t0 = clock()
         gt, _ = depth_mod.read_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
         t["depth_read_scan"] = clock() - t0
         t0 = clock()

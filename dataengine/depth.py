@@ -133,9 +133,37 @@ def read_mask(path: Path | None, width: int, height: int,
     else:
         mask = _read_mask_pillow(path, width, height)
         max_value = int(mask.max(initial=0))
+    check_mask_values(path, max_value)
+    return mask
+
+
+def _mask_buffer(prism: Camera) -> np.ndarray:
+    """The per-thread decoded-mask buffer; it lives until this thread's next frame (the mask is
+    not returned)."""
+    return _buffer_at_least("mask", prism.width * prism.height, np.uint8)
+
+
+def read_mask_scanlines(path: Path | None, width: int, height: int) -> np.ndarray | None:
+    """The still-filtered (height, width + 1) scanlines of an 8-bit greyscale mask PNG
+    (`png.read_png_gray8_scanlines`, a per-thread buffer) for `kernels.laser_points` to unfilter
+    row by row; (0, 0) without a mask file; None when it must be decoded whole (`read_mask`:
+    other PNG kinds, or no libdeflate)."""
+    if path is None:
+        return np.zeros((0, 0), dtype=np.uint8)
+    from dataengine.png import read_png_gray8_scanlines
+
+    try:
+        scanlines = read_png_gray8_scanlines(path)
+    except OSError as exc:
+        raise BadInputError(f"{path}: unreadable mask PNG ({exc})", path) from None
+    if scanlines is not None:
+        _check_mask_size(path, scanlines.shape[1] - 1, scanlines.shape[0], width, height)
+    return scanlines
+
+
+def check_mask_values(path: Path, max_value: int) -> None:
     if max_value > 2:
         raise BadInputError(f"{path}: mask values must be 0, 1 or 2, found {max_value}", path)
-    return mask
 
 
 def _check_mask_size(path, got_w, got_h, width, height):
@@ -204,20 +232,25 @@ def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism
     if prism.model != "THIN_PRISM_FISHEYE":
         raise BadInputError(f"camera {prism.camera_id} of dslr_calibration_jpg must be "
                             f"THIN_PRISM_FISHEYE, got {prism.model}")
-    # The per-thread mask buffer lives until this thread's next frame: the mask is not returned.
-    mask = read_mask(mask_path, prism.width, prism.height,
-                     _buffer_at_least("mask", prism.width * prism.height, np.uint8))
     if cfg.pooling == "plane":
+        # The mask's filtered scanlines go to the GT pass, which unfilters them row by row.
+        scanlines = read_mask_scanlines(mask_path, prism.width, prism.height)
+        mask = scanlines if scanlines is not None else read_mask(
+            mask_path, prism.width, prism.height, _mask_buffer(prism))
         gt = map_gt_depth(depth_path, prism.width, prism.height)
-        plane = plane_depth(gt, mask, pinhole, prism, geom, cfg)
+        plane = plane_depth(gt, mask, pinhole, prism, geom, cfg,
+                            mask_filtered=scanlines is not None, mask_path=mask_path)
         check_no_nan(depth_path, plane.n_nan)
         out, n_valid, n_masked = plane.depth, plane.n_valid, plane.n_masked
+        n_mask_pixels = prism.width * prism.height if mask.size else 0
     else:
+        mask = read_mask(mask_path, prism.width, prism.height, _mask_buffer(prism))
         gt, n_valid = read_gt_depth(depth_path, prism.width, prism.height)
         out = _sampled_depth(gt, mask, pinhole, prism, geom, cfg)
         n_masked = np.count_nonzero(mask)
+        n_mask_pixels = mask.size
     stats = {"source_valid_fraction": round(n_valid / gt.size, 6),
-             "masked_fraction": round(n_masked / mask.size, 6) if mask.size else 0.0}
+             "masked_fraction": round(n_masked / n_mask_pixels, 6) if n_mask_pixels else 0.0}
     if cfg.pooling == "plane":
         supervised = np.count_nonzero(out)
         stats["plane_fraction"] = (round(np.count_nonzero(plane.status == PLANE_FITTED)
@@ -246,22 +279,30 @@ class PlaneDepth(NamedTuple):
     n_masked: int  # mask pixels != 0 (0 without a mask)
 
 
-def plane_depth(gt, mask, pinhole, prism, geom, cfg) -> PlaneDepth:
+def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False,
+                mask_path: Path | None = None) -> PlaneDepth:
     """Local plane fits with nearest-point fallback (kernels.plane_pool). gt: the raw GT map
-    (scanned for valid/NaN pixels in the same pass); mask may be (0, 0)."""
+    (scanned for valid/NaN pixels in the same pass); mask may be (0, 0). mask_filtered: mask is
+    the PNG's filtered scanlines (`read_mask_scanlines`), unfiltered inside the GT pass; an
+    invalid filter type or a value above 2 then raises BadInputError naming mask_path."""
     from dataengine.kernels import bucket_points, laser_points, plane_pool
+    from dataengine.png import bad_filter_error
 
     ux, uy = undistortion_grid_for(pinhole, prism, cfg.grid_spacing)
     src_size = np.array([pinhole.width, pinhole.height], dtype=np.float64)
-    counts = np.zeros(3, dtype=np.int64)
+    counts = np.zeros(5, dtype=np.int64)
     want = getattr(_local, "points_needed", gt.size // 8)  # the thread's last frame, else 12.5 %
     while True:
         owner = _buffer_at_least("pt_owner", want, np.int32)
         pos_x = _buffer_at_least("pt_x", want, np.float32)
         pos_y = _buffer_at_least("pt_y", want, np.float32)
         inv_z = _buffer_at_least("pt_w", want, np.float64)
-        n = laser_points(gt, mask, ux, uy, float(cfg.grid_spacing), geom.affine, src_size,
+        n = laser_points(gt, mask, mask_filtered, ux, uy, float(cfg.grid_spacing), geom.affine, src_size,
                          geom.height, geom.width, owner, pos_x, pos_y, inv_z, counts)
+        if mask_filtered and counts[4] >= 0:
+            raise bad_filter_error(mask_path, int(counts[4]), int(mask[counts[4], 0]))
+        if mask_filtered:
+            check_mask_values(mask_path, int(counts[3]))
         if n <= min(owner.size, pos_x.size, pos_y.size, inv_z.size):
             break
         want = n  # more points than the buffers hold (rare): grow them and map again

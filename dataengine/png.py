@@ -52,8 +52,7 @@ def read_png_gray8(path: Path, out: np.ndarray | None = None,
 def _unfilter_checked(raw: np.ndarray, pixels: np.ndarray, y0: int, path: Path) -> int:
     bad_row, peak = unfilter_gray8(raw, pixels, y0)
     if bad_row >= 0:
-        raise BadInputError(f"{path}: PNG scanline {bad_row} has the invalid filter type "
-                            f"{raw[(bad_row - y0) * (pixels.shape[1] + 1)]}", path)
+        raise bad_filter_error(path, bad_row, raw[(bad_row - y0) * (pixels.shape[1] + 1)])
     return int(peak)
 
 
@@ -138,10 +137,16 @@ def _load_libdeflate():
 
 def _inflate_libdeflate(idat: bytes, pixels: np.ndarray, path: Path) -> int:
     """Inflate the whole stream (adler32 checked) into a per-thread buffer, then unfilter."""
+    raw = _inflate_libdeflate_raw(idat, *pixels.shape, path)
+    return _unfilter_checked(raw.reshape(-1), pixels, 0, path)
+
+
+def _inflate_libdeflate_raw(idat: bytes, height: int, width: int, path: Path) -> np.ndarray:
+    """The (height, width + 1) filtered scanlines (filter-type byte first) in a per-thread
+    buffer, valid until this thread's next inflate."""
     lib = _load_libdeflate()
     if lib is None:
         raise RuntimeError("libdeflate is not available on this system")
-    height, width = pixels.shape
     size = height * (width + 1)
     decompressor = getattr(_thread, "decompressor", None)
     if decompressor is None:
@@ -160,7 +165,29 @@ def _inflate_libdeflate(idat: bytes, pixels: np.ndarray, path: Path) -> int:
         raise _corrupt_data(path, "libdeflate: bad data")
     if got.value != size:
         raise _short_data(path, got.value // (width + 1), height)
-    return _unfilter_checked(raw[:size], pixels, 0, path)
+    return raw[:size].reshape(height, width + 1)
+
+
+def read_png_gray8_scanlines(path: Path) -> np.ndarray | None:
+    """The (height, width + 1) still-filtered scanlines of an 8-bit greyscale non-interlaced PNG
+    (filter-type byte first; undo with `unfilter_row`, e.g. row by row inside a consumer's own
+    pass: no whole decoded image written and read again), in a per-thread buffer valid until
+    this thread's next call. None for other PNG kinds or without libdeflate (use
+    `read_png_gray8`). Corrupt data raises BadInputError naming the file; invalid filter types
+    are the consumer's to report (`bad_filter_error`)."""
+    path = Path(path)
+    if not libdeflate_available():
+        return None
+    data = path.read_bytes()
+    header = _parse_chunks(data, path)
+    if header is None:
+        return None
+    width, height, idat = header
+    return _inflate_libdeflate_raw(idat, height, width, path)
+
+
+def bad_filter_error(path: Path, row: int, kind: int) -> BadInputError:
+    return BadInputError(f"{path}: PNG scanline {row} has the invalid filter type {kind}", path)
 
 
 def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
@@ -210,6 +237,61 @@ def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
 
 
 @njit(cache=True, nogil=True)
+def unfilter_row(kind, src, up, row):
+    """Undo one scanline's PNG filter (1-byte pixels): src = its filtered bytes (no filter-type
+    byte), up = the row above (zeros for the first), row = the result. False for an invalid
+    filter type."""
+    width = row.size
+    if kind == 0:
+        for x in range(width):
+            row[x] = src[x]
+    elif kind == 1:  # Sub: + left
+        left = 0
+        for x in range(width):
+            left = (src[x] + left) & 0xFF
+            row[x] = left
+    elif kind == 2:  # Up: + above
+        for x in range(width):
+            row[x] = (src[x] + up[x]) & 0xFF
+    elif kind == 3:  # Average: + floor((left + above) / 2)
+        left = 0
+        for x in range(width):
+            left = (src[x] + ((left + up[x]) >> 1)) & 0xFF
+            row[x] = left
+    elif kind == 4:  # Paeth: + whichever of left, above, upper-left is nearest left+above-upleft
+        left = 0
+        upleft = 0
+        for x in range(width):
+            above = np.int64(up[x])
+            if above == upleft:  # then p == left: the predictor is left (uniform regions)
+                left = (src[x] + left) & 0xFF
+            else:
+                pa = abs(above - upleft)  # |p - left|
+                pb = abs(left - upleft)  # |p - above|
+                pc = abs(left + above - 2 * upleft)  # |p - upleft|
+                if pa <= pb and pa <= pc:
+                    pred = left
+                elif pb <= pc:
+                    pred = above
+                else:
+                    pred = upleft
+                left = (src[x] + pred) & 0xFF
+            upleft = above
+            row[x] = left
+    else:
+        return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def row_peak(row):
+    m = np.uint8(0)
+    for x in range(row.size):
+        m = max(m, row[x])
+    return np.int64(m)
+
+
+@njit(cache=True, nogil=True)
 def unfilter_gray8(raw, out, y0):
     """Undo the PNG scanline filters of 1-byte pixels: raw = a band of scanlines (filter byte +
     width bytes each) → out rows y0, y0 + 1, ... (row y0 - 1 of out is the one above). Returns
@@ -220,50 +302,8 @@ def unfilter_gray8(raw, out, y0):
     peak = 0
     for k in range(raw.size // stride):
         y = y0 + k
-        src = raw[k * stride + 1:(k + 1) * stride]
-        row = out[y]
         up = out[y - 1] if y > 0 else zero
-        kind = raw[k * stride]
-        if kind == 0:
-            for x in range(width):
-                row[x] = src[x]
-        elif kind == 1:  # Sub: + left
-            left = 0
-            for x in range(width):
-                left = (src[x] + left) & 0xFF
-                row[x] = left
-        elif kind == 2:  # Up: + above
-            for x in range(width):
-                row[x] = (src[x] + up[x]) & 0xFF
-        elif kind == 3:  # Average: + floor((left + above) / 2)
-            left = 0
-            for x in range(width):
-                left = (src[x] + ((left + up[x]) >> 1)) & 0xFF
-                row[x] = left
-        elif kind == 4:  # Paeth: + whichever of left, above, upper-left is nearest left+above-upleft
-            left = 0
-            upleft = 0
-            for x in range(width):
-                above = np.int64(up[x])
-                if above == upleft:  # then p == left: the predictor is left (uniform regions)
-                    left = (src[x] + left) & 0xFF
-                else:
-                    pa = abs(above - upleft)  # |p - left|
-                    pb = abs(left - upleft)  # |p - above|
-                    pc = abs(left + above - 2 * upleft)  # |p - upleft|
-                    if pa <= pb and pa <= pc:
-                        pred = left
-                    elif pb <= pc:
-                        pred = above
-                    else:
-                        pred = upleft
-                    left = (src[x] + pred) & 0xFF
-                upleft = above
-                row[x] = left
-        else:
+        if not unfilter_row(raw[k * stride], raw[k * stride + 1:(k + 1) * stride], up, out[y]):
             return y, peak
-        m = np.uint8(0)
-        for x in range(width):
-            m = max(m, row[x])
-        peak = max(peak, np.int64(m))
+        peak = max(peak, row_peak(out[y]))
     return -1, peak

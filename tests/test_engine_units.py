@@ -308,6 +308,46 @@ def test_plane_pooling_excludes_masked_gt():
     assert unmasked.max() > 100  # the same GT without its mask does reach the output
 
 
+@pytest.mark.skipif(not __import__("dataengine.png").png.libdeflate_available(),
+                    reason="the scanline path needs libdeflate")
+def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp_path):
+    """The engine's plane path hands the mask's still-filtered PNG scanlines (every filter type
+    here) to the GT pass: same depth, status and counts as the decoded mask; an invalid filter
+    type or a value above 2 still names the file."""
+    from dataengine.depth import LaserDepthConfig, plane_depth, read_mask, read_mask_scanlines
+    from tests.test_png import _mask_like, _png
+
+    geom = fit_geometry(124, 83, 31, 20, "crop")
+    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
+    depth = _gt_of_inverse_depth(inv_depth, 0.5, seed=6)
+    mask = _mask_like(80, 120, seed=7) % 3
+    path = tmp_path / "mask.png"
+    path.write_bytes(_png(mask, [0, 1, 2, 3, 4]))
+    scanlines = read_mask_scanlines(path, 120, 80)
+    assert scanlines.shape == (80, 121) and set(scanlines[:, 0]) == {0, 1, 2, 3, 4}
+    cfg = LaserDepthConfig(grid_spacing=1.0)
+    fused = plane_depth(depth, scanlines, *SMALL_CAMS, geom, cfg, mask_filtered=True,
+                        mask_path=path)
+    decoded = plane_depth(depth, read_mask(path, 120, 80), *SMALL_CAMS, geom, cfg)
+    np.testing.assert_array_equal(fused.depth.view(np.uint32), decoded.depth.view(np.uint32))
+    np.testing.assert_array_equal(fused.status, decoded.status)
+    assert fused[2:] == decoded[2:] and fused.n_masked == np.count_nonzero(mask) > 1000
+    assert (fused.depth > 0).any()
+    bad = scanlines.copy()
+    bad[41, 0] = 7
+    with pytest.raises(BadInputError, match="mask.png: PNG scanline 41 has the invalid filter "
+                                            "type 7"):
+        plane_depth(depth, bad, *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path)
+    mask[60, 100] = 3
+    path.write_bytes(_png(mask, [4, 1]))
+    with pytest.raises(BadInputError, match="mask.png: mask values must be 0, 1 or 2, found 3"):
+        plane_depth(depth, read_mask_scanlines(path, 120, 80), *SMALL_CAMS, geom, cfg,
+                    mask_filtered=True, mask_path=path)
+    with pytest.raises(BadInputError, match=r"mask.png: mask is 120x80, expected 121x80"):
+        read_mask_scanlines(path, 121, 80)
+    assert read_mask_scanlines(None, 120, 80).shape == (0, 0)
+
+
 def test_plane_points_buffers_grow_and_nan_outside_the_crop_is_reported(tmp_path):
     import threading
 
