@@ -243,6 +243,20 @@ PLANE_INCONSISTENT = 5  # nearest kept: a residual above tolerance (e.g. two sur
 
 
 @njit(**_JIT)
+def _first_column_reaching(threshold, end, y, inv_x, inv_y, inv_spacing):
+    """Binary search over distorted columns [0, end) for the first whose mapped output x >= threshold
+    (the mapping is monotonic along a row); `end` if none."""
+    a, b = 0, end
+    while a < b:
+        m = (a + b) // 2
+        if _distort_bilinear(m + 0.5, y, inv_x, inv_y, inv_spacing)[0] >= threshold:
+            b = m
+        else:
+            a = m + 1
+    return a
+
+
+@njit(**_JIT)
 def _row_span(iy, lo, hi, dist_w, inv_x, inv_y, inv_spacing):
     """Columns [c0, c1) of distorted row iy whose undistorted x may lie in [lo, hi): binary
     search on the row's (monotone) undistortion, widened by one grid cell; (0, 0) = none."""
@@ -253,23 +267,10 @@ def _row_span(iy, lo, hi, dist_w, inv_x, inv_y, inv_spacing):
         return 0, dist_w  # no usable inverse here: scan the whole row
     if last < lo or first >= hi:
         return 0, 0
-    a, b = 0, dist_w - 1  # first column with x >= lo
-    while a < b:
-        m = (a + b) // 2
-        if _distort_bilinear(m + 0.5, y, inv_x, inv_y, inv_spacing)[0] >= lo:
-            b = m
-        else:
-            a = m + 1
-    c0 = a
-    a, b = 0, dist_w  # first column with x >= hi
-    while a < b:
-        m = (a + b) // 2
-        if _distort_bilinear(m + 0.5, y, inv_x, inv_y, inv_spacing)[0] >= hi:
-            b = m
-        else:
-            a = m + 1
+    c0 = _first_column_reaching(lo, dist_w - 1, y, inv_x, inv_y, inv_spacing)
+    c1 = _first_column_reaching(hi, dist_w, y, inv_x, inv_y, inv_spacing)
     margin = int(1.0 / inv_spacing) + 1
-    return max(c0 - margin, 0), min(a + margin, dist_w)
+    return max(c0 - margin, 0), min(c1 + margin, dist_w)
 
 
 @njit(**_JIT)
