@@ -382,6 +382,81 @@ def test_plane_points_buffers_grow_and_nan_outside_the_crop_is_reported(tmp_path
         depth_mod.laser_depth(path, None, *SMALL_CAMS, geom, depth_mod.LaserDepthConfig(grid_spacing=1.0))
 
 
+def test_flag_word_packs_every_byte_pattern():
+    # The GT pass walks a row's valid columns as the set bits of 64-column words packed from 0/1
+    # flag bytes by a multiply: every 8-bit pattern, at every byte position of a word.
+    patterns = np.arange(256)
+    bits = (patterns[:, None] >> np.arange(8)) & 1  # (256, 8) flag bytes, bit k = byte k
+    for position in range(8):
+        flags = np.zeros((256, 64), np.uint8)
+        flags[:, 8 * position:8 * position + 8] = bits
+        octets = flags.reshape(-1).view(np.uint64)
+        words = [int(kernels._flag_word(octets, w)) for w in range(256)]
+        assert words == [int(p) << (8 * position) for p in patterns]
+
+
+def _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size):
+    """numpy: every valid unmasked GT pixel (row-major) through the bilinear undistortion grid,
+    the same float64 operations in the same order as the kernel, kept inside the output."""
+    gh, gw = inv_x.shape
+    iy, ix = np.nonzero(np.isfinite(depth) & (depth > 0) & (mask == 0 if mask.size else True))
+    fy = (iy + 0.5) * (1.0 / spacing)
+    gy0 = np.minimum(fy.astype(np.int64), gh - 2)
+    wy = fy - gy0
+    fx = (ix + 0.5) * (1.0 / spacing)
+    g = np.minimum(fx.astype(np.int64), gw - 2)
+    wx = fx - g
+    ax, bx, ay, by = geom.affine
+
+    def lerp(grid):
+        left = grid[gy0, g] * (1 - wy) + grid[gy0 + 1, g] * wy
+        right = grid[gy0, g + 1] * (1 - wy) + grid[gy0 + 1, g + 1] * wy
+        return left * (1 - wx) + right * wx
+
+    ux, uy = lerp(inv_x), lerp(inv_y)
+    with np.errstate(invalid="ignore"):
+        ok = (ux >= 0) & (ux < src_size[0]) & (uy >= 0) & (uy < src_size[1])
+        ox, oy = (ux - bx) * (1.0 / ax), (uy - by) * (1.0 / ay)
+        ok &= (ox >= 0) & (ox < geom.width) & (oy >= 0) & (oy < geom.height)
+    ox, oy, d = ox[ok], oy[ok], depth[iy[ok], ix[ok]]
+    j, i = ox.astype(np.int64), oy.astype(np.int64)
+    qx, qy = (ox - j - 0.5).astype(np.float32), (oy - i - 0.5).astype(np.float32)
+    owner = 4 * (i * geom.width + j) + 2 * (qy >= 0) + (qx >= 0)
+    return owner, qx, qy, 1.0 / d.astype(np.float64)
+
+
+@pytest.mark.parametrize("width, masked", [(120, True), (200, False), (64, True)])
+def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
+    # Widths that are not / are whole 64-column words; the square crop skips the outer columns
+    # (row spans), the distortion pushes some corners outside the undistorted image.
+    rng = np.random.default_rng(width)
+    height = 80
+    prism = np.r_[68.2 * width / 120, 68.2 * width / 120, width / 2 + 0.8, 40.3, PRISM[4:]]
+    pin = np.array([prism[0], prism[1], width / 2 + 2.4, 41.4])
+    src_size = np.array([width + 4.0, 83.0])
+    depth = rng.uniform(1, 10, (height, width)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.7] = np.inf
+    depth[rng.random(depth.shape) < 0.02] = 0.0
+    mask = (rng.random(depth.shape) < 0.1).astype(np.uint8) * 2 if masked else np.zeros((0, 0), np.uint8)
+    geom = fit_geometry(width + 4, 83, 20, 20, "crop")
+    spacing = 4.0
+    inv_x = np.empty((int(height // spacing) + 2, int(width // spacing) + 2))
+    inv_y = np.empty_like(inv_x)
+    kernels.undistortion_grid(pin, prism, spacing, inv_x, inv_y)
+    owner = np.empty(depth.size, np.int32)
+    pos_x, pos_y = np.empty(depth.size, np.float32), np.empty(depth.size, np.float32)
+    inv_z = np.empty(depth.size, np.float64)
+    counts = np.zeros(5, np.int64)
+    n = kernels.laser_points(depth, mask, False, inv_x, inv_y, spacing, geom.affine, src_size,
+                             20, 20, owner, pos_x, pos_y, inv_z, counts)
+    ref = _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size)
+    assert 100 < n < np.count_nonzero(np.isfinite(depth) & (depth > 0))  # the crop drops some
+    for got, want in zip((owner, pos_x, pos_y, inv_z), ref):
+        np.testing.assert_array_equal(got[:n], want)
+    assert counts[0] == np.count_nonzero(np.isfinite(depth) & (depth > 0))
+    assert counts[2] == np.count_nonzero(mask)
+
+
 def test_build_cli_pooling_option_reaches_the_build_config(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
