@@ -463,7 +463,8 @@ def _gather_window(i, j, start, px, py, pw, height, width, radius, wx, wy, ww):
     the 3x3 neighbourhood) copied to wx/wy/ww (positions relative to that centre); returns their
     count. Only the quadrant sub-buckets overlapping the window are visited: half-cell k of an
     axis covers [k/2, (k+1)/2), i.e. quadrant q = k + 1 - 2d of the neighbour at offset
-    d = floor((k + 1) / 2)."""
+    d = floor((k + 1) / 2). A neighbour's two x-quadrants of one y-half are adjacent sub-buckets:
+    when the window takes both, they are read as one range (same point order)."""
     reach = int(math.ceil(2.0 * radius))
     exact = 2.0 * radius == reach  # the half-cells tile the window: no per-point test
     n = 0
@@ -473,13 +474,15 @@ def _gather_window(i, j, start, px, py, pw, height, width, radius, wx, wy, ww):
         if r < 0 or r >= height:
             continue
         qy = ky + 1 - 2 * dy
-        for kx in range(-reach, reach):
-            dx = (kx + 1) >> 1
+        for dx in range((1 - reach) >> 1, (reach >> 1) + 1):
             c = j + dx
             if c < 0 or c >= width:
                 continue
-            b = 4 * (r * width + c) + 2 * qy + (kx + 1 - 2 * dx)
-            for q in range(start[b], start[b + 1]):
+            # Half-cells kx = 2dx - 1 (quadrant 0) and 2dx (quadrant 1), clipped to the window.
+            q0 = max(2 * dx - 1, -reach) + 1 - 2 * dx
+            q1 = min(2 * dx, reach - 1) + 1 - 2 * dx
+            b = 4 * (r * width + c) + 2 * qy
+            for q in range(start[b + q0], start[b + q1 + 1]):
                 x = px[q] + dx
                 y = py[q] + dy
                 if not exact and (x < -radius or x >= radius or y < -radius or y >= radius):
@@ -492,18 +495,19 @@ def _gather_window(i, j, start, px, py, pw, height, width, radius, wx, wy, ww):
 
 
 @njit(**_JIT)
-def _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_y):
-    """(PLANE_* status, inverse depth at the window centre) of the plane fitted to the n gathered
-    points (`_gather_window`)."""
+def _plane_fit(n, p0, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_y):
+    """(PLANE_* status, inverse depth at the window centre) of the plane fitted to the n points
+    wx/wy/ww[p0:p0 + n] (gathered by `_gather_window`, or a pixel's own bucket in place; an offset,
+    not a slice: no array view per call)."""
     if n < min_points:
         return PLANE_FEW_POINTS, 0.0
     sx = sy = sw = sxx = sxy = syy = swx = swy = 0.0
     wmin = np.inf
     wmax = 0.0
     for q in range(n):
-        x = np.float64(wx[q])
-        y = np.float64(wy[q])
-        w = ww[q]
+        x = np.float64(wx[p0 + q])
+        y = np.float64(wy[p0 + q])
+        w = ww[p0 + q]
         sx += x
         sy += y
         sw += w
@@ -512,8 +516,10 @@ def _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_
         syy += y * y
         swx += w * x
         swy += w * y
-        wmin = min(wmin, w)
-        wmax = max(wmax, w)
+        if w < wmin:  # w = 1/depth is finite and > 0: the same as min/max
+            wmin = w
+        if w > wmax:
+            wmax = w
     # Centred normal equations: the intercept decouples, the 2x2 position covariance remains.
     mx = sx / n
     my = sy / n
@@ -538,8 +544,8 @@ def _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread, slack_x, slack_
     # false gradient: an uncapped allowance would let it pass).
     slack = abs(gx) * slack_x + abs(gy) * slack_y
     for q in range(n):
-        w = ww[q]
-        if abs(w - (a + gx * np.float64(wx[q]) + gy * np.float64(wy[q]))) > (
+        w = ww[p0 + q]
+        if abs(w - (a + gx * np.float64(wx[p0 + q]) + gy * np.float64(wy[p0 + q]))) > (
                 tolerance * w + min(slack, tolerance * w)):
             return PLANE_INCONSISTENT, 0.0
     return PLANE_FITTED, a
@@ -566,6 +572,18 @@ def _touching(i, j, start, px, py, height, width, half_x, half_y, want_nearest):
                         best = r2
                         nearest = q
     return n, nearest
+
+
+@njit(**_JIT)
+def _neighbourhood_empty(i, j, start, height, width):
+    """No point in pixel (i, j)'s 3x3 neighbourhood: three adjacent pixels of a row are one
+    contiguous range of sub-buckets."""
+    c0 = max(j - 1, 0)
+    c1 = min(j + 1, width - 1)
+    for r in range(max(i - 1, 0), min(i + 1, height - 1) + 1):
+        if start[4 * (r * width + c1) + 4] != start[4 * (r * width + c0)]:
+            return False
+    return True
 
 
 @njit(**_JIT)
@@ -600,6 +618,10 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
         for j in range(width):
             own = start[4 * (i * width + j) + 4] - start[4 * (i * width + j)]
             if own < max(min_count, 1):  # own points are samples; count the neighbours' too
+                if own == 0 and _neighbourhood_empty(i, j, start, height, width):
+                    out_depth[i, j] = 0.0
+                    out_status[i, j] = PLANE_HOLE
+                    continue
                 n, _ = _touching(i, j, start, px, py, height, width, half_x, half_y, False)
                 if n == 0 or n < min_count:
                     out_depth[i, j] = 0.0
@@ -611,11 +633,11 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
                 if rad == 0.5:  # exactly the pixel's own points, contiguous: fit them in place
                     p0 = start[4 * (i * width + j)]
                     p1 = start[4 * (i * width + j) + 4]
-                    status, a = _plane_fit(p1 - p0, px[p0:p1], py[p0:p1], pw[p0:p1], min_points,
-                                           tolerance, min_spread, half_x, half_y)
+                    status, a = _plane_fit(p1 - p0, p0, px, py, pw, min_points, tolerance,
+                                           min_spread, half_x, half_y)
                 else:
                     n = _gather_window(i, j, start, px, py, pw, height, width, rad, wx, wy, ww)
-                    status, a = _plane_fit(n, wx, wy, ww, min_points, tolerance, min_spread,
+                    status, a = _plane_fit(n, 0, wx, wy, ww, min_points, tolerance, min_spread,
                                            half_x, half_y)
                 if status == PLANE_FITTED or status == PLANE_INCONSISTENT or rad >= radius:
                     break

@@ -457,6 +457,39 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     assert counts[2] == np.count_nonzero(mask)
 
 
+@pytest.mark.parametrize("radius", [0.5, 0.7, 1.0, 1.2, 1.5])
+def test_plane_window_gathers_exactly_the_points_inside_in_half_cell_order(radius):
+    # Bucketed points (`bucket_points`) of a 5x6 output; the window of every pixel against a
+    # brute force over all points: the same points, in half-cell rows, then columns, then
+    # bucket order (the fit's sums depend on the order).
+    rng = np.random.default_rng(int(radius * 10))
+    height, width, n = 5, 6, 400
+    i, j = rng.integers(0, height, n), rng.integers(0, width, n)
+    qx = rng.uniform(-0.5, 0.5, n).astype(np.float32)
+    qy = rng.uniform(-0.5, 0.5, n).astype(np.float32)
+    owner = (4 * (i * width + j) + 2 * (qy >= 0) + (qx >= 0)).astype(np.int32)
+    inv_z = rng.uniform(0.1, 1.0, n)
+    start = np.empty(4 * height * width + 1, np.int32)
+    px, py, pw = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n)
+    kernels.bucket_points(owner, qx, qy, inv_z, n, start, px, py, pw)
+    order = np.argsort(owner, kind="stable")
+    wx, wy, ww = np.empty(n), np.empty(n), np.empty(n)
+    for ci in range(height):
+        for cj in range(width):
+            got = kernels._gather_window(ci, cj, start, px, py, pw, height, width, radius, wx, wy, ww)
+            x = (qx[order] + (j[order] - cj)).astype(np.float64)
+            y = (qy[order] + (i[order] - ci)).astype(np.float64)
+            x32 = qx[order] + np.float32(1) * (j[order] - cj)  # the kernel adds in float32
+            y32 = qy[order] + np.float32(1) * (i[order] - ci)
+            inside = (x32 >= -radius) & (x32 < radius) & (y32 >= -radius) & (y32 < radius)
+            half_cells = np.floor(2 * y[inside]) * 10 + np.floor(2 * x[inside])
+            pick = np.argsort(half_cells, kind="stable")
+            assert got == inside.sum()
+            np.testing.assert_array_equal(wx[:got], x32[inside][pick])
+            np.testing.assert_array_equal(wy[:got], y32[inside][pick])
+            np.testing.assert_array_equal(ww[:got], inv_z[order][inside][pick])
+
+
 def test_build_cli_pooling_option_reaches_the_build_config(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
