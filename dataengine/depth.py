@@ -296,14 +296,14 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False
         owner = _buffer_at_least("pt_owner", want, np.int32)
         pos_x = _buffer_at_least("pt_x", want, np.float32)
         pos_y = _buffer_at_least("pt_y", want, np.float32)
-        inv_z = _buffer_at_least("pt_w", want, np.float64)
+        point_depth = _buffer_at_least("pt_z", want, np.float32)
         n = laser_points(gt, mask, mask_filtered, ux, uy, float(cfg.grid_spacing), geom.affine, src_size,
-                         geom.height, geom.width, owner, pos_x, pos_y, inv_z, counts)
+                         geom.height, geom.width, owner, pos_x, pos_y, point_depth, counts)
         if mask_filtered and counts[4] >= 0:
             raise bad_filter_error(mask_path, int(counts[4]), int(mask[counts[4], 0]))
         if mask_filtered:
             check_mask_values(mask_path, int(counts[3]))
-        if n <= min(owner.size, pos_x.size, pos_y.size, inv_z.size):
+        if n <= min(owner.size, pos_x.size, pos_y.size, point_depth.size):
             break
         want = n  # more points than the buffers hold (rare): grow them and map again
     _local.points_needed = n
@@ -315,7 +315,7 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False
     pw = records[:, 0]
     px = records.view(np.float32)[:, 2]
     py = records.view(np.float32)[:, 3]
-    bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw)
+    bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw)
     out = np.empty((geom.height, geom.width), dtype=np.float32)
     status = np.empty((geom.height, geom.width), dtype=np.uint8)
     plane_pool(start, px, py, pw, geom.affine, cfg.min_count, float(cfg.plane_radius),

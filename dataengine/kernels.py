@@ -303,7 +303,7 @@ def _flag_word(flag_octets, w):
 
 @njit(**_JIT)
 def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_size, out_h,
-                 out_w, owner, pos_x, pos_y, inv_z, counts):
+                 out_w, owner, pos_x, pos_y, point_depth, counts):
     """Every valid, unmasked GT pixel as a laser point at output resolution.
 
     The splat rule puts a laser point somewhere in its GT pixel [ix, ix+1) x [iy, iy+1); its
@@ -312,7 +312,8 @@ def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_
     output are dropped (only the columns that can reach the output are visited: a 518² crop of a
     3:2 image skips a third). Writes owner (4 * flat output pixel the point lies in + its
     quadrant: 2 * (pos_y >= 0) + (pos_x >= 0)), pos_x/pos_y (offset from that pixel's centre,
-    output px) and inv_z (1/depth), at most as many as they hold; returns the point count (a
+    output px) and point_depth (its GT value: 4 bytes, inverted by `bucket_points`), at most as
+    many as they hold; returns the point count (a
     count above the buffer size = grow them and call again). The same pass scans every GT row
     whole (the row then sits in cache for the point pass): counts = (valid GT pixels = finite and
     > 0, NaN pixels, masked pixels) of the whole map.
@@ -345,7 +346,7 @@ def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_
             break
     row_x = np.empty(gw, dtype=np.float64)
     row_y = np.empty(gw, dtype=np.float64)
-    capacity = min(owner.size, pos_x.size, pos_y.size, inv_z.size)
+    capacity = min(owner.size, pos_x.size, pos_y.size, point_depth.size)
     n_valid = 0
     n_nan = 0
     n_masked = 0
@@ -425,7 +426,7 @@ def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_
                     owner[n] = 4 * (i * out_w + j) + 2 * (qy >= 0) + (qx >= 0)
                     pos_x[n] = qx
                     pos_y[n] = qy
-                    inv_z[n] = 1.0 / d
+                    point_depth[n] = d
                 n += 1
     counts[0] = n_valid
     counts[1] = n_nan
@@ -435,10 +436,11 @@ def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_
 
 
 @njit(**_JIT)
-def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
+def bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw):
     """Counting sort of the first n points by owner (= 4 * flat pixel + quadrant, see
     `laser_points`): sub-bucket b holds px/py/pw[start[b]:start[b+1]], so pixel p's points are
-    [start[4p], start[4p+4]) and a window can take only the quadrants it overlaps."""
+    [start[4p], start[4p+4]) and a window can take only the quadrants it overlaps; pw = 1 /
+    point_depth (float64)."""
     start[:] = 0
     for q in range(n):
         start[owner[q] + 1] += 1
@@ -451,7 +453,7 @@ def bucket_points(owner, pos_x, pos_y, inv_z, n, start, px, py, pw):
         start[owner[q]] = t + 1
         px[t] = pos_x[q]
         py[t] = pos_y[q]
-        pw[t] = inv_z[q]
+        pw[t] = 1.0 / point_depth[q]  # inverse depth, float64
     for p in range(start.size - 1, 0, -1):
         start[p] = start[p - 1]
     start[0] = 0

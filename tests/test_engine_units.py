@@ -422,7 +422,7 @@ def _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size):
     j, i = ox.astype(np.int64), oy.astype(np.int64)
     qx, qy = (ox - j - 0.5).astype(np.float32), (oy - i - 0.5).astype(np.float32)
     owner = 4 * (i * geom.width + j) + 2 * (qy >= 0) + (qx >= 0)
-    return owner, qx, qy, 1.0 / d.astype(np.float64)
+    return owner, qx, qy, d
 
 
 @pytest.mark.parametrize("width, masked", [(120, True), (200, False), (64, True)])
@@ -445,13 +445,13 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     kernels.undistortion_grid(pin, prism, spacing, inv_x, inv_y)
     owner = np.empty(depth.size, np.int32)
     pos_x, pos_y = np.empty(depth.size, np.float32), np.empty(depth.size, np.float32)
-    inv_z = np.empty(depth.size, np.float64)
+    point_depth = np.empty(depth.size, np.float32)
     counts = np.zeros(5, np.int64)
     n = kernels.laser_points(depth, mask, False, inv_x, inv_y, spacing, geom.affine, src_size,
-                             20, 20, owner, pos_x, pos_y, inv_z, counts)
+                             20, 20, owner, pos_x, pos_y, point_depth, counts)
     ref = _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size)
     assert 100 < n < np.count_nonzero(np.isfinite(depth) & (depth > 0))  # the crop drops some
-    for got, want in zip((owner, pos_x, pos_y, inv_z), ref):
+    for got, want in zip((owner, pos_x, pos_y, point_depth), ref):
         np.testing.assert_array_equal(got[:n], want)
     assert counts[0] == np.count_nonzero(np.isfinite(depth) & (depth > 0))
     assert counts[2] == np.count_nonzero(mask)
@@ -468,10 +468,11 @@ def test_plane_window_gathers_exactly_the_points_inside_in_half_cell_order(radiu
     qx = rng.uniform(-0.5, 0.5, n).astype(np.float32)
     qy = rng.uniform(-0.5, 0.5, n).astype(np.float32)
     owner = (4 * (i * width + j) + 2 * (qy >= 0) + (qx >= 0)).astype(np.int32)
-    inv_z = rng.uniform(0.1, 1.0, n)
+    depth = rng.uniform(1.0, 10.0, n).astype(np.float32)
+    inv_z = 1.0 / depth.astype(np.float64)
     start = np.empty(4 * height * width + 1, np.int32)
     px, py, pw = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n)
-    kernels.bucket_points(owner, qx, qy, inv_z, n, start, px, py, pw)
+    kernels.bucket_points(owner, qx, qy, depth, n, start, px, py, pw)
     order = np.argsort(owner, kind="stable")
     wx, wy, ww = np.empty(n), np.empty(n), np.empty(n)
     for ci in range(height):
