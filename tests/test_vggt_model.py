@@ -196,11 +196,15 @@ def test_activation_checkpointing_same_gradients(monkeypatch, fixture_tensors):
     plain = grads()
     calls = []
     original = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k))
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda fn, *a, **k: calls.append((fn, k)) or original(fn, *a, **k))
     model.set_activation_checkpointing(True)
     checkpointed = grads()
-    # 2 DINO blocks + 2 frame + 2 global blocks, all non-reentrant.
-    assert len(calls) == 6 and all(k == {"use_reentrant": False} for k in calls)
+    # 2 DINO blocks + 2 frame + 2 global blocks, then the depth head one frame at a time; all non-reentrant.
+    blocks = [fn for fn, _ in calls if isinstance(fn, torch.nn.Module)]
+    head_chunks = [fn for fn, _ in calls if getattr(fn, "__self__", None) is model.depth_head]
+    assert len(blocks) == 6 and len(head_chunks) == images.shape[1] == 2 and len(calls) == 8
+    assert all(k == {"use_reentrant": False} for _, k in calls)
     assert plain.keys() == checkpointed.keys() and len(plain) > 50
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], rtol=1e-5, atol=1e-7), name
@@ -209,6 +213,8 @@ def test_activation_checkpointing_same_gradients(monkeypatch, fixture_tensors):
     with torch.no_grad():
         model(images)
     assert not calls  # eval / no-grad never checkpoints
+    model.set_activation_checkpointing(False)
+    assert model.depth_head.checkpoint_frames is None
 
 
 def test_bf16_autocast_close_to_fp32_with_fp32_heads(tiny_model, fixture_tensors):

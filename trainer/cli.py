@@ -30,7 +30,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vggt-eth3d-lora")
 def main() -> None:
-    """VGGT LoRA fine-tuning on pre-built shards: train, params, eval, export, push."""
+    """VGGT LoRA fine-tuning on pre-built shards: train, params, memory, eval, export, push."""
 
 
 # --- eval (owner: evaluation) ------------------------------------------------------------------------
@@ -137,6 +137,31 @@ def params_command(config_path, model_name, overrides, more_overrides) -> None:
     click.echo(f"model {cfg.model} (camera + depth heads, as trained)")
     for line in report.lines():
         click.echo(line)
+
+
+@main.command("memory")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--frames", default=8, show_default=True, help="Frames per window.")
+@click.option("--size", default=518, show_default=True, help="Image side (square frames, multiple of 14).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
+@click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def memory_command(config_path, model_name, frames, size, overrides, more_overrides) -> None:
+    """Peak tensor memory of a GPU training step of a config, traced with fake tensors (no GPU needed)."""
+    from trainer.config import ConfigError, load_config, split_overrides
+    from trainer.memory import estimate_step_memory
+
+    sets = split_overrides(overrides + _key_values(more_overrides)) + ([f"model={model_name}"] if model_name else [])
+    if size % 14:
+        raise click.BadParameter(f"{size} is not a multiple of the patch size 14", param_hint="--size")
+    try:
+        cfg = load_config(config_path, sets)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    report = estimate_step_memory(cfg, frames=frames, size=size)
+    for line in report.lines():
+        click.echo(line)
+    click.echo("  (+ CUDA context ~0.5 GB and allocator fragmentation; `perf/peak_mem_gb` in a run is the measured value)")
 
 
 @main.command("export")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from trainer.vggt.heads import activate_head
@@ -96,6 +97,8 @@ class DPTHead(nn.Module):
         self.pos_embed = pos_embed
         self.feature_only = feature_only
         self.down_ratio = down_ratio
+        # Frames per activation-checkpointed chunk while grad is enabled (None: store activations).
+        self.checkpoint_frames: int | None = None
         self.norm = nn.LayerNorm(dim_in)
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, oc, 1) for oc in out_channels)
         self.resize_layers = nn.ModuleList([
@@ -127,9 +130,17 @@ class DPTHead(nn.Module):
         the memory of the full-resolution maps.
         """
         S = images.shape[1]
+        forward = self._forward
+        if self.checkpoint_frames and torch.is_grad_enabled():
+            # Frames are independent, so recomputing one chunk at a time in backward gives the same
+            # gradients while only the chunk being recomputed holds its activations.
+            frames_chunk_size = self.checkpoint_frames
+
+            def forward(*args):
+                return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
         if not frames_chunk_size or frames_chunk_size >= S:
-            return self._forward(aggregated, images, patch_start_idx, 0, S)
-        chunks = [self._forward(aggregated, images, patch_start_idx, start, min(start + frames_chunk_size, S))
+            return forward(aggregated, images, patch_start_idx, 0, S)
+        chunks = [forward(aggregated, images, patch_start_idx, start, min(start + frames_chunk_size, S))
                   for start in range(0, S, frames_chunk_size)]
         if self.feature_only:
             return torch.cat(chunks, dim=1)

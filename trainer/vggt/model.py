@@ -30,6 +30,7 @@ class VGGT(nn.Module):
                                       init_values=c.init_values) if c.enable_camera else None
         self.point_head = self._dpt(c, output_dim=4, activation="inv_log") if c.enable_point else None
         self.depth_head = self._dpt(c, output_dim=2, activation="exp") if c.enable_depth else None
+        self.set_activation_checkpointing(c.activation_checkpointing)
 
     @staticmethod
     def _dpt(c: VGGTConfig, output_dim: int, activation: str) -> DPTHead:
@@ -38,9 +39,13 @@ class VGGT(nn.Module):
                        intermediate_layer_idx=c.intermediate_layer_idx)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Checkpoint every DINO / frame / global block in train mode (for training the aggregator)."""
+        """Recompute in backward instead of storing: every DINO / frame / global block (train mode)
+        and the DPT heads, `config.dpt_checkpoint_frames` frames at a time."""
         self.config.activation_checkpointing = bool(enabled)
         self.aggregator.set_activation_checkpointing(enabled)
+        for head in (self.depth_head, self.point_head):
+            if head is not None:
+                head.checkpoint_frames = self.config.dpt_checkpoint_frames if enabled else None
 
     def forward(self, images: torch.Tensor) -> dict:
         """``images`` ``[B,S,3,H,W]`` or ``[S,3,H,W]`` in [0,1] RGB, H and W multiples of the patch size.
