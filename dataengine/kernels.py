@@ -444,19 +444,19 @@ def bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw):
     start[:] = 0
     for q in range(n):
         start[owner[q] + 1] += 1
-    for p in range(1, start.size):
-        start[p] += start[p - 1]
-    # start[b] serves as bucket b's write cursor (no copy) and ends at bucket b's end =
-    # start[b + 1]: shifted back afterwards.
+    # start[b + 1] becomes bucket b's start and serves as its write cursor (no copy); it ends at
+    # bucket b's end = bucket b + 1's start: exactly the start array wanted, no shift back.
+    run = 0
+    for b in range(1, start.size):
+        count = start[b]
+        start[b] = run
+        run += count
     for q in range(n):
-        t = start[owner[q]]
-        start[owner[q]] = t + 1
+        t = start[owner[q] + 1]
+        start[owner[q] + 1] = t + 1
         px[t] = pos_x[q]
         py[t] = pos_y[q]
         pw[t] = 1.0 / point_depth[q]  # inverse depth, float64
-    for p in range(start.size - 1, 0, -1):
-        start[p] = start[p - 1]
-    start[0] = 0
 
 
 @njit(**_JIT)
