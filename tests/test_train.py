@@ -211,3 +211,24 @@ def test_cli_train_resume_params_export_push(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     pushed = runner.invoke(main, ["push", "--run", str(out), "--repo-id", "someone/vggt-lora"])
     assert pushed.exit_code != 0 and "no Hugging Face token" in pushed.output
+
+
+def test_compile_trains_like_eager(shards, tmp_path, monkeypatch):
+    # `compile: true` wraps the (DDP/PEFT) model in torch.compile. Inductor's C++ build takes minutes on
+    # 2 cores, so the test traces with the aot_eager backend: Dynamo + AOTAutograd through LoRA, the
+    # checkpointed blocks and the chunked DPT head. Dropout off: compiled RNG streams differ from eager.
+    compiled = []
+    original = torch.compile
+
+    def compile_aot_eager(model, **kwargs):
+        compiled.append(model)
+        return original(model, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    runs = {}
+    for flag in ("false", "true"):
+        cfg = tiny_config(shards, tmp_path / flag, "b", "max_steps=3", "log_every=1", f"compile={flag}",
+                          "lora.dropout=0", "lr=2e-3", "warmup_frac=0")
+        runs[flag] = train(cfg).losses
+    assert len(compiled) == 1
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4) and runs["true"][-1] < runs["true"][0]
