@@ -6,7 +6,8 @@ and reports the steady-state window (the second half of the steps; the first hal
   CPU (always):  the tiny model (test fixture weights), fp32, S frames at --cpu-size²;
                  peak memory = the process's peak RSS.
   CUDA (if any): VGGT-1B with random init, bf16 autocast, 8 × 518², activation checkpointing as in
-                 each strategy's config; peak memory = torch.cuda.max_memory_allocated.
+                 each strategy's config; peak memory = torch.cuda.max_memory_allocated, next to
+                 the fake-tensor trace of the same step (trainer/memory.py).
                  Prints "skipped: no CUDA" on a machine without a GPU.
 
 The existing ETH3D LoRA fork's claims (RTX 5090, labelled estimates there) are printed alongside.
@@ -76,6 +77,10 @@ def child(args: argparse.Namespace) -> None:
         "peak_mem_gb": last["perf/peak_mem_gb"] if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "activation_checkpointing": cfg.activation_checkpointing,
     }
+    if cuda:  # the fake-tensor trace of the same step (trainer/memory.py), to check it against the allocator
+        from trainer.memory import estimate_step_memory
+
+        result["traced_gb"] = estimate_step_memory(cfg, frames=8, size=518).total / 1e9
     print("RESULT " + json.dumps(result))
 
 
@@ -100,7 +105,8 @@ def print_table(title: str, rows: list[dict], mem_label: str, peers: bool) -> No
     for r in rows:
         line = (f"  {r['strategy']:8} {r['trainable']:>11,} {'on' if r['activation_checkpointing'] else 'off':>5} "
                 f"{r['step_time_s']:8.3f} {r['samples_per_s']:10.2f} {r['data_wait_pct']:9.2f}% {r['peak_mem_gb']:12.2f}")
-        print(line + (f"   {PEER_CLAIMS[r['strategy']]}" if peers else ""))
+        traced = f"   traced {r['traced_gb']:.2f} GB" if "traced_gb" in r else ""
+        print(line + traced + (f"   {PEER_CLAIMS[r['strategy']]}" if peers else ""))
 
 
 def main() -> None:
