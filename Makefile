@@ -31,7 +31,7 @@ help:
 	@echo "make shards               build + verify shards SHARDS=$(SHARDS) from ETH3D_ROOT"
 	@echo "make train STRATEGY=a|b|c LoRA fine-tune VGGT-1B (WEIGHTS=$(WEIGHTS)) on SHARDS"
 	@echo "make eval RUN=runs/NAME   base vs adapter report on the val split"
-	@echo "make bench                engine, loader, model-forward and train-step benchmarks"
+	@echo "make bench                engine, loader, model-forward, train-step and step-memory benchmarks"
 	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
 
 $(VENV)/.installed: pyproject.toml
@@ -80,3 +80,4 @@ bench: setup
 	$(PY) benchmarks/loader.py --work build/bench/loader --json build/bench/loader.json
 	$(PY) benchmarks/model_forward.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_memory.py --json build/bench/train_memory.json
