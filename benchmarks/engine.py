@@ -261,7 +261,11 @@ def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: f
     """Wall seconds for `items` frames on 1 and 2 threads (the engine's ThreadPoolExecutor), as
     1, 2, 1, 2 to bracket drifting background load. Each run first waits (up to quiet_wait_s) for
     the other processes to use < quiet cores, and records the cores they used during the run
-    (others_cores) and the cores this process used (own_cores: 2 threads free of the GIL → ~2)."""
+    (others_cores) and the cores this process used (own_cores: 2 threads free of the GIL → ~2).
+    Per thread: its frames, their mean CPU ms and when it finished; tail_idle_s = the last
+    thread's finish minus the first's (one thread idle: no frame left to take)."""
+    import threading
+
     from dataengine.build import process_frame
 
     work = (frames * items)[:items]
@@ -269,11 +273,31 @@ def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: f
     def wall(workers):
         quiet_before = wait_for_quiet(quiet, quiet_wait_s)
         before = load()
+        done = []  # (thread, CPU s, finish s since the run's start)
+
+        def one(frame):
+            cpu0 = time.thread_time()
+            process_frame(frame, scene, cfg)
+            done.append((threading.get_ident(), time.thread_time() - cpu0,
+                         time.perf_counter() - start))
+
         with OthersLoad() as run, ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda f: process_frame(f, scene, cfg), work))
+            start = time.perf_counter()
+            list(pool.map(one, work))
+        threads = {}
+        for ident, cpu, finish in done:
+            t = threads.setdefault(ident, {"frames": 0, "cpu_s": 0.0, "finish_s": 0.0})
+            t["frames"] += 1
+            t["cpu_s"] += cpu
+            t["finish_s"] = max(t["finish_s"], finish)
+        per_thread = [{"frames": t["frames"],
+                       "cpu_ms_per_frame": round(1e3 * t["cpu_s"] / t["frames"]),
+                       "finish_s": round(t["finish_s"], 3)} for t in threads.values()]
+        finishes = [t["finish_s"] for t in per_thread]
         return {"workers": workers, "wall_s": round(run.wall_s, 3), "load_avg_before": before,
                 "others_cores_before": quiet_before, "others_cores": round(run.others_cores, 2),
-                "own_cores": round(run.own_cores, 2)}
+                "own_cores": round(run.own_cores, 2), "threads": per_thread,
+                "tail_idle_s": round(max(finishes) - min(finishes), 3)}
 
     runs = [wall(1), wall(2), wall(1), wall(2)]
     one = statistics.mean(r["wall_s"] for r in runs if r["workers"] == 1)

@@ -437,7 +437,8 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     depth = rng.uniform(1, 10, (height, width)).astype(np.float32)
     depth[rng.random(depth.shape) < 0.7] = np.inf
     depth[rng.random(depth.shape) < 0.02] = 0.0
-    mask = (rng.random(depth.shape) < 0.1).astype(np.uint8) * 2 if masked else np.zeros((0, 0), np.uint8)
+    mask = ((rng.random(depth.shape) < 0.1).astype(np.uint8) * 2 if masked
+            else np.zeros((0, 0), np.uint8))
     geom = fit_geometry(width + 4, 83, 20, 20, "crop")
     spacing = 4.0
     inv_x = np.empty((int(height // spacing) + 2, int(width // spacing) + 2))
@@ -477,7 +478,8 @@ def test_plane_window_gathers_exactly_the_points_inside_in_half_cell_order(radiu
     wx, wy, ww = np.empty(n), np.empty(n), np.empty(n)
     for ci in range(height):
         for cj in range(width):
-            got = kernels._gather_window(ci, cj, start, px, py, pw, height, width, radius, wx, wy, ww)
+            got = kernels._gather_window(ci, cj, start, px, py, pw, height, width, radius,
+                                         wx, wy, ww)
             x = (qx[order] + (j[order] - cj)).astype(np.float64)
             y = (qy[order] + (i[order] - ci)).astype(np.float64)
             x32 = qx[order] + np.float32(1) * (j[order] - cj)  # the kernel adds in float32
