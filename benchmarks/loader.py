@@ -14,8 +14,12 @@ shard is replicated so an epoch holds `--samples` samples (same bytes, warm page
 Shard configurations are interleaved `--repeats` times (the machine is shared: report best and median
 with the cores the other processes used meanwhile, /proc/stat busy time minus this benchmark's).
 
+Then the data-wait of a training loop whose step leaves the CPU free for --step-ms (what a GPU
+step does: CUDA kernels run asynchronously), across epoch boundaries, with and without starting
+the next epoch's workers during the last batch (`Loader.batches_from`, used by the trainer).
+
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/loader.py [--samples 32] [--work DIR]
-        [--repeats 3] [--baseline-rev 6636248] [--json out.json]
+        [--repeats 3] [--baseline-rev 6636248] [--step-ms 300 100 50] [--json out.json]
 """
 
 from __future__ import annotations
@@ -105,6 +109,34 @@ def shard_run(make_loader, shards: Path, workers: int, threads: int | None, epoc
             "others_cores": others}
 
 
+def fed_run(make_loader, shards: Path, step_s: float, steps: int, lookahead: bool) -> dict[str, float]:
+    """Data-wait % of a training loop whose step leaves the CPU free for `step_s` (a GPU step: CUDA
+    kernels run asynchronously) over `steps` steps crossing epoch boundaries; 2 DataLoader workers.
+    lookahead=False iterates epoch by epoch (each epoch starts its workers when it is first asked)."""
+    import itertools
+
+    loader = make_loader(shards, "train", batch_size=1, shuffle=True, num_workers=2, seed=0)
+    if lookahead:
+        stream = loader.batches_from(0, 0)
+    else:
+        stream = (b for e in itertools.count() for b in loader.epoch_batches(e))
+    next(stream)  # start-up (first fork, page cache) is not steady state
+    wait, boundary_wait, n = 0.0, 0.0, loader.batches_per_epoch(0)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        time.sleep(step_s)
+        t = time.perf_counter()
+        next(stream)
+        dt = time.perf_counter() - t
+        wait += dt
+        if step % n == 0:  # the first batch of an epoch
+            boundary_wait += dt
+    total = time.perf_counter() - t0
+    return {"step_ms": 1000 * step_s, "data_wait_pct": 100 * wait / total,
+            "per_batch_ms": 1000 * (wait - boundary_wait) / (steps - steps // n),
+            "epoch_start_ms": 1000 * boundary_wait / max(1, steps // n)}
+
+
 def naive_sample(scene_dir: Path, size: int = 518) -> np.ndarray:
     import pycolmap
     from PIL import Image
@@ -138,6 +170,8 @@ def main() -> None:
     parser.add_argument("--baseline-rev", default=None,
                         help="also time trainer/data.py of this git revision, interleaved (before/after)")
     parser.add_argument("--work", type=Path, default=None, help="work dir (kept; default: a temp dir)")
+    parser.add_argument("--step-ms", type=float, nargs="*", default=[300.0, 100.0, 50.0],
+                        help="GPU-like step times for the data-wait runs (empty: skip them)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="loader-bench-"))
@@ -190,6 +224,17 @@ def main() -> None:
     best = max(summary["current: 0 workers"]["best"], summary["current: 2 workers"]["best"])
     results["summary"], results["speedup"] = summary, best / naive
     print(f"  speed-up (best current shard rate / naive): {results['speedup']:.0f}x")
+    if args.step_ms:
+        print(f"data-wait of a loop whose step leaves the CPU free (a GPU step), 2 workers, 2 epochs of "
+              f"{args.samples} batches; epoch by epoch vs the next epoch started during the last batch:")
+        results["fed"] = []
+        for step_ms in args.step_ms:
+            for lookahead in (False, True):
+                run = fed_run(impls["current"], shards, step_ms / 1000, 2 * args.samples, lookahead)
+                results["fed"].append({"lookahead": lookahead, **run})
+                print(f"  step {step_ms:5.0f} ms, {'look-ahead   ' if lookahead else 'epoch by epoch'}: "
+                      f"data-wait {run['data_wait_pct']:5.2f} %  (per batch {run['per_batch_ms']:.1f} ms, "
+                      f"epoch start {run['epoch_start_ms']:.0f} ms)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -116,6 +116,27 @@ def test_resume_position_with_two_workers(shards):
     assert keys_of(in_process, 2, 1) == keys_of(in_process, 2)[1:]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_endless_stream_matches_epochs_and_starts_the_next_epoch_early(shards, workers, monkeypatch):
+    loader = make_loader(shards, "train", 1, shuffle=True, seed=1, num_workers=workers)
+    n = loader.batches_per_epoch(0)
+    expected = [(e, i, k) for e in range(3) for i, k in enumerate(keys_of(loader, e), start=1)][1:]
+    events = []
+    original = loader._open
+    monkeypatch.setattr(loader, "_open", lambda epoch, skip: events.append(("open", epoch)) or original(epoch, skip))
+    got = []
+    for epoch, i, batch in loader.batches_from(0, 1):  # one batch into epoch 0, as after a resume
+        events.append(("batch", epoch, i))
+        got.append((epoch, i, batch["keys"][0]))
+        if len(got) == len(expected):
+            break
+    assert got == expected
+    next_opened, last_batch = events.index(("open", 1)), events.index(("batch", 0, n))
+    # With workers, epoch 1's workers start while epoch 0's last batch is trained on; in-process,
+    # the stream is shared, so the next epoch can only start after the last batch.
+    assert (next_opened < last_batch) if workers else (next_opened > last_batch)
+
+
 def test_ranks_get_disjoint_shards_and_equal_counts(shards, monkeypatch):
     seen = []
     for rank in range(2):

@@ -641,6 +641,32 @@ class Loader:
 
     def epoch_batches(self, epoch: int, skip_batches: int = 0) -> Iterator[dict[str, Any]]:
         """Batches of `epoch` after the first `skip_batches` ones."""
+        yield from self._open(epoch, skip_batches)
+
+    def batches_from(self, epoch: int, consumed: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """Endless (epoch, batches consumed in that epoch, batch) from a data position.
+
+        With workers, the next epoch's workers are started when the last batch of an epoch arrives,
+        so they fork and prefetch while that batch is trained on: an epoch boundary costs no wait
+        (otherwise ~0.1 s for 2 workers at 8 x 518², every epoch). Same batches in the same order.
+        """
+        n = self.batches_per_epoch(epoch)
+        current = self._open(epoch, consumed)
+        while True:
+            upcoming = None
+            for i, batch in enumerate(current, start=consumed + 1):
+                if i == n and self.num_workers > 0:
+                    n_next = self.batches_per_epoch(epoch + 1)  # workers hold their own copy of the stream
+                    upcoming = self._open(epoch + 1, 0)
+                yield epoch, i, batch
+            epoch, consumed = epoch + 1, 0
+            if upcoming is None:
+                n_next = self.batches_per_epoch(epoch)
+                upcoming = self._open(epoch, 0)
+            n, current = n_next, upcoming
+
+    def _open(self, epoch: int, skip_batches: int) -> Iterator[dict[str, Any]]:
+        """Start `epoch` now (workers fork and begin prefetching) and return its batch iterator."""
         self.stream.set_position(epoch, skip_batches)
         n = self.stream.batches_per_epoch()
         if n == 0:
@@ -667,11 +693,8 @@ class Loader:
         finally:
             self.stream.buffer_flags = None
         if flags is None:
-            yield from batches
-            return
-        tracker = ReleaseTracker(flags)
-        for batch in batches:
-            yield tracker.received(batch)
+            return batches
+        return map(ReleaseTracker(flags).received, batches)
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         self.stream.set_position(epoch, 0)

@@ -305,14 +305,6 @@ def evaluate(model: nn.Module, loader: Loader, loss_cfg: Any, device: torch.devi
 # ------------------------------------------------------------------------------------------ training
 
 
-def batch_stream(loader: Loader, epoch: int, consumed: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """Endless (epoch, batches consumed in that epoch, batch) from a data position."""
-    while True:
-        for i, batch in enumerate(loader.epoch_batches(epoch, consumed), start=consumed + 1):
-            yield epoch, i, batch
-        epoch, consumed = epoch + 1, 0
-
-
 @dataclass
 class RunResult:
     run_dir: Path
@@ -415,7 +407,7 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
                  meta["precision"], meta["batches_per_epoch"])
 
     metrics = Metrics(run_dir, d.main)
-    stream = batch_stream(loader, epoch, consumed)
+    stream = loader.batches_from(epoch, consumed)
     samples_per_step = data.batch_size * o.accum_steps * d.world
     nonfinite_in_a_row, losses, val = 0, [], {}
     window: dict[str, float] = {}
