@@ -80,3 +80,14 @@ def test_memory_cli():
     assert "strategy a, batch 1 x 2 frames x 28²" in ok.output and "peak tensor memory" in ok.output
     bad = runner.invoke(main, ["memory", "--config", str(ROOT / "configs/strategy_a.yaml"), "--size", "50"])
     assert bad.exit_code != 0 and "not a multiple of the patch size 14" in bad.output
+
+
+def test_dpt_checkpoint_chunk_reaches_the_model_and_costs_memory(traces):
+    from trainer.config import ConfigError
+
+    one = traces[True, True]
+    cfg = load_config(ROOT / "configs" / "strategy_b.yaml", ["model=tiny", "dpt_checkpoint_frames=2"])
+    both = estimate_step_memory(cfg, frames=2, size=56)  # both frames of the head recomputed together
+    assert both.step_peak > one.step_peak and both.kept_after_forward == one.kept_after_forward
+    with pytest.raises(ConfigError, match="dpt_checkpoint_frames must be >= 1"):
+        load_config(ROOT / "configs" / "strategy_b.yaml", ["dpt_checkpoint_frames=0"])

@@ -74,6 +74,10 @@ class TrainConfig:
     max_steps: int = 1000  # total optimizer steps of the run (a resumed run continues up to this)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
     activation_checkpointing: bool = False
+    # With checkpointing, the DPT head is recomputed this many frames at a time: each frame of a
+    # chunk holds ~1.7 GB of fp32 activations at 518² during its recomputation; bigger chunks are
+    # faster where per-frame convolutions are too small to fill the device.
+    dpt_checkpoint_frames: int = 1
     compile: bool = False  # torch.compile the model
     log_every: int = 10
     val_every: int = 200  # steps between validations (0: only at the end)
@@ -266,6 +270,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.model in ("vggt-1b", "tiny"), f"model must be 'vggt-1b' or 'tiny', got {cfg.model!r}"),
         (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto|bf16|fp32, got {cfg.precision!r}"),
         (cfg.max_steps >= 1, "max_steps must be >= 1"),
+        (cfg.dpt_checkpoint_frames >= 1, "dpt_checkpoint_frames must be >= 1"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (cfg.data.frames is None or cfg.data.frames >= 1, "data.frames must be >= 1"),

@@ -106,7 +106,9 @@ def _build(cfg: TrainConfig, device: str) -> torch.nn.Module:
 
     with torch.device(device):
         peft_model = apply_strategy(VGGT(VGGTConfig.preset(cfg.model).with_heads(TRAIN_HEADS)), cfg.lora)
-    peft_model.get_base_model().set_activation_checkpointing(cfg.activation_checkpointing)
+    base = peft_model.get_base_model()
+    base.config.dpt_checkpoint_frames = cfg.dpt_checkpoint_frames
+    base.set_activation_checkpointing(cfg.activation_checkpointing)
     return peft_model
 
 

@@ -61,7 +61,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build_model(
-    name: str, weights: str | None, heads: tuple[str, ...] = TRAIN_HEADS, activation_checkpointing: bool = False
+    name: str, weights: str | None, heads: tuple[str, ...] = TRAIN_HEADS, activation_checkpointing: bool = False,
+    dpt_checkpoint_frames: int = 1,
 ) -> nn.Module:
     """VGGT preset `name` ("vggt-1b" | "tiny") with pretrained `weights` (path or hub id) or random init."""
     from trainer.vggt import VGGT, VGGTConfig, load_pretrained
@@ -72,6 +73,7 @@ def build_model(
     else:
         log.warning("no --weights: %s starts from a random initialisation", name)
         model = VGGT(config)
+    model.config.dpt_checkpoint_frames = dpt_checkpoint_frames
     model.set_activation_checkpointing(activation_checkpointing)
     return model.eval()
 
@@ -352,7 +354,8 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
 
     # Model: base weights first, then LoRA (same init on every rank), then the run's own adapter.
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, cfg.weights, activation_checkpointing=cfg.activation_checkpointing)
+    model = build_model(cfg.model, cfg.weights, activation_checkpointing=cfg.activation_checkpointing,
+                        dpt_checkpoint_frames=cfg.dpt_checkpoint_frames)
     peft_model = apply_strategy(model, cfg.lora)
     if ckpt is not None:
         load_adapter_weights(peft_model, ckpt)
