@@ -1,0 +1,107 @@
+"""Behaviour fingerprint for refactors: shard sha256s of fixed builds and CPU loss lists of fixed runs.
+
+Everything goes through the public CLIs in subprocesses, so the fingerprint of two commits can be
+compared whatever moved inside the packages:
+
+    python benchmarks/fingerprint.py --work /tmp/fp --json before.json      # on the old commit
+    python benchmarks/fingerprint.py --work /tmp/fp --json after.json --compare before.json
+
+Exit status 1 when --compare finds any difference (a shard byte or a loss value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
+
+# (name, build arguments) over the two synthetic scenes; each exercises other engine paths.
+BUILDS = [
+    ("default_518", ["--size", "518"]),
+    ("pad_112_sparse", ["--size", "112", "--fit", "pad", "--depth", "sparse", "--frames", "4", "--stride", "2"]),
+    ("stretch_140_median_valscene", ["--size", "140", "--fit", "stretch", "--pooling", "median",
+                                     "--frames", "4", "--stride", "3", "--val-scenes", "fp_b",
+                                     "--depth-dtype", "float16", "--samples-per-shard", "2"]),
+]
+STRATEGIES = ["a", "b", "c"]
+
+
+def run(cmd: list[str], **kw) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, **kw)
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fingerprint(work: Path) -> dict:
+    py = sys.executable
+    shutil.rmtree(work, ignore_errors=True)
+    scenes = work / "eth3d"
+    run([py, "-m", "dataengine", "synth", str(scenes), "--scene", "fp_a", "--images", "12", "--scale", "0.1",
+         "--seed", "0"])
+    run([py, "-m", "dataengine", "synth", str(scenes), "--scene", "fp_b", "--images", "10", "--scale", "0.1",
+         "--seed", "1"])
+    out: dict = {"shards": {}, "losses": {}}
+    for name, args in BUILDS:
+        dest = work / "shards" / name
+        run([py, "-m", "dataengine", "build", "--root", str(scenes), "--out", str(dest), "--scenes", "fp_a,fp_b",
+             "--workers", "2", "--quiet", *args])
+        out["shards"][name] = sha256_tree(dest)
+    shards = work / "shards" / "pad_112_sparse"
+    for strategy in STRATEGIES:
+        run_dir = work / "runs" / strategy
+        run([py, "-m", "trainer", "train", "--config", f"configs/strategy_{strategy}.yaml", "--shards", str(shards),
+             "--model", "tiny", "--weights", str(TINY), "--out", str(run_dir), "--max-steps", "12",
+             "--set", "precision=fp32", "data.num_workers=0", "data.frames=4", "optim.accum_steps=2",
+             "log_every=1", "val_every=6", "save_every=6", "optim.lr=1e-3"])
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        out["losses"][strategy] = [{k: v for k, v in r.items() if "loss" in k or k == "step"} for r in records]
+    return out
+
+
+def compare(a: dict, b: dict) -> list[str]:
+    diffs = []
+    for name in sorted(set(a["shards"]) | set(b["shards"])):
+        fa, fb = a["shards"].get(name, {}), b["shards"].get(name, {})
+        for f in sorted(set(fa) | set(fb)):
+            if fa.get(f) != fb.get(f):
+                diffs.append(f"shards {name}/{f}: {fa.get(f)} != {fb.get(f)}")
+    for s in sorted(set(a["losses"]) | set(b["losses"])):
+        if a["losses"].get(s) != b["losses"].get(s):
+            diffs.append(f"losses strategy {s}: {a['losses'].get(s)} != {b['losses'].get(s)}")
+    return diffs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "fingerprint")
+    ap.add_argument("--json", type=Path, required=True, help="write the fingerprint here")
+    ap.add_argument("--compare", type=Path, help="a fingerprint JSON to compare with")
+    args = ap.parse_args()
+    fp = fingerprint(args.work)
+    args.json.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
+    n_files = sum(len(v) for v in fp["shards"].values())
+    print(f"fingerprint: {n_files} shard files in {len(fp['shards'])} builds, "
+          f"{sum(len(v) for v in fp['losses'].values())} loss records -> {args.json}")
+    if args.compare:
+        diffs = compare(json.loads(args.compare.read_text()), fp)
+        for d in diffs:
+            print("DIFF", d)
+        print("identical" if not diffs else f"{len(diffs)} differences")
+        return 1 if diffs else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
