@@ -73,8 +73,7 @@ def build_model(
     else:
         log.warning("no --weights: %s starts from a random initialisation", name)
         model = VGGT(config)
-    model.config.dpt_checkpoint_frames = dpt_checkpoint_frames
-    model.set_activation_checkpointing(activation_checkpointing)
+    model.set_activation_checkpointing(activation_checkpointing, dpt_checkpoint_frames)
     return model.eval()
 
 
@@ -340,7 +339,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None) -> RunResult:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from trainer.losses import LossConfig, compute_loss, prepare_batch
+    from trainer.losses import compute_loss, prepare_batch
 
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -350,7 +349,7 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     def autocast():
         return torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    loss_cfg = LossConfig(**cfg.loss)
+    loss_cfg = cfg.loss
 
     # Model: base weights first, then LoRA (same init on every rank), then the run's own adapter.
     seed_everything(cfg.seed)
