@@ -487,12 +487,13 @@ def resolve_adapter_dir(run: str | Path | None, adapter: str | Path | None) -> P
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
-    if (run / "adapter" / "adapter_config.json").exists():
-        return run / "adapter"
-    pointer = run / "checkpoints" / "latest"
-    if pointer.exists():
-        return run / "checkpoints" / pointer.read_text().strip()
-    raise FileNotFoundError(f"{run}: neither {run / 'adapter'} nor {pointer} exists; has the run saved an adapter yet?")
+    from trainer.checkpoints import run_adapter_dir
+
+    adapter_dir = run_adapter_dir(run)
+    if adapter_dir is None:
+        raise FileNotFoundError(f"{run}: neither {run / 'adapter'} nor {run / 'checkpoints' / 'latest'} exists; "
+                                "has the run saved an adapter yet?")
+    return adapter_dir
 
 
 def evaluate_run(

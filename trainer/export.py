@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from trainer import checkpoints
 from trainer.config import config_from_run
 from trainer.lora import apply_strategy, check_adapter_dir, load_adapter_weights, merge, read_adapter_info
 
@@ -21,13 +22,10 @@ class ExportError(RuntimeError):
 
 def run_adapter_dir(run_dir: Path) -> Path:
     """The final adapter of a run (`adapter/`), else its latest checkpoint."""
-    run_dir = Path(run_dir)
-    if (run_dir / "adapter" / "adapter_model.safetensors").exists():
-        return run_dir / "adapter"
-    pointer = run_dir / "checkpoints" / "latest"
-    if pointer.exists():
-        return check_adapter_dir(run_dir / "checkpoints" / pointer.read_text().strip())
-    raise ExportError(f"{run_dir}: no adapter/ and no checkpoints/latest; has this run saved a checkpoint yet?")
+    adapter_dir = checkpoints.run_adapter_dir(run_dir)
+    if adapter_dir is None:
+        raise ExportError(f"{run_dir}: no adapter/ and no checkpoints/latest; has this run saved a checkpoint yet?")
+    return check_adapter_dir(adapter_dir)
 
 
 def adapted_model(run_dir: Path, weights: str | None = None) -> torch.nn.Module:

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.checkpoints import STATE_FILE, latest_checkpoint
 from trainer.config import TrainConfig, dump_config
 from trainer.data import Loader, ShardError, make_loader, to_device
 from trainer.lora import apply_strategy, load_adapter_weights, param_report, save_adapter
@@ -50,7 +51,6 @@ from trainer.lora import apply_strategy, load_adapter_weights, param_report, sav
 log = logging.getLogger("trainer")
 
 TRAIN_HEADS = ("camera", "depth")  # the point head is not supervised (official recipe)
-STATE_FILE = "trainer_state.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,16 +192,6 @@ class Metrics:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not (path / STATE_FILE).exists():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which has no {STATE_FILE}")
-    return path
 
 
 def save_checkpoint(run_dir: Path, peft_model: nn.Module, state: dict[str, Any], info: dict[str, Any], d: Dist, keep: int) -> Path:
