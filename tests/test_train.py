@@ -166,7 +166,7 @@ def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(ROOT / "configs" / "strategy_c.yaml", ["seed=5", "lr=1e-4", "data.frames=3", "betas=[0.8,0.9]",
                                                             "loss.camera=1.5", "weights=none"])
     assert (cfg.seed, cfg.optim.lr, cfg.data.frames, cfg.optim.betas) == (5, 1e-4, 3, (0.8, 0.9))
-    assert cfg.loss["camera"] == 1.5 and cfg.weights is None and cfg.lora.strategy == "c"
+    assert cfg.loss.camera == 1.5 and cfg.weights is None and cfg.lora.strategy == "c"
     assert cfg.optim.lr == 1e-4 and isinstance(load_config(ROOT / "configs" / "strategy_a.yaml").optim.lr, float)
     with pytest.raises(ConfigError, match="unknown key 'lrr'"):
         load_config(None, ["lrr=1"])

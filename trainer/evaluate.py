@@ -487,12 +487,13 @@ def resolve_adapter_dir(run: str | Path | None, adapter: str | Path | None) -> P
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
-    if (run / "adapter" / "adapter_config.json").exists():
-        return run / "adapter"
-    pointer = run / "checkpoints" / "latest"
-    if pointer.exists():
-        return run / "checkpoints" / pointer.read_text().strip()
-    raise FileNotFoundError(f"{run}: neither {run / 'adapter'} nor {pointer} exists; has the run saved an adapter yet?")
+    from trainer.checkpoints import run_adapter_dir
+
+    adapter_dir = run_adapter_dir(run)
+    if adapter_dir is None:
+        raise FileNotFoundError(f"{run}: neither {run / 'adapter'} nor {run / 'checkpoints' / 'latest'} exists; "
+                                "has the run saved an adapter yet?")
+    return adapter_dir
 
 
 def evaluate_run(
@@ -526,12 +527,15 @@ def evaluate_run(
         seed = run_cfg.seed
         info.setdefault("model", run_cfg.model)
         info.setdefault("weights", run_cfg.weights)
+        info.setdefault("weights_revision", run_cfg.weights_revision)
     model_name = model_name or info.get("model") or "vggt-1b"
     weights = weights if weights is not None else info.get("weights")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     seed_everything(seed)  # a random-init base (tiny demo) is only the trained-on base with the run's seed
-    adapted = load_adapter(build_model(model_name, weights), adapter_dir).to(torch_device).eval()
+    revision = info.get("weights_revision") if weights == info.get("weights") else None
+    base = build_model(model_name, weights, weights_revision=revision)
+    adapted = load_adapter(base, adapter_dir).to(torch_device).eval()
     loader = make_loader(shards, split, batch_size, shuffle=False, num_workers=0, pin_memory=False)
     cfg = dataclasses.replace(config or EvalConfig())
     cfg.model_info = {

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from trainer import checkpoints
 from trainer.config import config_from_run
 from trainer.lora import apply_strategy, check_adapter_dir, load_adapter_weights, merge, read_adapter_info
 
@@ -21,13 +25,10 @@ class ExportError(RuntimeError):
 
 def run_adapter_dir(run_dir: Path) -> Path:
     """The final adapter of a run (`adapter/`), else its latest checkpoint."""
-    run_dir = Path(run_dir)
-    if (run_dir / "adapter" / "adapter_model.safetensors").exists():
-        return run_dir / "adapter"
-    pointer = run_dir / "checkpoints" / "latest"
-    if pointer.exists():
-        return check_adapter_dir(run_dir / "checkpoints" / pointer.read_text().strip())
-    raise ExportError(f"{run_dir}: no adapter/ and no checkpoints/latest; has this run saved a checkpoint yet?")
+    adapter_dir = checkpoints.run_adapter_dir(run_dir)
+    if adapter_dir is None:
+        raise ExportError(f"{run_dir}: no adapter/ and no checkpoints/latest; has this run saved a checkpoint yet?")
+    return check_adapter_dir(adapter_dir)
 
 
 def adapted_model(run_dir: Path, weights: str | None = None) -> torch.nn.Module:
@@ -42,7 +43,8 @@ def adapted_model(run_dir: Path, weights: str | None = None) -> torch.nn.Module:
     info = read_adapter_info(adapter_dir)
     if info and info.get("model") != cfg.model:
         raise ExportError(f"{adapter_dir}: adapter was trained on {info.get('model')!r}, config says {cfg.model!r}")
-    base = build_model(cfg.model, weights if weights is not None else cfg.weights)
+    base = build_model(cfg.model, weights if weights is not None else cfg.weights,
+                       weights_revision=cfg.weights_revision)
     model = apply_strategy(base, cfg.lora)
     load_adapter_weights(model, adapter_dir)
     return model.eval()
@@ -92,17 +94,70 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
     info = read_adapter_info(adapter_dir)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(adapter_dir),
-            allow_patterns=["*.json", "*.safetensors", "README.md"],
-            commit_message=f"VGGT LoRA adapter, strategy {info.get('strategy', '?')}, step {info.get('step', '?')}",
-        )
+        with tempfile.TemporaryDirectory() as staging:
+            stage_for_hub(adapter_dir, Path(staging))
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=staging,
+                commit_message=f"VGGT LoRA adapter, strategy {info.get('strategy', '?')}, step {info.get('step', '?')}",
+            )
     except HfHubHTTPError as exc:
         raise ExportError(f"hub refused the push to {repo_id}: {exc}") from None
     except (OSError, ConnectionError) as exc:  # requests' ConnectionError is an OSError
         raise ExportError(f"cannot reach the Hugging Face hub ({exc.__class__.__name__}); are you offline?") from None
     return str(url)
+
+
+def hub_base_model(weights: str | None) -> str | None:
+    """The hub repo the base weights came from: a repo id as is, a file inside the hub cache
+    (`models--ORG--NAME/snapshots/...`) by its repo; None for random init or any other local file."""
+    from trainer.vggt.loading import is_hub_id
+
+    if not weights:
+        return None
+    if is_hub_id(weights):
+        return weights
+    cached = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", Path(weights).expanduser().resolve().as_posix())
+    return f"{cached[1]}/{cached[2]}" if cached else None
+
+
+def stage_for_hub(adapter_dir: Path, staging: Path) -> str | None:
+    """What `push` uploads: the adapter files, with `base_model` only when it is a hub repo (never a
+    local path), and a model card. Returns the card's base_model (None: left out, with a note)."""
+    from trainer.lora import ADAPTER_INFO_FILE
+
+    info = read_adapter_info(adapter_dir)
+    base = hub_base_model(info.get("weights"))
+    for name in ("adapter_model.safetensors", ADAPTER_INFO_FILE):
+        if (adapter_dir / name).exists():
+            shutil.copy2(adapter_dir / name, staging / name)
+    peft_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    peft_config["base_model_name_or_path"] = base
+    (staging / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n")
+    (staging / "README.md").write_text(_model_card(info, base))
+    return base
+
+
+def _model_card(info: dict, base: str | None) -> str:
+    front = ["---", "library_name: peft"] + ([f"base_model: {base}"] if base else []) + \
+        ["tags:", "- vggt", "- lora", "- depth-estimation", "- eth3d", "---", ""]
+    if base:
+        revision = info.get("weights_revision")
+        source = f"[{base}](https://huggingface.co/{base})" + (f" at revision `{revision}`" if revision else "")
+    elif info.get("weights"):
+        source = (f"a local checkpoint file (`{Path(str(info['weights'])).name}`) whose hub origin is unknown, so "
+                  "this card names no `base_model`; attach the adapter to the same weights")
+    else:
+        source = f"a randomly initialised `{info.get('model')}` model (a test / demo run), so no `base_model`"
+    body = [
+        f"# VGGT LoRA adapter (strategy {info.get('strategy', '?')})", "",
+        f"PEFT LoRA adapter for VGGT fine-tuned on ETH3D multi-view scenes with vggt-eth3d-lora, trained on {source}.",
+        "",
+        f"- model preset: `{info.get('model', '?')}`; step {info.get('step', '?')}",
+        "- targets: " + ", ".join(f"`{t}`" for t in info.get("targets", [])),
+        "",
+    ]
+    return "\n".join(front + body)
 
 
 def describe_adapter(adapter_dir: Path) -> str:

@@ -146,12 +146,6 @@ def apply_strategy(model: nn.Module, cfg: LoraConfig) -> "PeftModel":
     return peft_model
 
 
-def lora_state_dict(peft_model: "PeftModel") -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(peft_model)
-
-
 def save_adapter(peft_model: "PeftModel", out_dir: Path, info: dict[str, Any]) -> None:
     """PEFT's `adapter_config.json` + `adapter_model.safetensors`, plus `vggt_adapter.json`.
 

@@ -12,12 +12,12 @@ Deliberate differences from the official code, all identical on finite inputs:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from trainer.config import LossConfig  # the objective's weights, a config section like the others
 from trainer.vggt.geometry import depth_to_world_points, extri_intri_to_pose_encoding
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,17 @@ def normalize_gt(
     Shapes: extrinsics [B,S,3,4] camera-from-world, cam/world points [B,S,H,W,3], depths [B,S,H,W],
     point_masks [B,S,H,W] bool. Each batch item gets its own scale. Returns new tensors.
     """
+    return _normalize_gt_and_scale(extrinsics, cam_points, world_points, depths, point_masks)[:4]
+
+
+def _normalize_gt_and_scale(
+    extrinsics: torch.Tensor,
+    cam_points: torch.Tensor,
+    world_points: torch.Tensor,
+    depths: torch.Tensor,
+    point_masks: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``normalize_gt`` plus the per-item scale [B] (metres per normalised unit)."""
     if extrinsics.dim() != 4 or extrinsics.shape[-2:] != (3, 4):
         raise ValueError(f"extrinsics: expected [B,S,3,4], got {tuple(extrinsics.shape)}")
     batch, frames = extrinsics.shape[:2]
@@ -122,7 +133,7 @@ def normalize_gt(
     new_world_points = check_and_fix_inf_nan(new_world_points, "normalized world_points", hard_max=None)
     new_cam_points = check_and_fix_inf_nan(new_cam_points, "normalized cam_points", hard_max=None)
     new_depths = check_and_fix_inf_nan(new_depths, "normalized depths", hard_max=None)
-    return new_extrinsics, new_cam_points, new_world_points, new_depths
+    return new_extrinsics, new_cam_points, new_world_points, new_depths, scale
 
 
 def _sample_names(batch: Mapping[str, Any]) -> str:
@@ -164,10 +175,9 @@ def prepare_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
             f"point_masks marks {int(supervised_without_depth.sum())} pixels without a positive finite depth "
             f"(samples: {_sample_names(batch)}); the shard contract is mask == (depth > 0)"
         )
-    norm_extrinsics, norm_cam, norm_world, norm_depths = normalize_gt(
+    norm_extrinsics, norm_cam, norm_world, norm_depths, scale = _normalize_gt_and_scale(
         extrinsics, cam_points, world_points, depths, point_masks
     )
-    scale = _normalization_scale(extrinsics, world_points, point_masks)
 
     prepared = dict(batch)
     images = batch.get("images")
@@ -185,16 +195,6 @@ def prepare_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
         normalization_scale=scale,
     )
     return prepared
-
-
-def _normalization_scale(extrinsics: torch.Tensor, world_points: torch.Tensor, point_masks: torch.Tensor) -> torch.Tensor:
-    # Same formula as normalize_gt, kept separately so callers can map predictions back to metres.
-    rotation0 = extrinsics[:, 0, :3, :3]
-    translation0 = extrinsics[:, 0, :3, 3]
-    in_cam0 = world_points @ rotation0.transpose(-1, -2)[:, None, None] + translation0[:, None, None, None]
-    masks = point_masks.to(in_cam0.dtype)
-    scale = (in_cam0.norm(dim=-1) * masks).sum(dim=(1, 2, 3)) / (masks.sum(dim=(1, 2, 3)) + 1e-3)
-    return scale.clamp(min=1e-6, max=1e6)
 
 
 # --------------------------------------------------------------------------------------------- camera
@@ -386,86 +386,45 @@ def _check_dense(name: str, pred: torch.Tensor, conf: torch.Tensor, mask: torch.
         raise ValueError(f"{name}: confidence {tuple(conf.shape)} / mask {tuple(mask.shape)} do not match {tuple(pred.shape[:-1])}")
 
 
-def depth_loss(
-    depth: torch.Tensor,
-    depth_conf: torch.Tensor,
-    batch: Mapping[str, Any],
+def dense_loss(
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor,
+    name: str,
     gamma: float = 1.0,
     alpha: float = 0.2,
     valid_range: float = 0.98,
     gradient_loss: str = "grad",
 ) -> dict[str, torch.Tensor]:
-    """Depth losses against the normalised GT depths (official compute_depth_loss); depth [B,S,H,W,1]."""
-    mask = batch["point_masks"].bool()
-    _check_dense("depth", depth, depth_conf, mask, 1)
+    """``loss_{conf,reg,grad}_<name>`` of a dense prediction [B,S,H,W,C] against ``gt`` of the same shape
+    (official compute_depth_loss / compute_point_loss); fewer than 100 supervised pixels: zeros."""
+    _check_dense(name, pred, conf, mask, gt.shape[-1])
+    keys = (f"loss_conf_{name}", f"loss_reg_{name}", f"loss_grad_{name}")
     if int(mask.sum()) < MIN_VALID_PIXELS:
-        zero = zero_with_graph(depth)
-        return {"loss_conf_depth": zero, "loss_reg_depth": zero, "loss_grad_depth": zero}
-    gt = check_and_fix_inf_nan(batch["depths"].to(depth.dtype), "gt_depth")[..., None]
-    conf_l, grad_l, reg_l = regression_loss(depth, gt, mask, depth_conf, gradient_loss, gamma, alpha, valid_range)
-    return {"loss_conf_depth": conf_l, "loss_reg_depth": reg_l, "loss_grad_depth": grad_l}
+        zero = zero_with_graph(pred)
+        return dict.fromkeys(keys, zero)
+    gt = check_and_fix_inf_nan(gt.to(pred.dtype), f"gt_{name}")
+    conf_l, grad_l, reg_l = regression_loss(pred, gt, mask, conf, gradient_loss, gamma, alpha, valid_range)
+    return dict(zip(keys, (conf_l, reg_l, grad_l)))
 
 
-def point_loss(
-    world_points: torch.Tensor,
-    world_points_conf: torch.Tensor,
-    batch: Mapping[str, Any],
-    gamma: float = 1.0,
-    alpha: float = 0.2,
-    valid_range: float = 0.98,
-    gradient_loss: str = "normal",
-) -> dict[str, torch.Tensor]:
+def depth_loss(depth: torch.Tensor, depth_conf: torch.Tensor, batch: Mapping[str, Any], gamma: float = 1.0,
+               alpha: float = 0.2, valid_range: float = 0.98, gradient_loss: str = "grad") -> dict[str, torch.Tensor]:
+    """Depth losses against the normalised GT depths; depth [B,S,H,W,1]."""
+    return dense_loss(depth, depth_conf, batch["depths"][..., None], batch["point_masks"].bool(), "depth",
+                      gamma, alpha, valid_range, gradient_loss)
+
+
+def point_loss(world_points: torch.Tensor, world_points_conf: torch.Tensor, batch: Mapping[str, Any],
+               gamma: float = 1.0, alpha: float = 0.2, valid_range: float = 0.98,
+               gradient_loss: str = "normal") -> dict[str, torch.Tensor]:
     """Point-map losses against the normalised GT world points (camera-0 frame); points [B,S,H,W,3]."""
-    mask = batch["point_masks"].bool()
-    _check_dense("world_points", world_points, world_points_conf, mask, 3)
-    if int(mask.sum()) < MIN_VALID_PIXELS:
-        zero = zero_with_graph(world_points)
-        return {"loss_conf_point": zero, "loss_reg_point": zero, "loss_grad_point": zero}
-    gt = check_and_fix_inf_nan(batch["world_points"].to(world_points.dtype), "gt_points")
-    conf_l, grad_l, reg_l = regression_loss(world_points, gt, mask, world_points_conf, gradient_loss, gamma, alpha, valid_range)
-    return {"loss_conf_point": conf_l, "loss_reg_point": reg_l, "loss_grad_point": grad_l}
+    return dense_loss(world_points, world_points_conf, batch["world_points"], batch["point_masks"].bool(), "point",
+                      gamma, alpha, valid_range, gradient_loss)
 
 
 # ------------------------------------------------------------------------------------------ objective
-
-
-@dataclass
-class LossConfig:
-    """Weights of each term in the objective plus the official per-loss hyper-parameters.
-
-    Defaults are the project's (camera 2, depth terms 5 each); ``LossConfig.official()`` is the
-    official recipe, ``5 * camera + 1 * (conf + reg + grad)``. Point terms are off (weight 0) unless
-    set, and only computed when the model returns ``world_points``.
-    """
-
-    camera: float = 2.0
-    depth_conf: float = 5.0
-    depth_reg: float = 5.0
-    depth_grad: float = 5.0
-    point_conf: float = 0.0
-    point_reg: float = 0.0
-    point_grad: float = 0.0
-    camera_loss_type: str = "l1"
-    camera_gamma: float = 0.6
-    weight_trans: float = 1.0
-    weight_rot: float = 1.0
-    weight_focal: float = 0.5
-    depth_gamma: float = 1.0
-    depth_alpha: float = 0.2
-    depth_valid_range: float = 0.98
-    depth_gradient_loss: str = "grad"
-    point_gamma: float = 1.0
-    point_alpha: float = 0.2
-    point_valid_range: float = 0.98
-    point_gradient_loss: str = "normal"
-
-    @classmethod
-    def official(cls) -> "LossConfig":
-        return cls(camera=5.0, depth_conf=1.0, depth_reg=1.0, depth_grad=1.0)
-
-    @property
-    def uses_points(self) -> bool:
-        return any(w != 0 for w in (self.point_conf, self.point_reg, self.point_grad))
 
 
 def compute_loss(

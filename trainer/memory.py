@@ -107,14 +107,13 @@ def _build(cfg: TrainConfig, device: str) -> torch.nn.Module:
     with torch.device(device):
         peft_model = apply_strategy(VGGT(VGGTConfig.preset(cfg.model).with_heads(TRAIN_HEADS)), cfg.lora)
     base = peft_model.get_base_model()
-    base.config.dpt_checkpoint_frames = cfg.dpt_checkpoint_frames
-    base.set_activation_checkpointing(cfg.activation_checkpointing)
+    base.set_activation_checkpointing(cfg.activation_checkpointing, cfg.dpt_checkpoint_frames)
     return peft_model
 
 
 def _loss_working_set(predictions: dict[str, torch.Tensor], cfg: TrainConfig) -> int:
     """Peak bytes the loss adds (forward + backward) on real tensors shaped like `predictions`."""
-    from trainer.losses import LossConfig, compute_loss, prepare_batch
+    from trainer.losses import compute_loss, prepare_batch
 
     gen = torch.Generator().manual_seed(0)
     B, S, H, W = predictions["depth"].shape[:4]
@@ -133,7 +132,7 @@ def _loss_working_set(predictions: dict[str, torch.Tensor], cfg: TrainConfig) ->
     tracker = LiveTensorBytes()
     tracker.ignore([t for t in tree_flatten((preds, batch))[0] if isinstance(t, torch.Tensor)])
     with tracker:
-        loss, _ = compute_loss(preds, batch, LossConfig(**cfg.loss))
+        loss, _ = compute_loss(preds, batch, cfg.loss)
         loss.backward()
     return tracker.peak
 

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.checkpoints import STATE_FILE, latest_checkpoint
 from trainer.config import TrainConfig, dump_config
 from trainer.data import Loader, ShardError, make_loader, to_device
 from trainer.lora import apply_strategy, load_adapter_weights, param_report, save_adapter
@@ -50,7 +51,6 @@ from trainer.lora import apply_strategy, load_adapter_weights, param_report, sav
 log = logging.getLogger("trainer")
 
 TRAIN_HEADS = ("camera", "depth")  # the point head is not supervised (official recipe)
-STATE_FILE = "trainer_state.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,19 +62,19 @@ class NonFiniteLossError(RuntimeError):
 
 def build_model(
     name: str, weights: str | None, heads: tuple[str, ...] = TRAIN_HEADS, activation_checkpointing: bool = False,
-    dpt_checkpoint_frames: int = 1,
+    dpt_checkpoint_frames: int = 1, weights_revision: str | None = None,
 ) -> nn.Module:
-    """VGGT preset `name` ("vggt-1b" | "tiny") with pretrained `weights` (path or hub id) or random init."""
+    """VGGT preset `name` ("vggt-1b" | "tiny") with pretrained `weights` (path, or hub id at
+    `weights_revision`, default the pinned one) or random init."""
     from trainer.vggt import VGGT, VGGTConfig, load_pretrained
 
     config = VGGTConfig.preset(name).with_heads(heads)
     if weights:
-        model = load_pretrained(weights, config=config)
+        model = load_pretrained(weights, config=config, revision=weights_revision)
     else:
         log.warning("no --weights: %s starts from a random initialisation", name)
         model = VGGT(config)
-    model.config.dpt_checkpoint_frames = dpt_checkpoint_frames
-    model.set_activation_checkpointing(activation_checkpointing)
+    model.set_activation_checkpointing(activation_checkpointing, dpt_checkpoint_frames)
     return model.eval()
 
 
@@ -193,16 +193,6 @@ class Metrics:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not (path / STATE_FILE).exists():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which has no {STATE_FILE}")
-    return path
 
 
 def save_checkpoint(run_dir: Path, peft_model: nn.Module, state: dict[str, Any], info: dict[str, Any], d: Dist, keep: int) -> Path:
@@ -340,7 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None) -> RunResult:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from trainer.losses import LossConfig, compute_loss, prepare_batch
+    from trainer.losses import compute_loss, prepare_batch
 
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -350,12 +340,13 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     def autocast():
         return torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    loss_cfg = LossConfig(**cfg.loss)
+    loss_cfg = cfg.loss
 
     # Model: base weights first, then LoRA (same init on every rank), then the run's own adapter.
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.weights, activation_checkpointing=cfg.activation_checkpointing,
-                        dpt_checkpoint_frames=cfg.dpt_checkpoint_frames)
+                        dpt_checkpoint_frames=cfg.dpt_checkpoint_frames,
+                        weights_revision=cfg.weights_revision)
     peft_model = apply_strategy(model, cfg.lora)
     if ckpt is not None:
         load_adapter_weights(peft_model, ckpt)
@@ -398,7 +389,8 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
                          seed=cfg.seed, shuffle_buffer=data.shuffle_buffer, frames=data.frames,
                          pin_memory=data.pin_memory, prefetch_factor=data.prefetch_factor,
                          decode_threads=data.decode_threads)
-    info = {"model": cfg.model, "weights": cfg.weights, "strategy": cfg.lora.strategy,
+    info = {"model": cfg.model, "weights": cfg.weights, "weights_revision": _hub_revision(cfg),
+            "strategy": cfg.lora.strategy,
             "targets": cfg.lora.targets, "git_sha": git_sha()}
     if d.main:
         meta = {"git_sha": info["git_sha"], "torch": str(torch.__version__), "world_size": d.world,
@@ -504,6 +496,13 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     if step - start_step > 0 and d.main:
         log.info("%d step(s) this run", step - start_step)
     return RunResult(run_dir, step, skipped_total, losses, val, peft_model)
+
+
+def _hub_revision(cfg: TrainConfig) -> str | None:
+    """The hub revision the base weights were downloaded at (None: local file or random init)."""
+    from trainer.vggt.loading import hub_revision, is_hub_id
+
+    return hub_revision(cfg.weights, cfg.weights_revision) if cfg.weights and is_hub_id(cfg.weights) else None
 
 
 def to_dict_loss(loss_cfg: Any) -> dict[str, Any]:

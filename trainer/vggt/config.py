@@ -38,16 +38,13 @@ class VGGTConfig:
     enable_depth: bool = True
     enable_point: bool = True
     # Training-time memory switch: checkpoint every DINO/frame/global block in train mode, and run
-    # the DPT heads under grad in checkpointed chunks of `dpt_checkpoint_frames` frames (a DPT head
-    # keeps ~1.7 GB of fp32 activations per 518² frame for backward otherwise).
+    # the DPT heads under grad in checkpointed chunks (VGGT.set_activation_checkpointing; the chunk
+    # size is TrainConfig.dpt_checkpoint_frames).
     activation_checkpointing: bool = False
-    dpt_checkpoint_frames: int = 1
 
     def __post_init__(self) -> None:
         self.intermediate_layer_idx = tuple(int(i) for i in self.intermediate_layer_idx)
         self.dpt_out_channels = tuple(int(c) for c in self.dpt_out_channels)
-        if self.dpt_checkpoint_frames < 1:
-            raise ValueError(f"dpt_checkpoint_frames must be >= 1, got {self.dpt_checkpoint_frames}")
         if self.patch_embed not in ("dinov2", "conv"):
             raise ValueError(f"patch_embed must be 'dinov2' or 'conv', got {self.patch_embed!r}")
         if self.img_size % self.patch_size:

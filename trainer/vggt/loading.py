@@ -5,8 +5,12 @@ Accepted sources:
   one under ``"model"`` / ``"state_dict"``.
 * ``.safetensors``.
 * a Hugging Face repo id (default ``facebook/VGGT-1B``, file ``model.pt``), fetched with
-  ``huggingface_hub`` into its cache. Offline (``HF_HUB_OFFLINE=1``) or unreachable hub -> a
-  ``PretrainedSourceError`` telling the user to pass a local path.
+  ``huggingface_hub`` into its cache at a pinned ``revision`` (``DEFAULT_REVISION`` for
+  facebook/VGGT-1B, so a run never silently trains on different base weights; the hub's default
+  branch for other repos unless given). Failures are ``PretrainedSourceError``s whose ``reason``
+  says which: ``offline`` (``HF_HUB_OFFLINE=1`` or the hub unreachable: pass a local path),
+  ``not_found`` (no such repo, or private without access), ``gated``, ``unauthorised``,
+  ``revision`` (no such revision), ``no_file`` (the revision lacks the file) or ``http``.
 
 Key policy: missing keys and shape mismatches are errors. Unexpected keys are errors unless they
 belong to the track head (never built) or to a head that is disabled; those are reported as ignored.
@@ -36,6 +40,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REPO_ID = "facebook/VGGT-1B"
 DEFAULT_FILENAME = "model.pt"
+# The facebook/VGGT-1B commit holding model.pt and model.safetensors (the snapshot public VGGT
+# projects load); pinned so that the base weights cannot change under a run. Override with the train
+# config's `weights_revision` (`--set weights_revision=main` follows the branch).
+DEFAULT_REVISION = "860abec7937da0a4c03c41d3c269c366e82abdf9"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 _REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FIXTURE_PREFIX = "model."
@@ -44,7 +52,11 @@ _HEAD_PREFIXES = {"camera": "camera_head.", "depth": "depth_head.", "point": "po
 
 
 class PretrainedSourceError(RuntimeError):
-    """The checkpoint could not be found or fetched."""
+    """The checkpoint could not be found or fetched; ``reason`` names the kind of failure."""
+
+    def __init__(self, message: str, reason: str = "path") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -63,7 +75,20 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENAME) -> Path:
+def is_hub_id(source: str | os.PathLike) -> bool:
+    """True when ``source`` names a Hugging Face repo (``org/name``) rather than a local file."""
+    text = str(source)
+    return not Path(text).expanduser().exists() and Path(text).suffix not in _CHECKPOINT_SUFFIXES \
+        and bool(_REPO_ID_PATTERN.match(text))
+
+
+def hub_revision(repo_id: str, revision: str | None = None) -> str | None:
+    """The revision a download of ``repo_id`` uses: ``revision``, else the pin of the default repo."""
+    return revision or (DEFAULT_REVISION if repo_id == DEFAULT_REPO_ID else None)
+
+
+def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENAME,
+                       revision: str | None = None) -> Path:
     """Local path as is; otherwise a Hugging Face repo id downloaded (or found) in the hub cache."""
     path = Path(source).expanduser()
     if path.is_file():
@@ -71,19 +96,58 @@ def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENA
     text = str(source)
     if path.exists():
         raise PretrainedSourceError(f"checkpoint path {text} is not a file")
-    if path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(text):
+    if not is_hub_id(text):
         raise PretrainedSourceError(f"checkpoint file {text} does not exist (expected a local "
                                     f"{'/'.join(_CHECKPOINT_SUFFIXES)} file or a Hugging Face repo id "
                                     f"such as {DEFAULT_REPO_ID})")
+    from huggingface_hub import hf_hub_download
+
+    revision = hub_revision(text, revision)
     try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(repo_id=text, filename=filename))
-    except Exception as exc:  # offline mode, no network, unknown repo: all need the same advice
-        raise PretrainedSourceError(
-            f"could not fetch {filename} from the Hugging Face repo {text} ({type(exc).__name__}: {exc}). "
-            f"The hub is offline or unreachable (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
-            f"download the checkpoint once and pass its local path instead, e.g. "
-            f"load_pretrained('/path/to/{filename}')") from exc
+        return Path(hf_hub_download(repo_id=text, filename=filename, revision=revision))
+    except Exception as exc:
+        reason, message = explain_hub_error(exc, text, filename, revision)
+        raise PretrainedSourceError(message, reason) from exc
+
+
+def explain_hub_error(exc: BaseException, repo_id: str, filename: str, revision: str | None) -> tuple[str, str]:
+    """(reason, one-line message with the fix) for a failed ``hf_hub_download``."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    # Not cached and the metadata request failed: the hub wraps the real failure (an HTTP error or
+    # a connection error / offline mode) in a LocalEntryNotFoundError.
+    cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None else exc
+    response = getattr(cause, "response", None) if isinstance(cause, HfHubHTTPError) else None
+    status = getattr(response, "status_code", None)
+    at = f"{repo_id}@{revision or 'main'}"
+    local = (f"download it once and pass its local path: --weights /path/to/{filename} "
+             f"(make train WEIGHTS=/path/to/{filename}; in Python load_pretrained('/path/to/{filename}'))")
+    if isinstance(cause, GatedRepoError):
+        return "gated", (f"{repo_id} is a gated repo: accept its terms on the model page, log in (`hf auth login` "
+                         f"or HF_TOKEN) and retry, or {local}")
+    if isinstance(cause, RepositoryNotFoundError):
+        return "not_found", (f"no Hugging Face repo {repo_id} (HTTP {status}), or it is private and this token "
+                             f"cannot see it: check the id, log in (`hf auth login` or HF_TOKEN), or {local}")
+    if isinstance(cause, RevisionNotFoundError):
+        return "revision", (f"{repo_id} has no revision {revision!r}: set weights_revision to an existing "
+                            f"commit, branch or tag (e.g. --set weights_revision=main), or {local}")
+    if isinstance(cause, EntryNotFoundError) and not isinstance(cause, LocalEntryNotFoundError):
+        return "no_file", f"{at} has no file {filename}: check weights_revision and the file name, or {local}"
+    if status in (401, 403):
+        return "unauthorised", (f"the hub refused {filename} of {at} (HTTP {status}): log in with a token that "
+                                f"can read it (`hf auth login` or HF_TOKEN), or {local}")
+    if status is not None:
+        return "http", f"the hub answered HTTP {status} for {filename} of {at}; retry later, or {local}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "unset")
+    return "offline", (f"could not fetch {filename} from the Hugging Face repo {at}: the hub is offline or "
+                       f"unreachable (HF_HUB_OFFLINE={offline}, {type(cause).__name__}); {local}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -166,11 +230,13 @@ def _preview(keys: list[str], limit: int = 20) -> str:
 
 def load_pretrained(source: str | os.PathLike = DEFAULT_REPO_ID, config: VGGTConfig | str | None = None,
                     heads: Iterable[str] | None = None, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = torch.float32, filename: str = DEFAULT_FILENAME) -> VGGT:
+                    dtype: torch.dtype | None = torch.float32, filename: str = DEFAULT_FILENAME,
+                    revision: str | None = None) -> VGGT:
     """Build a VGGT and load pretrained weights into it (see the module docstring for the rules).
 
     ``config``: a ``VGGTConfig``, a preset name (``"vggt-1b"``, ``"tiny"``) or None (VGGT-1B).
     ``heads``: subset of ``("camera", "depth", "point")`` to build; default: the config's flags.
+    ``revision``: hub commit/branch/tag for a repo id (default: ``hub_revision``'s pin).
     ``dtype``: parameter dtype after loading (fp32 by default, whatever the file stores; None keeps
     the file's dtypes).
     The model is built on the meta device and the checkpoint tensors are assigned to it, so the
@@ -181,7 +247,7 @@ def load_pretrained(source: str | os.PathLike = DEFAULT_REPO_ID, config: VGGTCon
     config = config or VGGTConfig()
     if heads is not None:
         config = config.with_heads(heads)
-    path = resolve_checkpoint(source, filename)
+    path = resolve_checkpoint(source, filename, revision)
     state_dict = read_state_dict(path)
     with torch.device("meta"):
         model = VGGT(config)

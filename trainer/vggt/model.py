@@ -38,14 +38,17 @@ class VGGT(nn.Module):
                        conf_activation="expp1", features=c.dpt_features, out_channels=c.dpt_out_channels,
                        intermediate_layer_idx=c.intermediate_layer_idx)
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
+    def set_activation_checkpointing(self, enabled: bool, dpt_checkpoint_frames: int = 1) -> None:
         """Recompute in backward instead of storing: every DINO / frame / global block (train mode)
-        and the DPT heads, `config.dpt_checkpoint_frames` frames at a time."""
+        and the DPT heads, `dpt_checkpoint_frames` frames at a time (a training knob: the train
+        config owns it)."""
+        if dpt_checkpoint_frames < 1:
+            raise ValueError(f"dpt_checkpoint_frames must be >= 1, got {dpt_checkpoint_frames}")
         self.config.activation_checkpointing = bool(enabled)
         self.aggregator.set_activation_checkpointing(enabled)
         for head in (self.depth_head, self.point_head):
             if head is not None:
-                head.checkpoint_frames = self.config.dpt_checkpoint_frames if enabled else None
+                head.checkpoint_frames = dpt_checkpoint_frames if enabled else None
 
     def forward(self, images: torch.Tensor) -> dict:
         """``images`` ``[B,S,3,H,W]`` or ``[S,3,H,W]`` in [0,1] RGB, H and W multiples of the patch size.

@@ -1,0 +1,58 @@
+"""trainer.checkpoints: the one latest-checkpoint / run-adapter lookup used by train, export and eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.checkpoints import STATE_FILE, latest_checkpoint, run_adapter_dir
+
+
+def checkpoint(run: Path, name: str, state: bool = True) -> Path:
+    path = run / "checkpoints" / name
+    path.mkdir(parents=True)
+    for file in ("adapter_config.json", "adapter_model.safetensors") + ((STATE_FILE,) if state else ()):
+        (path / file).write_bytes(b"")
+    return path
+
+
+def test_latest_follows_the_pointer_and_the_final_adapter_wins(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert latest_checkpoint(run) is None and run_adapter_dir(run) is None
+    checkpoint(run, "step_0000002")
+    newest = checkpoint(run, "step_0000004")
+    (run / "checkpoints" / "latest").write_text("step_0000002\n")
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_0000002"  # the pointer, not the newest name
+    (run / "checkpoints" / "latest").write_text(newest.name + "\n")
+    assert latest_checkpoint(run) == newest and run_adapter_dir(run) == newest
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    assert run_adapter_dir(run) == newest  # an incomplete adapter/ (no weights) is not used
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    assert run_adapter_dir(run) == run / "adapter"
+
+
+def test_pointer_to_an_incomplete_checkpoint_is_an_error(tmp_path):
+    run = tmp_path / "run"
+    checkpoint(run, "step_0000001", state=False)
+    (run / "checkpoints" / "latest").write_text("step_0000001\n")
+    with pytest.raises(FileNotFoundError, match=f"names step_0000001, which has no {STATE_FILE}"):
+        latest_checkpoint(run)
+
+
+def test_export_and_eval_use_the_same_lookup(tmp_path):
+    from trainer.evaluate import resolve_adapter_dir
+    from trainer.export import ExportError
+    from trainer.export import run_adapter_dir as export_adapter_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ExportError, match="has this run saved a checkpoint yet"):
+        export_adapter_dir(run)
+    with pytest.raises(FileNotFoundError, match="has the run saved an adapter yet"):
+        resolve_adapter_dir(run, None)
+    step = checkpoint(run, "step_0000003")
+    (run / "checkpoints" / "latest").write_text(step.name)
+    assert export_adapter_dir(run) == resolve_adapter_dir(run, None) == step
