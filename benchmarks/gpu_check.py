@@ -364,7 +364,6 @@ class StepRig:
         from trainer.lora import apply_strategy
         from trainer.losses import LossConfig
         from trainer.train import build_model, freeze_modes
-        from trainer.vggt.loading import load_pretrained  # noqa: F401  (same import path as the loop)
 
         self.cfg = cfg = strategy_config(strategy, ctx.plan)
         self.ctx = ctx
