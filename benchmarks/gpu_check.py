@@ -309,7 +309,8 @@ def stage_fidelity(ctx: Context, out: dict) -> None:
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     out["fp32_max_rel_err"], out["fp32_worst_output"], out["fp32_rule"] = worst["err"], worst["output"], FLOAT_RULE
-    out["fp32_outputs_compared"] = sum(1 for c in fp32 for k in tensors if k.startswith(c + ".") and "images_u8" not in k)
+    out["fp32_outputs_compared"] = sum(1 for c in fp32 for k in tensors
+                                       if k.startswith(c + ".") and "images_u8" not in k)
     case = ctx.plan.bf16_case  # CPU bf16 matmuls are slow without AMX: the small case there
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
         low = fixture_outputs(model, tensors, case, ctx.device)
@@ -405,7 +406,8 @@ class StepRig:
             losses.append(self.step())
             self.ctx.sync()
             times.append(time.perf_counter() - t0)
-        return {"median_s": statistics.median(times), "min_s": min(times), "losses_finite": all(map(math.isfinite, losses))}
+        return {"median_s": statistics.median(times), "min_s": min(times),
+                "losses_finite": all(map(math.isfinite, losses))}
 
     def live_bytes_of_a_step(self) -> int:
         """CPU stand-in for max_memory_allocated: weights + AdamW state + the peak live bytes of one step."""
@@ -671,7 +673,8 @@ def summary(name: str, st: dict) -> str:
                 f"data-wait {st['data_wait_pct']:.2f} %, loss {st['first_loss']:.3f} -> {st['last_loss']:.3f}")
     if name == "optional" and "compile" in st:
         c = st["compile"]
-        return (f"compile ({c.get('backend')}) {fmt(c.get('compile_s'), '.1f')} s, speed-up x{fmt(c.get('speedup'), '.2f')}"
+        return (f"compile ({c.get('backend')}) {fmt(c.get('compile_s'), '.1f')} s, "
+                f"speed-up x{fmt(c.get('speedup'), '.2f')}"
                 if "speedup" in c else "")
     return ""
 

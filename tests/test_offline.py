@@ -58,7 +58,8 @@ def test_closure_keeps_shared_dependencies_and_drops_what_only_torch_needs():
     assert pins == {"vggt-eth3d-lora": "0.1.0", "peft": "0.21.0", "huggingface-hub": "2.4.0", "hf-xet": "1.8.0",
                     "filelock": "4.3.2", "packaging": "26.4", "numba": "0.68.1", "llvmlite": "0.50.0"}
     # Markers follow the target: Python 3.10 needs tomli; no extra, no numba.
-    old = offline.closure(["vggt-eth3d-lora"], offline.report_lookup(REPORT), offline.target_environment("3.10", "linux_x86_64"))
+    env310 = offline.target_environment("3.10", "linux_x86_64")
+    old = offline.closure(["vggt-eth3d-lora"], offline.report_lookup(REPORT), env310)
     assert "tomli" in old and "numba" not in old and "torch" not in old and "sympy" not in old
     # Extras reached later still add their edges (huggingface_hub first without, then with [cli]).
     both = offline.closure(["huggingface_hub", "huggingface_hub[cli]"], offline.report_lookup(REPORT), env)
