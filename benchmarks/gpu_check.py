@@ -139,10 +139,11 @@ def time_box(seconds: float):
 class Background:
     """A command running beside the stages (shard build, fake-tensor traces); its output goes to a log file."""
 
-    def __init__(self, name: str, cmd: list[str] | str, log: Path, cwd: Path = ROOT) -> None:
+    def __init__(self, name: str, cmd: list[str] | str, log: Path, cwd: Path = ROOT, threads: int | None = None) -> None:
         self.name, self.log, self.start = name, log, time.perf_counter()
         self.handle = log.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.handle, stderr=subprocess.STDOUT,
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # no oversubscription
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.handle, stderr=subprocess.STDOUT, env=env,
                                      shell=isinstance(cmd, str), start_new_session=True)
         self.seconds: float | None = None
 
@@ -704,7 +705,7 @@ def run_check(args: argparse.Namespace) -> int:
         for group in (["a", "b", "c"] if plan.parallel_traces else ["abc"]):
             cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--trace", group, "--json",
                    str(out / "trace_{}.json")] + (["--tiny"] if args.tiny else [])
-            job = Background(f"trace_{group}", cmd, out / f"trace_{group}.log")
+            job = Background(f"trace_{group}", cmd, out / f"trace_{group}.log", threads=1)  # fake tensors: no math
             for strategy in group:
                 ctx.jobs[f"trace_{strategy}"] = job
     stage_fns: dict[str, Callable[[Context, dict], None]] = {
