@@ -139,7 +139,8 @@ def time_box(seconds: float):
 class Background:
     """A command running beside the stages (shard build, fake-tensor traces); its output goes to a log file."""
 
-    def __init__(self, name: str, cmd: list[str] | str, log: Path, cwd: Path = ROOT, threads: int | None = None) -> None:
+    def __init__(self, name: str, cmd: list[str] | str, log: Path, cwd: Path = ROOT,
+                 threads: int | None = None) -> None:
         self.name, self.log, self.start = name, log, time.perf_counter()
         self.handle = log.open("w")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # no oversubscription
