@@ -20,8 +20,18 @@ WEIGHTS    ?= facebook/VGGT-1B
 RUN        ?= runs/strategy_$(STRATEGY)
 # The demo
 DEMO       ?= build/demo
+# Offline install over an existing (CUDA) torch, and the GPU check (README: GPU clusters / offline)
+WHEELHOUSE     ?= wheelhouse
+PYTHON_VERSION ?= 3.12
+PLATFORM       ?= manylinux_2_28_x86_64
+EXTRAS         ?= engine
+TORCH_SPEC     ?= torch
+PIP_ARGS       ?=
+BUDGET         ?= 420
+GPU_CHECK_OUT  ?= build/gpu_check
+CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup test demo download shards train eval bench
+.PHONY: help setup test demo download shards train eval bench wheelhouse setup-system gpu-check
 .DEFAULT_GOAL := help
 
 help:
@@ -33,12 +43,15 @@ help:
 	@echo "make eval RUN=runs/NAME   base vs adapter report on the val split"
 	@echo "make bench                engine, loader, model-forward, train-step and step-memory benchmarks"
 	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
+	@echo "make wheelhouse           wheels for PYTHON_VERSION=$(PYTHON_VERSION) PLATFORM=$(PLATFORM), no torch/CUDA"
+	@echo "make setup-system         install into PYTHON from WHEELHOUSE offline, keeping its torch"
+	@echo "make gpu-check            bounded GPU check (BUDGET=$(BUDGET) s) -> GPU_CHECK_OUT=$(GPU_CHECK_OUT)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[all]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -81,3 +94,13 @@ bench: setup
 	$(PY) benchmarks/model_forward.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_memory.py --json build/bench/train_memory.json
+
+wheelhouse:
+	$(PYTHON) tools/offline.py wheelhouse --out $(WHEELHOUSE) --python-version $(PYTHON_VERSION) \
+		--platform $(PLATFORM) --extras "$(EXTRAS)" --torch "$(TORCH_SPEC)"
+
+setup-system:
+	$(PYTHON) tools/offline.py setup-system --wheelhouse $(WHEELHOUSE) --extras "$(EXTRAS)" --pip-args "$(PIP_ARGS)"
+
+gpu-check:
+	$(CHECK_PY) -m benchmarks.gpu_check --budget-s $(BUDGET) --out $(GPU_CHECK_OUT)
