@@ -317,27 +317,111 @@ class RunResult:
     model: nn.Module | None = None  # the trained PeftModel (for notebooks and tests)
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> RunResult:
-    """Train until cfg.max_steps (or `stop_after` steps of this call, then checkpoint and return)."""
-    d = init_distributed()
+class RunSetupError(ValueError):
+    """The run cannot start (shards, output directory, weights, resume state); the message says why."""
+
+
+def _check_out_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunSetupError(f"{run_dir}: --out is a file, not a run directory; choose another --out")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunSetupError(f"{existing}: not writable, so the run directory {run_dir} cannot be written; "
+                            "choose another --out")
+
+
+def _check_weights(weights: str | None) -> None:
+    """A local checkpoint path must exist (hub ids are fetched later, after every cheap check)."""
+    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN
+
+    if not weights:
+        return
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return
+    if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
+        raise RunSetupError(f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
+                            "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
+                            "(make train WEIGHTS=PATH)")
+
+
+def check_resume_data(ckpt: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume on other data: the saved data position counts batches of the saved dataset."""
+    saved = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False).get("data")
+    if saved is None:
+        log.warning("%s records no data identity (older trainer); resuming on %s unchecked", ckpt, identity["shards"])
+        return
+    # The manifest (sha256s of every shard) identifies the data; a dataset moved elsewhere is the same data.
+    key = "manifest_sha256" if saved.get("manifest_sha256") or identity.get("manifest_sha256") else "shards"
+    if saved.get(key) != identity.get(key):
+        what = "its manifest.json differs" if key == "manifest_sha256" else "another directory"
+        raise RunSetupError(
+            f"{ckpt / STATE_FILE}: the run was trained on {saved.get('shards')} but --resume got "
+            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out")
+
+
+def preflight(cfg: TrainConfig, resume: bool, verify_shards: bool = False) -> tuple[Path | None, dict[str, Any]]:
+    """Every cheap check before anything is written or downloaded: output directory, shards, weights
+    path, resume state. Returns the checkpoint to resume from and the data identity."""
+    from trainer.data import check_dataset, data_identity
+
     run_dir = Path(cfg.out)
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if resume and ckpt is None:
-        print(f"--resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
+    _check_out_dir(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
+    check_dataset(cfg.data.shards, cfg.data.train_split, verify_sha256=verify_shards)
+    _check_weights(cfg.weights)
+    identity = data_identity(cfg.data.shards)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        check_resume_data(ckpt, identity)
+    return ckpt, identity
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
+          verify_shards: bool = False) -> RunResult:
+    """Train until cfg.max_steps (or `stop_after` steps of this call, then checkpoint and return).
+
+    `verify_shards`: also compare every shard's sha256 with the manifest before starting."""
+    d = init_distributed()
+    run_dir = Path(cfg.out)
+    ckpt, identity = preflight(cfg, resume, verify_shards)
+    if resume and ckpt is None:
+        print(f"--resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _drop_metrics_after(run_dir / "metrics.jsonl", _checkpoint_step(ckpt))
     barrier(d)
     try:
         with run_logging(run_dir, d.main):
-            return _train(cfg, d, run_dir, ckpt, stop_after)
+            return _train(cfg, d, run_dir, ckpt, stop_after, identity)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None) -> RunResult:
+def _checkpoint_step(ckpt: Path | None) -> int:
+    return int(ckpt.name.removeprefix("step_")) if ckpt is not None else 0
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their records written before the
+    interruption (they would be duplicates), atomically."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
+
+def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None,
+           identity: dict[str, Any]) -> RunResult:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from trainer.losses import LossConfig, compute_loss, prepare_batch
@@ -489,7 +573,7 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
             metrics.write(step, val)
         if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
             state = {"step": step, "epoch": epoch, "consumed": consumed, "skipped_steps": skipped_total,
-                     "world_size": d.world, "optimizer": optimizer.state_dict()}
+                     "world_size": d.world, "optimizer": optimizer.state_dict(), "data": identity}
             path = save_checkpoint(run_dir, peft_model, state, info, d, cfg.keep_checkpoints)
             log.info("checkpoint %s", path)
     progress.close()

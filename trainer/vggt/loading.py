@@ -82,8 +82,8 @@ def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENA
         raise PretrainedSourceError(
             f"could not fetch {filename} from the Hugging Face repo {text} ({type(exc).__name__}: {exc}). "
             f"The hub is offline or unreachable (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
-            f"download the checkpoint once and pass its local path instead, e.g. "
-            f"load_pretrained('/path/to/{filename}')") from exc
+            f"download the checkpoint once and pass its local path instead: --weights /path/to/{filename} "
+            f"(make train WEIGHTS=/path/to/{filename})") from exc
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
