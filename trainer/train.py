@@ -390,6 +390,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     ckpt, identity = preflight(cfg, resume, verify_shards)
     if resume and ckpt is None:
         print(f"--resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
+    if cfg.weights:  # the expensive check last: fetch (or find in the hub cache) before anything is written
+        from trainer.vggt.loading import resolve_checkpoint
+
+        resolve_checkpoint(cfg.weights)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
