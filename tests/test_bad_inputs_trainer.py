@@ -96,11 +96,12 @@ def edit_depth_and_mask(tar_path: Path) -> str:
 
 
 def edit_json_number(field: str, replace):
-    """Replace the first number after `"field": [[` in cameras.json, padded to the same length."""
+    """Replace the first number of `"field"` in cameras.json, padded to the same length."""
     def apply(data: bytes) -> bytes:
         text = data.decode()
-        start = text.index(f'"{field}"')
-        start = text.index("[[", start) + 2
+        start = text.index(f'"{field}"') + len(field) + 2
+        while text[start] not in "-0123456789":
+            start += 1
         end = start
         while text[end] not in ",]":
             end += 1

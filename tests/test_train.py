@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from tests.test_data import engine_shards
+from tests.tolerance import FORWARD_OPS, assert_within_rounding
 from trainer.config import ConfigError, load_config
 from trainer.train import NonFiniteLossError, lr_factor, train
 
@@ -94,8 +95,8 @@ def test_merged_export_equals_adapted_model(trained, tmp_path):
     images = torch.rand(1, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = adapted(images), merged(images)
-    for key in ("depth", "depth_conf", "pose_enc"):
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
+    for key in ("depth", "depth_conf", "pose_enc"):  # folded LoRA: another rounding of each adapted layer
+        assert_within_rounding(got[key], expected[key], ops=FORWARD_OPS, what=key)
     assert (expected["depth"] - load_pretrained(TINY_WEIGHTS, config="tiny", heads=("camera", "depth"))(images)["depth"]
             ).abs().max() > 1e-4  # the merge carries the training
     assert result["strategy"] == "b" and result["step"] == "30"

@@ -25,6 +25,10 @@ import torch
 EPS = {torch.float32: float(torch.finfo(torch.float32).eps), torch.float64: float(torch.finfo(torch.float64).eps),
        np.dtype("float32"): float(np.finfo(np.float32).eps), np.dtype("float64"): float(np.finfo(np.float64).eps)}
 LAMBDA = 8.0  # probabilistic bound's confidence factor
+# A forward pass of the tiny VGGT (tests/assets): its longest reductions have 4·64 terms (MLP, attention over
+# <= 4 frames of 24 tokens sums fewer), and an output depends on ~32 rounding layers (DINO, frame/global
+# blocks, the DPT head's convolutions).
+FORWARD_OPS = 256 * 32
 
 
 def _eps(dtype) -> float:
