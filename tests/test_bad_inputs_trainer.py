@@ -182,7 +182,7 @@ def _cases(w) -> dict[str, dict]:
         out("rot"))
     d, key = corrupted("json", lambda d: patch_member(first_train_shard(d), "cameras.json",
                                                       lambda b: b"[" + b[1:]))
-    add("cameras_json_broken", train_args(d, out("json")), [first_train_shard(d).name, key, "cameras.json line 1"],
+    add("cameras_json_broken", train_args(d, out("json")), [first_train_shard(d).name, key, "cameras.json line"],
         out("json"))
     d, _ = corrupted("trunc", lambda d: os.truncate(first_train_shard(d),
                                                     first_train_shard(d).stat().st_size - 1024))

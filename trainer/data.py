@@ -386,8 +386,9 @@ def _plan_sample(reader: _SampleReader, frames: int | None) -> _SamplePlan:
         if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
             raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
     if depth.dtype not in _DEPTH_DTYPES or mask.dtype not in _MASK_DTYPES:
-        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 or "
-                         "float16 depth and uint8 (or bool) masks; rebuild the shards with `python -m dataengine build`")
+        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 "
+                         "or float16 depth and uint8 (or bool) masks; rebuild the shards with "
+                         "`python -m dataengine build`")
     return _SamplePlan(reader, n, height, width, cams, depth, mask)
 
 
@@ -407,7 +408,8 @@ def _check_camera(where: str, i: int, frame: Any) -> None:
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardError(f"{where}: cameras.json frame {i}: unreadable K/extrinsics ({exc})") from None
     if K.shape != (3, 3) or Rt.shape != (3, 4):
-        raise ShardError(f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, expected (3, 3) / (3, 4)")
+        raise ShardError(f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, "
+                         "expected (3, 3) / (3, 4)")
     if not (np.isfinite(K).all() and np.isfinite(Rt).all()):
         raise ShardError(f"{where}: cameras.json frame {i}: non-finite K or extrinsics")
     if not (K[0, 0] > 0 and K[1, 1] > 0 and np.array_equal(K[2], [0.0, 0.0, 1.0])):

@@ -147,8 +147,9 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
         )
     except HfHubHTTPError as exc:
         raise ExportError(f"hub refused the push to {repo_id}: {exc}") from None
-    except (OSError, ConnectionError) as exc:  # requests' ConnectionError is an OSError
-        raise ExportError(f"cannot reach the Hugging Face hub ({exc.__class__.__name__}); are you offline?") from None
+    except Exception as exc:  # the transport's errors (httpx in huggingface_hub 2.x, requests before): no network
+        raise ExportError(f"cannot reach the Hugging Face hub ({exc.__class__.__name__}: {exc}); are you offline? "
+                          f"Or copy the adapter folder by hand: {adapter_dir}") from None
     return str(url)
 
 

@@ -508,80 +508,82 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     progress = _progress(step, cfg.max_steps, d.main)
     if step >= cfg.max_steps:
         log.info("already at step %d of max_steps %d: nothing to do", step, cfg.max_steps)
-    while step < end_step:
-        t0 = time.perf_counter()
-        wait, finite, terms_sum = 0.0, True, {}
-        for micro in range(o.accum_steps):
-            t_wait = time.perf_counter()
-            epoch, consumed, batch = next(stream)
-            batch = to_device(batch, d.device)
-            wait += time.perf_counter() - t_wait
-            batch = prepare_batch(batch)
-            if not finite:
-                continue  # the step is already lost; still consume its batches (fixed data position)
-            sync = micro == o.accum_steps - 1 or d.world == 1
-            with (nullcontext() if sync else net.no_sync()):
-                with autocast():
-                    preds = net(batch["images"])
-                loss, terms = compute_loss(preds, batch, loss_cfg)
-                finite = _all_ranks_finite(loss, d)
-                if finite:
-                    (loss / o.accum_steps).backward()
-            for name, value in terms.items():
-                terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / o.accum_steps
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip) if finite else torch.tensor(float("nan"))
-        finite = finite and bool(torch.isfinite(grad_norm))
-        lr = lr_at(step)
-        if finite:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            nonfinite_in_a_row = 0
-        else:
-            skipped_total += 1
-            nonfinite_in_a_row += 1
-            log.warning("step %d: non-finite %s, step skipped (%d in a row, %d total)", step + 1,
-                        "loss" if "objective" not in terms_sum or not math.isfinite(terms_sum["objective"]) else "gradient",
-                        nonfinite_in_a_row, skipped_total)
-            if nonfinite_in_a_row >= cfg.max_nonfinite_in_a_row:
-                raise NonFiniteLossError(
-                    f"{nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient (last: step {step + 1}, "
-                    f"samples {batch['keys']}). Lower optim.lr, try precision=fp32, or check the shards with "
-                    f"`python -m dataengine inspect`; the last good checkpoint is in {run_dir / 'checkpoints'}"
-                )
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(terms_sum.get("objective", float("nan")) if finite else float("nan"))
+    try:  # the progress bar ends its line before any error message
+        while step < end_step:
+            t0 = time.perf_counter()
+            wait, finite, terms_sum = 0.0, True, {}
+            for micro in range(o.accum_steps):
+                t_wait = time.perf_counter()
+                epoch, consumed, batch = next(stream)
+                batch = to_device(batch, d.device)
+                wait += time.perf_counter() - t_wait
+                batch = prepare_batch(batch)
+                if not finite:
+                    continue  # the step is already lost; still consume its batches (fixed data position)
+                sync = micro == o.accum_steps - 1 or d.world == 1
+                with (nullcontext() if sync else net.no_sync()):
+                    with autocast():
+                        preds = net(batch["images"])
+                    loss, terms = compute_loss(preds, batch, loss_cfg)
+                    finite = _all_ranks_finite(loss, d)
+                    if finite:
+                        (loss / o.accum_steps).backward()
+                for name, value in terms.items():
+                    terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / o.accum_steps
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip) if finite else torch.tensor(float("nan"))
+            finite = finite and bool(torch.isfinite(grad_norm))
+            lr = lr_at(step)
+            if finite:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                nonfinite_in_a_row = 0
+            else:
+                skipped_total += 1
+                nonfinite_in_a_row += 1
+                bad_loss = "objective" not in terms_sum or not math.isfinite(terms_sum["objective"])
+                log.warning("step %d: non-finite %s, step skipped (%d in a row, %d total)", step + 1,
+                            "loss" if bad_loss else "gradient", nonfinite_in_a_row, skipped_total)
+                if nonfinite_in_a_row >= cfg.max_nonfinite_in_a_row:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient "
+                        f"(last: step {step + 1}, samples {batch['keys']}). Lower optim.lr, try precision=fp32, or check the shards with "
+                        f"`python -m dataengine inspect`; the last good checkpoint is in {run_dir / 'checkpoints'}"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(terms_sum.get("objective", float("nan")) if finite else float("nan"))
 
-        step_time = time.perf_counter() - t0
-        window_n, window_time, window_wait = window_n + 1, window_time + step_time, window_wait + wait
-        if finite:
-            for name, value in terms_sum.items():
-                window[name] = window.get(name, 0.0) + value
-            window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-            window["_finite"] = window.get("_finite", 0) + 1
-        progress.update(1)
-        if step % cfg.log_every == 0 or step == end_step:
-            scalars = _log_scalars(window, window_n, window_time, window_wait, samples_per_step,
-                                   lr, skipped_total, d)
-            progress.set_postfix(loss=f"{scalars.get('train/objective', float('nan')):.4f}",
-                                 lr=f"{scalars['train/lr']:.2e}", wait=f"{scalars['perf/data_wait_pct']:.1f}%")
-            log.info("step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
-                     step, cfg.max_steps, scalars.get("train/objective", float("nan")), scalars["train/lr"],
-                     scalars.get("train/grad_norm", float("nan")), scalars["perf/samples_per_s"],
-                     scalars["perf/data_wait_pct"], epoch)
-            metrics.write(step, scalars)
-            window, window_n, window_time, window_wait = {}, 0, 0.0, 0.0
-        if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
-            val = _validate(peft_model, cfg, loss_cfg, d, autocast)
-            metrics.write(step, val)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
-            state = {"step": step, "epoch": epoch, "consumed": consumed, "skipped_steps": skipped_total,
-                     "world_size": d.world, "optimizer": optimizer.state_dict(), "data": identity}
-            path = save_checkpoint(run_dir, peft_model, state, info, d, cfg.keep_checkpoints)
-            log.info("checkpoint %s", path)
-    progress.close()
-    metrics.close()
+            step_time = time.perf_counter() - t0
+            window_n, window_time, window_wait = window_n + 1, window_time + step_time, window_wait + wait
+            if finite:
+                for name, value in terms_sum.items():
+                    window[name] = window.get(name, 0.0) + value
+                window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
+                window["_finite"] = window.get("_finite", 0) + 1
+            progress.update(1)
+            if step % cfg.log_every == 0 or step == end_step:
+                scalars = _log_scalars(window, window_n, window_time, window_wait, samples_per_step,
+                                       lr, skipped_total, d)
+                progress.set_postfix(loss=f"{scalars.get('train/objective', float('nan')):.4f}",
+                                     lr=f"{scalars['train/lr']:.2e}", wait=f"{scalars['perf/data_wait_pct']:.1f}%")
+                log.info("step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
+                         step, cfg.max_steps, scalars.get("train/objective", float("nan")), scalars["train/lr"],
+                         scalars.get("train/grad_norm", float("nan")), scalars["perf/samples_per_s"],
+                         scalars["perf/data_wait_pct"], epoch)
+                metrics.write(step, scalars)
+                window, window_n, window_time, window_wait = {}, 0, 0.0, 0.0
+            if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
+                val = _validate(peft_model, cfg, loss_cfg, d, autocast)
+                metrics.write(step, val)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
+                state = {"step": step, "epoch": epoch, "consumed": consumed, "skipped_steps": skipped_total,
+                         "world_size": d.world, "optimizer": optimizer.state_dict(), "data": identity}
+                path = save_checkpoint(run_dir, peft_model, state, info, d, cfg.keep_checkpoints)
+                log.info("checkpoint %s", path)
+    finally:
+        progress.close()
+        metrics.close()
     if step >= cfg.max_steps and d.main:
         final = latest_checkpoint(run_dir)
         if final is not None:
