@@ -385,16 +385,14 @@ def _plan_sample(reader: _SampleReader, frames: int | None) -> _SamplePlan:
     for layout in (depth, mask):
         if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
             raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
-    if depth.dtype not in _DEPTH_DTYPES or mask.dtype not in _MASK_DTYPES:
+    if not (depth.dtype.kind == "f" and depth.dtype.itemsize in (2, 4)) or mask.dtype.kind not in "biu":
         raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 "
-                         "or float16 depth and uint8 (or bool) masks; rebuild the shards with "
+                         "or float16 depth (any byte order) and integer or bool masks; rebuild the shards with "
                          "`python -m dataengine build`")
     return _SamplePlan(reader, n, height, width, cams, depth, mask)
 
 
 _FLOAT32 = np.dtype("=f4")
-_DEPTH_DTYPES = (np.dtype("<f4"), np.dtype("<f2"))
-_MASK_DTYPES = (np.dtype("u1"), np.dtype("?"))
 MAX_DEPTH_M = 1e4  # GT z-depth is metres; anything beyond 10 km is a corrupt value, not a scene
 ROTATION_TOL = 1e-4  # |R Rᵀ − I| of the stored extrinsics (written in full double precision)
 
