@@ -285,7 +285,8 @@ def test_training_killed_mid_step_then_resumed_gives_the_same_bytes(shards, tmp_
     name = "adapter_model.safetensors"
     assert (killed / "adapter" / name).read_bytes() == (tmp_path / "straight" / "adapter" / name).read_bytes()
     # PEFT writes target_modules from a set: its order follows the process's hash seed, not the run.
-    configs = [json.loads((run / "adapter" / "adapter_config.json").read_text()) for run in (killed, tmp_path / "straight")]
+    configs = [json.loads((run / "adapter" / "adapter_config.json").read_text())
+               for run in (killed, tmp_path / "straight")]
     for config in configs:
         config["target_modules"] = sorted(config["target_modules"]) if isinstance(config["target_modules"], list) \
             else config["target_modules"]
