@@ -29,8 +29,9 @@ def test_unknown_command_fails():
     assert "No such command" in proc.stderr
 
 
-def test_offline_hub_weights_give_one_clear_line(tmp_path):
-    """A user error (weights not reachable) is one `Error:` line naming the fix, not a traceback."""
+def test_missing_shards_are_reported_before_the_weights_download(tmp_path):
+    """Cheap checks first: without shards the 5 GB hub checkpoint is never asked for; one `Error:` line.
+    (Offline hub weights with good shards: tests/test_bad_inputs_trainer.py.)"""
     import os
     from pathlib import Path
 
@@ -43,7 +44,8 @@ def test_offline_hub_weights_give_one_clear_line(tmp_path):
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert "Error: PretrainedSourceError" in proc.stderr and "local path" in proc.stderr
+    assert "Error: ShardError" in proc.stderr and "no 'train-*.tar' shards" in proc.stderr
+    assert "VGGT-1B" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_inspect_names_a_file_that_is_not_a_shard(tmp_path):

@@ -29,8 +29,10 @@ def sample_members(index: int, depth_dtype: str = "<f4") -> dict[str, bytes]:
         members[f"f{i}.jpg"] = simplejpeg.encode_jpeg(rgb, quality=95, colorsubsampling="420")
     depth = rng.uniform(0.5, 9.0, (S, H, W)).astype(depth_dtype)
     depth[:, :4] = 0  # no supervision
-    depth[0, 5, 5] = np.nan
-    mask = rng.integers(0, 3, (S, H, W), dtype=np.uint8)  # values 0/1/2: anything > 0 supervises
+    depth[0, 5, 5] = 0  # a single hole
+    # The format's mask is > 0 exactly where depth > 0 (values 1/2 here: anything > 0 supervises);
+    # off-format values (NaN, a mask disagreeing with depth) are refused: test_bad_inputs_trainer.py.
+    mask = np.where(depth > 0, rng.integers(1, 3, (S, H, W)), 0).astype(np.uint8)
     for name, array in (("depth.npy", depth), ("mask.npy", mask)):
         buf = io.BytesIO()
         np.save(buf, array)

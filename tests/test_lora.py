@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from trainer.config import load_config
+from tests.tolerance import FORWARD_OPS, assert_within_rounding
 from trainer.lora import (apply_strategy, expand_targets, load_adapter, lora_size, merge, param_counts_on_meta,
                           read_adapter_info, resolve_targets, save_adapter)
 from trainer.train import build_model
@@ -107,17 +108,19 @@ def test_adapter_round_trip_and_merge(tiny_base, tmp_path):
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)  # bit-exact weights
     with torch.no_grad():
         again = reloaded(images)
-    # Identical weights; the outputs may differ in the last ulp (GEMM kernels depend on alignment).
+    # Identical weights; the outputs may differ in rounding (GEMM kernels depend on alignment): reductions
+    # of <= 4·64 terms through ~32 layers (tests/tolerance.py).
     for key in ("depth", "depth_conf", "pose_enc"):
-        torch.testing.assert_close(again[key], adapted[key], rtol=1e-6, atol=1e-6)
+        assert_within_rounding(again[key], adapted[key], ops=FORWARD_OPS, what=key)
 
     merged = merge(reloaded)
     assert not any("lora" in k for k in merged.state_dict())
     assert set(merged.state_dict()) == set(tiny_base.state_dict())
     with torch.no_grad():
         folded = merged(images)
+    # W + s·BA folded once vs W x + s·B(A x): another rounding of every adapted layer, same bound.
     for key in ("depth", "depth_conf", "pose_enc"):
-        torch.testing.assert_close(folded[key], adapted[key], rtol=1e-5, atol=1e-5)
+        assert_within_rounding(folded[key], adapted[key], ops=FORWARD_OPS, what=key)
 
 
 def test_load_adapter_reports_a_missing_file(tmp_path, tiny_base):

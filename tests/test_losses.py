@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.tolerance import rounding_bound
 from trainer.losses import (
     LossConfig,
     camera_loss,
@@ -30,7 +31,14 @@ def rel_err(mine: torch.Tensor, ref: torch.Tensor) -> float:
     return float((mine - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
 
 
-def assert_scalar_matches(mine: torch.Tensor, ref: torch.Tensor, name: str, rel: float = 1e-6) -> None:
+# The official reference came from another CPU. The normalisation is a few element-wise ops after one
+# mean over the valid points; a loss term is a mean over every pixel of the fixture (≤ 2·3·56·84 values)
+# after a few ops each. λ·√n·u bounds both (tests/tolerance.py): n = the pixel count of the fixture.
+NORMALIZE_REL = rounding_bound(1.0, ops=2 * 3 * 56 * 84)  # relative to the tensor's largest value
+LOSS_REL = rounding_bound(1.0, ops=2 * 3 * 56 * 84 * 8)  # ~8 rounding ops per pixel before the mean
+
+
+def assert_scalar_matches(mine: torch.Tensor, ref: torch.Tensor, name: str, rel: float = LOSS_REL) -> None:
     assert mine.dim() == 0, name
     assert abs(mine.item() - ref.item()) <= rel * max(abs(ref.item()), 1e-12), f"{name}: {mine.item()} vs {ref.item()}"
 
@@ -80,14 +88,14 @@ def test_normalize_gt_matches_official(ref):
     mine = normalize_gt(ref["loss.batch.extrinsics"], ref["loss.batch.cam_points"], ref["loss.batch.world_points"],
                         ref["loss.batch.depths"], ref["loss.batch.point_masks"])
     for name, tensor in zip(NORMALIZED, mine):
-        assert rel_err(tensor, ref[f"loss.normalized.{name}"]) < 1e-6, name
+        assert rel_err(tensor, ref[f"loss.normalized.{name}"]) < NORMALIZE_REL, name
 
 
 def test_prepare_batch_matches_official_and_its_invariants(ref, shard_batch):
     prepared = prepare_batch(shard_batch)
     for name in NORMALIZED:
         assert prepared[name].dtype == torch.float32
-        assert rel_err(prepared[name], ref[f"loss.normalized.{name}"]) < 1e-6, name
+        assert rel_err(prepared[name], ref[f"loss.normalized.{name}"]) < NORMALIZE_REL, name
     assert prepared["images"].dtype == torch.float32 and prepared["images"].max() <= 1.0
     # Frame 0 becomes the world frame, and the mean valid-point distance from camera 0 becomes ~1.
     eye = torch.eye(3, 4).expand(2, 3, 4)
@@ -136,12 +144,12 @@ def test_official_objective_and_project_weights(ref, official_batch, shard_batch
     total, _ = compute_loss(preds, prepare_batch(shard_batch))
     out = {k: ref[f"loss.out.{k}"].item() for k in OUT_KEYS}
     by_hand = 2 * out["loss_camera"] + 5 * (out["loss_conf_depth"] + out["loss_reg_depth"] + out["loss_grad_depth"])
-    assert total.item() == pytest.approx(by_hand, rel=1e-5)
+    assert total.item() == pytest.approx(by_hand, rel=LOSS_REL)
 
     # Point terms join the objective once weighted.
     cfg = LossConfig(camera=0, depth_conf=0, depth_reg=0, depth_grad=0, point_conf=1, point_reg=1, point_grad=1)
     total, terms = compute_loss(preds, official_batch, cfg)
-    assert total.item() == pytest.approx(sum(ref[f"loss.out.{k}"].item() for k in POINT_KEYS), rel=1e-6)
+    assert total.item() == pytest.approx(sum(ref[f"loss.out.{k}"].item() for k in POINT_KEYS), rel=LOSS_REL)
 
 
 def test_losses_backpropagate(ref, official_batch):

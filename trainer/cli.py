@@ -6,25 +6,44 @@ import click
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by the user's input (weights, shards, configs): shown as one clear line, no
-    traceback. Imported lazily so that `--help` does not import torch."""
+    """Errors caused by the user's input or environment (weights, shards, configs, runs, files): shown
+    as one clear line, no traceback. Imported lazily so that `--help` does not import torch."""
     from trainer.config import ConfigError
     from trainer.data import ShardError
+    from trainer.export import ExportError
+    from trainer.lora import AdapterMismatchError
+    from trainer.train import NonFiniteLossError, RunSetupError
     from trainer.vggt.loading import CheckpointMismatchError, PretrainedSourceError
 
-    return ConfigError, ShardError, PretrainedSourceError, CheckpointMismatchError
+    return (ConfigError, ShardError, PretrainedSourceError, CheckpointMismatchError, ExportError, RunSetupError,
+            AdapterMismatchError, NonFiniteLossError, OSError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a user error on one line. An error raised in a DataLoader worker arrives with the
+    worker's traceback in its text: keep the original message only."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    text = " ".join(text.split())
+    name = type(exc).__name__
+    return text if name in ("OSError", "FileExistsError", "FileNotFoundError", "PermissionError") else f"{name}: {text}"
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        import os
+
         try:
             return super().invoke(ctx)
         except click.ClickException:
             raise
         except Exception as exc:
-            if isinstance(exc, _user_errors()):
-                raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-            raise
+            if os.environ.get("TRAINER_DEBUG") or not isinstance(exc, _user_errors()):
+                raise
+            raise click.ClickException(one_line(exc)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,12 +105,14 @@ def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--max-steps", type=int, help="Total optimizer steps of the run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--stop-after", type=int, help="Checkpoint and exit after this many steps (preemptible jobs).")
+@click.option("--verify-shards", is_flag=True,
+              help="Compare every shard's sha256 with manifest.json before training (sizes are always checked).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Config override, e.g. --set seed=5 lr=1e-4 data.batch_size=2 (repeatable; KEY=VALUE words "
                    "after it are overrides too).")
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def train_command(config_path, shards, weights, model_name, out_dir, max_steps, resume, stop_after, overrides,
-                  more_overrides) -> None:
+def train_command(config_path, shards, weights, model_name, out_dir, max_steps, resume, stop_after, verify_shards,
+                  overrides, more_overrides) -> None:
     """Train a LoRA adapter (one GPU/CPU, or torchrun --nproc_per_node=N -m trainer train ...)."""
     from pathlib import Path
 
@@ -112,9 +133,9 @@ def train_command(config_path, shards, weights, model_name, out_dir, max_steps, 
             cfg = config_from_run(Path(cfg.out), sets)
         if not cfg.data.shards:
             raise click.UsageError("no shards: pass --shards DIR (or set data.shards in the config)")
-        result = train(cfg, resume=resume, stop_after=stop_after)
+        result = train(cfg, resume=resume, stop_after=stop_after, verify_shards=verify_shards)
     except (ConfigError, FileExistsError, NonFiniteLossError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(" ".join(str(exc).split())) from None
     click.echo(f"step {result.step}: adapter checkpoints in {result.run_dir / 'checkpoints'}")
 
 
@@ -176,7 +197,8 @@ def export_command(run_dir, out_file, weights) -> None:
         result = export_merged(run_dir, out_file, weights)
     except (ExportError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {result['file']}: {result['tensors']} tensors, strategy {result['strategy']}")
+    click.echo(f"wrote {result['file']}: {result['tensors']} tensors, strategy {result['strategy']}, adapter of "
+               f"step {result['step']} ({result['adapter']})")
 
 
 @main.command("push")

@@ -105,6 +105,67 @@ def _manifest_counts(path: Path) -> dict[str, int]:
     return counts
 
 
+def data_identity(shards_dir: str | Path) -> dict[str, Any]:
+    """What a run trained on: the dataset directory and the sha256 of its manifest (None without one).
+    Recorded in every checkpoint; `--resume` refuses another dataset (its data position would be wrong)."""
+    import hashlib
+
+    root = Path(shards_dir).resolve()
+    manifest = root / "manifest.json"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+    return {"shards": str(root), "manifest_sha256": digest}
+
+
+def check_dataset(shards_dir: str | Path, split: str, verify_sha256: bool = False) -> int:
+    """Cheap checks of a split before any model is built; returns its sample count.
+
+    Against the engine's manifest.json: every listed shard exists with its recorded byte size (and
+    sha256 with `verify_sha256`), no unlisted shard, samples > 0, and some supervised depth pixels
+    (per-scene coverage). Without a manifest only the tar headers are counted.
+    """
+    import hashlib
+
+    root = Path(shards_dir)
+    infos = list_shards(root, split)
+    total = sum(i.samples for i in infos)
+    path = root / "manifest.json"
+    if not path.exists():
+        log.warning("%s: no manifest.json; shard sizes and hashes are not checked", root)
+    else:
+        manifest = json.loads(path.read_text())
+        record = (manifest.get("splits") or {}).get(split)
+        if isinstance(record, dict) and isinstance(record.get("shards"), list):
+            listed = {}
+            for shard in record["shards"]:
+                file = root / str(shard.get("name"))
+                listed[file.name] = shard
+                if not file.is_file():
+                    raise ShardError(f"{file}: listed in {path} but missing; rebuild or copy the dataset again")
+                size = file.stat().st_size
+                if isinstance(shard.get("bytes"), int) and size != shard["bytes"]:
+                    raise ShardError(f"{file}: {size} bytes, {path} records {shard['bytes']}; the shard is truncated "
+                                     "or was rewritten: rebuild or copy the dataset again")
+                if verify_sha256 and shard.get("sha256"):
+                    h = hashlib.sha256()
+                    with file.open("rb") as f:
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            h.update(block)
+                    if h.hexdigest() != shard["sha256"]:
+                        raise ShardError(f"{file}: sha256 differs from {path}; the shard was modified: rebuild or "
+                                         "copy the dataset again")
+            for info in infos:
+                if Path(info.path).name not in listed:
+                    raise ShardError(f"{info.path}: not listed in {path} (a stray or foreign shard); remove it")
+        coverage = [s.get("mean_coverage") for s in (manifest.get("per_scene") or {}).values() if isinstance(s, dict)]
+        if coverage and all(isinstance(c, (int, float)) and c == 0 for c in coverage):
+            raise ShardError(f"{path}: every scene has coverage 0: the dataset has no supervised depth pixel "
+                             "(missing GT depth or points3D.txt?); rebuild it with depth")
+    if total == 0:
+        raise ShardError(f"{root}: the '{split}' split holds 0 samples; rebuild the shards with more frames "
+                         "(or fewer --frames per window)")
+    return total
+
+
 def count_tar_samples(path: Path) -> int:
     """Distinct sample keys in a tar (headers only; no payload is decoded)."""
     try:
@@ -309,23 +370,53 @@ def _plan_sample(reader: _SampleReader, frames: int | None) -> _SamplePlan:
         raise ShardError(f"{where}: cameras.json line {exc.lineno}: {exc.msg}") from None
     if cams.get("format") != SHARD_FORMAT:
         raise ShardError(f"{where}: cameras.json format {cams.get('format')!r}, expected {SHARD_FORMAT!r}")
-    frame_meta = cams["frames"]
+    frame_meta = cams.get("frames")
+    if not isinstance(frame_meta, list) or not frame_meta or not isinstance(cams.get("image_size"), list) \
+            or len(cams["image_size"]) != 2:
+        raise ShardError(f"{where}: cameras.json has no 'frames' list or no [H, W] 'image_size'")
     n = len(frame_meta) if frames is None else frames
     if n > len(frame_meta):
         raise ShardError(f"{where}: data.frames={n} but the sample has only {len(frame_meta)} frames")
     height, width = cams["image_size"]
     for i in range(n):
         reader.require(f"f{i}.jpg")
+        _check_camera(where, i, frame_meta[i])
     depth, mask = _npy_layout(reader, "depth.npy"), _npy_layout(reader, "mask.npy")
     for layout in (depth, mask):
         if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
             raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
-    if depth.dtype.kind not in "fiu" or mask.dtype.kind not in "biuf":
-        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype} are not numeric")
+    if not (depth.dtype.kind == "f" and depth.dtype.itemsize in (2, 4)) or mask.dtype.kind not in "biu":
+        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 "
+                         "or float16 depth (any byte order) and integer or bool masks; rebuild the shards with "
+                         "`python -m dataengine build`")
     return _SamplePlan(reader, n, height, width, cams, depth, mask)
 
 
 _FLOAT32 = np.dtype("=f4")
+MAX_DEPTH_M = 1e4  # GT z-depth is metres; anything beyond 10 km is a corrupt value, not a scene
+ROTATION_TOL = 1e-4  # |R Rᵀ − I| of the stored extrinsics (written in full double precision)
+
+
+def _check_camera(where: str, i: int, frame: Any) -> None:
+    """Frame i's K (3x3, finite, positive focal lengths, last row 0 0 1) and world-to-camera [R|t]
+    (3x4, finite, R a rotation); a corrupt camera would silently poison the camera loss."""
+    try:
+        K = np.asarray(frame["K"], dtype=np.float64)
+        Rt = np.asarray(frame["extrinsics"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{where}: cameras.json frame {i}: unreadable K/extrinsics ({exc})") from None
+    if K.shape != (3, 3) or Rt.shape != (3, 4):
+        raise ShardError(f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, "
+                         "expected (3, 3) / (3, 4)")
+    if not (np.isfinite(K).all() and np.isfinite(Rt).all()):
+        raise ShardError(f"{where}: cameras.json frame {i}: non-finite K or extrinsics")
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.array_equal(K[2], [0.0, 0.0, 1.0])):
+        raise ShardError(f"{where}: cameras.json frame {i}: K {K.tolist()} is not a pinhole intrinsic matrix")
+    R = Rt[:, :3]
+    off = float(np.abs(R @ R.T - np.eye(3)).max())
+    if off > ROTATION_TOL or np.linalg.det(R) <= 0:
+        raise ShardError(f"{where}: cameras.json frame {i}: extrinsics rotation is not orthonormal "
+                         f"(|R Rᵀ − I| = {off:.2g}, det {np.linalg.det(R):.4g})")
 
 
 def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, masks: np.ndarray, i: int) -> None:
@@ -359,7 +450,25 @@ def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, mas
                 np.copyto(dest, values, casting="unsafe")
             else:
                 np.greater(values, 0, out=dest)
-    np.logical_and(masks[i], depths[i] > 0, out=masks[i])
+    _check_depth_mask(reader.where, i, depths[i], masks[i])
+
+
+def _check_depth_mask(where: str, i: int, depth: np.ndarray, mask: np.ndarray) -> None:
+    """Frame i's GT: finite, 0 (no supervision) or a positive depth below MAX_DEPTH_M, and the mask
+    exactly where depth > 0 (the documented format). Never silently zeroed: the shard is wrong."""
+    bad = ~np.isfinite(depth)
+    if bad.any():
+        raise ShardError(f"{where}: depth.npy frame {i}: {int(bad.sum())} non-finite values (NaN/inf); "
+                         "the shard is corrupt: rebuild it, or check it with `python -m dataengine verify`")
+    if depth.min() < 0 or depth.max() > MAX_DEPTH_M:
+        count = int(((depth < 0) | (depth > MAX_DEPTH_M)).sum())
+        raise ShardError(f"{where}: depth.npy frame {i}: {count} values outside 0..{MAX_DEPTH_M:g} m "
+                         f"(min {depth.min():.3g}, max {depth.max():.3g}); the shard is corrupt: rebuild it")
+    supervised = depth > 0
+    if not np.array_equal(mask, supervised):
+        count = int((mask != supervised).sum())
+        raise ShardError(f"{where}: mask.npy frame {i}: {count} pixels disagree with depth > 0 (the format's mask "
+                         "is 1 exactly where depth > 0); the shard is corrupt: rebuild it")
 
 
 def _batch_tensors(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -58,29 +59,75 @@ def export_merged(run_dir: str | Path, out_file: str | Path, weights: str | None
     """
     out_file = Path(out_file)
     if out_file.suffix != ".safetensors":
-        raise ExportError(f"{out_file}: the merged export is a .safetensors file")
+        raise ExportError(f"{out_file}: the merged export is a .safetensors file; name --out FILE.safetensors")
+    _check_writable(out_file)  # before the model is built
+    adapter_dir = run_adapter_dir(Path(run_dir))
+    info = read_adapter_info(adapter_dir)
     model = adapted_model(Path(run_dir), weights)
     cfg = config_from_run(Path(run_dir))
     merged = merge(model)
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    state.update(_base_point_head(weights if weights is not None else cfg.weights, cfg.model))
     metadata = {
         "format": "vggt-merged/1",
         "model": cfg.model,
         "base_weights": str(cfg.weights),
         "strategy": cfg.lora.strategy,
+        "step": str(info.get("step", "?")),
+        "adapter": str(adapter_dir),
         "run": str(Path(run_dir).resolve()),
     }
-    tmp = out_file.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(out_file)
-    log.info("wrote %s (%d tensors)", out_file, len(state))
+    _atomic_save(state, out_file, metadata)
+    log.info("wrote %s (%d tensors, adapter of step %s)", out_file, len(state), metadata["step"])
     return {"file": str(out_file), "tensors": len(state), **metadata}
+
+
+def _check_writable(out_file: Path) -> None:
+    folder = out_file.parent
+    while not folder.exists():
+        folder = folder.parent
+    if out_file.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{out_file}: cannot write there ({folder} is not a writable folder); choose another --out")
+
+
+def _base_point_head(weights: str | None, model_name: str) -> dict[str, torch.Tensor]:
+    """The base checkpoint's point head (not trained, so exported as it was): with it the merged file is
+    a complete VGGT checkpoint that `load_pretrained(file)` loads with its default heads. A random-init
+    base has none; its export then loads with heads=("camera", "depth")."""
+    if not weights:
+        return {}
+    from trainer.vggt.loading import read_state_dict, resolve_checkpoint
+
+    head = {}
+    for key, tensor in read_state_dict(resolve_checkpoint(weights)).items():  # memory-mapped: only the head is read
+        name = key.removeprefix("model.")  # the tiny fixture file keeps its weights under model.
+        if name.startswith("point_head."):
+            head[name] = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
+    return head
+
+
+def _atomic_save(state: dict[str, torch.Tensor], out_file: Path, metadata: dict[str, str]) -> None:
+    """Write to a temp file beside the target, then rename: a killed export leaves the old file (or none)
+    and a `.tmp` that the next export removes. Mode 0666 minus the umask, like any new file."""
+    for stale in out_file.parent.glob(f".{out_file.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.parent / f".{out_file.name}.{os.getpid()}.tmp"
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        tmp.replace(out_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
     """Upload the run's adapter folder to a Hugging Face model repo; returns the repo URL."""
     import huggingface_hub
+    import huggingface_hub.constants  # huggingface_hub >= 1.0 loads submodules lazily
     from huggingface_hub.utils import HfHubHTTPError
 
     adapter_dir = run_adapter_dir(Path(run_dir))
@@ -89,7 +136,7 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
                           f"{adapter_dir}")
     token = token or huggingface_hub.get_token()
     if not token:
-        raise ExportError("no Hugging Face token: run `huggingface-cli login` or set HF_TOKEN")
+        raise ExportError("no Hugging Face token: run `hf auth login` or set HF_TOKEN")
     api = huggingface_hub.HfApi(token=token)
     info = read_adapter_info(adapter_dir)
     try:
@@ -103,8 +150,9 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
             )
     except HfHubHTTPError as exc:
         raise ExportError(f"hub refused the push to {repo_id}: {exc}") from None
-    except (OSError, ConnectionError) as exc:  # requests' ConnectionError is an OSError
-        raise ExportError(f"cannot reach the Hugging Face hub ({exc.__class__.__name__}); are you offline?") from None
+    except Exception as exc:  # the transport's errors (httpx in huggingface_hub 2.x, requests before): no network
+        raise ExportError(f"cannot reach the Hugging Face hub ({exc.__class__.__name__}: {exc}); are you offline? "
+                          f"Or copy the adapter folder by hand: {adapter_dir}") from None
     return str(url)
 
 

@@ -168,6 +168,28 @@ def read_adapter_info(adapter_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
+class AdapterMismatchError(ValueError):
+    """An adapter's weights do not fit its config / the model (missing or unexpected LoRA keys)."""
+
+
+def _check_adapter_keys(peft_model: "PeftModel", state: dict[str, torch.Tensor], adapter_dir: Path) -> None:
+    """The saved LoRA tensors must be exactly the model's adapter tensors, with the same shapes: PEFT only
+    warns, and a model with half its adapter at the init value would be evaluated as if trained."""
+    from peft import get_peft_model_state_dict
+
+    expected = get_peft_model_state_dict(peft_model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        raise AdapterMismatchError(
+            f"{adapter_dir / 'adapter_model.safetensors'}: the weights do not fit "
+            f"{adapter_dir / 'adapter_config.json'}: {', '.join(parts)} adapter keys; the two files come from "
+            "different runs: copy both from one run's adapter/ or checkpoints/step_N/")
+
+
 def check_adapter_dir(adapter_dir: Path) -> Path:
     adapter_dir = Path(adapter_dir)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
@@ -180,8 +202,17 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     """Attach a saved adapter to a base model that already holds the base weights."""
     from peft import PeftModel
 
+    from safetensors.torch import load_file
+
     adapter_dir = check_adapter_dir(Path(adapter_dir))
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    import warnings
+
+    with warnings.catch_warnings():  # PEFT warns about missing keys; the check below makes that an error
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    _check_adapter_keys(peft_model, {k: v for k, v in state.items()}, adapter_dir)
+    return peft_model
 
 
 def load_adapter_weights(peft_model: "PeftModel", adapter_dir: Path) -> None:
@@ -194,7 +225,7 @@ def load_adapter_weights(peft_model: "PeftModel", adapter_dir: Path) -> None:
     result = set_peft_model_state_dict(peft_model, state)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise ValueError(
+        raise AdapterMismatchError(
             f"{adapter_dir}: adapter does not fit the model (missing {missing[:3]}, "
             f"unexpected {list(result.unexpected_keys)[:3]})"
         )

@@ -307,27 +307,115 @@ class RunResult:
     model: nn.Module | None = None  # the trained PeftModel (for notebooks and tests)
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> RunResult:
-    """Train until cfg.max_steps (or `stop_after` steps of this call, then checkpoint and return)."""
-    d = init_distributed()
+class RunSetupError(ValueError):
+    """The run cannot start (shards, output directory, weights, resume state); the message says why."""
+
+
+def _check_out_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunSetupError(f"{run_dir}: --out is a file, not a run directory; choose another --out")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunSetupError(f"{existing}: not writable, so the run directory {run_dir} cannot be written; "
+                            "choose another --out")
+
+
+def _check_weights(weights: str | None) -> None:
+    """A local checkpoint path must exist (hub ids are fetched later, after every cheap check)."""
+    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN
+
+    if not weights:
+        return
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return
+    if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
+        raise RunSetupError(f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
+                            "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
+                            "(make train WEIGHTS=PATH)")
+
+
+def check_resume_data(ckpt: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume on other data: the saved data position counts batches of the saved dataset."""
+    saved = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False).get("data")
+    if saved is None:
+        log.warning("%s records no data identity (older trainer); resuming on %s unchecked", ckpt, identity["shards"])
+        return
+    # The manifest (sha256s of every shard) identifies the data; a dataset moved elsewhere is the same data.
+    key = "manifest_sha256" if saved.get("manifest_sha256") or identity.get("manifest_sha256") else "shards"
+    if saved.get(key) != identity.get(key):
+        what = "its manifest.json differs" if key == "manifest_sha256" else "another directory"
+        raise RunSetupError(
+            f"{ckpt / STATE_FILE}: the run was trained on {saved.get('shards')} but --resume got "
+            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out")
+
+
+def preflight(cfg: TrainConfig, resume: bool, verify_shards: bool = False) -> tuple[Path | None, dict[str, Any]]:
+    """Every cheap check before anything is written or downloaded: output directory, shards, weights
+    path, resume state. Returns the checkpoint to resume from and the data identity."""
+    from trainer.data import check_dataset, data_identity
+
     run_dir = Path(cfg.out)
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if resume and ckpt is None:
-        print(f"--resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
+    _check_out_dir(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
+    check_dataset(cfg.data.shards, cfg.data.train_split, verify_sha256=verify_shards)
+    _check_weights(cfg.weights)
+    identity = data_identity(cfg.data.shards)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        check_resume_data(ckpt, identity)
+    return ckpt, identity
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
+          verify_shards: bool = False) -> RunResult:
+    """Train until cfg.max_steps (or `stop_after` steps of this call, then checkpoint and return).
+
+    `verify_shards`: also compare every shard's sha256 with the manifest before starting."""
+    d = init_distributed()
+    run_dir = Path(cfg.out)
+    ckpt, identity = preflight(cfg, resume, verify_shards)
+    if resume and ckpt is None:
+        print(f"--resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
+    if cfg.weights:  # the expensive check last: fetch (or find in the hub cache) before anything is written
+        from trainer.vggt.loading import resolve_checkpoint
+
+        resolve_checkpoint(cfg.weights)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _drop_metrics_after(run_dir / "metrics.jsonl", _checkpoint_step(ckpt))
     barrier(d)
     try:
         with run_logging(run_dir, d.main):
-            return _train(cfg, d, run_dir, ckpt, stop_after)
+            return _train(cfg, d, run_dir, ckpt, stop_after, identity)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None) -> RunResult:
+def _checkpoint_step(ckpt: Path | None) -> int:
+    return int(ckpt.name.removeprefix("step_")) if ckpt is not None else 0
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their records written before the
+    interruption (they would be duplicates), atomically."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
+
+def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None,
+           identity: dict[str, Any]) -> RunResult:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from trainer.losses import compute_loss, prepare_batch
@@ -412,80 +500,82 @@ def _train(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_aft
     progress = _progress(step, cfg.max_steps, d.main)
     if step >= cfg.max_steps:
         log.info("already at step %d of max_steps %d: nothing to do", step, cfg.max_steps)
-    while step < end_step:
-        t0 = time.perf_counter()
-        wait, finite, terms_sum = 0.0, True, {}
-        for micro in range(o.accum_steps):
-            t_wait = time.perf_counter()
-            epoch, consumed, batch = next(stream)
-            batch = to_device(batch, d.device)
-            wait += time.perf_counter() - t_wait
-            batch = prepare_batch(batch)
-            if not finite:
-                continue  # the step is already lost; still consume its batches (fixed data position)
-            sync = micro == o.accum_steps - 1 or d.world == 1
-            with (nullcontext() if sync else net.no_sync()):
-                with autocast():
-                    preds = net(batch["images"])
-                loss, terms = compute_loss(preds, batch, loss_cfg)
-                finite = _all_ranks_finite(loss, d)
-                if finite:
-                    (loss / o.accum_steps).backward()
-            for name, value in terms.items():
-                terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / o.accum_steps
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip) if finite else torch.tensor(float("nan"))
-        finite = finite and bool(torch.isfinite(grad_norm))
-        lr = lr_at(step)
-        if finite:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            nonfinite_in_a_row = 0
-        else:
-            skipped_total += 1
-            nonfinite_in_a_row += 1
-            log.warning("step %d: non-finite %s, step skipped (%d in a row, %d total)", step + 1,
-                        "loss" if "objective" not in terms_sum or not math.isfinite(terms_sum["objective"]) else "gradient",
-                        nonfinite_in_a_row, skipped_total)
-            if nonfinite_in_a_row >= cfg.max_nonfinite_in_a_row:
-                raise NonFiniteLossError(
-                    f"{nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient (last: step {step + 1}, "
-                    f"samples {batch['keys']}). Lower optim.lr, try precision=fp32, or check the shards with "
-                    f"`python -m dataengine inspect`; the last good checkpoint is in {run_dir / 'checkpoints'}"
-                )
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(terms_sum.get("objective", float("nan")) if finite else float("nan"))
+    try:  # the progress bar ends its line before any error message
+        while step < end_step:
+            t0 = time.perf_counter()
+            wait, finite, terms_sum = 0.0, True, {}
+            for micro in range(o.accum_steps):
+                t_wait = time.perf_counter()
+                epoch, consumed, batch = next(stream)
+                batch = to_device(batch, d.device)
+                wait += time.perf_counter() - t_wait
+                batch = prepare_batch(batch)
+                if not finite:
+                    continue  # the step is already lost; still consume its batches (fixed data position)
+                sync = micro == o.accum_steps - 1 or d.world == 1
+                with (nullcontext() if sync else net.no_sync()):
+                    with autocast():
+                        preds = net(batch["images"])
+                    loss, terms = compute_loss(preds, batch, loss_cfg)
+                    finite = _all_ranks_finite(loss, d)
+                    if finite:
+                        (loss / o.accum_steps).backward()
+                for name, value in terms.items():
+                    terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / o.accum_steps
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip) if finite else torch.tensor(float("nan"))
+            finite = finite and bool(torch.isfinite(grad_norm))
+            lr = lr_at(step)
+            if finite:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                nonfinite_in_a_row = 0
+            else:
+                skipped_total += 1
+                nonfinite_in_a_row += 1
+                bad_loss = "objective" not in terms_sum or not math.isfinite(terms_sum["objective"])
+                log.warning("step %d: non-finite %s, step skipped (%d in a row, %d total)", step + 1,
+                            "loss" if bad_loss else "gradient", nonfinite_in_a_row, skipped_total)
+                if nonfinite_in_a_row >= cfg.max_nonfinite_in_a_row:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient "
+                        f"(last: step {step + 1}, samples {batch['keys']}). Lower optim.lr, try precision=fp32, or check the shards with "
+                        f"`python -m dataengine inspect`; the last good checkpoint is in {run_dir / 'checkpoints'}"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(terms_sum.get("objective", float("nan")) if finite else float("nan"))
 
-        step_time = time.perf_counter() - t0
-        window_n, window_time, window_wait = window_n + 1, window_time + step_time, window_wait + wait
-        if finite:
-            for name, value in terms_sum.items():
-                window[name] = window.get(name, 0.0) + value
-            window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-            window["_finite"] = window.get("_finite", 0) + 1
-        progress.update(1)
-        if step % cfg.log_every == 0 or step == end_step:
-            scalars = _log_scalars(window, window_n, window_time, window_wait, samples_per_step,
-                                   lr, skipped_total, d)
-            progress.set_postfix(loss=f"{scalars.get('train/objective', float('nan')):.4f}",
-                                 lr=f"{scalars['train/lr']:.2e}", wait=f"{scalars['perf/data_wait_pct']:.1f}%")
-            log.info("step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
-                     step, cfg.max_steps, scalars.get("train/objective", float("nan")), scalars["train/lr"],
-                     scalars.get("train/grad_norm", float("nan")), scalars["perf/samples_per_s"],
-                     scalars["perf/data_wait_pct"], epoch)
-            metrics.write(step, scalars)
-            window, window_n, window_time, window_wait = {}, 0, 0.0, 0.0
-        if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
-            val = _validate(peft_model, cfg, loss_cfg, d, autocast)
-            metrics.write(step, val)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
-            state = {"step": step, "epoch": epoch, "consumed": consumed, "skipped_steps": skipped_total,
-                     "world_size": d.world, "optimizer": optimizer.state_dict()}
-            path = save_checkpoint(run_dir, peft_model, state, info, d, cfg.keep_checkpoints)
-            log.info("checkpoint %s", path)
-    progress.close()
-    metrics.close()
+            step_time = time.perf_counter() - t0
+            window_n, window_time, window_wait = window_n + 1, window_time + step_time, window_wait + wait
+            if finite:
+                for name, value in terms_sum.items():
+                    window[name] = window.get(name, 0.0) + value
+                window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
+                window["_finite"] = window.get("_finite", 0) + 1
+            progress.update(1)
+            if step % cfg.log_every == 0 or step == end_step:
+                scalars = _log_scalars(window, window_n, window_time, window_wait, samples_per_step,
+                                       lr, skipped_total, d)
+                progress.set_postfix(loss=f"{scalars.get('train/objective', float('nan')):.4f}",
+                                     lr=f"{scalars['train/lr']:.2e}", wait=f"{scalars['perf/data_wait_pct']:.1f}%")
+                log.info("step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
+                         step, cfg.max_steps, scalars.get("train/objective", float("nan")), scalars["train/lr"],
+                         scalars.get("train/grad_norm", float("nan")), scalars["perf/samples_per_s"],
+                         scalars["perf/data_wait_pct"], epoch)
+                metrics.write(step, scalars)
+                window, window_n, window_time, window_wait = {}, 0, 0.0, 0.0
+            if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
+                val = _validate(peft_model, cfg, loss_cfg, d, autocast)
+                metrics.write(step, val)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
+                state = {"step": step, "epoch": epoch, "consumed": consumed, "skipped_steps": skipped_total,
+                         "world_size": d.world, "optimizer": optimizer.state_dict(), "data": identity}
+                path = save_checkpoint(run_dir, peft_model, state, info, d, cfg.keep_checkpoints)
+                log.info("checkpoint %s", path)
+    finally:
+        progress.close()
+        metrics.close()
     if step >= cfg.max_steps and d.main:
         final = latest_checkpoint(run_dir)
         if final is not None:
