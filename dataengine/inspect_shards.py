@@ -93,7 +93,10 @@ def contact_sheet(path: Path, png: Path, key: str | None = None) -> Path:
         if found:
             break
     if found is None:
-        raise KeyError(f"{path}: sample {key!r} not found")
+        from dataengine.colmap import BadInputError
+
+        raise BadInputError(f"{path}: sample {key!r} not found; `python -m dataengine inspect {path}` "
+                            f"lists the keys", path)
     sample = decode_sample(found[1])
     rgb, depth, mask = sample["rgb"], sample["depth"].astype(np.float32), sample["mask"]
     valid = depth[depth > 0]
