@@ -335,8 +335,39 @@ def build_shards(cfg: BuildConfig) -> dict:
     zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
     # From here on shards change: no manifest may describe a mix of old and new shards.
     (cfg.out / "manifest.json").unlink(missing_ok=True)
+    written: set[str] = set()
+    try:
+        manifest_splits = write_splits(cfg, splits, written)
+        manifest = {
+            "format": FORMAT,
+            "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
+            "dataset": "ETH3D high-res multi-view (DSLR) training scenes",
+            "license": "CC BY-NC-SA 4.0",
+            "scenes": names,
+            "options": cfg.manifest_options(),
+            "splits": manifest_splits,
+            "per_scene": scene_stats,
+            "skipped": [s for sc in scenes for s in sc.skipped] + skipped_render,
+            "warnings": [w for sc in scenes for w in sc.warnings],
+            "zero_coverage_frames": zero_coverage,
+        }
+        write_bytes_atomic(cfg.out / "README.md", dataset_card(manifest).encode())
+        write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
+    except BaseException:
+        # A failed or interrupted build leaves no shard of its own (a disk-full build frees its
+        # space); the frame cache stays, so the rerun renders nothing twice.
+        for name in [*written, "README.md"]:
+            (cfg.out / name).unlink(missing_ok=True)
+        raise
+    if not cfg.keep_cache:
+        shutil.rmtree(cfg.out / CACHE_DIR, ignore_errors=True)
+    return manifest
+
+
+def write_splits(cfg: BuildConfig, splits: dict, written: set[str]) -> dict:
+    """Write every split's shards (names added to `written` as they land); remove stale shards of an
+    earlier build; return the manifest's split records."""
     manifest_splits = {}
-    written = set()
     for split, samples in splits.items():
         shards = []
         for start in range(0, len(samples), cfg.samples_per_shard):
@@ -365,24 +396,7 @@ def build_shards(cfg: BuildConfig) -> dict:
         if SHARD_RE.match(stale.name) and stale.name not in written:
             stale.unlink()
 
-    manifest = {
-        "format": FORMAT,
-        "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
-        "dataset": "ETH3D high-res multi-view (DSLR) training scenes",
-        "license": "CC BY-NC-SA 4.0",
-        "scenes": names,
-        "options": cfg.manifest_options(),
-        "splits": manifest_splits,
-        "per_scene": scene_stats,
-        "skipped": [s for sc in scenes for s in sc.skipped] + skipped_render,
-        "warnings": [w for sc in scenes for w in sc.warnings],
-        "zero_coverage_frames": zero_coverage,
-    }
-    write_bytes_atomic(cfg.out / "README.md", dataset_card(manifest).encode())
-    write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
-    if not cfg.keep_cache:
-        shutil.rmtree(cfg.out / CACHE_DIR, ignore_errors=True)
-    return manifest
+    return manifest_splits
 
 
 def check_supervision(cfg: BuildConfig, scenes: list[Scene], metas_by_scene: dict[str, list[dict]],

@@ -171,13 +171,13 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--png", type=click.Path(path_type=Path), default=None,
               help="Write a contact sheet (RGB | depth | mask per frame) of one sample.")
-@click.option("--key", default=None, help="Sample key for the contact sheet [default: the first].")
+@click.option("--key", default=None, help="Sample to describe and draw [default: the first].")
 def inspect_command(path, png, key):
     """Keys, shapes, dtypes and coverage of a shard directory or a single shard."""
     from dataengine.inspect_shards import contact_sheet, describe
 
     try:
-        click.echo(describe(path))
+        click.echo(describe(path, key))
     except (FileNotFoundError, tarfile.ReadError) as exc:
         raise click.ClickException(f"{path}: not a readable shard or shard directory ({exc})") from None
     if png is not None:

@@ -262,7 +262,8 @@ def test_scene_disjoint_split_and_cli_inspect_verify(built, eth3d_root, tmp_path
     assert "depth: shape (4, 56, 64) dtype float32" in res.stdout
     from PIL import Image
 
-    assert Image.open(tmp_path / "sheet.png").size == (3 * 64, 4 * 56)
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.format == "PNG" and sheet.size[0] > 3 * 64 and sheet.size[1] > 4 * 56  # panels + labels
     assert subprocess.run(env_cmd + ["verify", str(out)], capture_output=True).returncode == 0
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
