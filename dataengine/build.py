@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +126,13 @@ def save_frame(path: Path, result: FrameResult) -> None:
 
 
 def load_frame(path: Path) -> FrameResult:
-    with np.load(path) as z:
-        return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
+    try:
+        with np.load(path) as z:
+            return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        path.unlink(missing_ok=True)  # written atomically, so only a disk fault corrupts it
+        raise BadInputError(f"{path}: unreadable frame cache file ({type(exc).__name__}); deleted it, rerun "
+                            f"the build to render the frame again", path) from None
 
 
 def _git_sha() -> str:

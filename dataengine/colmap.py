@@ -106,8 +106,14 @@ def _data_lines(path: Path):
     """Yield (line number, stripped text) for every physical line, comments included as None."""
     if not path.is_file():
         raise BadInputError(f"{path}: file not found", path)
-    with open(path, encoding="utf-8", errors="strict", newline=None) as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if not raw.isascii():
+                try:
+                    raw.encode("utf-8")  # undecodable bytes came back as lone surrogates
+                except UnicodeEncodeError:
+                    raise BadInputError(f"{path}:{lineno}: not UTF-8 text; re-extract the file", path) \
+                        from None
             text = raw.strip()
             yield lineno, (None if text.startswith("#") else text)
 

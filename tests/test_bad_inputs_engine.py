@@ -205,6 +205,14 @@ def _header_field_missing(root, scene, out):
     return build_args(root, out), [f"{path}:{i + 1}:", "expected 10 fields"]
 
 
+def _cameras_txt_not_utf8(root, scene, out):
+    path = scene / UNDIST / "cameras.txt"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(1, b"# caf\xe9 latin-1 comment\n")
+    path.write_bytes(b"".join(lines))
+    return build_args(root, out), [f"{path}:2:", "not UTF-8 text"]
+
+
 def _zero_byte_jpeg(root, scene, out):
     path = nth_file(scene, "images/dslr_images_undistorted")
     path.write_bytes(b"")
@@ -338,6 +346,7 @@ CASES = [
     Case("points2d_line_deleted", _points2d_line_deleted),
     Case("images_header_field_missing", _header_field_missing),
     Case("zero_byte_jpeg", _zero_byte_jpeg),
+    Case("cameras_txt_not_utf8", _cameras_txt_not_utf8),
     Case("camera_model_typo", _camera_model_typo),
     Case("masks_missing_require_masks", _masks_required),
     Case("masks_missing_warned_and_recorded", _masks_missing_recorded, rc=0),
