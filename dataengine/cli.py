@@ -160,10 +160,10 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
         click.echo(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")
     if manifest["skipped"]:
         click.echo(f"skipped {len(manifest['skipped'])} inputs (see {out}/manifest.json)")
-    if manifest["zero_coverage_frames"]:
+    if manifest.get("zero_coverage_frames"):
         click.echo(f"{len(manifest['zero_coverage_frames'])} frames have no supervised pixel (see "
                    f"zero_coverage_frames in {out}/manifest.json)")
-    if manifest["warnings"]:
+    if manifest.get("warnings"):
         click.echo(f"{len(manifest['warnings'])} warnings (see {out}/manifest.json)")
 
 
