@@ -201,14 +201,12 @@ def prepare_out(out: Path) -> None:
     except OSError as exc:
         raise BadInputError(f"{exc.filename or out}: cannot write the output directory "
                             f"({exc.strerror or exc}); choose a writable --out", out) from None
-    for folder in (out, out / CACHE_DIR):
-        if not folder.is_dir():
-            continue
-        for path in folder.rglob(".*.tmp*"):
-            match = TMP_RE.match(path.name)
-            if match and path.is_file() and not _pid_alive(int(match.group(2))):
-                log.info("removing %s left by an interrupted build", path)
-                path.unlink()
+    cache = out / CACHE_DIR
+    for path in [*out.glob(".*.tmp*"), *(cache.rglob(".*.tmp*") if cache.is_dir() else [])]:
+        match = TMP_RE.match(path.name)
+        if match and path.is_file() and not _pid_alive(int(match.group(2))):
+            log.info("removing %s left by an interrupted build", path)
+            path.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -444,7 +442,8 @@ member layout), built by dataengine {manifest['engine']['version']} (git {manife
   (`--fit {opts['fit']}`), depth `{opts['depth']}` stored as {opts['depth_dtype']} metres (0 = no supervision).
 - Splits: train {manifest['splits']['train']['samples']} samples, val {manifest['splits']['val']['samples']}
   samples; frame-disjoint unless `val_scenes` is set ({opts['val_scenes'] or 'frame-disjoint'}).
-- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
+- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])}; frames without a
+  supervised pixel: {len(manifest['zero_coverage_frames'])} (see manifest.json).
 
 | scene | frames | train windows | val windows | laser frames | sparse frames | mean coverage |
 |---|---:|---:|---:|---:|---:|---:|
