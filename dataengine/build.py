@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,9 @@ from dataengine.colmap import BadInputError
 from dataengine.depth import LaserDepthConfig, SparseDepthConfig, laser_depth, sparse_depth
 from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scene
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
-from dataengine.shards import (FORMAT, SHARD_RE, json_bytes, sample_key, sample_members,
+from dataengine.shards import (FORMAT, KEY_RE, SHARD_RE, TMP_RE, json_bytes, sample_key, sample_members,
                                sha256_file, shard_name, write_bytes_atomic, write_tar)
-from dataengine.windows import WindowConfig, scene_windows
+from dataengine.windows import WindowConfig, scene_windows, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class BuildConfig:
     depth_dtype: str = "float32"
     jpeg_quality: int = 95
     skip_bad: bool = False
+    require_masks: bool = False  # laser frames without an ETH3D mask are an error, not a warning
     keep_cache: bool = False
     progress: bool = True
 
@@ -67,7 +69,7 @@ class BuildConfig:
         return {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
                 "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
                 "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
-                "skip_bad": self.skip_bad}
+                "skip_bad": self.skip_bad, "require_masks": self.require_masks}
 
 
 @dataclass
@@ -124,8 +126,13 @@ def save_frame(path: Path, result: FrameResult) -> None:
 
 
 def load_frame(path: Path) -> FrameResult:
-    with np.load(path) as z:
-        return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
+    try:
+        with np.load(path) as z:
+            return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        path.unlink(missing_ok=True)  # written atomically, so only a disk fault corrupts it
+        raise BadInputError(f"{path}: unreadable frame cache file ({type(exc).__name__}); deleted it, rerun "
+                            f"the build to render the frame again", path) from None
 
 
 def _git_sha() -> str:
@@ -150,10 +157,83 @@ def resolve_scenes(cfg: BuildConfig) -> list[str]:
     if missing:
         raise BadInputError(f"{cfg.root}: scene(s) {', '.join(missing)} not found (present: "
                             f"{', '.join(available) or 'none'}); {ARCHIVES_HINT}", cfg.root)
-    for val in cfg.windows.val_scenes:
-        if val not in cfg.scenes:
-            raise ValueError(f"--val-scenes {val} is not among the built scenes {list(cfg.scenes)}")
     return list(cfg.scenes)
+
+
+def check_config(cfg: BuildConfig) -> None:
+    """Argument checks that need no input file (run before anything is read or written)."""
+    w = cfg.windows
+    checks = [(w.frames >= 1, f"--frames must be >= 1, got {w.frames}"),
+              (w.stride >= 1, f"--stride must be >= 1, got {w.stride}"),
+              (cfg.samples_per_shard >= 1, f"--samples-per-shard must be >= 1, got {cfg.samples_per_shard}"),
+              (0.0 <= w.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {w.val_fraction}"),
+              (cfg.workers >= 0, f"--workers must be >= 0 (0 = all cores), got {cfg.workers}"),
+              (cfg.width >= 8 and cfg.height >= 8, f"--size {cfg.width}x{cfg.height}: sides must be >= 8"),
+              (cfg.depth_dtype in ("float32", "float16"),
+               f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}")]
+    for ok, message in checks:
+        if not ok:
+            raise BadInputError(message)
+
+
+def check_scene_names(cfg: BuildConfig, names: list[str]) -> None:
+    """Scene names become sample keys; --val-scenes must name built scenes (before any rendering)."""
+    for name in names:
+        if not KEY_RE.match(f"{name}_00000"):
+            raise BadInputError(f"{cfg.root / name}: scene folder name {name!r} cannot be a sample key "
+                                f"(ASCII letters, digits, '_' and '-' only); rename the folder",
+                                cfg.root / name)
+    unknown = [v for v in cfg.windows.val_scenes if v not in names]
+    if unknown:
+        raise BadInputError(f"--val-scenes {', '.join(unknown)}: not among the built scenes "
+                            f"({', '.join(names)}) under {cfg.root}; name built scenes")
+
+
+def prepare_out(out: Path) -> None:
+    """Create the output directory, prove it writable, and remove temporary files that a killed
+    build left behind (atomic writes name them `.NAME.tmpPID`)."""
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: --out exists and is not a directory; choose a directory", out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out / ".write-test", b"")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise BadInputError(f"{exc.filename or out}: cannot write the output directory "
+                            f"({exc.strerror or exc}); choose a writable --out", out) from None
+    cache = out / CACHE_DIR
+    for path in [*out.glob(".*.tmp*"), *(cache.rglob(".*.tmp*") if cache.is_dir() else [])]:
+        match = TMP_RE.match(path.name)
+        if match and path.is_file() and not _pid_alive(int(match.group(2))):
+            log.info("removing %s left by an interrupted build", path)
+            path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from an earlier, failed call in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
+    """Every scene must give at least one window and the train split must not be empty."""
+    for name, n in counts.items():
+        if n == 0:
+            raise BadInputError(f"{cfg.root / name}: no usable frame {when} (see the warnings and "
+                                f"--skip-bad records above); fix the inputs or drop the scene", cfg.root / name)
+        if not window_starts(n, cfg.windows.frames, cfg.windows.stride):
+            raise BadInputError(f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
+                                f"{cfg.windows.frames}; lower --frames or drop the scene", cfg.root / name)
+    if not any(scene_windows(name, n, cfg.windows)["train"] for name, n in counts.items()):
+        raise BadInputError(f"{cfg.out}: the train split would be empty ({', '.join(f'{k}: {v} frames' for k, v in counts.items())}, "
+                            f"--frames {cfg.windows.frames}, val scenes {list(cfg.windows.val_scenes)}); "
+                            f"add scenes or lower --frames / --val-fraction", cfg.out)
 
 
 def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]:
@@ -216,18 +296,24 @@ def _sample_cameras(key_index: int, scene: str, split: str, results: list[FrameR
 
 
 def build_shards(cfg: BuildConfig) -> dict:
-    """Run the whole build; returns the manifest (also written to cfg.out/manifest.json)."""
-    if cfg.samples_per_shard < 1:
-        raise ValueError("samples_per_shard must be >= 1")
-    if cfg.depth_dtype not in ("float32", "float16"):
-        raise ValueError(f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}")
+    """Run the whole build; returns the manifest (also written to cfg.out/manifest.json).
+
+    Cheap checks first (arguments, scene names, the output directory, parsing, window counts), then
+    the expensive rendering; a build that would give an empty train split or a scene without any
+    supervised pixel fails instead of writing a manifest."""
+    check_config(cfg)
     names = resolve_scenes(cfg)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad) for n in names]
+    check_scene_names(cfg, names)
+    prepare_out(cfg.out)
+    scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad, cfg.require_masks) for n in names]
+    check_windows(cfg, {sc.name: len(sc.frames) for sc in scenes}, "in the calibration")
     cached, skipped_render = render_all(cfg, scenes)
+    check_windows(cfg, {sc.name: sum((sc.name, f.name) in cached for f in sc.frames) for sc in scenes},
+                  "after skipping bad frames")
 
     splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {"train": [], "val": []}
     scene_stats = {}
+    metas_by_scene: dict[str, list[dict]] = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
         wins = scene_windows(scene.name, len(frames), cfg.windows)
@@ -238,6 +324,7 @@ def build_shards(cfg: BuildConfig) -> dict:
                                       [frames[i] for i in win], win, index))
                 index += 1
         metas = [load_frame(cached[(scene.name, f.name)]).meta for f in frames]
+        metas_by_scene[scene.name] = metas
         in_split = {s: sorted({i for w in wins[s] for i in w}) for s in wins}
         scene_stats[scene.name] = {
             "frames": len(frames),
@@ -249,8 +336,42 @@ def build_shards(cfg: BuildConfig) -> dict:
             "min_coverage": round(float(np.min([m["coverage"] for m in metas])), 6) if metas else 0.0,
         }
 
+    zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
+    # From here on shards change: no manifest may describe a mix of old and new shards.
+    (cfg.out / "manifest.json").unlink(missing_ok=True)
+    written: set[str] = set()
+    try:
+        manifest_splits = write_splits(cfg, splits, written)
+        manifest = {
+            "format": FORMAT,
+            "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
+            "dataset": "ETH3D high-res multi-view (DSLR) training scenes",
+            "license": "CC BY-NC-SA 4.0",
+            "scenes": names,
+            "options": cfg.manifest_options(),
+            "splits": manifest_splits,
+            "per_scene": scene_stats,
+            "skipped": [s for sc in scenes for s in sc.skipped] + skipped_render,
+            "warnings": [w for sc in scenes for w in sc.warnings],
+            "zero_coverage_frames": zero_coverage,
+        }
+        write_bytes_atomic(cfg.out / "README.md", dataset_card(manifest).encode())
+        write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
+    except BaseException:
+        # A failed or interrupted build leaves no shard of its own (a disk-full build frees its
+        # space); the frame cache stays, so the rerun renders nothing twice.
+        for name in [*written, "README.md"]:
+            (cfg.out / name).unlink(missing_ok=True)
+        raise
+    if not cfg.keep_cache:
+        shutil.rmtree(cfg.out / CACHE_DIR, ignore_errors=True)
+    return manifest
+
+
+def write_splits(cfg: BuildConfig, splits: dict, written: set[str]) -> dict:
+    """Write every split's shards (names added to `written` as they land); remove stale shards of an
+    earlier build; return the manifest's split records."""
     manifest_splits = {}
-    written = set()
     for split, samples in splits.items():
         shards = []
         for start in range(0, len(samples), cfg.samples_per_shard):
@@ -279,23 +400,32 @@ def build_shards(cfg: BuildConfig) -> dict:
         if SHARD_RE.match(stale.name) and stale.name not in written:
             stale.unlink()
 
-    manifest = {
-        "format": FORMAT,
-        "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
-        "dataset": "ETH3D high-res multi-view (DSLR) training scenes",
-        "license": "CC BY-NC-SA 4.0",
-        "scenes": names,
-        "options": cfg.manifest_options(),
-        "splits": manifest_splits,
-        "per_scene": scene_stats,
-        "skipped": [s for sc in scenes for s in sc.skipped] + skipped_render,
-        "warnings": [w for sc in scenes for w in sc.warnings],
-    }
-    write_bytes_atomic(cfg.out / "README.md", dataset_card(manifest).encode())
-    write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
-    if not cfg.keep_cache:
-        shutil.rmtree(cfg.out / CACHE_DIR, ignore_errors=True)
-    return manifest
+    return manifest_splits
+
+
+def check_supervision(cfg: BuildConfig, scenes: list[Scene], metas_by_scene: dict[str, list[dict]],
+                      splits: dict) -> list[dict]:
+    """Frames without a single supervised pixel (recorded in the manifest, with a warning); a scene
+    or the train split without any supervised pixel is an error."""
+    zero = []
+    for scene in scenes:
+        metas = metas_by_scene[scene.name]
+        empty = [m for m in metas if m["coverage"] == 0]
+        if metas and len(empty) == len(metas):
+            raise BadInputError(f"{scene.directory}: none of the {len(metas)} frames has a supervised pixel "
+                                f"(depth {cfg.depth}: {sorted({m['depth_source'] for m in metas})}); check "
+                                f"the GT depth / points3D.txt of the scene or drop it", scene.directory)
+        for m in empty:
+            zero.append({"scene": scene.name, "frame": m["name"], "depth_source": m["depth_source"]})
+    if zero:
+        log.warning("%d frames have no supervised pixel (listed in manifest.json zero_coverage_frames): %s",
+                    len(zero), ", ".join(f"{z['scene']}/{z['frame']}" for z in zero[:5]))
+    zero_names = {(z["scene"], z["frame"]) for z in zero}
+    train = {(scene, f.name) for scene, _, frames, _, _ in splits["train"] for f in frames}
+    if train and train <= zero_names:
+        raise BadInputError(f"{cfg.out}: no frame of the train split has a supervised pixel; check the "
+                            f"GT depth of the scenes", cfg.out)
+    return zero
 
 
 def dataset_card(manifest: dict) -> str:
@@ -312,7 +442,8 @@ member layout), built by dataengine {manifest['engine']['version']} (git {manife
   (`--fit {opts['fit']}`), depth `{opts['depth']}` stored as {opts['depth_dtype']} metres (0 = no supervision).
 - Splits: train {manifest['splits']['train']['samples']} samples, val {manifest['splits']['val']['samples']}
   samples; frame-disjoint unless `val_scenes` is set ({opts['val_scenes'] or 'frame-disjoint'}).
-- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
+- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])}; frames without a
+  supervised pixel: {len(manifest['zero_coverage_frames'])} (see manifest.json).
 
 | scene | frames | train windows | val windows | laser frames | sparse frames | mean coverage |
 |---|---:|---:|---:|---:|---:|---:|

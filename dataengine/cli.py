@@ -2,15 +2,77 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 import tarfile
 from pathlib import Path
 
 import click
 
+DEBUG_ENV = "DATAENGINE_DEBUG"
+PATCH = 14  # VGGT's patch size: image sides must be multiples of it
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space and rerun the same command (finished frames are cached and reused)",
+    errno.EDQUOT: "free disk space and rerun the same command (finished frames are cached and reused)",
+    errno.EACCES: "choose a writable location or fix its permissions",
+    errno.EPERM: "choose a writable location or fix its permissions",
+    errno.EROFS: "choose a location on a writable file system",
+    errno.ENOTDIR: "a path component is a file, not a directory; choose another path",
+    errno.EEXIST: "a file is in the way; choose another path",
+}
+
+
+def one_line_error(exc: BaseException) -> str:
+    """`Error: <what, which file>; <what to do>` on one line for an anticipated failure."""
+    if isinstance(exc, click.ClickException):
+        text = exc.format_message()
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            text += f" (see `{exc.ctx.command_path} --help`)"
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = _OS_HINTS.get(exc.errno)
+        text = f"{where}{exc.strerror}" + (f"; {hint}" if hint else "")
+    elif isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    else:
+        text = str(exc) or type(exc).__name__
+    return "Error: " + " ".join(text.split())
+
+
+class OneLineErrorGroup(click.Group):
+    """Bad input, faults and operator errors end in ONE `Error:` line and a non-zero exit, never a
+    traceback (`--debug` or DATAENGINE_DEBUG=1 re-raises to show one). Unexpected exception types
+    (bugs) keep their traceback."""
+
+    expected = (click.ClickException, OSError, ValueError, KeyError)
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("Error: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+        except self.expected as exc:
+            if _debug():
+                raise
+            click.echo(one_line_error(exc), err=True)
+            sys.exit(exc.exit_code if isinstance(exc, click.ClickException) else 1)
+        sys.exit(0)
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in sys.argv[1:2]
+
+
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vggt-eth3d-lora")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     """ETH3D → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
 
 
@@ -43,74 +105,83 @@ def _size(value: str) -> tuple[int, int]:
               "default scenes present under --root].")
 @click.option("--size", default="518", show_default=True, help="Output size N (square) or WxH.")
 @click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
-@click.option("--frames", type=int, default=8, show_default=True, help="Frames per sample.")
-@click.option("--stride", type=int, default=4, show_default=True, help="Window stride in frames.")
+@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per sample.")
+@click.option("--stride", type=click.IntRange(min=1), default=4, show_default=True, help="Window stride in frames.")
 @click.option("--depth", type=click.Choice(["auto", "laser", "sparse"]), default="auto",
               show_default=True)
-@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.15, show_default=True,
               help="Last fraction of each scene's frames held out (frame-disjoint split).")
 @click.option("--val-scenes", default=None, help="Comma-separated scenes held out entirely "
               "(scene-disjoint split; overrides --val-fraction).")
-@click.option("--workers", type=int, default=0, help="Frame worker threads [default: all cores].")
-@click.option("--samples-per-shard", type=int, default=8, show_default=True)
-@click.option("--depth-samples", type=int, default=8, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Frame worker threads [default: all cores].")
+@click.option("--samples-per-shard", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--depth-samples", type=click.IntRange(min=1), default=8, show_default=True,
               help="k: k×k laser samples per output pixel (nearest/median/min only).")
 @click.option("--pooling", type=click.Choice(["plane", "nearest", "median", "min"]), default="plane",
               show_default=True, help="Laser depth per output pixel: plane = local inverse-depth "
               "plane fit at the pixel centre where valid, else the nearest GT value; "
               "nearest/median/min of the k×k footprint samples.")
-@click.option("--min-count", type=int, default=1, show_default=True,
+@click.option("--min-count", type=click.IntRange(min=0), default=1, show_default=True,
               help="Valid laser samples needed to supervise a pixel.")
 @click.option("--depth-dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Skip bad frames (recorded in the manifest) "
               "instead of stopping.")
+@click.option("--require-masks", is_flag=True, help="Refuse laser frames without an ETH3D mask "
+              "(masks_for_images/) instead of supervising their occluded pixels with a warning.")
+@click.option("--any-size", is_flag=True, help=f"Allow sides that are not multiples of {PATCH} "
+              "(VGGT cannot train on them).")
 @click.option("--keep-cache", is_flag=True, help="Keep the per-frame cache after a successful build.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fraction, val_scenes,
                   workers, samples_per_shard, depth_samples, pooling, min_count, depth_dtype, skip_bad,
-                  keep_cache, quiet):
+                  require_masks, any_size, keep_cache, quiet):
     """Build 8-frame WebDataset shards from ETH3D scenes."""
     import logging
 
     from dataengine.build import BuildConfig, build_shards
-    from dataengine.colmap import BadInputError
     from dataengine.depth import LaserDepthConfig
     from dataengine.windows import WindowConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     width, height = _size(size)
+    if not any_size and (width % PATCH or height % PATCH):
+        raise click.BadParameter(f"{size!r}: VGGT needs sides that are multiples of {PATCH} (e.g. "
+                                 f"{PATCH * round(width / PATCH)}); pass --any-size to build anyway",
+                                 param_hint="'--size'")
     cfg = BuildConfig(
         root=root, out=out, scenes=_csv(scenes), width=width, height=height, fit=fit, depth=depth,
         windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or ()),
         laser=LaserDepthConfig(samples=depth_samples, pooling=pooling, min_count=min_count),
         workers=workers, samples_per_shard=samples_per_shard, depth_dtype=depth_dtype,
-        skip_bad=skip_bad, keep_cache=keep_cache, progress=not quiet)
-    try:
-        manifest = build_shards(cfg)
-    except BadInputError as exc:
-        raise click.ClickException(str(exc)) from None
+        skip_bad=skip_bad, require_masks=require_masks, keep_cache=keep_cache, progress=not quiet)
+    manifest = build_shards(cfg)
     for split, info in manifest["splits"].items():
         click.echo(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")
     if manifest["skipped"]:
         click.echo(f"skipped {len(manifest['skipped'])} inputs (see {out}/manifest.json)")
+    if manifest.get("zero_coverage_frames"):
+        click.echo(f"{len(manifest['zero_coverage_frames'])} frames have no supervised pixel (see "
+                   f"zero_coverage_frames in {out}/manifest.json)")
+    if manifest.get("warnings"):
+        click.echo(f"{len(manifest['warnings'])} warnings (see {out}/manifest.json)")
 
 
 @main.command("inspect")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--png", type=click.Path(path_type=Path), default=None,
               help="Write a contact sheet (RGB | depth | mask per frame) of one sample.")
-@click.option("--key", default=None, help="Sample key for the contact sheet [default: the first].")
+@click.option("--key", default=None, help="Sample to describe and draw [default: the first].")
 def inspect_command(path, png, key):
     """Keys, shapes, dtypes and coverage of a shard directory or a single shard."""
     from dataengine.inspect_shards import contact_sheet, describe
 
     try:
-        click.echo(describe(path))
-        if png is not None:
-            click.echo(f"wrote {contact_sheet(path, png, key)}")
+        click.echo(describe(path, key))
     except (FileNotFoundError, tarfile.ReadError) as exc:
         raise click.ClickException(f"{path}: not a readable shard or shard directory ({exc})") from None
+    if png is not None:
+        click.echo(f"wrote {contact_sheet(path, png, key)}")
 
 
 @main.command("verify")
@@ -120,12 +191,15 @@ def verify_command(directory):
     """Recompute shard hashes and sample counts against manifest.json (non-zero exit on mismatch)."""
     from dataengine.shards import verify_dataset
 
-    problems = verify_dataset(directory)
+    notes: list[str] = []
+    problems = verify_dataset(directory, notes)
+    for line in notes:
+        click.echo(f"note: {line}")
     for line in problems:
         click.echo(line, err=True)
     if problems:
         raise SystemExit(1)
-    click.echo(f"{directory}: OK")
+    click.echo(f"{directory}: OK" + (f" ({len(notes)} frames without a supervised pixel)" if notes else ""))
 
 
 @main.command("download")
@@ -134,13 +208,18 @@ def verify_command(directory):
 @click.option("--scenes", default="facade,electro,office,terrace,delivery_area", show_default=True)
 @click.option("--base-url", default="https://www.eth3d.net/data/", show_default=True)
 @click.option("--keep-archives", is_flag=True)
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Retries per archive after a network error.")
 @click.option("--quiet", is_flag=True)
-def download_command(root, scenes, base_url, keep_archives, quiet):
+def download_command(root, scenes, base_url, keep_archives, retries, quiet):
     """Fetch and extract the per-scene ETH3D archives (resumable, idempotent)."""
-    from dataengine.download import DownloadConfig, download_scenes
+    from dataengine.download import DownloadConfig, check_scene_names, download_scenes
 
-    report = download_scenes(DownloadConfig(root=root, scenes=_csv(scenes), base_url=base_url,
-                                            keep_archives=keep_archives, progress=not quiet))
+    names = _csv(scenes) or ()
+    check_scene_names(names)  # before any network call
+    report = download_scenes(DownloadConfig(root=root, scenes=names, base_url=base_url,
+                                            keep_archives=keep_archives, progress=not quiet,
+                                            retries=retries))
     for item in report:
         click.echo(f"{item['archive']}: {item['status']}")
 

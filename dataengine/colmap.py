@@ -22,6 +22,10 @@ CAMERA_MODEL_PARAMS = {
 }
 
 
+# |q| may differ from 1 by print rounding only (COLMAP writes >= 6 significant digits).
+QUATERNION_TOLERANCE = 1e-3
+
+
 class BadInputError(ValueError):
     """Malformed or inconsistent input data; the message names the file (and line)."""
 
@@ -102,8 +106,14 @@ def _data_lines(path: Path):
     """Yield (line number, stripped text) for every physical line, comments included as None."""
     if not path.is_file():
         raise BadInputError(f"{path}: file not found", path)
-    with open(path, encoding="utf-8", errors="strict", newline=None) as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if not raw.isascii():
+                try:
+                    raw.encode("utf-8")  # undecodable bytes came back as lone surrogates
+                except UnicodeEncodeError:
+                    raise BadInputError(f"{path}:{lineno}: not UTF-8 text; re-extract the file", path) \
+                        from None
             text = raw.strip()
             yield lineno, (None if text.startswith("#") else text)
 
@@ -152,8 +162,9 @@ def read_images_txt(path: Path) -> dict[int, ImageRecord]:
         pose = _numbers(tok[1:8], float, path, lineno, "pose")
         camera_id, = _numbers(tok[8:9], int, path, lineno, "CAMERA_ID")
         q = np.array(pose[:4])
-        if not 0.5 < np.linalg.norm(q) < 1.5:
-            raise BadInputError(f"{path}:{lineno}: quaternion norm {np.linalg.norm(q):.3g} is not ~1",
+        if abs(np.linalg.norm(q) - 1.0) > QUATERNION_TOLERANCE:
+            raise BadInputError(f"{path}:{lineno}: quaternion norm {np.linalg.norm(q):.6g} is not 1 "
+                                f"(COLMAP writes unit quaternions; tolerance {QUATERNION_TOLERANCE:g})",
                                 path)
         if image_id in images:
             raise BadInputError(f"{path}:{lineno}: duplicate IMAGE_ID {image_id}", path)
@@ -165,6 +176,9 @@ def read_images_txt(path: Path) -> dict[int, ImageRecord]:
             raise BadInputError(f"{path}:{p_lineno}: expected the POINTS2D line of image {image_id}, "
                                 f"found a comment", path)
         ptok = p_text.split()
+        if len(ptok) == 10 and not _is_float(ptok[9]) and _is_float(ptok[1]):
+            raise BadInputError(f"{path}:{p_lineno}: POINTS2D line missing after image {image_id} "
+                                f"(line {lineno}): this line is the next image header", path)
         if len(ptok) % 3:
             raise BadInputError(f"{path}:{p_lineno}: POINTS2D needs (X Y POINT3D_ID) triples, got "
                                 f"{len(ptok)} fields", path)

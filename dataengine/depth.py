@@ -95,20 +95,31 @@ def map_gt_depth(path: Path, width: int, height: int) -> np.ndarray:
     return np.frombuffer(mapped, dtype="<f4").reshape(height, width)
 
 
-def check_no_nan(path: Path, n_nan: int) -> None:
-    if n_nan:
-        raise BadInputError(f"{path}: {n_nan} NaN values in the GT depth (expected +inf for "
-                            f"'no depth')", path)
+def check_gt_values(path: Path, n_bad: int, gt: np.ndarray) -> None:
+    """Reject a GT map holding values that are neither a plausible depth (0 < z <= MAX_GT_DEPTH
+    metres) nor the +inf "no GT" marker; the kernels count them in their scan, and only a bad file
+    pays for the breakdown by kind."""
+    if not n_bad:
+        return
+    from dataengine.kernels import MAX_GT_DEPTH
+
+    with np.errstate(invalid="ignore"):
+        kinds = {"NaN": np.isnan(gt), "-inf": gt == -np.inf, "<= 0": np.isfinite(gt) & (gt <= 0),
+                 f"> {MAX_GT_DEPTH:g} m": np.isfinite(gt) & (gt > MAX_GT_DEPTH)}
+    detail = ", ".join(f"{int(np.count_nonzero(v))} {k}" for k, v in kinds.items() if np.any(v))
+    raise BadInputError(f"{path}: {n_bad} bad GT depth values ({detail}); expected metres in (0, "
+                        f"{MAX_GT_DEPTH:g}] or +inf for 'no GT'; re-extract the file, or --skip-bad "
+                        f"to skip the frame", path)
 
 
 def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]:
-    """`map_gt_depth` and its count of valid (finite, > 0) pixels; a clear error on any NaN.
+    """`map_gt_depth` and its count of valid (finite, > 0) pixels; a clear error on any bad value.
     (Plane pooling scans the map inside its own first pass instead: `plane_depth`.)"""
     from dataengine.kernels import scan_depth
 
     gt = map_gt_depth(path, width, height)
-    n_nan, n_valid = scan_depth(gt)
-    check_no_nan(path, n_nan)
+    n_bad, n_valid = scan_depth(gt)
+    check_gt_values(path, n_bad, gt)
     return gt, n_valid
 
 
@@ -240,7 +251,7 @@ def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism
         gt = map_gt_depth(depth_path, prism.width, prism.height)
         plane = plane_depth(gt, mask, pinhole, prism, geom, cfg,
                             mask_filtered=scanlines is not None, mask_path=mask_path)
-        check_no_nan(depth_path, plane.n_nan)
+        check_gt_values(depth_path, plane.n_nan, gt)
         out, n_valid, n_masked = plane.depth, plane.n_valid, plane.n_masked
         n_mask_pixels = prism.width * prism.height if mask.size else 0
     else:
@@ -275,7 +286,7 @@ class PlaneDepth(NamedTuple):
     depth: np.ndarray  # (H, W) float32 metres, 0 = no supervision
     status: np.ndarray  # (H, W) uint8 kernels.PLANE_* code of every pixel
     n_valid: int  # valid (finite, > 0) pixels of the whole GT map
-    n_nan: int  # NaN pixels of the whole GT map (the caller rejects the file when > 0)
+    n_nan: int  # bad pixels of the whole GT map (kernels._is_bad_bits; the caller rejects the file when > 0)
     n_masked: int  # mask pixels != 0 (0 without a mask)
 
 

@@ -21,6 +21,9 @@ from pathlib import Path, PurePosixPath
 log = logging.getLogger(__name__)
 
 ARCHIVE_KINDS = ("dslr_undistorted", "dslr_jpg", "dslr_depth", "dslr_occlusion")
+# The high-res multi-view TRAINING scenes: the only ones with laser GT (dslr_depth) archives.
+ETH3D_TRAINING_SCENES = ("courtyard", "delivery_area", "electro", "facade", "kicker", "meadow", "office",
+                         "pipes", "playground", "relief", "relief_2", "terrace", "terrains")
 DEFAULT_BASE_URL = "https://www.eth3d.net/data/"
 STATE_DIR = ".downloads"
 
@@ -35,6 +38,18 @@ class DownloadConfig:
     progress: bool = True
     timeout_s: float = 60.0
     retries: int = 3
+
+
+def check_scene_names(scenes) -> None:
+    """Unknown names fail before any network call (the server would answer 404 per archive)."""
+    from dataengine.colmap import BadInputError
+
+    if not scenes:
+        raise BadInputError("--scenes names no scene; name ETH3D training scenes, e.g. facade,office")
+    unknown = [s for s in scenes if s not in ETH3D_TRAINING_SCENES]
+    if unknown:
+        raise BadInputError(f"--scenes: unknown ETH3D training scene(s) {', '.join(unknown)}; choose from "
+                            f"{', '.join(ETH3D_TRAINING_SCENES)}")
 
 
 def archive_name(scene: str, kind: str) -> str:
@@ -74,14 +89,16 @@ def fetch(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 60.
                 part.unlink()
                 continue
             if exc.code == 404:
-                raise FileNotFoundError(f"{url}: 404 Not Found") from None
+                raise FileNotFoundError(f"{url}: 404 Not Found; check --base-url and the scene name") \
+                    from None
             error = exc
         except (OSError, urllib.error.URLError) as exc:
             error = exc
         if attempt < retries:
             log.warning("%s: %s; retrying (%d/%d)", url, error, attempt + 1, retries)
             time.sleep(min(2 ** attempt, 10))
-    raise OSError(f"{url}: download failed after {retries + 1} attempts ({error})")
+    raise OSError(f"{url}: download failed after {retries + 1} attempts ({error}); check the network "
+                  f"and --base-url, then rerun (finished archives are kept, a partial one resumes)")
 
 
 def _safe_member(name: str) -> bool:
@@ -105,6 +122,12 @@ def extract(archive: Path, root: Path, only: str | None = None) -> list[str]:
     return targets
 
 
+def py7zr_errors() -> tuple[type[BaseException], ...]:
+    import py7zr.exceptions as errors
+
+    return errors.ArchiveError, errors.PasswordRequired, errors.AbsolutePathError, EOFError
+
+
 def download_scenes(cfg: DownloadConfig) -> list[dict]:
     """Fetch and extract every (scene, kind) archive not already done; returns what happened."""
     root = Path(cfg.root)
@@ -121,7 +144,12 @@ def download_scenes(cfg: DownloadConfig) -> list[dict]:
             archive = fetch(cfg.base_url.rstrip("/") + "/" + name, state / name,
                             progress=cfg.progress, timeout_s=cfg.timeout_s, retries=cfg.retries)
             only = "dslr_calibration_jpg" if kind == "dslr_jpg" else None
-            members = extract(archive, root, only=only)
+            try:
+                members = extract(archive, root, only=only)
+            except py7zr_errors() as exc:
+                archive.unlink(missing_ok=True)  # a rerun fetches it again
+                raise OSError(f"{archive}: corrupt 7z archive ({type(exc).__name__}: {exc}); deleted it, "
+                              f"rerun to download it again") from None
             marker.write_text(json.dumps({"archive": name, "bytes": archive.stat().st_size,
                                           "members": len(members)}) + "\n")
             if not cfg.keep_archives:

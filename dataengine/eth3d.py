@@ -88,13 +88,20 @@ def _observations(model: ColmapModel) -> dict[int, np.ndarray]:
     return out
 
 
-def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False) -> Scene:
-    """Parse and cross-check one scene. Bad frames raise, or are recorded as skipped with skip_bad."""
+def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False,
+               require_masks: bool = False) -> Scene:
+    """Parse and cross-check one scene. Bad frames raise, or are recorded as skipped with skip_bad.
+    A scene without any image, or whose sparse-depth frames have no points3D.txt points to project,
+    is an error (it would give frames without supervision)."""
     if depth not in DEPTH_MODES:
         raise ValueError(f"depth must be one of {DEPTH_MODES}, got {depth!r}")
     scene_dir = Path(scene_dir)
     name = scene_dir.name
     undist = read_model(scene_dir / UNDISTORTED_CALIB, need_points=True)
+    images_txt = scene_dir / UNDISTORTED_CALIB / "images.txt"
+    if not undist.images:
+        raise BadInputError(f"{images_txt}: lists no images; re-extract the scene's "
+                            f"dslr_undistorted archive or drop the scene from --scenes", images_txt)
     scene = Scene(name, scene_dir, [], undist.points3d.xyz)
     dist_dir = scene_dir / DISTORTED_CALIB
     dist = read_model(dist_dir, need_points=False) if (dist_dir / "images.txt").is_file() else None
@@ -108,6 +115,14 @@ def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False) -> 
                f"depth for the whole scene")
         log.warning(msg)
         scene.warnings.append(msg)
+    if use_laser and not (scene_dir / MASK_DIR).is_dir():
+        if require_masks:
+            raise BadInputError(f"{scene_dir / MASK_DIR}: not found (--require-masks); extract "
+                                f"{name}_dslr_occlusion.7z into the root", scene_dir / MASK_DIR)
+        msg = (f"{name}: no {MASK_DIR}/ — occluded and badly coloured pixels are supervised "
+               f"(extract {name}_dslr_occlusion.7z, or build with --require-masks to refuse this)")
+        log.warning(msg)
+        scene.warnings.append(msg)
 
     dist_by_name = {}
     if dist is not None:
@@ -118,14 +133,13 @@ def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False) -> 
     seen = {}
     for img in sorted(undist.images.values(), key=lambda im: Path(im.name).name):
         base = Path(img.name).name
-        images_txt = scene_dir / UNDISTORTED_CALIB / "images.txt"
         try:
             if base in seen:
                 raise BadInputError(f"{images_txt}:{img.line}: image {base} appears twice (also line "
                                     f"{seen[base]})", images_txt)
             seen[base] = img.line
             frame = _make_frame(scene, scene_dir, img, undist, dist_by_name.get(base), dist,
-                                use_laser, depth, observations)
+                                use_laser, depth, observations, require_masks)
         except BadInputError as exc:
             if not skip_bad:
                 raise
@@ -133,16 +147,26 @@ def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False) -> 
             log.warning("skipping %s/%s: %s", name, base, exc)
             continue
         scene.frames.append(frame)
+    sparse = [f.name for f in scene.frames if f.depth_source == "sparse"]
+    if sparse and len(scene.points_xyz) == 0:
+        points = scene_dir / UNDISTORTED_CALIB / "points3D.txt"
+        what = "file not found" if not points.is_file() else "holds no points"
+        raise BadInputError(f"{points}: {what}, but {len(sparse)} frame(s) of {name} need sparse COLMAP "
+                            f"depth (e.g. {sparse[0]}) and would have no supervised pixel; restore "
+                            f"points3D.txt or provide laser GT (--depth laser)", points)
     return scene
 
 
 def _make_frame(scene: Scene, scene_dir: Path, img, undist: ColmapModel, dimg, dist, use_laser: bool,
-                depth_mode: str, observations) -> Frame:
+                depth_mode: str, observations, require_masks: bool = False) -> Frame:
     base = Path(img.name).name
     image_path = scene_dir / "images" / img.name
     if not image_path.is_file():
         raise BadInputError(f"{image_path}: image listed in {undist.directory / 'images.txt'}:"
                             f"{img.line} is missing", image_path)
+    if image_path.stat().st_size == 0:
+        raise BadInputError(f"{image_path}: image file is empty (0 bytes); re-extract it, or "
+                            f"--skip-bad to skip the frame", image_path)
     pinhole = undist.cameras[img.camera_id]
     if pinhole.model != "PINHOLE":
         raise BadInputError(f"{undist.directory / 'cameras.txt'}: camera {pinhole.camera_id} is "
@@ -185,6 +209,8 @@ def _make_frame(scene: Scene, scene_dir: Path, img, undist: ColmapModel, dimg, d
             depth_path, source = candidate, "laser"
             mask = scene_dir / MASK_DIR / Path(dimg.name).with_suffix(".png")
             mask_path = mask if mask.is_file() else None
+            if mask_path is None and require_masks:
+                raise BadInputError(f"{mask}: mask missing (--require-masks)", mask)
     observed = observations[img.image_id]
     return Frame(scene.name, base, image_path, img.camera_id, pinhole, prism, rotation,
                  np.asarray(translation, dtype=np.float64), depth_path, mask_path, source, observed)

@@ -93,7 +93,9 @@ def choose_reduction(geom: OutputGeometry, min_oversample: float = 1.9) -> int:
 
 
 def jpeg_size(data: bytes, path: Path) -> tuple[int, int]:
-    """(width, height) from the JPEG header; a clear error for non-JPEG data."""
+    """(width, height) from the JPEG header; a clear error for empty or non-JPEG data."""
+    if not data:
+        raise BadInputError(f"{path}: image file is empty (0 bytes)", path)
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:

@@ -42,8 +42,23 @@ def decode_sample(members: dict[str, bytes]) -> dict:
     }
 
 
-def describe(path: Path) -> str:
-    """Text report: per shard sample counts; keys, shapes, dtypes, coverage of the first sample."""
+def find_sample(path: Path, key: str | None):
+    """(key, members) of sample `key` (the first when None) in a shard or shard directory."""
+    path = Path(path)
+    shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
+    for shard in shards:
+        for k, members in read_samples(shard):
+            if key is None or k == key:
+                return k, members
+    from dataengine.colmap import BadInputError
+
+    raise BadInputError(f"{path}: sample {key!r} not found; `python -m dataengine inspect {path}` "
+                        f"lists the keys of each shard", path)
+
+
+def describe(path: Path, key: str | None = None) -> str:
+    """Text report: per shard sample counts; keys, shapes, dtypes, coverage of one sample (the first
+    unless `key`)."""
     path = Path(path)
     shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
     if not shards:
@@ -62,7 +77,7 @@ def describe(path: Path) -> str:
         keys = [k for k, _ in read_samples(shard)]
         lines.append(f"{shard.name}: {len(keys)} samples ({keys[0] if keys else '-'} … "
                      f"{keys[-1] if keys else '-'})")
-    key, members = next(read_samples(shards[0], limit=1))
+    key, members = find_sample(path, key)
     sample = decode_sample(members)
     cams = sample["cameras"]
     lines.append(f"sample {key}: scene {cams['scene']}, split {cams['split']}, depth "
@@ -78,36 +93,51 @@ def describe(path: Path) -> str:
 
 
 def contact_sheet(path: Path, png: Path, key: str | None = None) -> Path:
-    """RGB | depth (turbo colour map, black = none) | mask, one row per frame of one sample."""
-    from matplotlib import colormaps
-    from PIL import Image
+    """One PNG per sample, laid out like the trainer's evaluation panels: a row per frame (frame
+    name and coverage on the left), columns RGB | GT depth [m] (turbo, light grey = no GT, one
+    colour bar in metres, 2-98 % range) | supervision mask (white = supervised), sample key, scene,
+    split and depth source in the title."""
+    import matplotlib
 
-    path = Path(path)
-    shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
-    found = None
-    for shard in shards:
-        for k, members in read_samples(shard):
-            if key is None or k == key:
-                found = (k, members)
-                break
-        if found:
-            break
-    if found is None:
-        raise KeyError(f"{path}: sample {key!r} not found")
-    sample = decode_sample(found[1])
+    matplotlib.use("Agg", force=True)  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    key, members = find_sample(path, key)
+    sample = decode_sample(members)
     rgb, depth, mask = sample["rgb"], sample["depth"].astype(np.float32), sample["mask"]
+    cams = sample["cameras"]
     valid = depth[depth > 0]
-    lo, hi = (np.percentile(valid, 2), np.percentile(valid, 98)) if valid.size else (0.0, 1.0)
-    lut = (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    rows = []
-    for i in range(len(rgb)):
-        norm = np.clip((depth[i] - lo) / max(hi - lo, 1e-6), 0, 1)
-        dcol = lut[(norm * 255).astype(np.uint8)]
-        dcol[depth[i] <= 0] = 0
-        mcol = np.repeat((mask[i] * 255)[..., None], 3, axis=2).astype(np.uint8)
-        rows.append(np.concatenate([rgb[i], dcol, mcol], axis=1))
-    sheet = np.concatenate(rows, axis=0)
+    lo, hi = (float(np.percentile(valid, 2)), float(np.percentile(valid, 98))) if valid.size else (0.0, 1.0)
+    frames, height, width = depth.shape
+    cell = 2.0
+    fig, axes = plt.subplots(frames, 3, squeeze=False, layout="constrained",
+                             figsize=(3 * cell, cell * height / width * frames + 1.2))
+    turbo = plt.get_cmap("turbo").with_extremes(bad="0.85")
+    shown = None
+    for i in range(frames):
+        info = cams["frames"][i] if i < len(cams.get("frames", [])) else {}
+        panels = [(rgb[i], {}), (np.where(depth[i] > 0, depth[i], np.nan), dict(cmap=turbo, vmin=lo, vmax=hi)),
+                  (mask[i], dict(cmap="gray", vmin=0, vmax=1))]
+        for col, (image, style) in enumerate(panels):
+            ax = axes[i, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            drawn = ax.imshow(image, interpolation="nearest", **style)
+            if col == 1:
+                shown = drawn
+        axes[i, 0].set_ylabel(f"{info.get('name', f'f{i}')}\ncoverage {info.get('coverage', 0.0):.3f}",
+                              fontsize=7)
+    for col, title in enumerate(("RGB", "GT depth [m]", "supervised (white)")):
+        axes[0, col].set_title(title, fontsize=8)
+    bar = fig.colorbar(shown, ax=axes[:, 1].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("depth [m] (grey: no GT)", fontsize=7)
+    fig.suptitle(f"{cams.get('scene', '?')} · {key} · {cams.get('split', '?')} · depth "
+                 f"{cams.get('depth_source', '?')}", fontsize=9)
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).save(png)
+    try:
+        fig.savefig(png, dpi=80)
+    finally:
+        plt.close(fig)
     return png

@@ -286,6 +286,18 @@ def _is_nan_bits(b):
     return np.int32((b & 0x7FFFFFFF) > 0x7F800000)
 
 
+# Largest plausible laser GT depth (metres) and its float32 bit pattern: ETH3D scenes span < ~100 m.
+MAX_GT_DEPTH = 1000.0
+_MAX_GT_BITS = 0x447A0000  # float32(1000.0)
+
+
+@njit(**_JIT)
+def _is_bad_bits(b):
+    """1 when the float32 with bit pattern b is neither a plausible depth (0 < z <= MAX_GT_DEPTH)
+    nor the +inf "no GT" marker: NaN, -inf, zero, negatives and implausibly large values."""
+    return np.int32((np.uint32(b - 1) >= np.uint32(_MAX_GT_BITS)) & (b != 0x7F800000))
+
+
 # Gathers bit 7 of each of 8 bytes (each 0 or 1) into the top byte of the product.
 _PACK_OCTET = np.uint64(0x0102040810204080)
 
@@ -371,14 +383,14 @@ def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_
         if has_mask:
             for ix in range(dist_w):
                 f = _is_valid_bits(bits[ix])
-                n_nan += _is_nan_bits(bits[ix])
+                n_nan += _is_bad_bits(bits[ix])
                 n_valid += f
                 n_masked += mrow[ix] != 0
                 flags[ix] = f & (mrow[ix] == 0)
         else:
             for ix in range(dist_w):
                 f = _is_valid_bits(bits[ix])
-                n_nan += _is_nan_bits(bits[ix])
+                n_nan += _is_bad_bits(bits[ix])
                 n_valid += f
                 flags[ix] = f
         c0, c1 = (_row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete
@@ -654,13 +666,13 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
 
 @njit(**_JIT)
 def scan_depth(depth):
-    """(NaN count, valid count = finite and > 0) of a raw GT depth map (integer tests on the
-    float bits, branch-free: SIMD)."""
+    """(bad count = `_is_bad_bits`, valid count = finite and > 0) of a raw GT depth map (integer
+    tests on the float bits, branch-free: SIMD)."""
     n_nan = 0
     n_valid = 0
     bits = depth.reshape(-1).view(np.int32)
     for i in range(bits.size):
-        n_nan += _is_nan_bits(bits[i])
+        n_nan += _is_bad_bits(bits[i])
         n_valid += _is_valid_bits(bits[i])
     return n_nan, n_valid
 

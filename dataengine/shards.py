@@ -20,6 +20,7 @@ import numpy as np
 FORMAT = "eth3d-vggt-shards/1"
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+_\d{5}$")
 SHARD_RE = re.compile(r"^(train|val)-(\d{5})\.tar$")
+TMP_RE = re.compile(r"^\.(.+)\.tmp(\d+)$")  # `atomic_path` names: .NAME.tmpPID
 
 
 def sample_key(scene: str, index: int) -> str:
@@ -65,6 +66,13 @@ def atomic_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same OSError, naming the file (a failed write() — ENOSPC, EIO — names none)."""
+    if exc.filename is None:
+        return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+    return exc
+
+
 def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
     """Write a reproducible tar through a temporary file renamed into place."""
     path = Path(path)
@@ -77,6 +85,8 @@ def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _named(exc, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -88,6 +98,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _named(exc, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -123,8 +135,12 @@ def expected_suffixes(frames: int) -> list[str]:
     return [f"f{i}.jpg" for i in range(frames)] + ["depth.npy", "mask.npy", "cameras.json"]
 
 
-def verify_dataset(directory: Path) -> list[str]:
-    """Recompute hashes, sizes and sample counts against manifest.json; return the problems."""
+def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]:
+    """Recompute hashes, sizes and sample counts against manifest.json; return the problems.
+
+    Also reads every sample's cameras.json: frames without a supervised pixel go to `notes` (when
+    given), and a split (or dataset) without any supervised pixel, stray temporary files of an
+    interrupted build and shards the manifest does not list are problems."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
@@ -138,8 +154,11 @@ def verify_dataset(directory: Path) -> list[str]:
         problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     frames = int(manifest.get("options", {}).get("frames", 8))
     listed = set()
+    supervised: dict[str, bool] = {}
+    frames_seen = 0
     for split, info in manifest.get("splits", {}).items():
         total = 0
+        supervised[split] = False
         for shard in info.get("shards", []):
             path = directory / shard["name"]
             listed.add(shard["name"])
@@ -153,9 +172,16 @@ def verify_dataset(directory: Path) -> list[str]:
                 problems.append(f"{path}: sha256 {digest} != manifest {shard['sha256']}")
             try:
                 samples = list_tar_samples(path)
+                coverage = tar_coverage(path)
             except (tarfile.TarError, ValueError) as exc:
                 problems.append(f"{path}: unreadable tar ({exc})")
                 continue
+            for key, frame_name, cov in coverage:
+                frames_seen += 1
+                if cov > 0:
+                    supervised[split] = True
+                elif notes is not None:
+                    notes.append(f"{path}: sample {key} frame {frame_name} has no supervised pixel")
             if len(samples) != shard["samples"]:
                 problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
             for key, suffixes in samples.items():
@@ -165,7 +191,29 @@ def verify_dataset(directory: Path) -> list[str]:
         if total != info.get("samples"):
             problems.append(f"{manifest_path}: split {split} has {total} samples in its shards, "
                             f"manifest says {info.get('samples')}")
+        if total and not supervised[split]:
+            problems.append(f"{manifest_path}: split {split} has no supervised pixel in any frame")
+    if not frames_seen:
+        problems.append(f"{manifest_path}: the dataset holds no sample")
+    if manifest.get("splits", {}).get("train", {}).get("samples", 0) == 0:
+        problems.append(f"{manifest_path}: the train split is empty")
     for path in sorted(directory.glob("*.tar")):
         if path.name not in listed:
             problems.append(f"{path}: shard not listed in the manifest")
+    for path in sorted(directory.glob(".*.tmp*")):
+        if TMP_RE.match(path.name):
+            problems.append(f"{path}: stray temporary file of an interrupted build; rerun the build "
+                            f"(it removes it) or delete it")
     return problems
+
+
+def tar_coverage(path: Path) -> list[tuple[str, str, float]]:
+    """(sample key, frame name, coverage) of every frame, from the samples' cameras.json."""
+    out = []
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if member.name.endswith(".cameras.json"):
+                cams = json.loads(tar.extractfile(member).read())
+                key = member.name.partition(".")[0]
+                out += [(key, f.get("name", "?"), float(f.get("coverage", 0.0))) for f in cams.get("frames", [])]
+    return out

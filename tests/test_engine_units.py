@@ -378,7 +378,7 @@ def test_plane_points_buffers_grow_and_nan_outside_the_crop_is_reported(tmp_path
     depth[40, 2] = np.nan
     path = tmp_path / "DSC_0001.JPG"
     depth.astype("<f4").tofile(path)
-    with pytest.raises(BadInputError, match=r"DSC_0001.JPG: 1 NaN values in the GT depth"):
+    with pytest.raises(BadInputError, match=r"DSC_0001.JPG: 1 bad GT depth values \(1 NaN\)"):
         depth_mod.laser_depth(path, None, *SMALL_CAMS, geom, depth_mod.LaserDepthConfig(grid_spacing=1.0))
 
 
@@ -516,23 +516,29 @@ def test_build_cli_pooling_option_reaches_the_build_config(monkeypatch, tmp_path
 
 
 def test_gt_scans_classify_every_special_float_like_numpy():
-    # Validity and NaN are tested on the float bits: every class of float32 value must agree with
-    # the float comparisons (finite and > 0; NaN of either sign and any payload).
+    # Validity and bad values are tested on the float bits: every class of float32 value must agree
+    # with the float comparisons. Valid: finite and > 0. Bad: neither a plausible depth
+    # (0 < z <= MAX_GT_DEPTH) nor the +inf "no GT" marker (NaN of either sign and any payload,
+    # -inf, zeros, negatives, implausibly far).
+    top = np.float32(kernels.MAX_GT_DEPTH)
     special = np.array([0.0, -0.0, -1.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, np.inf, -np.inf, np.nan,
-                        -np.nan, 1.0, 2.5], np.float32)
+                        -np.nan, 1.0, 2.5, top, np.nextafter(top, np.float32(np.inf))], np.float32)
     payload_nan = np.array([0x7FC00001, 0xFF800001, 0x7F800001], np.uint32).view(np.float32)
     values = np.r_[special, payload_nan]
+    assert np.float32(kernels.MAX_GT_DEPTH).view(np.int32) == kernels._MAX_GT_BITS
     expect_valid = int(np.count_nonzero(np.isfinite(values) & (values > 0)))
-    expect_nan = int(np.count_nonzero(np.isnan(values)))
-    assert (expect_valid, expect_nan) == (5, 5)
-    assert kernels.scan_depth(values.reshape(1, -1)) == (expect_nan, expect_valid)
+    with np.errstate(invalid="ignore"):
+        plausible = np.isfinite(values) & (values > 0) & (values <= top)
+    expect_bad = int(np.count_nonzero(~plausible & (values != np.inf)))
+    assert (expect_valid, expect_bad) == (7, 12)
+    assert kernels.scan_depth(values.reshape(1, -1)) == (expect_bad, expect_valid)
     from dataengine.depth import LaserDepthConfig, plane_depth
 
     depth = np.full((80, 120), np.inf, np.float32)
     depth[40, 30:30 + values.size] = values
     plane = plane_depth(depth, np.zeros((0, 0), np.uint8), *SMALL_CAMS,
                         fit_geometry(124, 83, 31, 20, "crop"), LaserDepthConfig(grid_spacing=1.0))
-    assert (plane.n_valid, plane.n_nan) == (expect_valid, expect_nan)
+    assert (plane.n_valid, plane.n_nan) == (expect_valid, expect_bad)
 
 
 def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):
@@ -544,15 +550,18 @@ def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):
         LaserDepthConfig(plane_radius=2.0)
     gt = np.full((150, 7), np.inf, "<f4")
     gt[::3, ::2] = 2.5
-    gt[1, 1] = 0.0  # zero is no depth either
     gt.tofile(tmp_path / "ok")
     read, n_valid = read_gt_depth(tmp_path / "ok", 7, 150)
     np.testing.assert_array_equal(read, gt)
     assert n_valid == np.count_nonzero(gt == 2.5) and not read.flags.writeable  # mapped read-only
     gt[149, 6] = np.nan  # the very last value
     gt.tofile(tmp_path / "nan")
-    with pytest.raises(BadInputError, match=r"nan: 1 NaN values"):
+    with pytest.raises(BadInputError, match=r"nan: 1 bad GT depth values \(1 NaN\)"):
         read_gt_depth(tmp_path / "nan", 7, 150)
+    gt[149, 6], gt[1, 1], gt[2, 2], gt[3, 3] = 0.0, -np.inf, -3.0, 2e3  # "no GT" is +inf, not 0
+    gt.tofile(tmp_path / "bad")
+    with pytest.raises(BadInputError, match=r"bad: 4 bad GT depth values \(1 -inf, 2 <= 0, 1 > 1000 m\)"):
+        read_gt_depth(tmp_path / "bad", 7, 150)
     with pytest.raises(BadInputError, match="depth file has 4200 bytes, expected 4228"):
         read_gt_depth(tmp_path / "ok", 7, 151)
 
