@@ -444,18 +444,19 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     inv_x = np.empty((int(height // spacing) + 2, int(width // spacing) + 2))
     inv_y = np.empty_like(inv_x)
     kernels.undistortion_grid(pin, prism, spacing, inv_x, inv_y)
-    owner = np.empty(depth.size, np.int32)
-    pos_x, pos_y = np.empty(depth.size, np.float32), np.empty(depth.size, np.float32)
-    point_depth = np.empty(depth.size, np.float32)
-    counts = np.zeros(5, np.int64)
-    n = kernels.laser_points(depth, mask, False, inv_x, inv_y, spacing, geom.affine, src_size,
-                             20, 20, owner, pos_x, pos_y, point_depth, counts)
+    buffers = kernels.PointBuffers(np.empty(depth.size, np.int32), np.empty(depth.size, np.float32),
+                                   np.empty(depth.size, np.float32), np.empty(depth.size, np.float32))
+    found = kernels.laser_points(depth, mask, inv_x, inv_y, buffers, spacing=spacing,
+                                 affine=geom.affine, src_size=src_size, out_shape=(20, 20))
     ref = _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size)
+    n = found.n_points
     assert 100 < n < np.count_nonzero(np.isfinite(depth) & (depth > 0))  # the crop drops some
-    for got, want in zip((owner, pos_x, pos_y, point_depth), ref):
+    for got, want in zip(buffers, ref):
         np.testing.assert_array_equal(got[:n], want)
-    assert counts[0] == np.count_nonzero(np.isfinite(depth) & (depth > 0))
-    assert counts[2] == np.count_nonzero(mask)
+    assert found.n_valid == np.count_nonzero(np.isfinite(depth) & (depth > 0))
+    assert found.n_nan == 0
+    assert found.n_masked == np.count_nonzero(mask)
+    assert (found.mask_peak, found.bad_filter_row) == (0, -1)  # a decoded mask: not scanned for these
 
 
 @pytest.mark.parametrize("radius", [0.5, 0.7, 1.0, 1.2, 1.5])
