@@ -781,7 +781,7 @@ def distorted_cameras(rng: np.random.Generator, count: int, scale: float) -> lis
     width, height = round(FULL_WIDTH * scale), round(FULL_HEIGHT * scale)
     ref = REFERENCE_THIN_PRISM
     cameras = []
-    for _ in range(count):
+    for camera_id in range(count):
         fx = ref[0] * scale * (1.0 + rng.normal(0.0, 0.003))
         fy = fx * (ref[1] / ref[0]) * (1.0 + rng.normal(0.0, 2e-4))
         cx = (ref[2] - FULL_WIDTH / 2 + rng.normal(0.0, 8.0)) * scale + width / 2
@@ -791,7 +791,8 @@ def distorted_cameras(rng: np.random.Generator, count: int, scale: float) -> lis
         k3, k4 = ref[8] + rng.normal(0, 0.008), ref[9] + rng.normal(0, 0.015)
         sx1, sy1 = ref[10] + rng.normal(0, 5e-5), ref[11] + rng.normal(0, 1e-4)
         params = [fx, fy, cx, cy, k1, k2, p1, p2, k3, k4, sx1, sy1]
-        cameras.append(Camera(THIN_PRISM_FISHEYE, width, height, [float(format_float(p)) for p in params]))
+        cameras.append(Camera(camera_id, THIN_PRISM_FISHEYE, width, height,
+                              [float(format_float(p)) for p in params]))
     return cameras
 
 
@@ -815,7 +816,7 @@ def undistorted_camera(distorted: Camera) -> Camera:
     for _ in range(200):
         cx_u = float(format_float(cx - (centre_x - width / 2)))
         cy_u = float(format_float(cy - (centre_y - height / 2)))
-        camera = Camera(PINHOLE, width, height, [fx, fy, cx_u, cy_u])
+        camera = Camera(distorted.camera_id, PINHOLE, width, height, [fx, fy, cx_u, cy_u])
         if _maps_inside(camera, distorted):
             return camera
         width, height = width - 2, height - 2
@@ -1086,7 +1087,8 @@ def build_sparse_model(geometry: SceneGeometry, images: list[_Image], undistorte
 # ==================================================================================================
 def _write_cameras(path: Path, cameras: list[Camera]) -> None:
     lines = [_CAMERAS_HEADER.format(n=len(cameras))]
-    lines += [cam.colmap_line(camera_id) + "\n" for camera_id, cam in enumerate(cameras)]
+    assert [cam.camera_id for cam in cameras] == list(range(len(cameras))), "images.txt refers to list positions"
+    lines += [cam.colmap_line() + "\n" for cam in cameras]
     path.write_text("".join(lines))
 
 
