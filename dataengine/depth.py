@@ -145,9 +145,8 @@ def _mask_buffer(prism: Camera) -> np.ndarray:
 
 def read_mask_scanlines(path: Path | None, width: int, height: int) -> np.ndarray | None:
     """The still-filtered (height, width + 1) scanlines of an 8-bit greyscale mask PNG
-    (`png.read_png_gray8_scanlines`, a per-thread buffer) for `kernels.laser_points` to unfilter
-    row by row; (0, 0) without a mask file; None when it must be decoded whole (`read_mask`:
-    other PNG kinds, or no libdeflate)."""
+    (`png.read_png_gray8_scanlines`) for `kernels.laser_points` to unfilter row by row; (0, 0)
+    without a mask file; None when it must be decoded whole (`read_mask`: other PNG kinds)."""
     if path is None:
         return np.zeros((0, 0), dtype=np.uint8)
     from dataengine.png import read_png_gray8_scanlines

@@ -308,8 +308,6 @@ def test_plane_pooling_excludes_masked_gt():
     assert unmasked.max() > 100  # the same GT without its mask does reach the output
 
 
-@pytest.mark.skipif(not __import__("dataengine.png").png.libdeflate_available(),
-                    reason="the scanline path needs libdeflate")
 def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp_path):
     """The engine's plane path hands the mask's still-filtered PNG scanlines (every filter type
     here) to the GT pass: same depth, status and counts as the decoded mask; an invalid filter
