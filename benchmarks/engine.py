@@ -12,8 +12,16 @@ plus a per-stage breakdown of the engine, the sparse mode, 1 vs 2 worker threads
 load average before each run) and optionally a 214-frame (5-scene-sized) build on all cores, whose
 frames are symlinks to the generated ones (warm page cache).
 
+The mask A/B (`mask_decoder_ab`, also alone with --mask-ab-only) times, per 24-megapixel 0/1/2 mask,
+mask decode + the plane-pooling depth pass (the part of the frame a mask decoder changes), for: our
+decoder's scanlines unfiltered inside the GT pass with the inflate by the `deflate` wheel (the
+engine), by imagecodecs' bundled libdeflate, by zlib, by the system libdeflate through ctypes (the
+engine before: only on hosts that have it); and whole-image decoders followed by the unfused pass:
+ours, imagecodecs' libspng and libpng, Pillow (imagecodecs/Pillow variants only when installed).
+
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/engine.py [--frames 4] [--work DIR]
-        [--reps 3] [--scaling-frames 8] [--build-frames 214 | 0] [--json FILE]
+        [--reps 3] [--scaling-frames 8] [--build-frames 214 | 0] [--mask-reps 5] [--mask-ab-only]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -188,6 +196,155 @@ def median_ms(xs) -> float:
     return round(1e3 * statistics.median(xs), 1)
 
 
+# ------------------------------------------------------------------------------------------ mask A/B
+def _system_libdeflate():
+    """The engine's previous inflate: the host's libdeflate.so.0 through ctypes (None if absent)."""
+    import ctypes
+    import ctypes.util
+
+    for name in ("libdeflate.so.0", ctypes.util.find_library("deflate")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
+        lib.libdeflate_zlib_decompress.restype = ctypes.c_int
+        lib.libdeflate_zlib_decompress.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t)]
+        decompressor = lib.libdeflate_alloc_decompressor()
+        buf = {}
+
+        def inflate(idat, size):
+            raw = buf.get("raw")
+            if raw is None or raw.size < size:
+                raw = buf["raw"] = np.empty(size, np.uint8)
+            got = ctypes.c_size_t(0)
+            ok = lib.libdeflate_zlib_decompress(decompressor, idat, len(idat), raw.ctypes.data, size,
+                                                ctypes.byref(got))
+            assert ok == 0 and got.value == size
+            return raw[:size]
+        return inflate
+    return None
+
+
+def mask_decoders() -> dict:
+    """name -> (decode(path, width, height) -> (mask, filtered), library version). filtered: the
+    mask is still-filtered scanlines for the fused GT pass; whole-image decoders check the 0/1/2
+    values with one more pass over the mask (as depth.read_mask does with the peak)."""
+    import zlib
+
+    from dataengine import depth as depth_mod
+    from dataengine import png
+
+    def scanlines_by(inflate):
+        def decode(path, width, height):
+            w, h, idat = png._parse_chunks(path.read_bytes(), path)
+            raw = inflate(idat, h * (w + 1))
+            return np.frombuffer(raw, np.uint8).reshape(h, w + 1), True
+        return decode
+
+    def whole_by(decode_pixels):
+        def decode(path, width, height):
+            mask = decode_pixels(path)
+            depth_mod.check_mask_values(path, int(mask.max()))
+            return mask, False
+        return decode
+
+    import deflate
+
+    out = {"fused_deflate_wheel (engine)": (
+               lambda path, w, h: (depth_mod.read_mask_scanlines(path, w, h), True),
+               f"deflate {getattr(deflate, '__version__', '?')}"),
+           "fused_zlib": (scanlines_by(lambda idat, size: zlib.decompress(idat, bufsize=size)),
+                          f"zlib {zlib.ZLIB_RUNTIME_VERSION}")}
+    system = _system_libdeflate()
+    if system is not None:
+        out["fused_system_libdeflate_ctypes (engine before)"] = (scanlines_by(system), "system libdeflate.so.0")
+    buf = {}
+
+    def reused(size):
+        if buf.get("n", 0) < size:
+            buf["n"], buf["a"] = size, np.empty(size, np.uint8)
+        return buf["a"][:size]
+    try:
+        import imagecodecs
+
+        out["fused_imagecodecs_libdeflate"] = (
+            scanlines_by(lambda idat, size: imagecodecs.deflate_decode(idat, out=reused(size))),
+            f"imagecodecs {imagecodecs.__version__} (libdeflate)")
+        out["fused_imagecodecs_zlibng"] = (
+            scanlines_by(lambda idat, size: imagecodecs.zlibng_decode(idat, out=reused(size))),
+            f"imagecodecs {imagecodecs.__version__} (zlib-ng)")
+        out["whole_imagecodecs_spng"] = (whole_by(lambda p: imagecodecs.spng_decode(p.read_bytes())),
+                                         f"imagecodecs {imagecodecs.__version__} (libspng)")
+        out["whole_imagecodecs_libpng"] = (whole_by(lambda p: imagecodecs.png_decode(p.read_bytes())),
+                                           f"imagecodecs {imagecodecs.__version__} (libpng)")
+    except ImportError:
+        pass
+    out["whole_ours"] = (lambda path, w, h: (depth_mod.read_mask(path, w, h, reused(w * h)), False),
+                         "dataengine.png + deflate")
+    from PIL import Image, __version__ as pil_version
+
+    def pillow(path):
+        with Image.open(path) as im:
+            return np.asarray(im)
+    out["whole_pillow"] = (whole_by(pillow), f"Pillow {pil_version}")
+    return out
+
+
+def mask_decoder_ab(frames, cfg, reps: int) -> dict:
+    """Median CPU ms per masked frame of mask decode and of the plane-pooling depth pass, per
+    decoder (variants interleaved frame by frame); every variant's depth checked equal to the
+    engine's."""
+    from dataengine import depth as depth_mod
+    from dataengine.images import fit_geometry
+
+    decoders = mask_decoders()
+    masked = [f for f in frames if f.mask_path is not None]
+    times = {name: {"mask_decode": [], "depth_pass": []} for name in decoders}
+    reference = {}
+    for rep in range(reps + 1):  # rep 0: warm-up (numba specialisations, caches), not timed
+        for f in masked:
+            geom = fit_geometry(f.pinhole.width, f.pinhole.height, cfg.width, cfg.height, cfg.fit)
+            for name, (decode, _) in decoders.items():
+                t0 = time.thread_time()
+                mask, filtered = decode(f.mask_path, f.prism.width, f.prism.height)
+                t1 = time.thread_time()
+                gt = depth_mod.map_gt_depth(f.depth_path, f.prism.width, f.prism.height)
+                plane = depth_mod.plane_depth(gt, mask, f.pinhole, f.prism, geom, cfg.laser,
+                                              mask_filtered=filtered, mask_path=f.mask_path)
+                t2 = time.thread_time()
+                if rep == 0:
+                    want = reference.setdefault(f.mask_path, plane.depth.copy())
+                    assert np.array_equal(plane.depth.view(np.uint32), want.view(np.uint32)), name
+                    continue
+                times[name]["mask_decode"].append(t1 - t0)
+                times[name]["depth_pass"].append(t2 - t1)
+    out = {}
+    for name, t in times.items():
+        decode_ms, pass_ms = median_ms(t["mask_decode"]), median_ms(t["depth_pass"])
+        out[name] = {"library": decoders[name][1], "mask_decode_ms": decode_ms, "depth_pass_ms": pass_ms,
+                     "sum_ms": round(decode_ms + pass_ms, 1)}
+    engine = out["fused_deflate_wheel (engine)"]["sum_ms"]
+    for row in out.values():
+        row["vs_engine"] = round(row["sum_ms"] / engine, 3)
+    return {"masks": len(masked), "reps": reps,
+            "mask_size": [masked[0].prism.width, masked[0].prism.height] if masked else None,
+            "variants": out}
+
+
+def print_mask_ab(ab: dict) -> None:
+    print(f"mask A/B: {ab['masks']} masks of {ab['mask_size']}, {ab['reps']} reps, median CPU ms "
+          f"(single thread)")
+    print(f"  {'variant':48s} {'decode':>7s} {'depth pass':>10s} {'sum':>7s} {'vs engine':>9s}  library")
+    for name, r in ab["variants"].items():
+        print(f"  {name:48s} {r['mask_decode_ms']:7.1f} {r['depth_pass_ms']:10.1f} {r['sum_ms']:7.1f} "
+              f"{r['vs_engine']:9.3f}  {r['library']}")
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine_info() -> dict:
     import numba
@@ -201,9 +358,11 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
+    import deflate
+
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "simplejpeg": simplejpeg.__version__,
-            "load_avg_at_start": load()}
+            "deflate": getattr(deflate, "__version__", "?"), "load_avg_at_start": load()}
 
 
 def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
@@ -316,6 +475,8 @@ def main() -> None:
                         help="wait for other processes to use fewer cores than this before each "
                              "worker-scaling run ...")
     parser.add_argument("--quiet-wait", type=float, default=120.0, help="... at most this long (s)")
+    parser.add_argument("--mask-reps", type=int, default=5, help="repetitions of the mask A/B")
+    parser.add_argument("--mask-ab-only", action="store_true", help="only the mask decoder A/B")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -344,6 +505,14 @@ def main() -> None:
     for name, cfg in cfgs.items():  # numba load/compile and grid caches outside the timing
         process_frame(sparse_scene.frames[0] if name == "sparse" else frames[0],
                       sparse_scene if name == "sparse" else scene, cfg)
+    with OthersLoad() as during:
+        mask_ab = mask_decoder_ab(frames, cfgs["engine_laser_plane"], args.mask_reps)
+    mask_ab["others_cores_during"] = round(during.others_cores, 2)
+    print_mask_ab(mask_ab)
+    if args.mask_ab_only:
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, "mask_ab": mask_ab}, indent=1))
+        return
     laser_cfgs = {k: v for k, v in cfgs.items() if k != "sparse"}
     load_before = load()
     with OthersLoad() as during:
@@ -363,6 +532,7 @@ def main() -> None:
                    "jpeg_mb_mean": round(jpeg_mb, 2),
                    "masks": sum(f.mask_path is not None for f in frames)},
         "per_frame_cpu_ms_median": per,
+        "mask_ab": mask_ab,
         "threads": scaling,
     }
     results["ratios"] = {
@@ -371,6 +541,7 @@ def main() -> None:
         f"{name}_vs_floor": round(per["floor"] / per[name], 3) for name in laser_cfgs})
     results["ratios"]["two_workers_vs_one"] = scaling["speedup"]
     print(json.dumps(results, indent=1))
+    print_mask_ab(mask_ab)
 
     if args.build_frames > 0:
         big = work / "eth3d_big"

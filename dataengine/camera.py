@@ -18,7 +18,14 @@ import numpy as np
 
 PINHOLE = "PINHOLE"
 THIN_PRISM_FISHEYE = "THIN_PRISM_FISHEYE"
-NUM_PARAMS = {PINHOLE: 4, THIN_PRISM_FISHEYE: 12}
+# Number of parameters per COLMAP camera model (colmap/src/colmap/sensor/models.h). Every model
+# parses; PINHOLE and THIN_PRISM_FISHEYE (all ETH3D uses) also project.
+CAMERA_MODEL_PARAMS = {
+    "SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8,
+    "OPENCV_FISHEYE": 8, "FULL_OPENCV": 12, "FOV": 5, "SIMPLE_RADIAL_FISHEYE": 4,
+    "RADIAL_FISHEYE": 5, "THIN_PRISM_FISHEYE": 12,
+}
+PROJECTED_MODELS = (PINHOLE, THIN_PRISM_FISHEYE)
 
 # Below this normalized radius COLMAP skips the fisheye angle mapping (uf = u).
 _EPS_RADIUS = np.finfo(np.float64).eps
@@ -189,7 +196,9 @@ def crop_intrinsics(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
 # Rotations (COLMAP quaternions: Hamilton, w first)
 # --------------------------------------------------------------------------------------------------
 def qvec_to_rotmat(qvec) -> np.ndarray:
-    """(qw, qx, qy, qz) -> 3x3 rotation; the quaternion is normalized first, as COLMAP does."""
+    """(qw, qx, qy, qz) -> 3x3 rotation; the quaternion is normalized first, as COLMAP does.
+    (pycolmap.Rotation3d(...).matrix() differs from this in the last bit for ~1/3 of unit
+    quaternions: shards store these matrices, so ours stays.)"""
     q = np.asarray(qvec, dtype=np.float64)
     norm = np.linalg.norm(q)
     if not np.isfinite(norm) or norm < 1e-12:
@@ -232,27 +241,35 @@ def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 def _check_params(params, model: str) -> np.ndarray:
     params = np.asarray(params, dtype=np.float64).reshape(-1)
-    if params.size != NUM_PARAMS[model]:
-        raise ValueError(f"{model} needs {NUM_PARAMS[model]} params, got {params.size}")
+    if params.size != CAMERA_MODEL_PARAMS[model]:
+        raise ValueError(f"{model} needs {CAMERA_MODEL_PARAMS[model]} params, got {params.size}")
     return params
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Camera:
-    """One COLMAP camera (``cameras.txt`` line) of model PINHOLE or THIN_PRISM_FISHEYE."""
+    """One COLMAP camera (a ``cameras.txt`` line); PINHOLE and THIN_PRISM_FISHEYE also project."""
 
+    camera_id: int
     model: str
     width: int
     height: int
-    params: np.ndarray
+    params: np.ndarray  # float64, COLMAP order; principal point in corner-origin pixels
 
     def __post_init__(self) -> None:
-        if self.model not in NUM_PARAMS:
-            raise ValueError(f"unsupported camera model {self.model!r}; expected one of {list(NUM_PARAMS)}")
-        self.params = _check_params(self.params, self.model)
-        self.width, self.height = int(self.width), int(self.height)
+        if self.model not in CAMERA_MODEL_PARAMS:
+            raise ValueError(f"unknown camera model {self.model!r}")
+        object.__setattr__(self, "params", _check_params(self.params, self.model))
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"camera size must be positive, got {self.width}x{self.height}")
+
+    def _projected_model(self) -> str:
+        if self.model not in PROJECTED_MODELS:
+            raise ValueError(f"unsupported camera model {self.model!r} for projection; expected one of "
+                             f"{list(PROJECTED_MODELS)}")
+        return self.model
 
     @property
     def focal(self) -> tuple[float, float]:
@@ -269,13 +286,13 @@ class Camera:
 
     def project(self, xyz_cam: np.ndarray) -> np.ndarray:
         """Camera-frame points (N,3), z > 0 -> COLMAP corner-origin pixels (N,2)."""
-        if self.model == PINHOLE:
+        if self._projected_model() == PINHOLE:
             return pinhole_project(xyz_cam, self.K_colmap())
         return thin_prism_project(xyz_cam, self.params)
 
     def unproject(self, xy: np.ndarray) -> np.ndarray:
         """COLMAP corner-origin pixels (N,2) -> pinhole-normalized (x/z, y/z) (N,2)."""
-        if self.model == PINHOLE:
+        if self._projected_model() == PINHOLE:
             return pinhole_unproject(xy, self.K_colmap())
         return thin_prism_unproject(xy, self.params)
 
@@ -288,10 +305,10 @@ class Camera:
         rays = np.concatenate([uv, np.ones((uv.shape[0], 1))], axis=1)
         return rays.reshape(len(ys), self.width, 3)
 
-    def colmap_line(self, camera_id: int) -> str:
+    def colmap_line(self) -> str:
         """The ``cameras.txt`` data line, values printed like ETH3D's files (6 significant digits)."""
         values = " ".join(format_float(p) for p in self.params)
-        return f"{camera_id} {self.model} {self.width} {self.height} {values}"
+        return f"{self.camera_id} {self.model} {self.width} {self.height} {values}"
 
 
 def format_float(value: float) -> str:

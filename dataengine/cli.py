@@ -76,7 +76,7 @@ def main(debug: bool) -> None:
     """ETH3D → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
 
 
-# ---- data engine commands: build / inspect / verify / download (owner: data engine) ----------------
+# ---- data engine commands: build / inspect / verify / download ----------------------------------
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -224,7 +224,7 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
         click.echo(f"{item['archive']}: {item['status']}")
 
 
-# ---- synthetic ETH3D scenes (owner: synth) -------------------------------------------------------
+# ---- synthetic ETH3D scenes ----------------------------------------------------------------------
 @main.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--scene", default="synth_facade", show_default=True, help="Scene folder name.")

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Number of parameters per COLMAP camera model (colmap/src/colmap/sensor/models.h).
-CAMERA_MODEL_PARAMS = {
-    "SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8,
-    "OPENCV_FISHEYE": 8, "FULL_OPENCV": 12, "FOV": 5, "SIMPLE_RADIAL_FISHEYE": 4,
-    "RADIAL_FISHEYE": 5, "THIN_PRISM_FISHEYE": 12,
-}
+from dataengine.camera import CAMERA_MODEL_PARAMS, Camera, qvec_to_rotmat
+
+__all__ = ["CAMERA_MODEL_PARAMS", "BadInputError", "Camera", "ColmapModel", "ImageRecord", "Points3D",
+           "read_model", "read_model_pycolmap"]
 
 
 # |q| may differ from 1 by print rounding only (COLMAP writes >= 6 significant digits).
@@ -32,15 +30,6 @@ class BadInputError(ValueError):
     def __init__(self, message: str, path: Path | str | None = None):
         super().__init__(message)
         self.path = None if path is None else str(path)
-
-
-@dataclass(frozen=True)
-class Camera:
-    camera_id: int
-    model: str
-    width: int
-    height: int
-    params: np.ndarray  # float64, COLMAP order; principal point in corner-origin pixels
 
 
 @dataclass
@@ -57,7 +46,7 @@ class ImageRecord:
     @property
     def rotation(self) -> np.ndarray:
         """World-to-camera rotation matrix."""
-        return quaternion_to_matrix(self.qvec)
+        return qvec_to_rotmat(self.qvec)
 
 
 @dataclass
@@ -76,16 +65,6 @@ class ColmapModel:
     cameras: dict[int, Camera]
     images: dict[int, ImageRecord]
     points3d: Points3D
-
-
-def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Hamilton quaternion (w, x, y, z), normalised first, to a 3x3 rotation matrix."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 def _numbers(tokens: list[str], kind, path: Path, lineno: int, what: str) -> list:

@@ -156,9 +156,8 @@ def _mask_buffer(prism: Camera) -> np.ndarray:
 
 def read_mask_scanlines(path: Path | None, width: int, height: int) -> np.ndarray | None:
     """The still-filtered (height, width + 1) scanlines of an 8-bit greyscale mask PNG
-    (`png.read_png_gray8_scanlines`, a per-thread buffer) for `kernels.laser_points` to unfilter
-    row by row; (0, 0) without a mask file; None when it must be decoded whole (`read_mask`:
-    other PNG kinds, or no libdeflate)."""
+    (`png.read_png_gray8_scanlines`) for `kernels.laser_points` to unfilter row by row; (0, 0)
+    without a mask file; None when it must be decoded whole (`read_mask`: other PNG kinds)."""
     if path is None:
         return np.zeros((0, 0), dtype=np.uint8)
     from dataengine.png import read_png_gray8_scanlines
@@ -296,25 +295,27 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False
     (scanned for valid/NaN pixels in the same pass); mask may be (0, 0). mask_filtered: mask is
     the PNG's filtered scanlines (`read_mask_scanlines`), unfiltered inside the GT pass; an
     invalid filter type or a value above 2 then raises BadInputError naming mask_path."""
-    from dataengine.kernels import bucket_points, laser_points, plane_pool
+    from dataengine.kernels import PointBuffers, bucket_points, laser_points, plane_pool
     from dataengine.png import bad_filter_error
 
     ux, uy = undistortion_grid_for(pinhole, prism, cfg.grid_spacing)
     src_size = np.array([pinhole.width, pinhole.height], dtype=np.float64)
-    counts = np.zeros(5, dtype=np.int64)
     want = getattr(_local, "points_needed", gt.size // 8)  # the thread's last frame, else 12.5 %
     while True:
-        owner = _buffer_at_least("pt_owner", want, np.int32)
-        pos_x = _buffer_at_least("pt_x", want, np.float32)
-        pos_y = _buffer_at_least("pt_y", want, np.float32)
-        point_depth = _buffer_at_least("pt_z", want, np.float32)
-        n = laser_points(gt, mask, mask_filtered, ux, uy, float(cfg.grid_spacing), geom.affine, src_size,
-                         geom.height, geom.width, owner, pos_x, pos_y, point_depth, counts)
-        if mask_filtered and counts[4] >= 0:
-            raise bad_filter_error(mask_path, int(counts[4]), int(mask[counts[4], 0]))
+        buffers = PointBuffers(_buffer_at_least("pt_owner", want, np.int32),
+                               _buffer_at_least("pt_x", want, np.float32),
+                               _buffer_at_least("pt_y", want, np.float32),
+                               _buffer_at_least("pt_z", want, np.float32))
+        found = laser_points(gt, mask, ux, uy, buffers, spacing=float(cfg.grid_spacing),
+                             affine=geom.affine, src_size=src_size,
+                             out_shape=(geom.height, geom.width), mask_filtered=mask_filtered)
+        if mask_filtered and found.bad_filter_row >= 0:
+            row = found.bad_filter_row
+            raise bad_filter_error(mask_path, row, int(mask[row, 0]))
         if mask_filtered:
-            check_mask_values(mask_path, int(counts[3]))
-        if n <= min(owner.size, pos_x.size, pos_y.size, point_depth.size):
+            check_mask_values(mask_path, found.mask_peak)
+        n = found.n_points
+        if n <= buffers.capacity:
             break
         want = n  # more points than the buffers hold (rare): grow them and map again
     _local.points_needed = n
@@ -326,13 +327,13 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False
     pw = records[:, 0]
     px = records.view(np.float32)[:, 2]
     py = records.view(np.float32)[:, 3]
-    bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw)
+    bucket_points(*buffers, n, start, px, py, pw)
     out = np.empty((geom.height, geom.width), dtype=np.float32)
     status = np.empty((geom.height, geom.width), dtype=np.uint8)
     plane_pool(start, px, py, pw, geom.affine, cfg.min_count, float(cfg.plane_radius),
                cfg.plane_min_points, float(cfg.plane_tolerance), float(cfg.plane_min_spread),
                out, status)
-    return PlaneDepth(out, status, int(counts[0]), int(counts[1]), int(counts[2]))
+    return PlaneDepth(out, status, found.n_valid, found.n_nan, found.n_masked)
 
 
 def sparse_depth(points_xyz: np.ndarray, observed_xyz: np.ndarray, rotation: np.ndarray,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -156,7 +155,3 @@ def download_scenes(cfg: DownloadConfig) -> list[dict]:
                 archive.unlink()
             report.append({"archive": name, "status": "downloaded", "members": len(members)})
     return report
-
-
-def free_space_gb(path: Path) -> float:
-    return shutil.disk_usage(Path(path)).free / 1e9

@@ -7,14 +7,88 @@ at 24-megapixel size (engine-performance-notes §3.2).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from dataengine.png import row_peak, unfilter_row
-
 _JIT = dict(cache=True, nogil=True, fastmath=False)
+
+
+# --- PNG scanline filters (1-byte pixels): png.py decodes with them, laser_points unfilters the mask
+# row by row inside its GT pass with them.
+@njit(**_JIT)
+def unfilter_row(kind, src, up, row):
+    """Undo one scanline's PNG filter (1-byte pixels): src = its filtered bytes (no filter-type
+    byte), up = the row above (zeros for the first), row = the result. False for an invalid
+    filter type."""
+    width = row.size
+    if kind == 0:
+        for x in range(width):
+            row[x] = src[x]
+    elif kind == 1:  # Sub: + left
+        left = 0
+        for x in range(width):
+            left = (src[x] + left) & 0xFF
+            row[x] = left
+    elif kind == 2:  # Up: + above
+        for x in range(width):
+            row[x] = (src[x] + up[x]) & 0xFF
+    elif kind == 3:  # Average: + floor((left + above) / 2)
+        left = 0
+        for x in range(width):
+            left = (src[x] + ((left + up[x]) >> 1)) & 0xFF
+            row[x] = left
+    elif kind == 4:  # Paeth: + whichever of left, above, upper-left is nearest left+above-upleft
+        left = 0
+        upleft = 0
+        for x in range(width):
+            above = np.int64(up[x])
+            if above == upleft:  # then p == left: the predictor is left (uniform regions)
+                left = (src[x] + left) & 0xFF
+            else:
+                pa = abs(above - upleft)  # |p - left|
+                pb = abs(left - upleft)  # |p - above|
+                pc = abs(left + above - 2 * upleft)  # |p - upleft|
+                if pa <= pb and pa <= pc:
+                    pred = left
+                elif pb <= pc:
+                    pred = above
+                else:
+                    pred = upleft
+                left = (src[x] + pred) & 0xFF
+            upleft = above
+            row[x] = left
+    else:
+        return False
+    return True
+
+
+@njit(**_JIT)
+def row_peak(row):
+    m = np.uint8(0)
+    for x in range(row.size):
+        m = max(m, row[x])
+    return np.int64(m)
+
+
+@njit(**_JIT)
+def unfilter_gray8(raw, out, y0):
+    """Undo the PNG scanline filters of 1-byte pixels: raw = a band of scanlines (filter byte +
+    width bytes each) → out rows y0, y0 + 1, ... (row y0 - 1 of out is the one above). Returns
+    (first row with an invalid filter type or -1, maximum value of the band)."""
+    width = out.shape[1]
+    stride = width + 1
+    zero = np.zeros(width, dtype=np.uint8)
+    peak = 0
+    for k in range(raw.size // stride):
+        y = y0 + k
+        up = out[y - 1] if y > 0 else zero
+        if not unfilter_row(raw[k * stride], raw[k * stride + 1:(k + 1) * stride], up, out[y]):
+            return y, peak
+        peak = max(peak, row_peak(out[y]))
+    return -1, peak
 
 
 @njit(**_JIT)
@@ -313,29 +387,56 @@ def _flag_word(flag_octets, w):
     return word
 
 
-@njit(**_JIT)
-def laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_size, out_h,
-                 out_w, owner, pos_x, pos_y, point_depth, counts):
-    """Every valid, unmasked GT pixel as a laser point at output resolution.
+class PointBuffers(NamedTuple):
+    """Caller-owned outputs of `laser_points`, one entry per point (same capacity each)."""
+    owner: np.ndarray  # int32: 4 * flat output pixel + quadrant (2 * (y >= 0) + (x >= 0))
+    pos_x: np.ndarray  # float32: offset from that pixel's centre, output px
+    pos_y: np.ndarray  # float32
+    depth: np.ndarray  # float32: the GT value
+
+    @property
+    def capacity(self) -> int:
+        return min(a.size for a in self)
+
+
+class LaserPoints(NamedTuple):
+    """What `laser_points` found besides the points themselves."""
+    n_points: int  # points found; above buffers.capacity = grow the buffers and call again
+    n_valid: int  # valid GT pixels (finite and > 0) of the whole map
+    n_nan: int  # NaN GT pixels of the whole map
+    n_masked: int  # mask pixels != 0 (0 without a mask)
+    mask_peak: int  # the mask's largest value (filtered masks only, else 0)
+    bad_filter_row: int  # first mask row with an invalid PNG filter type (the pass stopped), or -1
+
+
+def laser_points(depth, mask, inv_x, inv_y, buffers: PointBuffers, *, spacing: float, affine,
+                 src_size, out_shape: tuple[int, int], mask_filtered: bool = False) -> LaserPoints:
+    """Every valid, unmasked GT pixel as a laser point at output resolution (out_shape = (H, W)).
 
     The splat rule puts a laser point somewhere in its GT pixel [ix, ix+1) x [iy, iy+1); its
     position is taken as the pixel centre, mapped through the undistortion grid (bilinear) to the
     undistorted image and then to output pixels. Points outside the undistorted image or the
     output are dropped (only the columns that can reach the output are visited: a 518² crop of a
-    3:2 image skips a third). Writes owner (4 * flat output pixel the point lies in + its
-    quadrant: 2 * (pos_y >= 0) + (pos_x >= 0)), pos_x/pos_y (offset from that pixel's centre,
-    output px) and point_depth (its GT value: 4 bytes, inverted by `bucket_points`), at most as
-    many as they hold; returns the point count (a
-    count above the buffer size = grow them and call again). The same pass scans every GT row
-    whole (the row then sits in cache for the point pass): counts = (valid GT pixels = finite and
-    > 0, NaN pixels, masked pixels) of the whole map.
+    3:2 image skips a third). Writes the points into `buffers` (at most their capacity; the depth
+    is 4 bytes, inverted by `bucket_points`). The same pass scans every GT row whole (the row then
+    sits in cache for the point pass) for the map's valid / NaN / masked counts.
 
     mask: (0, 0) = none; else the decoded (h, w) mask, or with mask_filtered its still-filtered
     PNG scanlines (h, w + 1) (`png.read_png_gray8_scanlines`), undone here a row at a time into
     a two-row buffer: the whole decoded mask is never written and read back (~48 MB less memory
-    traffic per 24-megapixel frame). Then counts[3] = the mask's largest value and counts[4] =
-    the first row with an invalid filter type (the pass stops there) or -1.
+    traffic per 24-megapixel frame); the result then carries the mask's largest value and the
+    first row with an invalid filter type.
     """
+    counts = np.zeros(5, dtype=np.int64)
+    n = _laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_size,
+                      out_shape[0], out_shape[1], *buffers, counts)
+    return LaserPoints(int(n), *(int(c) for c in counts))
+
+
+@njit(**_JIT)
+def _laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_size, out_h,
+                  out_w, owner, pos_x, pos_y, point_depth, counts):
+    """The kernel of `laser_points`: counts = (valid, NaN, masked, mask peak, bad filter row)."""
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     rax = 1.0 / ax
     ray = 1.0 / ay

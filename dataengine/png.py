@@ -1,59 +1,92 @@
 """Fast decoder for 8-bit greyscale, non-interlaced PNGs (the kind of every ETH3D mask).
 
 Pillow spends ~100 ms on a 6048x4032 mask; most of it is not the inflate. Here: the chunks are
-parsed and CRC-checked in Python; the IDAT stream is inflated by the system's libdeflate when
-present (ctypes, one call, ~5 ms), else by zlib a band of rows at a time (~18 ms); both check the
-stream's adler32. The per-scanline filters (None/Sub/Up/Average/Paeth) are undone by a numba
-kernel, which also returns the largest value.
+parsed and CRC-checked in Python; the IDAT stream is inflated in one call by libdeflate (the
+`deflate` wheel bundles it: ~3x faster than zlib, adler32 checked); the per-scanline filters
+(None/Sub/Up/Average/Paeth) are undone by numba kernels (`kernels.unfilter_gray8`, or row by row
+inside the consumer's own pass with `kernels.unfilter_row`). benchmarks/engine.py compares this
+with zlib, imagecodecs' libspng/libpng and Pillow inside the engine's frame time (RESULTS.md).
 Every other PNG kind (palette, 16-bit, sub-byte, colour, alpha, interlaced) is declined
 (`None`), so that the caller falls back to Pillow.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import struct
-import threading
 import zlib
 from pathlib import Path
 
+import deflate
 import numpy as np
-from numba import njit
 
 from dataengine.colmap import BadInputError
+from dataengine.kernels import unfilter_gray8
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_png_gray8(path: Path, out: np.ndarray | None = None,
-                   use_libdeflate: bool | None = None) -> tuple[np.ndarray, int] | None:
+def read_png_gray8(path: Path, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
     """((height, width) uint8 pixels, their maximum) of an 8-bit greyscale non-interlaced PNG;
     None for any other PNG kind (decode it with Pillow). A truncated or corrupt file raises
     BadInputError naming it. `out`: a reusable buffer of at least height*width bytes (saves the
-    page faults of a fresh 24 MB array per mask); the pixels are a view of it. use_libdeflate:
-    None = when the system has it (`libdeflate_available`)."""
-    path = Path(path)
-    data = path.read_bytes()
-    header = _parse_chunks(data, path)
-    if header is None:
+    page faults of a fresh 24 MB array per mask); the pixels are a view of it."""
+    raw = read_png_gray8_scanlines(path)
+    if raw is None:
         return None
-    width, height, idat = header
+    height, width = raw.shape[0], raw.shape[1] - 1
     if out is not None and out.dtype == np.uint8 and out.size >= height * width:
         pixels = out.reshape(-1)[:height * width].reshape(height, width)
     else:
         pixels = np.empty((height, width), dtype=np.uint8)
-    if use_libdeflate is None:
-        use_libdeflate = libdeflate_available()
-    inflate = _inflate_libdeflate if use_libdeflate else _inflate_zlib
-    return pixels, inflate(idat, pixels, path)
-
-
-def _unfilter_checked(raw: np.ndarray, pixels: np.ndarray, y0: int, path: Path) -> int:
-    bad_row, peak = unfilter_gray8(raw, pixels, y0)
+    bad_row, peak = unfilter_gray8(raw.reshape(-1), pixels, 0)
     if bad_row >= 0:
-        raise bad_filter_error(path, bad_row, raw[(bad_row - y0) * (pixels.shape[1] + 1)])
-    return int(peak)
+        raise bad_filter_error(Path(path), bad_row, raw[bad_row, 0])
+    return pixels, int(peak)
+
+
+def read_png_gray8_scanlines(path: Path) -> np.ndarray | None:
+    """The (height, width + 1) still-filtered scanlines of an 8-bit greyscale non-interlaced PNG
+    (filter-type byte first, read-only; undo with `kernels.unfilter_row`, e.g. row by row inside a
+    consumer's own pass: no whole decoded image written and read again). None for other PNG kinds
+    (use Pillow). Corrupt data raises BadInputError naming the file; invalid filter types are the
+    consumer's to report (`bad_filter_error`)."""
+    path = Path(path)
+    header = _parse_chunks(path.read_bytes(), path)
+    if header is None:
+        return None
+    width, height, idat = header
+    return _inflate(idat, height, width, path)
+
+
+def _inflate(idat: bytes, height: int, width: int, path: Path) -> np.ndarray:
+    """The whole zlib stream in one libdeflate call (adler32 checked), one byte of room to spare so
+    that a stream holding more than the image shows."""
+    size = height * (width + 1)  # one filter-type byte per scanline
+    try:
+        raw = deflate.zlib_decompress(idat, size + 1)
+    except deflate.DeflateError:
+        raise _inflate_error(idat, height, width, path) from None
+    if len(raw) > size:
+        raise _excess_data(path, height, width)
+    if len(raw) < size:
+        raise _short_data(path, len(raw) // (width + 1), height)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
+
+
+def _inflate_error(idat: bytes, height: int, width: int, path: Path) -> BadInputError:
+    """libdeflate reports every failure alike; zlib (only on this error path) tells a stream that
+    holds more than the image from a corrupt or cut one, and names the corruption."""
+    size = height * (width + 1)
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(idat, size + 1)
+        if len(raw) <= size:
+            raw += inflater.flush()
+    except zlib.error as exc:
+        return _corrupt_data(path, str(exc))
+    if len(raw) > size:
+        return _excess_data(path, height, width)
+    return _corrupt_data(path, "the stream ends before its end marker and checksum")
 
 
 def _short_data(path: Path, rows: int, height: int) -> BadInputError:
@@ -67,123 +100,6 @@ def _excess_data(path: Path, height: int, width: int) -> BadInputError:
 
 def _corrupt_data(path: Path, why: str) -> BadInputError:
     return BadInputError(f"{path}: corrupt or truncated PNG image data ({why})", path)
-
-
-def _inflate_zlib(idat: bytes, pixels: np.ndarray, path: Path) -> int:
-    """Inflate + unfilter a band of rows (~256 KB, cache-resident) at a time; the maximum."""
-    height, width = pixels.shape
-    stride = width + 1  # one filter-type byte per scanline
-    band = max(1, (1 << 18) // stride)
-    inflater = zlib.decompressobj()
-    pending = idat
-    peak = 0
-    try:
-        for y0 in range(0, height, band):
-            want = min(band, height - y0) * stride
-            raw = inflater.decompress(pending, want)
-            pending = inflater.unconsumed_tail
-            if len(raw) != want:
-                raise _short_data(path, y0 + len(raw) // stride, height)
-            peak = max(peak, _unfilter_checked(np.frombuffer(raw, dtype=np.uint8), pixels, y0,
-                                               path))
-        extra = inflater.decompress(pending)  # the stream end: zlib checks its adler32 here
-    except zlib.error as exc:
-        raise _corrupt_data(path, str(exc)) from None
-    if extra:
-        raise _excess_data(path, height, width)
-    if not inflater.eof:
-        raise _corrupt_data(path, "the stream ends before its end marker and checksum")
-    return peak
-
-
-# libdeflate (a system library, used through ctypes when present) inflates a zlib stream ~3x
-# faster than zlib (5 vs 18 ms for a 6048x4032 mask), in one call into a reusable buffer.
-_LIBDEFLATE_NAMES = ("libdeflate.so.0", "libdeflate.so", "libdeflate.dylib", "libdeflate.dll")
-_libdeflate_lib = None
-_libdeflate_tried = False
-_libdeflate_lock = threading.Lock()
-_thread = threading.local()  # per-thread decompressor (not thread-safe) and inflate buffer
-
-
-def libdeflate_available() -> bool:
-    return _load_libdeflate() is not None
-
-
-def _load_libdeflate():
-    global _libdeflate_lib, _libdeflate_tried
-    with _libdeflate_lock:
-        if _libdeflate_tried:
-            return _libdeflate_lib
-        _libdeflate_tried = True
-        for name in (*_LIBDEFLATE_NAMES, "find_library"):
-            if name == "find_library":  # slower (may run ldconfig): only when the names fail
-                name = ctypes.util.find_library("deflate")
-                if name is None:
-                    break
-            try:
-                lib = ctypes.CDLL(name)
-            except OSError:
-                continue
-            lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
-            lib.libdeflate_alloc_decompressor.argtypes = []
-            lib.libdeflate_zlib_decompress.restype = ctypes.c_int
-            lib.libdeflate_zlib_decompress.argtypes = [
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
-            _libdeflate_lib = lib
-            break
-    return _libdeflate_lib
-
-
-def _inflate_libdeflate(idat: bytes, pixels: np.ndarray, path: Path) -> int:
-    """Inflate the whole stream (adler32 checked) into a per-thread buffer, then unfilter."""
-    raw = _inflate_libdeflate_raw(idat, *pixels.shape, path)
-    return _unfilter_checked(raw.reshape(-1), pixels, 0, path)
-
-
-def _inflate_libdeflate_raw(idat: bytes, height: int, width: int, path: Path) -> np.ndarray:
-    """The (height, width + 1) filtered scanlines (filter-type byte first) in a per-thread
-    buffer, valid until this thread's next inflate."""
-    lib = _load_libdeflate()
-    if lib is None:
-        raise RuntimeError("libdeflate is not available on this system")
-    size = height * (width + 1)
-    decompressor = getattr(_thread, "decompressor", None)
-    if decompressor is None:
-        decompressor = _thread.decompressor = lib.libdeflate_alloc_decompressor()
-        if not decompressor:
-            raise MemoryError("libdeflate_alloc_decompressor failed")
-    raw = getattr(_thread, "raw", None)
-    if raw is None or raw.size < size:
-        raw = _thread.raw = np.empty(size, dtype=np.uint8)
-    got = ctypes.c_size_t(0)
-    result = lib.libdeflate_zlib_decompress(decompressor, idat, len(idat), raw.ctypes.data, size,
-                                            ctypes.byref(got))
-    if result == 3:  # LIBDEFLATE_INSUFFICIENT_SPACE
-        raise _excess_data(path, height, width)
-    if result != 0:  # LIBDEFLATE_BAD_DATA (also a cut stream or a wrong adler32)
-        raise _corrupt_data(path, "libdeflate: bad data")
-    if got.value != size:
-        raise _short_data(path, got.value // (width + 1), height)
-    return raw[:size].reshape(height, width + 1)
-
-
-def read_png_gray8_scanlines(path: Path) -> np.ndarray | None:
-    """The (height, width + 1) still-filtered scanlines of an 8-bit greyscale non-interlaced PNG
-    (filter-type byte first; undo with `unfilter_row`, e.g. row by row inside a consumer's own
-    pass: no whole decoded image written and read again), in a per-thread buffer valid until
-    this thread's next call. None for other PNG kinds or without libdeflate (use
-    `read_png_gray8`). Corrupt data raises BadInputError naming the file; invalid filter types
-    are the consumer's to report (`bad_filter_error`)."""
-    path = Path(path)
-    if not libdeflate_available():
-        return None
-    data = path.read_bytes()
-    header = _parse_chunks(data, path)
-    if header is None:
-        return None
-    width, height, idat = header
-    return _inflate_libdeflate_raw(idat, height, width, path)
 
 
 def bad_filter_error(path: Path, row: int, kind: int) -> BadInputError:
@@ -234,76 +150,3 @@ def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
     if not idat:
         raise BadInputError(f"{path}: PNG without image data (no IDAT chunk)", path)
     return width, height, b"".join(idat)
-
-
-@njit(cache=True, nogil=True)
-def unfilter_row(kind, src, up, row):
-    """Undo one scanline's PNG filter (1-byte pixels): src = its filtered bytes (no filter-type
-    byte), up = the row above (zeros for the first), row = the result. False for an invalid
-    filter type."""
-    width = row.size
-    if kind == 0:
-        for x in range(width):
-            row[x] = src[x]
-    elif kind == 1:  # Sub: + left
-        left = 0
-        for x in range(width):
-            left = (src[x] + left) & 0xFF
-            row[x] = left
-    elif kind == 2:  # Up: + above
-        for x in range(width):
-            row[x] = (src[x] + up[x]) & 0xFF
-    elif kind == 3:  # Average: + floor((left + above) / 2)
-        left = 0
-        for x in range(width):
-            left = (src[x] + ((left + up[x]) >> 1)) & 0xFF
-            row[x] = left
-    elif kind == 4:  # Paeth: + whichever of left, above, upper-left is nearest left+above-upleft
-        left = 0
-        upleft = 0
-        for x in range(width):
-            above = np.int64(up[x])
-            if above == upleft:  # then p == left: the predictor is left (uniform regions)
-                left = (src[x] + left) & 0xFF
-            else:
-                pa = abs(above - upleft)  # |p - left|
-                pb = abs(left - upleft)  # |p - above|
-                pc = abs(left + above - 2 * upleft)  # |p - upleft|
-                if pa <= pb and pa <= pc:
-                    pred = left
-                elif pb <= pc:
-                    pred = above
-                else:
-                    pred = upleft
-                left = (src[x] + pred) & 0xFF
-            upleft = above
-            row[x] = left
-    else:
-        return False
-    return True
-
-
-@njit(cache=True, nogil=True)
-def row_peak(row):
-    m = np.uint8(0)
-    for x in range(row.size):
-        m = max(m, row[x])
-    return np.int64(m)
-
-
-@njit(cache=True, nogil=True)
-def unfilter_gray8(raw, out, y0):
-    """Undo the PNG scanline filters of 1-byte pixels: raw = a band of scanlines (filter byte +
-    width bytes each) → out rows y0, y0 + 1, ... (row y0 - 1 of out is the one above). Returns
-    (first row with an invalid filter type or -1, maximum value of the band)."""
-    width = out.shape[1]
-    stride = width + 1
-    zero = np.zeros(width, dtype=np.uint8)
-    peak = 0
-    for k in range(raw.size // stride):
-        y = y0 + k
-        up = out[y - 1] if y > 0 else zero
-        if not unfilter_row(raw[k * stride], raw[k * stride + 1:(k + 1) * stride], up, out[y]):
-            return y, peak
-        peak = max(peak, row_peak(out[y]))
-    return -1, peak

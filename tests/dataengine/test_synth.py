@@ -58,7 +58,7 @@ def _pose(image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _camera(cam) -> Camera:
-    return Camera(cam.model.name, cam.width, cam.height, np.asarray(cam.params))
+    return Camera(int(cam.camera_id), cam.model.name, cam.width, cam.height, np.asarray(cam.params))
 
 
 def _read_depth(scene: Path, name: str, cam) -> np.ndarray:
@@ -143,8 +143,8 @@ def test_every_undistorted_pixel_maps_inside_the_distorted_image(scene):
         # ... and the image is (nearly) the largest such: 1% wider or taller leaves the image.
         for grow in ([1.01, 1.0], [1.0, 1.01]):
             w, h = int(pin.width * grow[0]), int(pin.height * grow[1])
-            big = Camera(PINHOLE, w, h, [*pin.params[:2], pin.params[2] + (w - pin.width) / 2,
-                                         pin.params[3] + (h - pin.height) / 2])
+            big = Camera(pin.camera_id, PINHOLE, w, h, [*pin.params[:2], pin.params[2] + (w - pin.width) / 2,
+                                                        pin.params[3] + (h - pin.height) / 2])
             xy = dist.img_from_cam(big.pixel_centre_rays().reshape(-1, 3))
             assert xy.min() < 0 or np.any(xy.max(0) >= [dist.width, dist.height])
 

@@ -82,24 +82,28 @@ def test_thin_prism_unproject_refuses_pixels_outside_the_model():
 
 
 def test_camera_line_round_trips_the_eth3d_text():
-    cam = Camera(THIN_PRISM_FISHEYE, 6048, 4032, COURTYARD)
-    assert cam.colmap_line(0) == COURTYARD_LINE
-    pinhole = Camera(PINHOLE, 6220, 4141, [3430.27, 3429.23, 3119.2, 2057.75])
-    assert pinhole.colmap_line(0) == "0 PINHOLE 6220 4141 3430.27 3429.23 3119.2 2057.75"
+    cam = Camera(0, THIN_PRISM_FISHEYE, 6048, 4032, COURTYARD)
+    assert cam.colmap_line() == COURTYARD_LINE
+    pinhole = Camera(0, PINHOLE, 6220, 4141, [3430.27, 3429.23, 3119.2, 2057.75])
+    assert pinhole.colmap_line() == "0 PINHOLE 6220 4141 3430.27 3429.23 3119.2 2057.75"
     assert np.allclose(pinhole.K_opencv() - pinhole.K_colmap(), [[0, 0, -0.5], [0, 0, -0.5], [0, 0, 0]])
 
 
 def test_camera_rejects_bad_input():
     with pytest.raises(ValueError, match="12 params"):
-        Camera(THIN_PRISM_FISHEYE, 10, 10, [1, 2, 3, 4])
-    with pytest.raises(ValueError, match="unsupported camera model"):
-        Camera("OPENCV", 10, 10, [1, 2, 3, 4])
+        Camera(0, THIN_PRISM_FISHEYE, 10, 10, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="unknown camera model"):
+        Camera(0, "PINHOLE_X", 10, 10, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="OPENCV needs 8 params"):
+        Camera(0, "OPENCV", 10, 10, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="unsupported camera model 'OPENCV' for projection"):
+        Camera(0, "OPENCV", 10, 10, [50, 50, 5, 5, 0, 0, 0, 0]).project(np.array([[0.0, 0.0, 1.0]]))
     with pytest.raises(ValueError, match="positive"):
-        Camera(PINHOLE, 0, 10, [1, 1, 1, 1])
+        Camera(0, PINHOLE, 0, 10, [1, 1, 1, 1])
 
 
 def test_pinhole_camera_matches_pycolmap_and_centres_are_at_half_pixels():
-    cam = Camera(PINHOLE, 64, 48, [50.0, 52.0, 31.7, 24.2])
+    cam = Camera(0, PINHOLE, 64, 48, [50.0, 52.0, 31.7, 24.2])
     ref = pycolmap.Camera(model="PINHOLE", width=64, height=48, params=cam.params)
     xyz = np.array([[0.1, -0.2, 2.0], [1.0, 0.7, 3.0]])
     np.testing.assert_allclose(cam.project(xyz), ref.img_from_cam(xyz), atol=1e-12)
@@ -111,7 +115,7 @@ def test_pinhole_camera_matches_pycolmap_and_centres_are_at_half_pixels():
 
 
 def test_thin_prism_pixel_centre_rays_project_back_to_centres():
-    cam = Camera(THIN_PRISM_FISHEYE, 60, 40, np.r_[COURTYARD[:4] * 0.01, COURTYARD[4:]])
+    cam = Camera(0, THIN_PRISM_FISHEYE, 60, 40, np.r_[COURTYARD[:4] * 0.01, COURTYARD[4:]])
     rays = cam.pixel_centre_rays()
     back = cam.project(rays.reshape(-1, 3)).reshape(40, 60, 2)
     np.testing.assert_allclose(back[7, 11], [11.5, 7.5], atol=1e-9)

@@ -1,5 +1,6 @@
 """The fast mask PNG decoder (dataengine.png) against Pillow and against hand-filtered PNGs that use
-every scanline filter; its fallback to Pillow for other PNG kinds; corrupt files."""
+every scanline filter; its fallback to Pillow for other PNG kinds; corrupt files. Both entry points:
+the whole decoded image and the still-filtered scanlines the engine's GT pass unfilters row by row."""
 
 from __future__ import annotations
 
@@ -12,12 +13,25 @@ from PIL import Image
 
 from dataengine.colmap import BadInputError
 from dataengine.depth import read_mask
-from dataengine.png import PNG_SIGNATURE, libdeflate_available, read_png_gray8
+from dataengine.kernels import row_peak, unfilter_row
+from dataengine.png import PNG_SIGNATURE, bad_filter_error, read_png_gray8, read_png_gray8_scanlines
 
-# Both inflate backends: zlib (always) and the system libdeflate (when installed).
-BACKENDS = [pytest.param(False, id="zlib"),
-            pytest.param(True, id="libdeflate", marks=pytest.mark.skipif(
-                not libdeflate_available(), reason="no libdeflate on this system"))]
+ENTRY_POINTS = ["decoded", "scanlines"]
+
+
+def _read(path, entry: str, out=None):
+    """(pixels, maximum) through `read_png_gray8`, or through the scanlines unfiltered a row at a
+    time by the kernel-layer helpers (as kernels.laser_points does inside its GT pass)."""
+    if entry == "decoded":
+        return read_png_gray8(path, out)
+    raw = read_png_gray8_scanlines(path)
+    pixels = np.empty((raw.shape[0], raw.shape[1] - 1), np.uint8)
+    up, peak = np.zeros(pixels.shape[1], np.uint8), 0
+    for y in range(pixels.shape[0]):
+        if not unfilter_row(raw[y, 0], raw[y, 1:], up, pixels[y]):
+            raise bad_filter_error(path, y, raw[y, 0])
+        peak, up = max(peak, row_peak(pixels[y])), pixels[y]
+    return pixels, peak
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -66,23 +80,22 @@ def _mask_like(h=37, w=53, seed=0) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("filters", [[0], [1], [2], [3], [4], [0, 1, 2, 3, 4], [4, 3, 2, 1, 0, 4]])
-def test_every_filter_type_matches_the_pixels_and_pillow(tmp_path, filters, backend):
+def test_every_filter_type_matches_the_pixels_and_pillow(tmp_path, filters, entry):
     pixels = _mask_like()
     path = tmp_path / "m.png"
     path.write_bytes(_png(pixels, filters, chunk_size=97))
-    decoded, peak = read_png_gray8(path, use_libdeflate=backend)
+    decoded, peak = _read(path, entry)
     np.testing.assert_array_equal(decoded, pixels)
     assert peak == pixels.max()
     with Image.open(path) as im:
         np.testing.assert_array_equal(np.asarray(im), decoded)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_images_larger_than_one_inflate_band(tmp_path, backend):
-    # 300 rows of 2000 px: three bands of rows; Up/Average/Paeth rows at the band boundaries
-    # need the last row of the previous band.
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_images_of_many_idat_chunks_and_a_reused_buffer(tmp_path, entry):
+    # 300 rows of 2000 px in 1000-byte IDAT chunks; Up/Average/Paeth rows need the row above.
     rng = np.random.default_rng(7)
     pixels = np.zeros((300, 2000), np.uint8)
     pixels[40:260, 300:1700] = 1
@@ -91,9 +104,9 @@ def test_images_larger_than_one_inflate_band(tmp_path, backend):
     path = tmp_path / "big.png"
     path.write_bytes(_png(pixels, [2, 4, 3, 1, 0, 4, 2], chunk_size=1000))
     reused = np.full(300 * 2000 + 5, 9, np.uint8)  # a dirty reusable buffer, larger than needed
-    decoded, peak = read_png_gray8(path, reused, use_libdeflate=backend)
+    decoded, peak = _read(path, entry, reused)
     np.testing.assert_array_equal(decoded, pixels)
-    assert peak == 2 and np.shares_memory(decoded, reused)
+    assert peak == 2 and np.shares_memory(decoded, reused) == (entry == "decoded")
 
 
 def test_pillow_written_masks_decode_identically(tmp_path):
@@ -201,16 +214,16 @@ def _corrupt_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
 @pytest.mark.parametrize("case", ["truncated_mid_idat", "no_iend", "crc", "signature",
                                   "filter_type", "too_few_rows", "no_adler32", "bad_adler32",
                                   "too_many_rows"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_corrupt_png_gives_a_clear_error_naming_the_file(tmp_path, case, backend):
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_corrupt_png_gives_a_clear_error_naming_the_file(tmp_path, case, entry):
     pixels = _mask_like(seed=4) % 3
     data, message = _corrupt_cases(_png(pixels, [0, 1, 2, 3, 4]))[case]
     path = tmp_path / f"{case}.png"
     path.write_bytes(data)
     with pytest.raises(BadInputError, match=rf"{case}.png: .*{_re(message)}"):
-        read_png_gray8(path, use_libdeflate=backend)
+        _read(path, entry)
     with pytest.raises(BadInputError, match=rf"{case}.png: .*{_re(message)}"):
-        read_mask(path, *pixels.shape[::-1])  # the engine's entry point, default backend
+        read_mask(path, *pixels.shape[::-1])  # the engine's entry point
 
 
 def _re(text: str) -> str:
