@@ -365,7 +365,6 @@ class StepRig:
 
     def __init__(self, strategy: str, ctx: Context) -> None:
         from trainer.lora import apply_strategy
-        from trainer.losses import LossConfig
         from trainer.train import build_model, freeze_modes
 
         self.cfg = cfg = strategy_config(strategy, ctx.plan)
@@ -381,7 +380,7 @@ class StepRig:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                            weight_decay=cfg.optim.weight_decay, fused=ctx.device.type == "cuda")
-        self.loss_cfg = LossConfig(**cfg.loss)
+        self.loss_cfg = cfg.loss
         self.batch = synthetic_batch(ctx.plan.frames, ctx.plan.size, ctx.device)
         self.net = self.model
 
