@@ -31,7 +31,7 @@ BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
 CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup test demo download shards train eval bench wheelhouse setup-system gpu-check
+.PHONY: help setup constraints test demo download shards train eval bench wheelhouse setup-system gpu-check
 .DEFAULT_GOAL := help
 
 help:
@@ -43,16 +43,26 @@ help:
 	@echo "make eval RUN=runs/NAME   base vs adapter report on the val split"
 	@echo "make bench                engine, loader, model-forward, train-step and step-memory benchmarks"
 	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
+	@echo "make constraints          re-pin constraints.txt to the versions installed in $(VENV)"
 	@echo "make wheelhouse           wheels for PYTHON_VERSION=$(PYTHON_VERSION) PLATFORM=$(PLATFORM), no torch/CUDA"
 	@echo "make setup-system         install into PYTHON from WHEELHOUSE offline, keeping its torch"
 	@echo "make gpu-check            bounded GPU check (BUDGET=$(BUDGET) s) -> GPU_CHECK_OUT=$(GPU_CHECK_OUT)"
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every dependency (torch aside) to the versions the suite last passed with, so a
+# fresh install months from now resolves the same set; `make constraints` refreshes it from .venv.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
 	touch $@
+
+constraints:
+	@{ echo "# Tested dependency versions (torch and its own dependencies excluded: TORCH chooses them)."; \
+	   echo "# Regenerate with 'make constraints' after a green 'make test' on upgraded packages."; \
+	   $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-|sympy|mpmath|networkx|#)'; \
+	 } > constraints.txt
+	@echo "constraints.txt: $$(grep -c '==' constraints.txt) pinned packages"
 
 setup: $(VENV)/.installed
 
