@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shardformat import ShardError
 from trainer.data.decode import decode_batch
-from trainer.data.schedule import _all_shards, _take_role, batches_per_worker, epoch_shard_order, worker_role
+from trainer.data.schedule import all_shards, take_role, batches_per_worker, epoch_shard_order, worker_role
 from trainer.data.shards import ShardInfo, index_tar_samples, list_shards
 from trainer.data.sharedmem import BUFFER_KEY, ReleaseTracker, SharedBuffers, new_shared_storage
 
@@ -76,8 +76,8 @@ class ShardStream(IterableDataset):
         order = epoch_shard_order(self.shards, self.seed, self.epoch, self.shuffle)
         stages: list[Any] = [
             wds.SimpleShardList([s.path for s in order]),
-            wds.split_by_node if self.split_across_ranks else _all_shards,  # rank r: shards r::world
-            _take_role(role, self.workers),  # worker role j: j::W of those (wds.split_by_worker by role)
+            wds.split_by_node if self.split_across_ranks else all_shards,  # rank r: shards r::world
+            take_role(role, self.workers),  # worker role j: j::W of those (wds.split_by_worker by role)
             index_tar_samples,  # records of where each member lies; payloads are read when decoded
         ]
         if self.shuffle and self.shuffle_buffer > 1:
@@ -103,7 +103,6 @@ class ShardStream(IterableDataset):
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-
 
 
 @dataclass

@@ -57,11 +57,14 @@ def worker_role(worker: int, workers: int, consumed: int) -> tuple[int, int]:
     return role, max(0, -(-(consumed - role) // workers))
 
 
-def _all_shards(src: Iterator[Any]) -> Iterator[Any]:
+def all_shards(src: Iterator[Any]) -> Iterator[Any]:
+    """wds stage: every shard (a stream not split across ranks)."""
     return src
 
 
-def _take_role(role: int, workers: int):
+def take_role(role: int, workers: int):
+    """wds stage: shards role::workers (`wds.split_by_worker` for worker `role`)."""
+
     def stage(src: Iterator[Any]) -> Iterator[Any]:
         return itertools.islice(src, role, None, workers)
 

@@ -26,8 +26,8 @@ class SharedBuffers:
 
     A fresh shared-memory segment costs the worker a page fault and a zeroed page per 4 KiB (measured:
     ~12 ms of system time per 518², 8-frame sample, a third of the worker's CPU); reusing one does not.
-    `flags[k]` is 1 while slot k's batch may still be alive in the main process (`ReleaseTracker` clears it); with no slot free,
-    a fresh segment is used.
+    `flags[k]` is 1 while slot k's batch may still be alive in the main process (`ReleaseTracker` clears
+    it); with no slot free, a fresh segment is used.
     """
 
     def __init__(self, flags: torch.Tensor, worker: int) -> None:
