@@ -3,8 +3,8 @@
   shards  trainer.data.make_loader over engine-built shards (simplejpeg decode of 8 × 518² JPEGs,
           depth/mask .npy, cameras.json → uint8 batch tensors): 0 DataLoader workers (default decode
           threads, and 1 thread = the per-core rate) and 2 workers; samples/s and CPU ms per sample
-          (this process + its workers); `--baseline-rev REV` adds trainer/data.py of a git revision,
-          interleaved, for a same-run before/after
+          (this process + its workers); `--baseline-rev REV` adds trainer/data.py of a git revision
+          (one before the trainer/data/ package), interleaved, for a same-run before/after
   naive   what the existing ETH3D LoRA fork does per sample: parse the COLMAP text model, then
           PIL-decode each of the 8 full-size (6048×4032-class) undistorted JPEGs and resize to 518²
 
@@ -19,12 +19,13 @@ step does: CUDA kernels run asynchronously), across epoch boundaries, with and w
 the next epoch's workers during the last batch (`Loader.batches_from`, used by the trainer).
 
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/loader.py [--samples 32] [--work DIR]
-        [--repeats 3] [--baseline-rev 6636248] [--step-ms 300 100 50] [--json out.json]
+        [--repeats 3] [--baseline-rev 6636248] [--step-ms 300 100 50] [--fed-repeats 1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -69,8 +70,12 @@ def load_make_loader(rev: str | None):
     import importlib.util
     import subprocess
 
-    source = subprocess.run(["git", "show", f"{rev}:trainer/data.py"], check=True, capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    shown = subprocess.run(["git", "show", f"{rev}:trainer/data.py"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    if shown.returncode != 0:  # trainer/data/ is a package from the shardformat split on
+        raise SystemExit(f"Error: {rev} has no single-file trainer/data.py ({shown.stderr.strip()}); "
+                         f"run benchmarks/loader.py in a worktree of {rev} instead")
+    source = shown.stdout
     path = Path(tempfile.mkdtemp(prefix="loader-rev-")) / f"data_{rev.replace('/', '_')}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -172,6 +177,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work dir (kept; default: a temp dir)")
     parser.add_argument("--step-ms", type=float, nargs="*", default=[300.0, 100.0, 50.0],
                         help="GPU-like step times for the data-wait runs (empty: skip them)")
+    parser.add_argument("--fed-repeats", type=int, default=1, help="interleaved repeats of the data-wait runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="loader-bench-"))
@@ -228,13 +234,13 @@ def main() -> None:
         print(f"data-wait of a loop whose step leaves the CPU free (a GPU step), 2 workers, 2 epochs of "
               f"{args.samples} batches; epoch by epoch vs the next epoch started during the last batch:")
         results["fed"] = []
-        for step_ms in args.step_ms:
-            for lookahead in (False, True):
-                run = fed_run(impls["current"], shards, step_ms / 1000, 2 * args.samples, lookahead)
-                results["fed"].append({"lookahead": lookahead, **run})
-                print(f"  step {step_ms:5.0f} ms, {'look-ahead   ' if lookahead else 'epoch by epoch'}: "
-                      f"data-wait {run['data_wait_pct']:5.2f} %  (per batch {run['per_batch_ms']:.1f} ms, "
-                      f"epoch start {run['epoch_start_ms']:.0f} ms)", flush=True)
+        configs = itertools.product(range(args.fed_repeats), args.step_ms, impls.items(), (False, True))
+        for repeat, step_ms, (impl, make_loader), lookahead in configs:  # implementations interleaved
+            run = fed_run(make_loader, shards, step_ms / 1000, 2 * args.samples, lookahead)
+            results["fed"].append({"impl": impl, "repeat": repeat, "lookahead": lookahead, **run})
+            print(f"  [{impl}] step {step_ms:5.0f} ms, {'look-ahead   ' if lookahead else 'epoch by epoch'}: "
+                  f"data-wait {run['data_wait_pct']:5.2f} %  (per batch {run['per_batch_ms']:.1f} ms, "
+                  f"epoch start {run['epoch_start_ms']:.0f} ms)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

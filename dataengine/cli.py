@@ -175,10 +175,11 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
 def inspect_command(path, png, key):
     """Keys, shapes, dtypes and coverage of a shard directory or a single shard."""
     from dataengine.inspect_shards import contact_sheet, describe
+    from shardformat import ShardError
 
     try:
         click.echo(describe(path, key))
-    except (FileNotFoundError, tarfile.ReadError) as exc:
+    except (FileNotFoundError, tarfile.ReadError, ShardError) as exc:
         raise click.ClickException(f"{path}: not a readable shard or shard directory ({exc})") from None
     if png is not None:
         click.echo(f"wrote {contact_sheet(path, png, key)}")

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from shardformat import SampleReader, index_tar, record_suffixes
+
 
 def read_samples(shard: Path, limit: int | None = None):
-    """Yield (key, {suffix: bytes}) from a shard in file order (plain tarfile, no decoding)."""
-    current, members = None, {}
-    count = 0
-    with tarfile.open(shard, mode="r:") as tar:
-        for info in tar:
-            key, _, suffix = info.name.partition(".")
-            if current is not None and key != current:
-                yield current, members
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-                members = {}
-            current = key
-            members[suffix] = tar.extractfile(info).read()
-    if current is not None:
-        yield current, members
+    """Yield (key, {suffix: bytes}) from a shard in file order (`shardformat.index_tar`, no decoding)."""
+    for count, record in enumerate(index_tar(shard)):
+        if limit is not None and count >= limit:
+            return
+        reader = SampleReader(record)
+        try:
+            members = {suffix: bytes(reader.read(suffix)) for suffix in record_suffixes(record)}
+        finally:
+            reader.close()
+        yield record["__key__"], members
 
 
 def decode_sample(members: dict[str, bytes]) -> dict:
@@ -74,7 +69,7 @@ def describe(path: Path, key: str | None = None) -> str:
         if m["skipped"]:
             lines.append(f"  skipped inputs: {len(m['skipped'])}")
     for shard in shards:
-        keys = [k for k, _ in read_samples(shard)]
+        keys = [record["__key__"] for record in index_tar(shard)]  # headers only
         lines.append(f"{shard.name}: {len(keys)} samples ({keys[0] if keys else '-'} … "
                      f"{keys[-1] if keys else '-'})")
     key, members = find_sample(path, key)

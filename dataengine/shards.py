@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "eth3d-vggt-shards/1"
-KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+_\d{5}$")
-SHARD_RE = re.compile(r"^(train|val)-(\d{5})\.tar$")
+from shardformat import (CAMERAS, DEPTH, FORMAT, KEY_RE, MASK, SHARD_RE, frame_member, sample_suffixes, shard_name,
+                         suffixes_by_key)
+
+# the one reader (shardformat.index_tar): sample key → member suffixes in file order, from tar headers only
+list_tar_samples = suffixes_by_key
+expected_suffixes = sample_suffixes
 TMP_RE = re.compile(r"^\.(.+)\.tmp(\d+)$")  # `atomic_path` names: .NAME.tmpPID
 
 
@@ -44,10 +47,10 @@ def json_bytes(obj) -> bytes:
 def sample_members(key: str, jpegs: Sequence[bytes], depth: np.ndarray, mask: np.ndarray,
                    cameras: dict) -> list[tuple[str, bytes]]:
     """Members of one sample in the documented order."""
-    members = [(f"{key}.f{i}.jpg", data) for i, data in enumerate(jpegs)]
-    members.append((f"{key}.depth.npy", npy_bytes(depth)))
-    members.append((f"{key}.mask.npy", npy_bytes(mask)))
-    members.append((f"{key}.cameras.json", json_bytes(cameras)))
+    members = [(f"{key}.{frame_member(i)}", data) for i, data in enumerate(jpegs)]
+    members.append((f"{key}.{DEPTH}", npy_bytes(depth)))
+    members.append((f"{key}.{MASK}", npy_bytes(mask)))
+    members.append((f"{key}.{CAMERAS}", json_bytes(cameras)))
     return members
 
 
@@ -111,28 +114,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:05d}.tar"
-
-
-def list_tar_samples(path: Path) -> dict[str, list[str]]:
-    """Sample key → member suffixes in file order, read from tar headers only."""
-    samples: dict[str, list[str]] = {}
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                raise ValueError(f"{path}: member {member.name!r} is not a regular file")
-            key, dot, suffix = member.name.partition(".")
-            if not dot:
-                raise ValueError(f"{path}: member {member.name!r} has no '.<suffix>'")
-            samples.setdefault(key, []).append(suffix)
-    return samples
-
-
-def expected_suffixes(frames: int) -> list[str]:
-    return [f"f{i}.jpg" for i in range(frames)] + ["depth.npy", "mask.npy", "cameras.json"]
 
 
 def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]:

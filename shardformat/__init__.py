@@ -1,0 +1,24 @@
+"""A reader for the shard format `eth3d-vggt-shards/1` (shards/README.md).
+
+The one place that names the members and reads the format: the data engine (writer, `verify`,
+`inspect`) and the trainer's loader both use it, and never import each other. numpy only; JPEG
+decoding stays with the callers.
+
+- names: the format tag, member names, the sample-key rules, shard file names
+- tarindex: samples of a tar from its 512-byte headers, grouped exactly as webdataset groups them
+- manifest: manifest.json as `dataengine build` writes it
+- members: payload access (pread) and .npy/.json member decoding
+"""
+
+from shardformat.manifest import ManifestShard, manifest_shards, read_manifest
+from shardformat.members import NpyLayout, SampleReader, npy_layout, read_json
+from shardformat.names import (CAMERAS, DEPTH, FORMAT, KEY_RE, MASK, SHARD_RE, ShardError, frame_member,
+                               sample_suffixes, shard_name, split_member_name)
+from shardformat.tarindex import TarRange, count_samples, index_tar, record_suffixes, suffixes_by_key
+
+__all__ = [
+    "CAMERAS", "DEPTH", "FORMAT", "KEY_RE", "MASK", "SHARD_RE", "ManifestShard", "NpyLayout", "SampleReader",
+    "ShardError", "TarRange", "count_samples", "frame_member", "index_tar", "manifest_shards", "npy_layout",
+    "read_json", "read_manifest", "record_suffixes", "sample_suffixes", "shard_name", "split_member_name",
+    "suffixes_by_key",
+]

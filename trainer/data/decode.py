@@ -1,0 +1,229 @@
+"""Sample records → batch tensors: JPEGs decoded (simplejpeg) into a preallocated uint8 array, float32
+depth read in place, masks combined per frame; the frames of a batch are decoded by a small thread
+pool (simplejpeg and pread release the GIL)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from shardformat import CAMERAS, DEPTH, FORMAT as SHARD_FORMAT, MASK, NpyLayout, SampleReader, ShardError
+from shardformat import frame_member, npy_layout, read_json
+
+
+@dataclass
+class _SamplePlan:
+    """One sample, validated before anything large is read."""
+
+    reader: SampleReader
+    frames: int
+    height: int
+    width: int
+    cams: dict[str, Any]
+    depth: NpyLayout
+    mask: NpyLayout
+
+
+def _plan_sample(reader: SampleReader, frames: int | None) -> _SamplePlan:
+    where, key = reader.where, reader.key
+    cams = read_json(reader, CAMERAS)
+    if cams.get("format") != SHARD_FORMAT:
+        raise ShardError(f"{where}: cameras.json format {cams.get('format')!r}, expected {SHARD_FORMAT!r}")
+    frame_meta = cams.get("frames")
+    if not isinstance(frame_meta, list) or not frame_meta or not isinstance(cams.get("image_size"), list) \
+            or len(cams["image_size"]) != 2:
+        raise ShardError(f"{where}: cameras.json has no 'frames' list or no [H, W] 'image_size'")
+    n = len(frame_meta) if frames is None else frames
+    if n > len(frame_meta):
+        raise ShardError(f"{where}: data.frames={n} but the sample has only {len(frame_meta)} frames")
+    height, width = cams["image_size"]
+    for i in range(n):
+        reader.require(frame_member(i))
+        _check_camera(where, i, frame_meta[i])
+    depth, mask = npy_layout(reader, DEPTH), npy_layout(reader, MASK)
+    for layout in (depth, mask):
+        if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
+            raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
+    if not (depth.dtype.kind == "f" and depth.dtype.itemsize in (2, 4)) or mask.dtype.kind not in "biu":
+        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 "
+                         "or float16 depth (any byte order) and integer or bool masks; rebuild the shards with "
+                         "`python -m dataengine build`")
+    return _SamplePlan(reader, n, height, width, cams, depth, mask)
+
+
+_FLOAT32 = np.dtype("=f4")
+MAX_DEPTH_M = 1e4  # GT z-depth is metres; anything beyond 10 km is a corrupt value, not a scene
+ROTATION_TOL = 1e-4  # |R Rᵀ − I| of the stored extrinsics (written in full double precision)
+
+
+def _check_camera(where: str, i: int, frame: Any) -> None:
+    """Frame i's K (3x3, finite, positive focal lengths, last row 0 0 1) and world-to-camera [R|t]
+    (3x4, finite, R a rotation); a corrupt camera would silently poison the camera loss."""
+    try:
+        K = np.asarray(frame["K"], dtype=np.float64)
+        Rt = np.asarray(frame["extrinsics"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{where}: cameras.json frame {i}: unreadable K/extrinsics ({exc})") from None
+    if K.shape != (3, 3) or Rt.shape != (3, 4):
+        raise ShardError(f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, "
+                         "expected (3, 3) / (3, 4)")
+    if not (np.isfinite(K).all() and np.isfinite(Rt).all()):
+        raise ShardError(f"{where}: cameras.json frame {i}: non-finite K or extrinsics")
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.array_equal(K[2], [0.0, 0.0, 1.0])):
+        raise ShardError(f"{where}: cameras.json frame {i}: K {K.tolist()} is not a pinhole intrinsic matrix")
+    R = Rt[:, :3]
+    off = float(np.abs(R @ R.T - np.eye(3)).max())
+    if off > ROTATION_TOL or np.linalg.det(R) <= 0:
+        raise ShardError(f"{where}: cameras.json frame {i}: extrinsics rotation is not orthonormal "
+                         f"(|R Rᵀ − I| = {off:.2g}, det {np.linalg.det(R):.4g})")
+
+
+
+
+def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, masks: np.ndarray, i: int) -> None:
+    """Frame i of one sample into its slots: JPEG → uint8 HWC, depth → float32, mask & (depth > 0)."""
+    import simplejpeg
+
+    reader, h, w = plan.reader, plan.height, plan.width
+    member = frame_member(i)
+    data = reader.read(member)
+    try:
+        size = simplejpeg.decode_jpeg_header(data)[:2]
+        if size != (h, w):
+            raise ShardError(f"{reader.where}: {member} is {size[1]}x{size[0]}, cameras.json says {w}x{h}")
+        simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=images[i])
+    except ValueError as exc:
+        if isinstance(exc, ShardError):
+            raise
+        raise ShardError(f"{reader.where}: {member}: {exc}") from None
+    for layout, dest in ((plan.depth, depths[i]), (plan.mask, masks[i])):
+        frame_bytes = h * w * layout.dtype.itemsize
+        start = layout.start + i * frame_bytes
+        if layout is plan.depth and layout.dtype == _FLOAT32:
+            reader.read_into(layout.member, start, dest)  # the common case: straight into the batch
+        elif layout is plan.mask and layout.dtype.itemsize == 1:
+            raw = dest.view(np.uint8).view(layout.dtype)  # read in place, then turned into 0/1 bools
+            reader.read_into(layout.member, start, raw)
+            np.greater(raw, 0, out=dest)
+        else:
+            values = np.frombuffer(reader.read(layout.member, start, frame_bytes), layout.dtype).reshape(h, w)
+            if layout is plan.depth:
+                np.copyto(dest, values, casting="unsafe")
+            else:
+                np.greater(values, 0, out=dest)
+    _check_depth_mask(reader.where, i, depths[i], masks[i])
+
+
+def _check_depth_mask(where: str, i: int, depth: np.ndarray, mask: np.ndarray) -> None:
+    """Frame i's GT: finite, 0 (no supervision) or a positive depth below MAX_DEPTH_M, and the mask
+    exactly where depth > 0 (the documented format). Never silently zeroed: the shard is wrong."""
+    bad = ~np.isfinite(depth)
+    if bad.any():
+        raise ShardError(f"{where}: depth.npy frame {i}: {int(bad.sum())} non-finite values (NaN/inf); "
+                         "the shard is corrupt: rebuild it, or check it with `python -m dataengine verify`")
+    if depth.min() < 0 or depth.max() > MAX_DEPTH_M:
+        count = int(((depth < 0) | (depth > MAX_DEPTH_M)).sum())
+        raise ShardError(f"{where}: depth.npy frame {i}: {count} values outside 0..{MAX_DEPTH_M:g} m "
+                         f"(min {depth.min():.3g}, max {depth.max():.3g}); the shard is corrupt: rebuild it")
+    supervised = depth > 0
+    if not np.array_equal(mask, supervised):
+        count = int((mask != supervised).sum())
+        raise ShardError(f"{where}: mask.npy frame {i}: {count} pixels disagree with depth > 0 (the format's mask "
+                         "is 1 exactly where depth > 0); the shard is corrupt: rebuild it")
+
+
+def _batch_tensors(
+    batch: int, frames: int, height: int, width: int, storage: Callable[[int], torch.UntypedStorage]
+) -> dict[str, torch.Tensor]:
+    """The batch's tensors, carved from one storage of `storage(nbytes)`; in a DataLoader worker that is
+    shared memory, so sending the batch to the main process passes a file descriptor instead of copying."""
+    layout = [
+        ("depths", torch.float32, (batch, frames, height, width)),
+        ("extrinsics", torch.float32, (batch, frames, 3, 4)),
+        ("intrinsics", torch.float32, (batch, frames, 3, 3)),
+        ("images", torch.uint8, (batch, frames, height, width, 3)),
+        ("point_masks", torch.bool, (batch, frames, height, width)),
+    ]
+    offsets, total = [], 0
+    for _, dtype, shape in layout:
+        offsets.append(total)
+        total += -(-math.prod(shape) * dtype.itemsize // 64) * 64  # 64-byte aligned starts
+    buffer = storage(total)
+    return {
+        name: torch.empty(0, dtype=dtype).set_(buffer, offset // dtype.itemsize, shape)
+        for (name, dtype, shape), offset in zip(layout, offsets)
+    }
+
+
+def decode_batch(
+    samples: list[dict[str, Any]],
+    frames: int | None,
+    pool: ThreadPoolExecutor | None = None,
+    storage: Callable[[int], torch.UntypedStorage] = torch.UntypedStorage,
+) -> dict[str, Any]:
+    """Sample records (tar ranges from `index_tar_samples`, or wds raw bytes) → a batch (module docstring).
+
+    Every frame is one task (JPEG decode + depth/mask read) run on `pool` when given. `storage(nbytes)`
+    provides the batch's memory (shared memory inside DataLoader workers, `sharedmem`).
+    """
+    readers = [SampleReader(s) for s in samples]
+    try:
+        plans = [_plan_sample(r, frames) for r in readers]
+        shapes = {(p.frames, p.height, p.width) for p in plans}
+        if len(shapes) > 1:
+            keys = [r.key for r in readers]
+            raise ShardError(f"samples {keys} differ in frames/size {sorted(shapes)}: one dataset, one size")
+        n, h, w = shapes.pop()
+        out = _batch_tensors(len(plans), n, h, w, storage)
+        images, depths, masks = out["images"].numpy(), out["depths"].numpy(), out["point_masks"].numpy()
+        tasks = [
+            functools.partial(_decode_frame, plan, images[b], depths[b], masks[b], i)
+            for b, plan in enumerate(plans)
+            for i in range(n)
+        ]
+        if pool is None:
+            for task in tasks:
+                task()
+        else:
+            futures = [pool.submit(task) for task in tasks]
+            concurrent.futures.wait(futures)  # all done before the files close, even when one failed
+            for future in futures:
+                future.result()
+        for b, plan in enumerate(plans):
+            meta = plan.cams["frames"][:n]
+            out["extrinsics"][b] = torch.tensor([f["extrinsics"] for f in meta], dtype=torch.float32)
+            out["intrinsics"][b] = torch.tensor([f["K"] for f in meta], dtype=torch.float32)
+    finally:
+        for reader in readers:
+            reader.close()
+    return {
+        "images": out["images"].permute(0, 1, 4, 2, 3),  # [B,S,3,H,W] view of the decoded HWC
+        "depths": out["depths"],
+        "point_masks": out["point_masks"],
+        "extrinsics": out["extrinsics"],
+        "intrinsics": out["intrinsics"],
+        "keys": [r.key for r in readers],
+        "scenes": [p.cams["scene"] for p in plans],
+        "names": [[f["name"] for f in p.cams["frames"][:n]] for p in plans],
+    }
+
+
+def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
+    """One sample (tar ranges or wds raw bytes) → numpy arrays (uint8 images S×H×W×3, as decoded)."""
+    batch = decode_batch([sample], frames)
+    arrays = {name: batch[name][0].numpy() for name in ("depths", "point_masks", "extrinsics", "intrinsics")}
+    return {
+        "images": batch["images"][0].permute(0, 2, 3, 1).numpy(),
+        **arrays,
+        "key": batch["keys"][0],
+        "scene": batch["scenes"][0],
+        "names": batch["names"][0],
+    }
+
