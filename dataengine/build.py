@@ -29,7 +29,7 @@ from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scen
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
 from dataengine.shards import (FORMAT, SHARD_RE, json_bytes, sample_key, sample_members,
                                sha256_file, shard_name, write_bytes_atomic, write_tar)
-from dataengine.windows import WindowConfig, scene_windows
+from dataengine.windows import WindowConfig, scene_windows, split_names
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,13 @@ class BuildConfig:
                 "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality}
 
     def manifest_options(self) -> dict:
-        return {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
-                "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
-                "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
-                "skip_bad": self.skip_bad}
+        options = {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
+                   "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
+                   "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
+                   "skip_bad": self.skip_bad}
+        if self.windows.sampling != "windows":  # evaluation samples (dataengine.sampling)
+            options.update(sampling=self.windows.sampling, seed=self.windows.seed)
+        return options
 
 
 @dataclass
@@ -226,13 +229,14 @@ def build_shards(cfg: BuildConfig) -> dict:
     scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad) for n in names]
     cached, skipped_render = render_all(cfg, scenes)
 
-    splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {"train": [], "val": []}
+    splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {
+        name: [] for name in split_names(cfg.windows)}
     scene_stats = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
         wins = scene_windows(scene.name, len(frames), cfg.windows)
         index = 0
-        for split in ("train", "val"):
+        for split in splits:
             for win in wins[split]:
                 splits[split].append((scene.name, [cached[(scene.name, frames[i].name)] for i in win],
                                       [frames[i] for i in win], win, index))
@@ -241,8 +245,8 @@ def build_shards(cfg: BuildConfig) -> dict:
         in_split = {s: sorted({i for w in wins[s] for i in w}) for s in wins}
         scene_stats[scene.name] = {
             "frames": len(frames),
-            "train_frames": len(in_split["train"]), "val_frames": len(in_split["val"]),
-            "train_windows": len(wins["train"]), "val_windows": len(wins["val"]),
+            **{f"{s}_frames": len(in_split[s]) for s in splits},
+            **{f"{s}_windows": len(wins[s]) for s in splits},
             "laser_frames": sum(m["depth_source"] == "laser" for m in metas),
             "sparse_frames": sum(m["depth_source"] == "sparse" for m in metas),
             "mean_coverage": round(float(np.mean([m["coverage"] for m in metas])), 6) if metas else 0.0,
@@ -300,6 +304,8 @@ def build_shards(cfg: BuildConfig) -> dict:
 
 def dataset_card(manifest: dict) -> str:
     opts = manifest["options"]
+    if "sampling" in opts:
+        return _evaluation_card(manifest)
     rows = "\n".join(f"| {name} | {s['frames']} | {s['train_windows']} | {s['val_windows']} | "
                      f"{s['laser_frames']} | {s['sparse_frames']} | {s['mean_coverage']:.3f} |"
                      for name, s in manifest["per_scene"].items())
@@ -336,4 +342,35 @@ under the same licence; attribute ETH3D.
   year      = {{2017}}
 }}
 ```
+"""
+
+
+def _evaluation_card(manifest: dict) -> str:
+    """Card of an evaluation build (`--sampling uniform|random`): one sample per scene, `test` split."""
+    opts = manifest["options"]
+    split = next(iter(manifest["splits"]))
+    rows = "\n".join(f"| {name} | {s['frames']} | {s[f'{split}_frames']} | {s['laser_frames']} | "
+                     f"{s['sparse_frames']} | {s['mean_coverage']:.3f} |" for name, s in manifest["per_scene"].items())
+    seed = f" (seed {opts['seed']})" if opts["sampling"] == "random" else ""
+    return f"""# ETH3D evaluation samples for VGGT-style models
+
+WebDataset shards in format `{manifest['format']}` (see the `shards/README.md` of the engine for the
+member layout), built by dataengine {manifest['engine']['version']} (git {manifest['engine']['git_sha']}).
+
+- Split `{split}` only: {manifest['splits'][split]['samples']} samples, one per scene, each of up to
+  {opts['frames']} frames chosen `{opts['sampling']}`{seed} over the whole scene (evaluation only;
+  a training run reads `train`, which this build does not have).
+- Output {opts['width']}x{opts['height']} (`--fit {opts['fit']}`), depth `{opts['depth']}` stored as
+  {opts['depth_dtype']} metres (0 = no ground truth).
+- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
+
+| scene | frames | sampled frames | laser frames | sparse frames | mean coverage |
+|---|---:|---:|---:|---:|---:|
+{rows}
+
+## Licence
+
+The ETH3D data, and therefore these derived shards, are licensed under CC BY-NC-SA 4.0
+(https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use only, share alike, attribute
+ETH3D (Schöps et al., CVPR 2017).
 """

@@ -19,7 +19,7 @@ import numpy as np
 
 FORMAT = "eth3d-vggt-shards/1"
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+_\d{5}$")
-SHARD_RE = re.compile(r"^(train|val)-(\d{5})\.tar$")
+SHARD_RE = re.compile(r"^(train|val|test)-(\d{5})\.tar$")
 
 
 def sample_key(scene: str, index: int) -> str:
@@ -137,6 +137,7 @@ def verify_dataset(directory: Path) -> list[str]:
     if manifest.get("format") != FORMAT:
         problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     frames = int(manifest.get("options", {}).get("frames", 8))
+    variable_frames = "sampling" in manifest.get("options", {})
     listed = set()
     for split, info in manifest.get("splits", {}).items():
         total = 0
@@ -159,7 +160,9 @@ def verify_dataset(directory: Path) -> list[str]:
             if len(samples) != shard["samples"]:
                 problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
             for key, suffixes in samples.items():
-                if suffixes != expected_suffixes(frames):
+                # Evaluation samples (--sampling) hold min(frames, scene frames) frames.
+                n = sum(s.endswith(".jpg") for s in suffixes) if variable_frames else frames
+                if suffixes != expected_suffixes(n) or n > frames:
                     problems.append(f"{path}: sample {key} has members {suffixes}")
             total += len(samples)
         if total != info.get("samples"):
