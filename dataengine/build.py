@@ -227,6 +227,12 @@ def build_shards(cfg: BuildConfig) -> dict:
     names = resolve_scenes(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad) for n in names]
+    scene_frames = {sc.name: len(sc.frames) for sc in scenes}
+    if cfg.windows.sampling != "windows":  # evaluation samples: render only the sampled frames
+        from dataengine.sampling import restrict_to_sample
+
+        w = cfg.windows
+        scenes = [restrict_to_sample(sc, w.frames, w.sampling, w.seed) for sc in scenes]
     cached, skipped_render = render_all(cfg, scenes)
 
     splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {
@@ -252,6 +258,8 @@ def build_shards(cfg: BuildConfig) -> dict:
             "mean_coverage": round(float(np.mean([m["coverage"] for m in metas])), 6) if metas else 0.0,
             "min_coverage": round(float(np.min([m["coverage"] for m in metas])), 6) if metas else 0.0,
         }
+        if cfg.windows.sampling != "windows":
+            scene_stats[scene.name]["scene_frames"] = scene_frames[scene.name]
 
     manifest_splits = {}
     written = set()
@@ -349,7 +357,7 @@ def _evaluation_card(manifest: dict) -> str:
     """Card of an evaluation build (`--sampling uniform|random`): one sample per scene, `test` split."""
     opts = manifest["options"]
     split = next(iter(manifest["splits"]))
-    rows = "\n".join(f"| {name} | {s['frames']} | {s[f'{split}_frames']} | {s['laser_frames']} | "
+    rows = "\n".join(f"| {name} | {s['scene_frames']} | {s[f'{split}_frames']} | {s['laser_frames']} | "
                      f"{s['sparse_frames']} | {s['mean_coverage']:.3f} |" for name, s in manifest["per_scene"].items())
     seed = f" (seed {opts['seed']})" if opts["sampling"] == "random" else ""
     return f"""# ETH3D evaluation samples for VGGT-style models

@@ -9,6 +9,7 @@ split (``test``) so that a training run, which reads ``train``, never sees them.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 # ETH3D high-res multi-view training scenes: the 13 with public ground truth (eth3d.net/datasets).
@@ -56,3 +57,10 @@ def sample_frames(n_frames: int, count: int, mode: str, seed: int = 0, scene: st
             return [0]
         return [round(i * (n_frames - 1) / (count - 1)) for i in range(count)]
     return sorted(random.Random(f"eval-sample-{seed}-{scene}").sample(range(n_frames), count))
+
+
+def restrict_to_sample(scene, count: int, mode: str, seed: int = 0):
+    """The scene (dataengine.eth3d.Scene, frames in capture order) with only its sampled frames, so that
+    a build renders just those (10 of 76 frames, not all 76 laser depth maps)."""
+    picked = sample_frames(len(scene.frames), count, mode, seed, scene.name)
+    return dataclasses.replace(scene, frames=[scene.frames[i] for i in picked])
