@@ -96,7 +96,8 @@ class ProtocolConfig:
         if unknown or not self.protocols:
             raise ValueError(f"unknown protocol(s) {unknown or '(none)'}; choose from {', '.join(PROTOCOLS)} or all")
         if self.pointmap_alignment not in POINTMAP_ALIGNMENTS:
-            raise ValueError(f"pointmap alignment must be one of {POINTMAP_ALIGNMENTS}, got {self.pointmap_alignment!r}")
+            raise ValueError(f"pointmap alignment must be one of {POINTMAP_ALIGNMENTS}, "
+                             f"got {self.pointmap_alignment!r}")
         if not 0.0 <= self.align_conf_quantile < 1.0:
             raise ValueError(f"align_conf_quantile must be in [0, 1), got {self.align_conf_quantile}")
 
@@ -191,7 +192,8 @@ def evaluate_sample(pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any
             points = depth_to_world_points(pred["depth"][item, ..., 0].double(), pred_k.double(), pred_w2c.double())[0]
             sources["depth_camera"] = (as_float64(points), as_float64(pred["depth_conf"][item]))
         if "world_points" in pred:
-            sources["point_head"] = (as_float64(pred["world_points"][item]), as_float64(pred["world_points_conf"][item]))
+            sources["point_head"] = (as_float64(pred["world_points"][item]),
+                                    as_float64(pred["world_points_conf"][item]))
         for source, (points, conf) in sources.items():
             scores, aligned = _pointmap_scores(points, conf, gt_points, valid, cfg)
             record.update({f"pointmap/{source}/{k}": v for k, v in scores.items()})
@@ -226,7 +228,8 @@ def summary_metrics(cfg: ProtocolConfig) -> list[tuple[str, bool]]:
     if "eth3d-pose" in cfg.protocols:
         names += [(f"pose/auc@{t}", True) for t in cfg.auc_thresholds]
     if "eth3d-pointmap" in cfg.protocols:
-        names += [(f"pointmap/{s}/{m}", False) for s in POINTMAP_SOURCES for m in ("accuracy", "completeness", "overall")]
+        names += [(f"pointmap/{s}/{m}", False) for s in POINTMAP_SOURCES
+                  for m in ("accuracy", "completeness", "overall")]
     if "eth3d-mvd" in cfg.protocols:
         names += [(f"mvd/{per}/{m}", m == "inlier") for per in ("frame", "sequence") for m in ("abs_rel", "inlier")]
     return names
