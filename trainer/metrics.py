@@ -333,7 +333,9 @@ def nearest_distances(query, reference, workers: int = -1) -> np.ndarray:
         raise ValueError(f"nearest_distances: expected (N,3) and (M,3) points, got {query.shape} and {reference.shape}")
     if reference.shape[0] == 0:
         raise ValueError("nearest_distances: the reference point set is empty")
-    distances, _ = cKDTree(reference).query(query, k=1, workers=workers)
+    # Sliding-midpoint tree without node shrinking: ~2x faster to build on millions of points, same queries.
+    tree = cKDTree(reference, balanced_tree=False, compact_nodes=False)
+    distances, _ = tree.query(query, k=1, workers=workers)
     return distances
 
 
