@@ -88,8 +88,8 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
     width, height = _size(size)
     cfg = BuildConfig(
         root=root, out=out, scenes=expand_scene_sets(_csv(scenes)), width=width, height=height, fit=fit,
-        depth=depth, windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or (), sampling=sampling,
-                                                   seed=seed),
+        depth=depth, windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or (),
+                                          sampling=sampling, seed=seed),
         laser=LaserDepthConfig(samples=depth_samples, pooling=pooling, min_count=min_count),
         workers=workers, samples_per_shard=samples_per_shard, depth_dtype=depth_dtype,
         skip_bad=skip_bad, keep_cache=keep_cache, progress=not quiet)
