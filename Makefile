@@ -18,6 +18,10 @@ SHARDS     ?= shards/eth3d
 STRATEGY   ?= b
 WEIGHTS    ?= facebook/VGGT-1B
 RUN        ?= runs/strategy_$(STRATEGY)
+# Held-out evaluation (the 8 ETH3D training scenes not trained on; docs/evaluation.md)
+HELDOUT_SHARDS ?= shards/eth3d_heldout
+EVAL_FRAMES    ?= 10
+EVAL_SEED      ?= 0
 # The demo
 DEMO       ?= build/demo
 # Offline install over an existing (CUDA) torch, and the GPU check (README: GPU clusters / offline)
@@ -31,7 +35,7 @@ BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
 CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup constraints test demo download shards train eval bench wheelhouse setup-system gpu-check
+.PHONY: help setup constraints test demo download shards train eval bench wheelhouse setup-system  gpu-check heldout-shards eval-heldout eval-base
 .DEFAULT_GOAL := help
 
 help:
@@ -41,6 +45,9 @@ help:
 	@echo "make shards               build + verify shards SHARDS=$(SHARDS) from ETH3D_ROOT"
 	@echo "make train STRATEGY=a|b|c LoRA fine-tune VGGT-1B (WEIGHTS=$(WEIGHTS)) on SHARDS"
 	@echo "make eval RUN=runs/NAME   base vs adapter report on the val split"
+	@echo "make heldout-shards       download + build the 8 held-out scenes as evaluation samples"
+	@echo "make eval-heldout RUN=... published ETH3D protocols, base vs adapter, held-out + in-domain val"
+	@echo "make eval-base            the same protocols for the base model alone (compare with the papers)"
 	@echo "make bench                engine, loader, model-forward, train-step and step-memory benchmarks"
 	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
 	@echo "make constraints          re-pin constraints.txt to the versions installed in $(VENV)"
@@ -98,12 +105,34 @@ train: setup
 eval: setup
 	$(PY) -m trainer eval --shards $(SHARDS) --split val --run $(RUN) --out $(RUN)/eval
 
+heldout-shards: setup
+	$(PY) -m dataengine download --root $(ETH3D_ROOT) --scenes heldout
+	$(PY) -m dataengine build --root $(ETH3D_ROOT) --out $(HELDOUT_SHARDS)/random$(EVAL_FRAMES) --scenes heldout \
+		--sampling random --frames $(EVAL_FRAMES) --seed $(EVAL_SEED) --samples-per-shard 1
+	$(PY) -m dataengine build --root $(ETH3D_ROOT) --out $(HELDOUT_SHARDS)/all_frames --scenes heldout \
+		--sampling uniform --frames 100 --samples-per-shard 1
+	$(PY) -m dataengine verify $(HELDOUT_SHARDS)/random$(EVAL_FRAMES)
+	$(PY) -m dataengine verify $(HELDOUT_SHARDS)/all_frames
+
+# Point maps + depth on EVAL_FRAMES random frames per scene (VGGT protocol), pose AUC on all frames
+# (DA3 protocol, <= 100), and all three on the in-domain val windows of SHARDS.
+EVAL_MODEL = $(if $(filter eval-base,$@),--weights $(WEIGHTS),--run $(RUN))
+EVAL_OUT   = $(if $(filter eval-base,$@),runs/base_eval_heldout,$(RUN)/eval_heldout)
+eval-heldout eval-base: setup
+	@test -d $(HELDOUT_SHARDS)/all_frames || { echo "$(HELDOUT_SHARDS) is missing: run 'make heldout-shards'"; exit 1; }
+	$(PY) -m trainer eval --protocol eth3d-pointmap,eth3d-mvd --shards $(HELDOUT_SHARDS)/random$(EVAL_FRAMES) \
+		$(EVAL_MODEL) --out $(EVAL_OUT)/pointmap_mvd
+	$(PY) -m trainer eval --protocol eth3d-pose --shards $(HELDOUT_SHARDS)/all_frames $(EVAL_MODEL) \
+		--out $(EVAL_OUT)/pose
+	$(PY) -m trainer eval --protocol all --shards $(SHARDS) --split val $(EVAL_MODEL) --out $(EVAL_OUT)/in_domain_val
+
 bench: setup
 	$(PY) benchmarks/engine.py --work build/bench/engine --json build/bench/engine.json
 	$(PY) benchmarks/loader.py --work build/bench/loader --json build/bench/loader.json
 	$(PY) benchmarks/model_forward.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_memory.py --json build/bench/train_memory.json
+	$(PY) benchmarks/eval_metrics.py --json build/bench/eval_metrics.json
 
 wheelhouse:
 	$(PYTHON) tools/offline.py wheelhouse --out $(WHEELHOUSE) --python-version $(PYTHON_VERSION) \

@@ -30,7 +30,7 @@ from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scen
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
 from dataengine.shards import (FORMAT, KEY_RE, SHARD_RE, TMP_RE, json_bytes, sample_key, sample_members,
                                sha256_file, shard_name, write_bytes_atomic, write_tar)
-from dataengine.windows import WindowConfig, scene_windows, window_starts
+from dataengine.windows import WindowConfig, scene_windows, split_names, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,13 @@ class BuildConfig:
                 "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality}
 
     def manifest_options(self) -> dict:
-        return {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
-                "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
-                "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
-                "skip_bad": self.skip_bad, "require_masks": self.require_masks}
+        options = {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
+                   "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
+                   "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
+                   "skip_bad": self.skip_bad, "require_masks": self.require_masks}
+        if self.windows.sampling != "windows":  # evaluation samples (dataengine.sampling)
+            options.update(sampling=self.windows.sampling, seed=self.windows.seed)
+        return options
 
 
 @dataclass
@@ -230,8 +233,9 @@ def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
         if not window_starts(n, cfg.windows.frames, cfg.windows.stride):
             raise BadInputError(f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
                                 f"{cfg.windows.frames}; lower --frames or drop the scene", cfg.root / name)
-    if not any(scene_windows(name, n, cfg.windows)["train"] for name, n in counts.items()):
-        raise BadInputError(f"{cfg.out}: the train split would be empty ({', '.join(f'{k}: {v} frames' for k, v in counts.items())}, "
+    first = split_names(cfg.windows)[0]  # train (or test for evaluation samples)
+    if not any(scene_windows(name, n, cfg.windows)[first] for name, n in counts.items()):
+        raise BadInputError(f"{cfg.out}: the {first} split would be empty ({', '.join(f'{k}: {v} frames' for k, v in counts.items())}, "
                             f"--frames {cfg.windows.frames}, val scenes {list(cfg.windows.val_scenes)}); "
                             f"add scenes or lower --frames / --val-fraction", cfg.out)
 
@@ -306,19 +310,26 @@ def build_shards(cfg: BuildConfig) -> dict:
     check_scene_names(cfg, names)
     prepare_out(cfg.out)
     scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad, cfg.require_masks) for n in names]
+    scene_frames = {sc.name: len(sc.frames) for sc in scenes}
+    if cfg.windows.sampling != "windows":  # evaluation samples: render only the sampled frames
+        from dataengine.sampling import restrict_to_sample
+
+        w = cfg.windows
+        scenes = [restrict_to_sample(sc, w.frames, w.sampling, w.seed) for sc in scenes]
     check_windows(cfg, {sc.name: len(sc.frames) for sc in scenes}, "in the calibration")
     cached, skipped_render = render_all(cfg, scenes)
     check_windows(cfg, {sc.name: sum((sc.name, f.name) in cached for f in sc.frames) for sc in scenes},
                   "after skipping bad frames")
 
-    splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {"train": [], "val": []}
+    splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {
+        name: [] for name in split_names(cfg.windows)}
     scene_stats = {}
     metas_by_scene: dict[str, list[dict]] = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
         wins = scene_windows(scene.name, len(frames), cfg.windows)
         index = 0
-        for split in ("train", "val"):
+        for split in splits:
             for win in wins[split]:
                 splits[split].append((scene.name, [cached[(scene.name, frames[i].name)] for i in win],
                                       [frames[i] for i in win], win, index))
@@ -328,13 +339,15 @@ def build_shards(cfg: BuildConfig) -> dict:
         in_split = {s: sorted({i for w in wins[s] for i in w}) for s in wins}
         scene_stats[scene.name] = {
             "frames": len(frames),
-            "train_frames": len(in_split["train"]), "val_frames": len(in_split["val"]),
-            "train_windows": len(wins["train"]), "val_windows": len(wins["val"]),
+            **{f"{s}_frames": len(in_split[s]) for s in splits},
+            **{f"{s}_windows": len(wins[s]) for s in splits},
             "laser_frames": sum(m["depth_source"] == "laser" for m in metas),
             "sparse_frames": sum(m["depth_source"] == "sparse" for m in metas),
             "mean_coverage": round(float(np.mean([m["coverage"] for m in metas])), 6) if metas else 0.0,
             "min_coverage": round(float(np.min([m["coverage"] for m in metas])), 6) if metas else 0.0,
         }
+        if cfg.windows.sampling != "windows":
+            scene_stats[scene.name]["scene_frames"] = scene_frames[scene.name]
 
     zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
     # From here on shards change: no manifest may describe a mix of old and new shards.
@@ -421,15 +434,18 @@ def check_supervision(cfg: BuildConfig, scenes: list[Scene], metas_by_scene: dic
         log.warning("%d frames have no supervised pixel (listed in manifest.json zero_coverage_frames): %s",
                     len(zero), ", ".join(f"{z['scene']}/{z['frame']}" for z in zero[:5]))
     zero_names = {(z["scene"], z["frame"]) for z in zero}
-    train = {(scene, f.name) for scene, _, frames, _, _ in splits["train"] for f in frames}
+    first = split_names(cfg.windows)[0]  # train (or test for evaluation samples)
+    train = {(scene, f.name) for scene, _, frames, _, _ in splits[first] for f in frames}
     if train and train <= zero_names:
-        raise BadInputError(f"{cfg.out}: no frame of the train split has a supervised pixel; check the "
+        raise BadInputError(f"{cfg.out}: no frame of the {first} split has a supervised pixel; check the "
                             f"GT depth of the scenes", cfg.out)
     return zero
 
 
 def dataset_card(manifest: dict) -> str:
     opts = manifest["options"]
+    if "sampling" in opts:
+        return _evaluation_card(manifest)
     rows = "\n".join(f"| {name} | {s['frames']} | {s['train_windows']} | {s['val_windows']} | "
                      f"{s['laser_frames']} | {s['sparse_frames']} | {s['mean_coverage']:.3f} |"
                      for name, s in manifest["per_scene"].items())
@@ -467,4 +483,35 @@ under the same licence; attribute ETH3D.
   year      = {{2017}}
 }}
 ```
+"""
+
+
+def _evaluation_card(manifest: dict) -> str:
+    """Card of an evaluation build (`--sampling uniform|random`): one sample per scene, `test` split."""
+    opts = manifest["options"]
+    split = next(iter(manifest["splits"]))
+    rows = "\n".join(f"| {name} | {s['scene_frames']} | {s[f'{split}_frames']} | {s['laser_frames']} | "
+                     f"{s['sparse_frames']} | {s['mean_coverage']:.3f} |" for name, s in manifest["per_scene"].items())
+    seed = f" (seed {opts['seed']})" if opts["sampling"] == "random" else ""
+    return f"""# ETH3D evaluation samples for VGGT-style models
+
+WebDataset shards in format `{manifest['format']}` (see the `shards/README.md` of the engine for the
+member layout), built by dataengine {manifest['engine']['version']} (git {manifest['engine']['git_sha']}).
+
+- Split `{split}` only: {manifest['splits'][split]['samples']} samples, one per scene, each of up to
+  {opts['frames']} frames chosen `{opts['sampling']}`{seed} over the whole scene (evaluation only;
+  a training run reads `train`, which this build does not have).
+- Output {opts['width']}x{opts['height']} (`--fit {opts['fit']}`), depth `{opts['depth']}` stored as
+  {opts['depth_dtype']} metres (0 = no ground truth).
+- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
+
+| scene | frames | sampled frames | laser frames | sparse frames | mean coverage |
+|---|---:|---:|---:|---:|---:|
+{rows}
+
+## Licence
+
+The ETH3D data, and therefore these derived shards, are licensed under CC BY-NC-SA 4.0
+(https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use only, share alike, attribute
+ETH3D (Schöps et al., CVPR 2017).
 """

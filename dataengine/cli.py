@@ -132,15 +132,21 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--any-size", is_flag=True, help=f"Allow sides that are not multiples of {PATCH} "
               "(VGGT cannot train on them).")
 @click.option("--keep-cache", is_flag=True, help="Keep the per-frame cache after a successful build.")
+@click.option("--sampling", type=click.Choice(["windows", "uniform", "random"]), default="windows",
+              show_default=True, help="windows = training windows (train/val); uniform / random = one "
+              "evaluation sample per scene of --frames frames spread over / drawn from the whole scene, "
+              "in a 'test' split that training never reads. --scenes accepts the set name 'heldout'.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sampling random.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fraction, val_scenes,
                   workers, samples_per_shard, depth_samples, pooling, min_count, depth_dtype, skip_bad,
-                  require_masks, any_size, keep_cache, quiet):
+                  require_masks, any_size, keep_cache, sampling, seed, quiet):
     """Build 8-frame WebDataset shards from ETH3D scenes."""
     import logging
 
     from dataengine.build import BuildConfig, build_shards
     from dataengine.depth import LaserDepthConfig
+    from dataengine.sampling import expand_scene_sets
     from dataengine.windows import WindowConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -150,8 +156,9 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
                                  f"{PATCH * round(width / PATCH)}); pass --any-size to build anyway",
                                  param_hint="'--size'")
     cfg = BuildConfig(
-        root=root, out=out, scenes=_csv(scenes), width=width, height=height, fit=fit, depth=depth,
-        windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or ()),
+        root=root, out=out, scenes=expand_scene_sets(_csv(scenes)), width=width, height=height, fit=fit,
+        depth=depth, windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or (),
+                                          sampling=sampling, seed=seed),
         laser=LaserDepthConfig(samples=depth_samples, pooling=pooling, min_count=min_count),
         workers=workers, samples_per_shard=samples_per_shard, depth_dtype=depth_dtype,
         skip_bad=skip_bad, require_masks=require_masks, keep_cache=keep_cache, progress=not quiet)
@@ -206,7 +213,8 @@ def verify_command(directory):
 @main.command("download")
 @click.option("--root", type=click.Path(path_type=Path), default="data/eth3d",
               show_default=True)
-@click.option("--scenes", default="facade,electro,office,terrace,delivery_area", show_default=True)
+@click.option("--scenes", default="facade,electro,office,terrace,delivery_area", show_default=True,
+              help="Comma-separated ETH3D scenes; 'heldout' = the 8 scenes not trained on, 'eth3d' = all 13.")
 @click.option("--base-url", default="https://www.eth3d.net/data/", show_default=True)
 @click.option("--keep-archives", is_flag=True)
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
@@ -215,8 +223,9 @@ def verify_command(directory):
 def download_command(root, scenes, base_url, keep_archives, retries, quiet):
     """Fetch and extract the per-scene ETH3D archives (resumable, idempotent)."""
     from dataengine.download import DownloadConfig, check_scene_names, download_scenes
+    from dataengine.sampling import expand_scene_sets
 
-    names = _csv(scenes) or ()
+    names = expand_scene_sets(_csv(scenes)) or ()
     check_scene_names(names)  # before any network call
     report = download_scenes(DownloadConfig(root=root, scenes=names, base_url=base_url,
                                             keep_archives=keep_archives, progress=not quiet,

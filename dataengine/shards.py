@@ -134,6 +134,7 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
     if manifest.get("format") != FORMAT:
         problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     frames = int(manifest.get("options", {}).get("frames", 8))
+    variable_frames = "sampling" in manifest.get("options", {})
     listed = set()
     supervised: dict[str, bool] = {}
     frames_seen = 0
@@ -166,7 +167,9 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             if len(samples) != shard["samples"]:
                 problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
             for key, suffixes in samples.items():
-                if suffixes != expected_suffixes(frames):
+                # Evaluation samples (--sampling) hold min(frames, scene frames) frames.
+                n = sum(s.endswith(".jpg") for s in suffixes) if variable_frames else frames
+                if suffixes != expected_suffixes(n) or n > frames:
                     problems.append(f"{path}: sample {key} has members {suffixes}")
             total += len(samples)
         if total != info.get("samples"):
@@ -176,8 +179,8 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             problems.append(f"{manifest_path}: split {split} has no supervised pixel in any frame")
     if not frames_seen:
         problems.append(f"{manifest_path}: the dataset holds no sample")
-    if manifest.get("splits", {}).get("train", {}).get("samples", 0) == 0:
-        problems.append(f"{manifest_path}: the train split is empty")
+    if not variable_frames and manifest.get("splits", {}).get("train", {}).get("samples", 0) == 0:
+        problems.append(f"{manifest_path}: the train split is empty")  # (evaluation samples have only `test`)
     for path in sorted(directory.glob("*.tar")):
         if path.name not in listed:
             problems.append(f"{path}: shard not listed in the manifest")

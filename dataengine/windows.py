@@ -17,6 +17,17 @@ class WindowConfig:
     stride: int = 4
     val_fraction: float = 0.15
     val_scenes: tuple[str, ...] = ()  # non-empty → scene-disjoint split, val_fraction ignored
+    # "windows" = training windows (above); "uniform" / "random" = one evaluation sample of `frames`
+    # frames per scene in the `test` split (dataengine.sampling); `seed` drives "random".
+    sampling: str = "windows"
+    seed: int = 0
+
+
+def split_names(cfg: WindowConfig) -> tuple[str, ...]:
+    """The splits a build writes."""
+    from dataengine.sampling import EVAL_SPLIT
+
+    return ("train", "val") if cfg.sampling == "windows" else (EVAL_SPLIT,)
 
 
 def window_starts(n_frames: int, frames: int, stride: int) -> list[int]:
@@ -51,6 +62,11 @@ def split_frames(scene: str, n_frames: int, cfg: WindowConfig) -> tuple[range, r
 
 def scene_windows(scene: str, n_frames: int, cfg: WindowConfig) -> dict[str, list[list[int]]]:
     """Split name → list of windows (lists of frame indices into the scene's sorted frames)."""
+    if cfg.sampling != "windows":
+        from dataengine.sampling import EVAL_SPLIT, sample_frames
+
+        picked = sample_frames(n_frames, cfg.frames, cfg.sampling, cfg.seed, scene)
+        return {EVAL_SPLIT: [picked] if picked else []}
     out: dict[str, list[list[int]]] = {"train": [], "val": []}
     for split, frames in zip(("train", "val"), split_frames(scene, n_frames, cfg)):
         for start in window_starts(len(frames), cfg.frames, cfg.stride):

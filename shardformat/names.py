@@ -10,7 +10,7 @@ DEPTH, MASK, CAMERAS = "depth.npy", "mask.npy", "cameras.json"
 
 # Keys the writer makes: <scene>_<5-digit index>; no dots, so the key/suffix split is unambiguous.
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+_\d{5}$")
-SHARD_RE = re.compile(r"^(train|val)-(\d{5})\.tar$")
+SHARD_RE = re.compile(r"^(train|val|test)-(\d{5})\.tar$")  # test: evaluation samples (build --sampling)
 
 # webdataset's rule (`base_plus_ext`): the key runs up to the first dot of the basename, the suffix is
 # the rest; a name this does not match (no dot, or a basename that is all dots before one) has no key.

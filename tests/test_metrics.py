@@ -12,9 +12,9 @@ from trainer.metrics import (
     align_depth,
     camera_summary,
     depth_metrics,
+    errors_auc,
     fov_errors_deg,
     masked_median,
-    pose_auc,
     relative_pose_errors,
     rotation_angle_deg,
 )
@@ -159,7 +159,7 @@ def test_auc_rra_rta_by_hand():
     # max errors: 2.5, 4, 20, 40 -> accuracy at threshold t (err < t) for t = 1..30:
     # t=1,2: 0 ; t=3,4: 1/4 ; t=5..20: 2/4 ; t=21..30: 3/4.
     expected = (0 * 2 + 0.25 * 2 + 0.5 * 16 + 0.75 * 10) / 30
-    assert pose_auc(rot, trans) == pytest.approx(expected)
+    assert errors_auc(rot, trans) == pytest.approx(expected)
     summary = camera_summary(rot, trans, torch.tensor([1.0, 3.0]))
     assert summary["rra@5"] == 0.5 and summary["rra@15"] == 0.75 and summary["rra@30"] == 0.75
     assert summary["rta@5"] == 0.75 and summary["rta@15"] == 0.75 and summary["rta@30"] == 1.0

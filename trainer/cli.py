@@ -55,7 +55,7 @@ def main() -> None:
 # --- eval (owner: evaluation) ------------------------------------------------------------------------
 @main.command("eval")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False), help="Shard dataset directory.")
-@click.option("--split", default="val", show_default=True, help="Shard split to evaluate.")
+@click.option("--split", default=None, help="Shard split to evaluate [default: val; test with --protocol].")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="Training run directory (its adapter/).")
 @click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False), help="PEFT adapter directory.")
 @click.option("--weights", default=None, help="Base weights (path or hub id); default: the one the adapter was trained on.")
@@ -68,14 +68,27 @@ def main() -> None:
 @click.option("--max-batches", default=None, type=int, help="Stop after this many batches.")
 @click.option("--batch-size", default=1, show_default=True)
 @click.option("--device", default=None, help="cuda, cuda:1, cpu; default: cuda if available.")
+@click.option("--protocol", default=None, metavar="NAME[,NAME]",
+              help="Published ETH3D protocols instead of the window report: eth3d-pose, eth3d-pointmap, "
+                   "eth3d-mvd or all (docs/evaluation.md). Without --run/--adapter: the base model alone.")
+@click.option("--pointmap-alignment", type=click.Choice(["umeyama", "ransac"]), default="umeyama",
+              show_default=True, help="--protocol eth3d-pointmap: Sim(3) fit (ransac = our robust variant).")
+@click.option("--align-conf-quantile", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+              show_default=True, help="--protocol eth3d-pointmap: fit on valid pixels at or above this "
+                                      "confidence quantile (0 = all valid pixels, as published).")
 def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_dir, alignment, max_pictures,
-                 max_batches, batch_size, device) -> None:
+                 max_batches, batch_size, device, protocol, pointmap_alignment, align_conf_quantile) -> None:
     """Base vs adapter on a shard split: metrics.json, report.md and PNGs in --out."""
     import logging
 
     from trainer.evaluate import EvalConfig, evaluate_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if protocol is not None:
+        _protocol_eval(shards, split or "test", run_dir, adapter_dir, weights, model_name, out_dir, max_pictures,
+                       max_batches, device, protocol, pointmap_alignment, align_conf_quantile)
+        return
+    split = split or "val"
     if (run_dir is None) == (adapter_dir is None):
         raise click.UsageError("give exactly one of --run or --adapter")
     cfg = EvalConfig(alignment=alignment, max_pictures=max_pictures, max_batches=max_batches)
@@ -84,6 +97,29 @@ def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_d
     overall = metrics["overall"]
     click.echo(f"{metrics['counts']['frames']} frames: AbsRel base {overall['base']['abs_rel']:.4f} -> adapter "
                f"{overall['adapter']['abs_rel']:.4f} ({alignment}); report: {out_dir}/report.md")
+
+
+def _protocol_eval(shards, split, run_dir, adapter_dir, weights, model_name, out_dir, max_pictures, max_samples,
+                   device, protocol, pointmap_alignment, align_conf_quantile) -> None:
+    """`eval --protocol`: trainer.protocols on a shard split (base alone, or base vs adapter)."""
+    from trainer.protocols import ProtocolConfig, evaluate_protocols_run, parse_protocols
+
+    if run_dir is not None and adapter_dir is not None:
+        raise click.UsageError("give at most one of --run or --adapter")
+    try:
+        protocols = parse_protocols(protocol)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--protocol") from None
+    cfg = ProtocolConfig(protocols=protocols, pointmap_alignment=pointmap_alignment,
+                         align_conf_quantile=align_conf_quantile, max_pictures=max_pictures, max_samples=max_samples)
+    metrics = evaluate_protocols_run(shards, out_dir, split=split, run=run_dir, adapter=adapter_dir, weights=weights,
+                                     model_name=model_name, device=device, config=cfg)
+    mean = metrics["mean"]
+    shown = [m for m in ("pose/auc@30", "pointmap/depth_camera/overall", "mvd/frame/abs_rel") if m in mean["base"]]
+    parts = [f"{m} " + " -> ".join("–" if mean[label][m] is None else f"{mean[label][m]:.4f}"
+                                   for label in metrics["labels"]) for m in shown]
+    click.echo(f"{metrics['counts']['samples']} samples, {metrics['counts']['scenes']} scenes "
+               f"({' -> '.join(metrics['labels'])}): {'; '.join(parts)}; report: {out_dir}/report.md")
 
 
 # --- train, params, export, push (owner: trainer) ----------------------------------------------------

@@ -133,7 +133,10 @@ def apply_strategy(model: nn.Module, cfg: LoraConfig) -> "PeftModel":
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=names,  # explicit full names: the saved adapter_config lists every module
+        # One anchored alternation of the exact module names (PEFT full-matches a string). A list would
+        # be shrunk by PEFT to common suffixes when long (>20), and `projects.0` would then also adapt
+        # the point head of a model built with it (evaluation): the string names exactly these modules.
+        target_modules="(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")",
         bias="none",
     )
     expected = sum(lora_size(model.get_submodule(n), cfg.rank) for n in names)

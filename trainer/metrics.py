@@ -170,13 +170,14 @@ def _bottom_row(extrinsics: torch.Tensor) -> torch.Tensor:
     return row
 
 
-def pose_auc(rot_err_deg: torch.Tensor, trans_err_deg: torch.Tensor, max_threshold: int = AUC_MAX_DEG) -> float:
+def errors_auc(rot_err_deg: torch.Tensor, trans_err_deg: torch.Tensor, max_threshold: int = AUC_MAX_DEG) -> float:
     """VGGT-paper AUC: histogram of max(rot, trans) in 1-degree bins up to ``max_threshold``, mean of
-    the normalised cumulative histogram (i.e. accuracy averaged over thresholds 1..max)."""
-    errors = torch.maximum(rot_err_deg, trans_err_deg).double().numpy()
+    the normalised cumulative histogram (i.e. accuracy averaged over thresholds 1..max). NaN errors
+    count as failures (they are in the denominator but in no bin)."""
+    errors = torch.maximum(torch.as_tensor(rot_err_deg), torch.as_tensor(trans_err_deg)).double().cpu().numpy()
     if errors.size == 0:
         return float("nan")
-    histogram, _ = np.histogram(errors, bins=np.arange(max_threshold + 1))
+    histogram, _ = np.histogram(errors[np.isfinite(errors)], bins=np.arange(max_threshold + 1))
     return float(np.mean(np.cumsum(histogram / errors.size)))
 
 
@@ -194,7 +195,7 @@ def camera_summary(rot_err_deg: torch.Tensor, trans_err_deg: torch.Tensor, fov_e
         summary[f"rra@{t}"] = value
     for t, value in pose_accuracy(trans_err_deg).items():
         summary[f"rta@{t}"] = value
-    summary[f"auc@{AUC_MAX_DEG}"] = pose_auc(rot_err_deg, trans_err_deg)
+    summary[f"auc@{AUC_MAX_DEG}"] = errors_auc(rot_err_deg, trans_err_deg)
     summary["rot_err_deg"] = _mean(rot_err_deg)
     summary["trans_err_deg"] = _mean(trans_err_deg)
     summary["fov_err_deg"] = _mean(fov_err_deg)
@@ -210,3 +211,242 @@ def fov_errors_deg(pred_pose_enc: torch.Tensor, gt_pose_enc: torch.Tensor) -> to
 def _mean(values: torch.Tensor) -> float:
     finite = values[torch.isfinite(values)]
     return float(finite.double().mean()) if finite.numel() else math.nan
+
+
+# ------------------------------------------------------------ published-protocol metrics (numpy or torch in)
+#
+# The functions below take numpy arrays or torch tensors (any device) and compute in float64 numpy on
+# the CPU: they run once per scene, after the model, and the nearest-neighbour search needs scipy's
+# KD-tree anyway. Sources of each convention: docs/evaluation.md.
+
+PROTOCOL_AUC_THRESHOLDS_DEG = (3, 5, 15, 30)
+MVD_INLIER_THRESHOLD = 1.03
+
+
+def as_float64(values) -> np.ndarray:
+    """numpy float64 view of an array or tensor (detached, on the CPU)."""
+    if torch.is_tensor(values):
+        return values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _as_bool(values) -> np.ndarray:
+    if torch.is_tensor(values):
+        return values.detach().cpu().numpy().astype(bool)
+    return np.asarray(values).astype(bool)
+
+
+def _umeyama_batched(src: np.ndarray, dst: np.ndarray, with_scale: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Closed-form Sim(3) of K point sets at once: src, dst [K,N,3] -> s [K], R [K,3,3], t [K,3], and
+    the singular values [K,3] of the cross-covariance (to detect degenerate sets)."""
+    n = src.shape[1]
+    mu_src, mu_dst = src.mean(1), dst.mean(1)
+    centred_src, centred_dst = src - mu_src[:, None], dst - mu_dst[:, None]
+    var_src = (centred_src**2).sum((1, 2)) / n
+    covariance = np.einsum("kni,knj->kij", centred_dst, centred_src) / n
+    u, sigma, vt = np.linalg.svd(covariance)
+    # Reflection guard: force det(R) = +1 by flipping the weakest axis.
+    sign = np.ones((src.shape[0], 3))
+    sign[:, 2] = np.sign(np.linalg.det(u) * np.linalg.det(vt))
+    sign[sign == 0] = 1.0
+    rotation = u @ (sign[:, :, None] * vt)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = (sigma * sign).sum(1) / var_src if with_scale else np.ones(src.shape[0])
+    translation = mu_dst - scale[:, None] * np.einsum("kij,kj->ki", rotation, mu_src)
+    return scale, rotation, translation, sigma
+
+
+def umeyama(src, dst, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity ``dst ≈ s·R·src + t`` of corresponding points (N,3) (Umeyama 1991).
+
+    Returns ``(s, R (3,3), t (3,))`` in float64; ``with_scale=False`` fits a rigid motion (s = 1).
+    Raises ValueError for fewer than 3 points or points on a line (the rotation is not determined).
+    """
+    src, dst = as_float64(src), as_float64(dst)
+    if src.ndim != 2 or src.shape[-1] != 3 or src.shape != dst.shape:
+        raise ValueError(f"umeyama: expected two (N,3) point sets of one shape, got {src.shape} and {dst.shape}")
+    if src.shape[0] < 3:
+        raise ValueError(f"umeyama: needs at least 3 corresponding points, got {src.shape[0]}")
+    scale, rotation, translation, sigma = _umeyama_batched(src[None], dst[None], with_scale)
+    if not sigma[0, 1] > 1e-12 * max(sigma[0, 0], 1e-300) or not np.isfinite(scale[0]):
+        raise ValueError("umeyama: degenerate point sets (collinear or coincident points); no unique fit")
+    return float(scale[0]), rotation[0], translation[0]
+
+
+def apply_similarity(points, scale: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """``s·R·p + t`` for points (..., 3)."""
+    return scale * as_float64(points) @ np.asarray(rotation).T + np.asarray(translation)
+
+
+def ransac_umeyama(src, dst, inlier_threshold: float, with_scale: bool = True, iterations: int = 256,
+                   seed: int = 0, score_points: int = 4096, refinements: int = 3
+                   ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Robust variant of :func:`umeyama` (not part of any published protocol): RANSAC over minimal
+    3-point samples, then least-squares refits on the inliers.
+
+    A correspondence is an inlier when ``|s·R·src + t - dst| < inlier_threshold`` (dst units).
+    Hypotheses are scored on a fixed random subset of ``score_points`` correspondences; the best is
+    refined ``refinements`` times on all its inliers. Deterministic for a given ``seed``.
+    Returns ``(s, R, t, inlier_mask (N,))``.
+    """
+    src, dst = as_float64(src), as_float64(dst)
+    if src.ndim != 2 or src.shape[-1] != 3 or src.shape != dst.shape:
+        raise ValueError(f"ransac_umeyama: expected two (N,3) point sets of one shape, got {src.shape} and {dst.shape}")
+    count = src.shape[0]
+    if count < 3:
+        raise ValueError(f"ransac_umeyama: needs at least 3 corresponding points, got {count}")
+    if not inlier_threshold > 0:
+        raise ValueError(f"ransac_umeyama: inlier_threshold must be > 0, got {inlier_threshold}")
+    rng = np.random.default_rng(seed)
+    samples = np.stack([rng.choice(count, 3, replace=False) for _ in range(iterations)])
+    scale, rotation, translation, sigma = _umeyama_batched(src[samples], dst[samples], with_scale)
+    usable = np.isfinite(scale) & (scale > 0) & (sigma[:, 1] > 1e-9 * sigma[:, 0])
+    probe = rng.choice(count, min(count, score_points), replace=False)
+    moved = scale[:, None, None] * np.einsum("kij,nj->kni", rotation, src[probe]) + translation[:, None]
+    scores = (np.linalg.norm(moved - dst[probe][None], axis=-1) < inlier_threshold).sum(1)
+    scores[~usable] = -1
+    best = int(np.argmax(scores))
+    if scores[best] < 3:
+        raise ValueError("ransac_umeyama: no hypothesis has 3 inliers; the threshold is too small or the "
+                         "correspondences are unrelated")
+    fit = (float(scale[best]), rotation[best], translation[best])
+    inliers = np.linalg.norm(apply_similarity(src, *fit) - dst, axis=-1) < inlier_threshold
+    for _ in range(refinements):
+        if inliers.sum() < 3:
+            break
+        fit = umeyama(src[inliers], dst[inliers], with_scale)
+        updated = np.linalg.norm(apply_similarity(src, *fit) - dst, axis=-1) < inlier_threshold
+        if np.array_equal(updated, inliers):
+            break
+        inliers = updated
+    return fit[0], fit[1], fit[2], inliers
+
+
+def nearest_distances(query, reference, workers: int = -1) -> np.ndarray:
+    """Euclidean distance from every query point (N,3) to its nearest reference point (M,3): a
+    KD-tree (scipy cKDTree) over the reference, O((N + M) log M), ``workers`` threads (-1 = all)."""
+    from scipy.spatial import cKDTree
+
+    query, reference = as_float64(query), as_float64(reference)
+    if query.ndim != 2 or reference.ndim != 2 or query.shape[-1] != 3 or reference.shape[-1] != 3:
+        raise ValueError(f"nearest_distances: expected (N,3) and (M,3) points, got {query.shape} and {reference.shape}")
+    if reference.shape[0] == 0:
+        raise ValueError("nearest_distances: the reference point set is empty")
+    # Sliding-midpoint tree without node shrinking: ~2x faster to build on millions of points, same queries.
+    tree = cKDTree(reference, balanced_tree=False, compact_nodes=False)
+    distances, _ = tree.query(query, k=1, workers=workers)
+    return distances
+
+
+def pointmap_accuracy_completeness(pred, gt, workers: int = -1) -> tuple[float, float, float]:
+    """Chamfer-style point-cloud errors (VGGT paper Tab. 3 / DTU convention), in the units of ``gt``:
+    accuracy = mean distance of each predicted point to its nearest GT point, completeness = mean
+    distance of each GT point to its nearest predicted point, overall = their mean.
+    ``pred`` (N,3) must already be aligned to ``gt`` (M,3)."""
+    pred, gt = as_float64(pred), as_float64(gt)
+    if pred.shape[0] == 0 or gt.shape[0] == 0:
+        raise ValueError(f"pointmap_accuracy_completeness: empty point set ({pred.shape[0]} predicted, "
+                         f"{gt.shape[0]} GT points)")
+    accuracy = float(nearest_distances(pred, gt, workers).mean())
+    completeness = float(nearest_distances(gt, pred, workers).mean())
+    return accuracy, completeness, 0.5 * (accuracy + completeness)
+
+
+def relative_pose_angle_errors(pred_w2c, gt_w2c, translation_sign_ambiguity: bool = True
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """(rotation, translation-direction) errors in degrees of the relative poses of all pairs i < j
+    of (S,3,4) world-to-camera extrinsics (see :func:`relative_pose_errors`)."""
+    pred = torch.as_tensor(as_float64(pred_w2c))
+    gt = torch.as_tensor(as_float64(gt_w2c))
+    if pred.dim() != 3 or pred.shape != gt.shape or pred.shape[-2:] != (3, 4) or pred.shape[0] < 2:
+        raise ValueError(f"expected two (S,3,4) extrinsics with S >= 2, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    errors = relative_pose_errors(pred, gt, translation_sign_ambiguity)
+    return errors["rot_err_deg"].numpy(), errors["trans_err_deg"].numpy()
+
+
+def pose_auc(pred_w2c, gt_w2c, thresholds=PROTOCOL_AUC_THRESHOLDS_DEG,
+             translation_sign_ambiguity: bool = True) -> dict[str, float]:
+    """Camera-pose AUC of one scene in the VGGT / Depth Anything 3 convention.
+
+    Every pair i < j of the S frames gives a relative rotation error (RRA) and a relative translation
+    direction error (RTA); a pair's error is max(RRA, RTA). AUC@T = mean over the integer thresholds
+    1..T of the fraction of pairs with error below it (a histogram of 1-degree bins up to T, cumulated).
+    Returns ``{"auc@T": ..., "pairs": n}`` for each T in ``thresholds``.
+    """
+    rot, trans = relative_pose_angle_errors(pred_w2c, gt_w2c, translation_sign_ambiguity)
+    result = {f"auc@{int(t)}": errors_auc(torch.from_numpy(rot), torch.from_numpy(trans), int(t)) for t in thresholds}
+    result["pairs"] = int(rot.size)
+    return result
+
+
+def _depth_inputs(pred, gt, valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pred, gt = as_float64(pred), as_float64(gt)
+    valid = _as_bool(valid) if valid is not None else np.ones(gt.shape, bool)
+    if pred.shape != gt.shape or valid.shape != gt.shape or gt.ndim not in (2, 3):
+        raise ValueError(f"expected pred, gt, valid of one shape (H,W) or (S,H,W), got {pred.shape}, {gt.shape}, "
+                         f"{valid.shape}")
+    return pred, gt, valid & np.isfinite(gt) & (gt > 0)  # rmvd: gt <= 0 is no ground truth
+
+
+def _per_frame_mean(values: np.ndarray, valid: np.ndarray):
+    """Mean of ``values`` over the valid pixels of each frame: a float for (H,W), an (S,) array for (S,H,W);
+    NaN where a frame has no valid pixel."""
+    counts = valid.sum((-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = np.where(valid, values, 0.0).sum((-2, -1)) / counts
+    means = np.where(counts > 0, means, np.nan)
+    return float(means) if means.ndim == 0 else means
+
+
+def depth_abs_rel(pred, gt, valid=None):
+    """AbsRel = mean |pred - gt| / gt over valid pixels with gt > 0, per frame (no alignment here)."""
+    pred, gt, valid = _depth_inputs(pred, gt, valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.abs(pred - gt) / gt
+    return _per_frame_mean(np.where(valid, error, 0.0), valid)
+
+
+def depth_inlier_ratio(pred, gt, valid=None, threshold: float = MVD_INLIER_THRESHOLD):
+    """Fraction of valid pixels (gt > 0) with max(pred/gt, gt/pred) < threshold, per frame; a
+    non-positive or non-finite prediction is an outlier (Robust MVD benchmark's τ, default 1.03)."""
+    pred, gt, valid = _depth_inputs(pred, gt, valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.maximum(pred / gt, gt / pred)
+    inlier = np.isfinite(ratio) & (pred > 0) & (ratio < threshold)
+    return _per_frame_mean(inlier.astype(np.float64), valid)
+
+
+def median_scales(pred, gt, valid=None, per: str = "frame") -> np.ndarray:
+    """Median scaling factors median(gt) / median(pred) over valid pixels: one per frame
+    (``per="frame"``, the Robust MVD benchmark's 'median' alignment) or one for the whole sequence
+    (``per="sequence"``, repeated per frame). NaN where there are no valid pixels."""
+    if per not in ("frame", "sequence"):
+        raise ValueError(f"per must be 'frame' or 'sequence', got {per!r}")
+    pred, gt, valid = _depth_inputs(pred, gt, valid)
+    if gt.ndim == 2:
+        pred, gt, valid = pred[None], gt[None], valid[None]
+    usable = valid & np.isfinite(pred) & (pred > 0)
+
+    def ratio(g: np.ndarray, p: np.ndarray, selector: np.ndarray) -> float:
+        if not selector.any():
+            return float("nan")
+        return float(np.median(g[selector]) / np.median(p[selector]))
+
+    if per == "sequence":
+        return np.full(gt.shape[0], ratio(gt, pred, usable))
+    return np.array([ratio(gt[i], pred[i], usable[i]) for i in range(gt.shape[0])])
+
+
+def mvd_depth_metrics(pred, gt, valid=None, per: str = "frame",
+                      threshold: float = MVD_INLIER_THRESHOLD) -> dict[str, np.ndarray]:
+    """Multi-view depth metrics of one sequence (S,H,W) after median scaling (``per`` frame or
+    sequence): per-frame ``abs_rel``, ``inlier`` (τ < threshold), the ``scale`` used and ``pixels``."""
+    pred, gt, valid = _depth_inputs(pred, gt, valid)
+    if gt.ndim == 2:
+        pred, gt, valid = pred[None], gt[None], valid[None]
+    scale = median_scales(pred, gt, valid, per)
+    scaled = pred * scale[:, None, None]
+    return {"abs_rel": np.atleast_1d(depth_abs_rel(scaled, gt, valid)),
+            "inlier": np.atleast_1d(depth_inlier_ratio(scaled, gt, valid, threshold)),
+            "scale": scale, "pixels": valid.sum((-2, -1))}

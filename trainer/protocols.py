@@ -1,0 +1,583 @@
+"""Published ETH3D protocols: camera pose AUC, point-map accuracy/completeness, multi-view depth.
+
+``python -m trainer eval --protocol eth3d-pose|eth3d-pointmap|eth3d-mvd|all`` runs the base model (and,
+with ``--run``/``--adapter``, base + adapter) on every sample of a shard split and scores each
+sample under the published conventions (docs/evaluation.md gives the source and our deviations):
+
+* ``eth3d-pose`` (VGGT / Depth Anything 3): relative rotation and translation-direction errors of all
+  frame pairs, AUC@3/5/15/30 of max(RRA, RTA), per scene, then the mean over scenes.
+* ``eth3d-pointmap`` (VGGT paper Tab. 3): predicted points, from the depth head + predicted cameras
+  and from the point head, aligned to the metric GT points by one Umeyama Sim(3) per sample on
+  valid GT pixels; accuracy / completeness / overall in metres (trainer.metrics).
+* ``eth3d-mvd`` (Robust MVD benchmark): per-frame AbsRel and inlier ratio tau < 1.03 after median
+  scaling per frame (the benchmark's) and per sequence (a variant for multi-view models).
+
+Aggregation: sample -> scene (mean over the scene's samples; for depth, over its frames) -> mean over
+scenes. Writes metrics.json, report.md and point-cloud PNGs to the output directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from trainer.losses import prepare_batch
+from trainer.metrics import (
+    MVD_INLIER_THRESHOLD,
+    PROTOCOL_AUC_THRESHOLDS_DEG,
+    apply_similarity,
+    as_float64,
+    mvd_depth_metrics,
+    nearest_distances,
+    pointmap_accuracy_completeness,
+    pose_auc,
+    ransac_umeyama,
+    umeyama,
+)
+from trainer.vggt.geometry import depth_to_world_points, pose_encoding_to_extri_intri
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS_FORMAT = "vggt-eth3d-protocols/1"
+PROTOCOLS = ("eth3d-pose", "eth3d-pointmap", "eth3d-mvd")
+POINTMAP_SOURCES = ("depth_camera", "point_head")
+POINTMAP_ALIGNMENTS = ("umeyama", "ransac")
+EVAL_HEADS = ("camera", "depth", "point")
+
+# Published VGGT-1B figures, each with the protocol it was measured under (docs/evaluation.md).
+PUBLISHED = {
+    "eth3d-pose": {
+        "source": "Depth Anything 3 (Lin et al., arXiv 2511.10647) Tab. 2: VGGT on ETH3D, 11 scenes, "
+                  "<= 100 frames per scene",
+        "values": {"pose/auc@3": 0.263, "pose/auc@30": 0.808},
+    },
+    "eth3d-pointmap": {
+        "source": "VGGT (Wang et al., CVPR 2025) Tab. 3: ETH3D, 10 random frames per scene, Umeyama Sim(3), "
+                  "official masks",
+        "values": {"pointmap/depth_camera/accuracy": 0.873, "pointmap/depth_camera/completeness": 0.482,
+                   "pointmap/depth_camera/overall": 0.677, "pointmap/point_head/accuracy": 0.901,
+                   "pointmap/point_head/completeness": 0.518, "pointmap/point_head/overall": 0.709},
+    },
+    "eth3d-mvd": {
+        "source": "no published VGGT figure on the Robust MVD ETH3D split; for scale: DUSt3R-512 2.91 % AbsRel / "
+                  "76.91 % tau<1.03 (DUSt3R paper Tab. 3, rmvd protocol, per-frame median scaling)",
+        "values": {},
+    },
+}
+
+
+@dataclass
+class ProtocolConfig:
+    protocols: tuple[str, ...] = PROTOCOLS
+    auc_thresholds: tuple[int, ...] = PROTOCOL_AUC_THRESHOLDS_DEG
+    translation_sign_ambiguity: bool = True  # VGGT's convention (min(theta, 180 - theta))
+    pointmap_alignment: str = "umeyama"  # "umeyama" (published) or "ransac" (our robust variant)
+    # Pixels used for the Sim(3) fit: valid GT pixels whose predicted confidence is at or above this
+    # quantile of the sample's valid-pixel confidences (0 = all valid pixels, as published).
+    align_conf_quantile: float = 0.0
+    ransac_threshold: float = 0.05  # inlier distance, as a fraction of the GT's median distance to its centroid
+    mvd_threshold: float = MVD_INLIER_THRESHOLD
+    max_pictures: int = 4  # samples drawn as point-cloud PNGs (the first ones seen)
+    max_samples: int | None = None
+    autocast_bf16: bool = True
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ValueError(f"unknown protocol(s) {unknown or '(none)'}; choose from {', '.join(PROTOCOLS)} or all")
+        if self.pointmap_alignment not in POINTMAP_ALIGNMENTS:
+            raise ValueError(f"pointmap alignment must be one of {POINTMAP_ALIGNMENTS}, "
+                             f"got {self.pointmap_alignment!r}")
+        if not 0.0 <= self.align_conf_quantile < 1.0:
+            raise ValueError(f"align_conf_quantile must be in [0, 1), got {self.align_conf_quantile}")
+
+
+def parse_protocols(value: str) -> tuple[str, ...]:
+    """'all' or a comma-separated list of protocol names."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if names == ["all"]:
+        return PROTOCOLS
+    unknown = [n for n in names if n not in PROTOCOLS]
+    if unknown or not names:
+        raise ValueError(f"unknown protocol(s) {unknown or '(none)'}; choose from {', '.join(PROTOCOLS)} or all")
+    return tuple(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------------------------------------ one sample
+
+
+@torch.no_grad()
+def predict_all(model: torch.nn.Module, images: torch.Tensor, autocast_bf16: bool = True) -> dict[str, torch.Tensor]:
+    """Eval-mode forward keeping every head's output in float32."""
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 and images.device.type == "cuda"
+                else contextlib.nullcontext())
+    try:
+        with autocast:
+            out = model(images)
+    finally:
+        model.train(was_training)
+    keep = ("depth", "depth_conf", "pose_enc", "world_points", "world_points_conf")
+    return {k: out[k].float() for k in keep if k in out}
+
+
+def _pointmap_scores(pred_points: np.ndarray, conf: np.ndarray, gt_points: np.ndarray, valid: np.ndarray,
+                     cfg: ProtocolConfig) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Align one sample's predicted points [S,H,W,3] to GT and score them; returns (record, aligned
+    points at the valid pixels, or None if no fit was possible)."""
+    usable = valid & np.isfinite(pred_points).all(-1)
+    record: dict[str, Any] = {"eval_points": int(usable.sum())}
+    if usable.sum() < 3:
+        record["error"] = f"only {int(usable.sum())} valid pixels with a finite prediction"
+        return record, None
+    select = usable.copy()
+    if cfg.align_conf_quantile > 0:
+        finite_conf = usable & np.isfinite(conf)
+        cut = np.quantile(conf[finite_conf], cfg.align_conf_quantile) if finite_conf.any() else -np.inf
+        select &= conf >= cut
+    src, dst = pred_points[select], gt_points[select]
+    try:
+        if cfg.pointmap_alignment == "ransac":
+            extent = float(np.median(np.linalg.norm(dst - dst.mean(0), axis=-1)))
+            s, r, t, inliers = ransac_umeyama(src, dst, cfg.ransac_threshold * max(extent, 1e-9))
+            record["align_inliers"] = int(inliers.sum())
+        else:
+            s, r, t = umeyama(src, dst)
+    except ValueError as exc:
+        record["error"] = str(exc)
+        return record, None
+    aligned = apply_similarity(pred_points[usable], s, r, t)
+    accuracy, completeness, overall = pointmap_accuracy_completeness(aligned, gt_points[usable])
+    record.update(align_points=int(select.sum()), scale=s, accuracy=accuracy, completeness=completeness,
+                  overall=overall)
+    return record, aligned
+
+
+def evaluate_sample(pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any], item: int,
+                    cfg: ProtocolConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every requested protocol on batch item ``item`` for one model's predictions.
+
+    Returns (flat metric record, aligned point clouds by source for pictures)."""
+    gt_depth = prepared["metric_depths"][item]
+    mask = prepared["point_masks"][item]
+    gt_w2c = prepared["metric_extrinsics"][item]
+    gt_k = prepared["intrinsics"][item]
+    frames, height, width = gt_depth.shape
+    record: dict[str, Any] = {"frames": frames}
+    clouds: dict[str, np.ndarray] = {}
+    pred_w2c = pred_k = None
+    if "pose_enc" in pred:
+        pred_w2c, pred_k = pose_encoding_to_extri_intri(pred["pose_enc"][item], (height, width))
+
+    if "eth3d-pose" in cfg.protocols and pred_w2c is not None and frames >= 2:
+        auc = pose_auc(pred_w2c, gt_w2c, cfg.auc_thresholds, cfg.translation_sign_ambiguity)
+        record.update({f"pose/{k}": v for k, v in auc.items()})
+
+    if "eth3d-pointmap" in cfg.protocols:
+        gt_points = as_float64(depth_to_world_points(gt_depth.double(), gt_k.double(), gt_w2c.double())[0])
+        valid = mask.cpu().numpy().astype(bool)
+        sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if pred_w2c is not None and "depth" in pred:
+            points = depth_to_world_points(pred["depth"][item, ..., 0].double(), pred_k.double(), pred_w2c.double())[0]
+            sources["depth_camera"] = (as_float64(points), as_float64(pred["depth_conf"][item]))
+        if "world_points" in pred:
+            sources["point_head"] = (as_float64(pred["world_points"][item]),
+                                    as_float64(pred["world_points_conf"][item]))
+        for source, (points, conf) in sources.items():
+            scores, aligned = _pointmap_scores(points, conf, gt_points, valid, cfg)
+            record.update({f"pointmap/{source}/{k}": v for k, v in scores.items()})
+            if aligned is not None:
+                clouds[source] = aligned
+        clouds["gt"] = gt_points[valid & np.isfinite(gt_points).all(-1)]
+
+    if "eth3d-mvd" in cfg.protocols and "depth" in pred:
+        for per in ("frame", "sequence"):
+            depth = mvd_depth_metrics(pred["depth"][item, ..., 0], gt_depth, mask, per, cfg.mvd_threshold)
+            has_gt = depth["pixels"] > 0
+            record[f"mvd/{per}/abs_rel"] = _nanmean(depth["abs_rel"][has_gt])
+            record[f"mvd/{per}/inlier"] = _nanmean(depth["inlier"][has_gt])
+            record[f"mvd/{per}/frames"] = int(has_gt.sum())
+            record[f"mvd/{per}/abs_rel_per_frame"] = depth["abs_rel"].tolist()
+            record[f"mvd/{per}/inlier_per_frame"] = depth["inlier"].tolist()
+            record[f"mvd/{per}/frames_mask"] = has_gt.tolist()
+    return record, clouds
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else None
+
+
+# ----------------------------------------------------------------------------------------- aggregation
+
+# Summary metrics (scalars per sample) and whether larger is better.
+def summary_metrics(cfg: ProtocolConfig) -> list[tuple[str, bool]]:
+    names: list[tuple[str, bool]] = []
+    if "eth3d-pose" in cfg.protocols:
+        names += [(f"pose/auc@{t}", True) for t in cfg.auc_thresholds]
+    if "eth3d-pointmap" in cfg.protocols:
+        names += [(f"pointmap/{s}/{m}", False) for s in POINTMAP_SOURCES
+                  for m in ("accuracy", "completeness", "overall")]
+    if "eth3d-mvd" in cfg.protocols:
+        names += [(f"mvd/{per}/{m}", m == "inlier") for per in ("frame", "sequence") for m in ("abs_rel", "inlier")]
+    return names
+
+
+def aggregate(samples: list[dict[str, Any]], labels: tuple[str, ...], cfg: ProtocolConfig) -> dict[str, Any]:
+    """Per scene (mean over its samples; MVD over its frames) and the mean over scenes."""
+    names = [n for n, _ in summary_metrics(cfg)]
+    scenes = sorted({s["scene"] for s in samples})
+    per_scene: dict[str, Any] = {}
+    for scene in scenes:
+        subset = [s for s in samples if s["scene"] == scene]
+        per_scene[scene] = {"samples": len(subset)}
+        for label in labels:
+            block: dict[str, Any] = {}
+            for name in names:
+                if name.startswith("mvd/"):  # frame-weighted: mean over all frames of the scene
+                    per, metric = name.split("/")[1:]
+                    values = [v for s in subset for v, p in zip(_per_frame(s[label], per, metric),
+                                                                 s[label].get(f"mvd/{per}/frames_mask", []))
+                              if p]
+                    block[name] = _nanmean(np.array(values, dtype=np.float64)) if values else None
+                else:
+                    block[name] = _nanmean(np.array([_num(s[label].get(name)) for s in subset], dtype=np.float64))
+            for extra in ("pointmap/depth_camera/align_points", "pointmap/point_head/align_points", "pose/pairs"):
+                counts = [s[label][extra] for s in subset if s[label].get(extra) is not None]
+                if counts:
+                    block[extra] = int(sum(counts))
+            per_scene[scene][label] = block
+    mean = {label: {name: _nanmean(np.array([_num(per_scene[s][label].get(name)) for s in scenes], dtype=np.float64))
+                    for name in names} for label in labels}
+    return {"scenes": per_scene, "mean": mean}
+
+
+def _per_frame(record: Mapping[str, Any], per: str, metric: str) -> list[float]:
+    return record.get(f"mvd/{per}/{metric}_per_frame", [])
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def evaluate_protocols(
+    base_model: torch.nn.Module | None,
+    adapted_model: torch.nn.Module | None,
+    batches: Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    config: ProtocolConfig | None = None,
+) -> dict[str, Any]:
+    """Run the protocols on every batch; write metrics.json, report.md and PNGs to ``out_dir``.
+
+    ``adapted_model=None``: the base alone (a sanity check against the published figures).
+    ``base_model=None``: the base runs through ``adapted_model.disable_adapter()`` (PEFT).
+    """
+    cfg = dataclasses.replace(config or ProtocolConfig())
+    cfg.check()
+    if base_model is None and adapted_model is None:
+        raise ValueError("evaluate_protocols needs a base model, an adapted model, or both")
+    labels = ("base",) if adapted_model is None else ("base", "adapter")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = adapted_model if adapted_model is not None else base_model
+    device = next(iter(reference.parameters()), torch.zeros(())).device
+
+    samples: list[dict[str, Any]] = []
+    pictures: list[str] = []
+    for batch_index, batch in enumerate(batches):
+        if cfg.max_samples is not None and len(samples) >= cfg.max_samples:
+            break
+        prepared = prepare_batch({k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()})
+        predictions = {}
+        if adapted_model is not None:
+            predictions["adapter"] = predict_all(adapted_model, prepared["images"], cfg.autocast_bf16)
+        if base_model is None:
+            with adapted_model.disable_adapter():
+                predictions["base"] = predict_all(adapted_model, prepared["images"], cfg.autocast_bf16)
+        else:
+            predictions["base"] = predict_all(base_model, prepared["images"], cfg.autocast_bf16)
+        for item in range(prepared["metric_depths"].shape[0]):
+            key = _meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
+            scene = _meta(batch, "scenes", item, "unknown")
+            record: dict[str, Any] = {"key": key, "scene": scene,
+                                      "names": list(_meta(batch, "names", item, []))}
+            clouds = {}
+            for label in labels:
+                record[label], clouds[label] = evaluate_sample(predictions[label], prepared, item, cfg)
+            samples.append(record)
+            if len(pictures) < cfg.max_pictures and "eth3d-pointmap" in cfg.protocols:
+                name = f"pointcloud_{len(pictures):03d}_{_safe(key)}.png"
+                if render_pointclouds(out_dir / name, f"{scene} · {key}", clouds, labels):
+                    pictures.append(name)
+        log.info("evaluated batch %d (%d samples so far)", batch_index, len(samples))
+    if not samples:
+        raise ValueError("no samples to evaluate: the split is empty")
+
+    summary = aggregate(samples, labels, cfg)
+    metrics = {
+        "format": PROTOCOLS_FORMAT,
+        "protocols": list(cfg.protocols),
+        "labels": list(labels),
+        "settings": {"auc_thresholds_deg": list(cfg.auc_thresholds),
+                     "translation_sign_ambiguity": cfg.translation_sign_ambiguity,
+                     "pointmap_alignment": cfg.pointmap_alignment, "align_conf_quantile": cfg.align_conf_quantile,
+                     "ransac_threshold": cfg.ransac_threshold if cfg.pointmap_alignment == "ransac" else None,
+                     "mvd_threshold": cfg.mvd_threshold, "units": "metres (point maps), fractions (AUC, AbsRel, tau)"},
+        "models": cfg.model_info,
+        "published": {p: PUBLISHED[p] for p in cfg.protocols},
+        "counts": {"samples": len(samples), "scenes": len(summary["scenes"]),
+                   "frames": int(sum(s["base"]["frames"] for s in samples))},
+        **summary,
+        "samples": [_strip(s) for s in samples],
+        "pictures": pictures,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n")
+    write_report(out_dir / "report.md", metrics, cfg)
+    return metrics
+
+
+def _strip(sample: dict[str, Any]) -> dict[str, Any]:
+    """The per-sample record for metrics.json (without the helper masks)."""
+    out = {k: v for k, v in sample.items() if not isinstance(v, dict)}
+    for label, record in sample.items():
+        if isinstance(record, dict):
+            out[label] = {k: v for k, v in record.items() if not k.endswith("frames_mask")}
+    return out
+
+
+def _meta(batch: Mapping[str, Any], name: str, item: int, default: Any) -> Any:
+    values = batch.get(name)
+    return values[item] if values is not None and len(values) > item else default
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# -------------------------------------------------------------------------------------------- pictures
+
+
+def render_pointclouds(path: Path, title: str, clouds: Mapping[str, Mapping[str, np.ndarray]],
+                       labels: tuple[str, ...], max_points: int = 60_000) -> bool:
+    """GT points and every aligned prediction seen from the same viewpoint (the GT's two principal
+    axes, i.e. facing its dominant surface); predictions coloured by their distance to the nearest GT
+    point (metres, one shared scale). Returns False when there is nothing to draw."""
+    gt = clouds[labels[0]].get("gt")
+    if gt is None or len(gt) < 3:
+        return False
+    from trainer.evaluate import _pyplot
+
+    plt = _pyplot()
+    rng = np.random.default_rng(0)
+
+    def thin(points: np.ndarray) -> np.ndarray:
+        return points if len(points) <= max_points else points[rng.choice(len(points), max_points, replace=False)]
+
+    centre = gt.mean(0)
+    _, _, axes = np.linalg.svd(thin(gt) - centre, full_matrices=False)
+    panels = [("GT (laser depth)", thin(gt), None)]
+    for label in labels:
+        for source in POINTMAP_SOURCES:
+            if source in clouds[label]:
+                points = thin(clouds[label][source])
+                panels.append((f"{label} · {source.replace('_', ' + ' if source == 'depth_camera' else ' ')}",
+                               points, nearest_distances(points, gt)))
+    errors = np.concatenate([e for _, _, e in panels if e is not None]) if len(panels) > 1 else np.zeros(1)
+    error_max = max(float(np.quantile(errors, 0.95)), 1e-6)
+    gt_2d = (panels[0][1] - centre) @ axes[:2].T
+    lo, hi = np.quantile(gt_2d, 0.005, axis=0), np.quantile(gt_2d, 0.995, axis=0)
+    pad = 0.08 * (hi - lo).max()
+    fig, axs = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False, layout="constrained")
+    depth_axis = (panels[0][1] - centre) @ axes[2]
+    scatter = None
+    for ax, (name, points, error) in zip(axs[0], panels):
+        xy = (points - centre) @ axes[:2].T
+        if error is None:
+            ax.scatter(xy[:, 0], xy[:, 1], c=depth_axis, s=0.3, cmap="viridis", linewidths=0, rasterized=True)
+        else:
+            ax.scatter(gt_2d[:, 0], gt_2d[:, 1], c="0.85", s=0.3, linewidths=0, rasterized=True)
+            scatter = ax.scatter(xy[:, 0], xy[:, 1], c=error, s=0.3, cmap="magma_r", vmin=0, vmax=error_max,
+                                 linewidths=0, rasterized=True)
+            name += f"\nmean NN error {error.mean():.3f} m"
+        ax.set_title(name, fontsize=8)
+        ax.set_xlim(lo[0] - pad, hi[0] + pad)
+        ax.set_ylim(hi[1] + pad, lo[1] - pad)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if scatter is not None:
+        bar = fig.colorbar(scatter, ax=axs[0, 1:].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
+        bar.set_label("distance to nearest GT point [m] (grey: GT)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _fmt(name: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if name.startswith("pose/") or name.startswith("mvd/"):
+        return f"{100 * value:.2f}"
+    return f"{value:.4f}"
+
+
+def _change(base: float | None, adapter: float | None, higher_better: bool) -> str:
+    if base is None or adapter is None or base == 0:
+        return "–"
+    change = (adapter - base) / abs(base)
+    better = change > 0 if higher_better else change < 0
+    return f"{100 * change:+.1f}%{' ✓' if better and change != 0 else ''}"
+
+
+def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> None:
+    labels = tuple(metrics["labels"])
+    names = summary_metrics(cfg)
+    published = {k: v for p in cfg.protocols for k, v in PUBLISHED[p]["values"].items()}
+    lines = ["# ETH3D protocol evaluation", ""]
+    for key, value in metrics["models"].items():
+        lines.append(f"- {key}: {value}")
+    counts = metrics["counts"]
+    lines += [f"- {counts['samples']} samples, {counts['scenes']} scenes, {counts['frames']} frames",
+              f"- point-map alignment: **{cfg.pointmap_alignment}** Sim(3) per sample on valid GT pixels"
+              + (f" with confidence >= the {cfg.align_conf_quantile:.0%} quantile" if cfg.align_conf_quantile else ""),
+              "- pose AUC and MVD figures in %, point maps in metres; ↑ = higher is better", "",
+              "Published figures are for VGGT-1B under the protocol named; ours differ where docs/evaluation.md "
+              "says (resolution, frame choice, GT depth resampling). Compare only within one protocol.", ""]
+    for protocol in cfg.protocols:
+        lines += [f"## {protocol}", "", f"Published: {PUBLISHED[protocol]['source']}.", ""]
+        header = "| metric | published VGGT |" + "".join(f" {label} |" for label in labels)
+        header += " change |" if len(labels) == 2 else ""
+        lines += [header, "|---|---:|" + "---:|" * (len(labels) + (len(labels) == 2))]
+        prefix = {"eth3d-pose": "pose/", "eth3d-pointmap": "pointmap/", "eth3d-mvd": "mvd/"}[protocol]
+        for name, higher in names:
+            if not name.startswith(prefix):
+                continue
+            values = [metrics["mean"][label].get(name) for label in labels]
+            pub = published.get(name)
+            row = f"| {name} {'↑' if higher else '↓'} | {_fmt(name, pub) if pub is not None else '–'} |"
+            row += "".join(f" {_fmt(name, v)} |" for v in values)
+            if len(labels) == 2:
+                row += f" {_change(values[0], values[1], higher)} |"
+            lines.append(row)
+        lines += ["", "Per scene:", ""]
+        scene_names = [n for n, _ in names if n.startswith(prefix)]
+        show = scene_names[:4] if protocol != "eth3d-pointmap" else [n for n in scene_names if n.endswith("overall")]
+        extra = [f"{s}/align_points" for s in ("pointmap/depth_camera", "pointmap/point_head")] \
+            if protocol == "eth3d-pointmap" else []
+        lines.append("| scene | samples |" + "".join(f" {label} {n} |" for n in show + extra for label in labels))
+        lines.append("|---|---:|" + "---:|" * (len(show + extra) * len(labels)))
+        for scene, block in metrics["scenes"].items():
+            row = f"| {scene} | {block['samples']} |"
+            for n in show + extra:
+                for label in labels:
+                    value = block[label].get(n)
+                    row += f" {value:,} |" if n in extra and value is not None else f" {_fmt(n, value)} |"
+            lines.append(row)
+        lines.append("")
+    failures = [(s["key"], label, k, v) for s in metrics["samples"] for label in labels
+                for k, v in s[label].items() if k.endswith("/error")]
+    if failures:
+        lines += ["## Samples without a point-map fit", ""]
+        lines += [f"- {key} ({label}, {k.split('/')[1]}): {v}" for key, label, k, v in failures] + [""]
+    if metrics["pictures"]:
+        lines += ["## Point clouds", "", "Aligned predictions coloured by distance to the nearest GT point.", ""]
+        lines += [f"![{p}]({p})" for p in metrics["pictures"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------ shards + run -> report
+
+
+def evaluate_protocols_run(
+    shards: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    run: str | Path | None = None,
+    adapter: str | Path | None = None,
+    weights: str | None = None,
+    model_name: str | None = None,
+    device: str | None = None,
+    config: ProtocolConfig | None = None,
+) -> dict[str, Any]:
+    """``python -m trainer eval --protocol ...``: base (and base + adapter) on a shard split, batch size 1.
+
+    Without ``run``/``adapter`` the base alone is evaluated (``weights`` required for a meaningful
+    number). The point head is built and loaded when the weights hold it; a random-init base (tiny
+    demo) keeps the trained-on heads so that it is exactly the model the adapter was made on.
+    """
+    from trainer.config import config_from_run
+    from trainer.data import make_loader
+    from trainer.evaluate import resolve_adapter_dir
+    from trainer.lora import load_adapter, read_adapter_info
+    from trainer.train import TRAIN_HEADS, build_model, seed_everything
+
+    cfg = dataclasses.replace(config or ProtocolConfig())
+    cfg.check()
+    loader = make_loader(shards, split, 1, shuffle=False, num_workers=0, pin_memory=False)  # cheap checks first
+    info: dict[str, Any] = {}
+    seed = 0
+    adapter_dir = None
+    if run is not None or adapter is not None:
+        adapter_dir = resolve_adapter_dir(run, adapter)
+        info = read_adapter_info(adapter_dir)
+        if run is not None:
+            run_cfg = config_from_run(Path(run))
+            seed = run_cfg.seed
+            info.setdefault("model", run_cfg.model)
+            info.setdefault("weights", run_cfg.weights)
+    model_name = model_name or info.get("model") or "vggt-1b"
+    weights = weights if weights is not None else info.get("weights")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    seed_everything(seed)
+    heads = EVAL_HEADS if weights else TRAIN_HEADS
+    model = build_model(model_name, weights, heads=heads)
+    if adapter_dir is not None:
+        model = load_adapter(model, adapter_dir)
+    model = model.to(torch_device).eval()
+    cfg.model_info = {
+        "model": model_name,
+        "base weights": weights or f"random init (seed {seed})",
+        "heads": ", ".join(heads),
+        **({"adapter": str(adapter_dir), "strategy": info.get("strategy"), "adapter step": info.get("step")}
+           if adapter_dir is not None else {"adapter": "none (base model only)"}),
+        "shards": f"{shards} ({split})",
+        "device": str(torch_device),
+        **cfg.model_info,
+    }
+    if adapter_dir is None:
+        return evaluate_protocols(model, None, loader, out_dir, cfg)
+    return evaluate_protocols(None, model, loader, out_dir, cfg)
