@@ -27,9 +27,11 @@ from dataengine.colmap import BadInputError
 from dataengine.depth import LaserDepthConfig, SparseDepthConfig, laser_depth, sparse_depth
 from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scene
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
+from dataengine.mvs import MvsConfig
 from dataengine.shards import (FORMAT, SHARD_RE, json_bytes, sample_key, sample_members,
                                sha256_file, shard_name, write_bytes_atomic, write_tar)
-from dataengine.windows import WindowConfig, scene_windows
+from dataengine.windows import (WindowConfig, covisible_windows, frame_covisibility, scene_windows,
+                                window_overlap)
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +58,31 @@ class BuildConfig:
     skip_bad: bool = False
     keep_cache: bool = False
     progress: bool = True
+    # --format colmap (dataengine.colmap_build): any COLMAP project; eth3d keeps its bytes unchanged.
+    format: str = "eth3d"
+    metric_scale: float | None = None  # COLMAP units → metres; None = "arbitrary (COLMAP)"
+    undistort_fov: str = "valid"  # valid | full | horizontal degrees (dataengine.undistort)
+    mvs: MvsConfig = field(default_factory=MvsConfig)
+
+    def _colmap_options(self) -> dict:
+        if self.format != "colmap":
+            return {}
+        return {"format": self.format, "metric_scale": self.metric_scale, "undistort_fov": self.undistort_fov,
+                "mvs": dataclasses.asdict(self.mvs)}
 
     def frame_options(self) -> dict:
         """Everything that changes a rendered frame (the cache key)."""
         return {"engine": __version__, "width": self.width, "height": self.height, "fit": self.fit,
                 "depth": self.depth, "laser": dataclasses.asdict(self.laser),
-                "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality}
+                "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality,
+                **self._colmap_options()}
 
     def manifest_options(self) -> dict:
         return {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
                 "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
                 "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
-                "skip_bad": self.skip_bad}
+                "skip_bad": self.skip_bad,
+                **({"windows": self.windows.mode} if self.windows.mode != "sequential" else {})}
 
 
 @dataclass
@@ -86,6 +101,10 @@ def _stat_key(path: Path | None) -> list:
 
 
 def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
+    if cfg.format == "colmap":
+        digest = hashlib.sha256(json.dumps([cfg.frame_options(), frame.cache_ident()],
+                                           sort_keys=True).encode()).hexdigest()[:16]
+        return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
     ident = json.dumps([cfg.frame_options(), frame.scene, frame.name, _stat_key(frame.image_path),
                         _stat_key(frame.depth_path), _stat_key(frame.mask_path),
                         frame.pinhole.params.tolist(),
@@ -98,6 +117,11 @@ def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
 
 def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
     """Image, intrinsics and depth of one frame at output resolution."""
+    if cfg.format == "colmap":
+        from dataengine.colmap_build import process_colmap_frame
+
+        rgb, K, depth, meta = process_colmap_frame(frame, scene, cfg)
+        return FrameResult(encode_jpeg(rgb, cfg.jpeg_quality), depth, K, meta)
     geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, cfg.width, cfg.height, cfg.fit)
     K = output_intrinsics(frame.pinhole, geom)
     rgb = render_frame(frame.image_path.read_bytes(), frame.pinhole, geom, frame.image_path)
@@ -196,12 +220,12 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
 
 
 def _sample_cameras(key_index: int, scene: str, split: str, results: list[FrameResult],
-                    frames: list[Frame], indices: list[int], cfg: BuildConfig) -> dict:
+                    frames: list[Frame], indices: list[int], cfg: BuildConfig, units: str = "metres") -> dict:
     sources = {r.meta["depth_source"] for r in results}
     return {
         "format": FORMAT, "scene": scene, "split": split, "window": key_index,
         "depth_source": sources.pop() if len(sources) == 1 else "mixed",
-        "units": "metres",
+        "units": units,
         "pixel_convention": "OpenCV: pixel (0,0) is the centre of the top-left pixel",
         "extrinsics_convention": "world-to-camera [R|t], OpenCV axes (x right, y down, z forward)",
         "image_size": [cfg.height, cfg.width],
@@ -221,16 +245,29 @@ def build_shards(cfg: BuildConfig) -> dict:
         raise ValueError("samples_per_shard must be >= 1")
     if cfg.depth_dtype not in ("float32", "float16"):
         raise ValueError(f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}")
-    names = resolve_scenes(cfg)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad) for n in names]
+    if cfg.format == "colmap":
+        from dataengine.colmap_build import load_colmap_scenes
+
+        scenes = load_colmap_scenes(cfg)
+        names = [s.name for s in scenes]
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    elif cfg.format == "eth3d":
+        names = resolve_scenes(cfg)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad) for n in names]
+    else:
+        raise ValueError(f"format must be eth3d or colmap, got {cfg.format!r}")
+    units = {s.name: getattr(s, "units", "metres") for s in scenes}
     cached, skipped_render = render_all(cfg, scenes)
 
     splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {"train": [], "val": []}
     scene_stats = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
-        wins = scene_windows(scene.name, len(frames), cfg.windows)
+        if cfg.windows.mode == "covisible":
+            wins = covisible_windows(scene.name, frame_covisibility([f.observed for f in frames]), cfg.windows)
+        else:
+            wins = scene_windows(scene.name, len(frames), cfg.windows)
         index = 0
         for split in ("train", "val"):
             for win in wins[split]:
@@ -248,6 +285,13 @@ def build_shards(cfg: BuildConfig) -> dict:
             "mean_coverage": round(float(np.mean([m["coverage"] for m in metas])), 6) if metas else 0.0,
             "min_coverage": round(float(np.min([m["coverage"] for m in metas])), 6) if metas else 0.0,
         }
+        if cfg.format == "colmap":
+            cov = frame_covisibility([f.observed for f in frames])
+            scene_stats[scene.name].update({
+                "window_overlap": round(window_overlap(wins["train"] + wins["val"], cov), 6),
+                "mvs_frames": sum(m["depth_source"] == "mvs" for m in metas), "units": units[scene.name],
+                "model": f"{scene.model_dir.relative_to(scene.directory)} ({scene.model_format})",
+                "camera_models": sorted({m["camera_model"] for m in metas})})
 
     manifest_splits = {}
     written = set()
@@ -266,7 +310,7 @@ def build_shards(cfg: BuildConfig) -> dict:
                 results = [loaded[p] for p in paths]
                 depth = np.stack([r.depth for r in results]).astype(cfg.depth_dtype)
                 mask = (depth > 0).astype(np.uint8)
-                cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg)
+                cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
                 members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results],
                                           depth, mask, cams)
             write_tar(path, members)
@@ -282,8 +326,9 @@ def build_shards(cfg: BuildConfig) -> dict:
     manifest = {
         "format": FORMAT,
         "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
-        "dataset": "ETH3D high-res multi-view (DSLR) training scenes",
-        "license": "CC BY-NC-SA 4.0",
+        "dataset": ("COLMAP captures" if cfg.format == "colmap"
+                    else "ETH3D high-res multi-view (DSLR) training scenes"),
+        "license": "set by the captures' owner" if cfg.format == "colmap" else "CC BY-NC-SA 4.0",
         "scenes": names,
         "options": cfg.manifest_options(),
         "splits": manifest_splits,
@@ -291,7 +336,11 @@ def build_shards(cfg: BuildConfig) -> dict:
         "skipped": [s for sc in scenes for s in sc.skipped] + skipped_render,
         "warnings": [w for sc in scenes for w in sc.warnings],
     }
-    write_bytes_atomic(cfg.out / "README.md", dataset_card(manifest).encode())
+    if cfg.format == "colmap":
+        from dataengine.colmap_build import colmap_dataset_card as card
+    else:
+        card = dataset_card
+    write_bytes_atomic(cfg.out / "README.md", card(manifest).encode())
     write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
     if not cfg.keep_cache:
         shutil.rmtree(cfg.out / CACHE_DIR, ignore_errors=True)
