@@ -55,7 +55,7 @@ def make_colmap_project(eth3d_scene: Path, project: Path, neighbours_maps: bool 
         shutil.copy(src_sparse / name, dense_sparse / name)
     lines, dense_lines = [], []
     for cid, cam in sorted(model.cameras.items()):
-        fx, fy, cx, cy = cam.params
+        fx, fy, cx, cy = (float(v) for v in cam.params)
         lines.append(f"{cid} OPENCV {cam.width} {cam.height} {fx!r} {fy!r} {cx!r} {cy!r} "
                      + " ".join(repr(v) for v in OPENCV_DISTORTION))
         dense_lines.append(f"{cid} PINHOLE {cam.width} {cam.height} {fx!r} {fy!r} {cx!r} {cy!r}")
