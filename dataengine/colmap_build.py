@@ -31,6 +31,8 @@ def load_colmap_scenes(cfg) -> list[ColmapScene]:
     for name, directory in resolve_colmap_scenes(cfg.root, cfg.scenes):
         scene = load_colmap_scene(name, directory, cfg.depth, cfg.skip_bad, cfg.metric_scale, cfg.mvs.prefer)
         scene.mvs_neighbours = neighbour_names(scene, cfg.mvs)
+        for frame in scene.frames:  # a changed neighbour map changes the filtered depth: cache key
+            frame.neighbour_maps = [scene.dense_views[n][0] for n in scene.mvs_neighbours.get(frame.name, [])]
         scenes.append(scene)
     for val in cfg.windows.val_scenes:
         if val not in [s.name for s in scenes]:

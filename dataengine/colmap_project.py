@@ -48,6 +48,7 @@ class ColmapFrame:
     mvs_path: Path | None  # the depth map used (geometric preferred) when depth_source == "mvs"
     dense_camera: SourceCamera | None  # its PINHOLE camera from dense/sparse
     depth_source: str  # "mvs" or "sparse"
+    neighbour_maps: list = field(default_factory=list)  # depth maps the consistency filter reads
 
     def cache_ident(self) -> list:
         """Everything of the inputs that changes this frame's render (for the build's cache key)."""
@@ -60,7 +61,8 @@ class ColmapFrame:
                 stat(self.mvs_path), [self.camera.model, self.camera.width, self.camera.height,
                                       list(self.camera.params)],
                 None if self.dense_camera is None else list(self.dense_camera.params),
-                self.rotation.tolist(), self.translation.tolist(), self.depth_source, len(self.observed)]
+                self.rotation.tolist(), self.translation.tolist(), self.depth_source, len(self.observed),
+                [stat(p) for p in self.neighbour_maps]]
 
 
 @dataclass
