@@ -65,7 +65,7 @@ member layout), built by dataengine {manifest['engine']['version']} (git {manife
   samples; frame-disjoint unless `val_scenes` is set ({opts['val_scenes'] or 'frame-disjoint'}).
 - Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
 
-| scene | model | camera models | frames | train windows | val windows | MVS frames | sparse frames | mean coverage | units |
+| scene | model | camera models | frames | train win. | val win. | MVS frames | sparse frames | mean coverage | units |
 |---|---|---|---:|---:|---:|---:|---:|---:|---|
 {rows}
 

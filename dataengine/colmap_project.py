@@ -78,6 +78,7 @@ class ColmapScene:
     skipped: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dense_views: dict = field(default_factory=dict)  # frame name → (mvs path, dense camera, R, t)
+    mvs_neighbours: dict = field(default_factory=dict)  # frame name → covisible MVS frame names
 
     def covisibility(self, frames: list[ColmapFrame] | None = None) -> np.ndarray:
         """(n, n) int64: 3-D points shared by each pair of frames (diagonal: points seen)."""

@@ -128,7 +128,8 @@ def _write_text_model(model_dir: Path, cameras, images, points) -> None:
         fh.write("# 3D point list with one line of data per point:\n"
                  "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
         for pid, xyz, rgb, track in points:
-            fh.write(f"{pid} " + " ".join(repr(float(v)) for v in xyz) + f" {int(rgb[0])} {int(rgb[1])} {int(rgb[2])} 0.5 "
+            colour = " ".join(str(int(c)) for c in rgb)
+            fh.write(f"{pid} " + " ".join(repr(float(v)) for v in xyz) + f" {colour} 0.5 "
                      + " ".join(f"{i} {k}" for i, k in track) + "\n")
 
 

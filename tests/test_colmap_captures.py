@@ -19,8 +19,8 @@ import pytest
 import simplejpeg
 
 from dataengine.colmap import BadInputError
-from dataengine.mvs import DepthView, MvsConfig, consistency_filter, read_depth_map, write_depth_map
-from dataengine.undistort import (NATIVE_MODELS, SourceCamera, distort, pycolmap_cam_from_img,
+from dataengine.mvs import MvsConfig, consistency_filter, read_depth_map, write_depth_map
+from dataengine.undistort import (SourceCamera, distort, pycolmap_cam_from_img,
                                   pycolmap_img_from_cam, undistort_map, undistorted_field)
 
 SCENE = "capture"
