@@ -118,12 +118,16 @@ def covisible_windows(scene: str, cov: np.ndarray, cfg: WindowConfig) -> dict[st
     return out
 
 
-def window_overlap(windows: list[list[int]], cov: np.ndarray) -> float:
-    """Mean over windows of the mean pairwise overlap shared / min(seen_a, seen_b) (0..1)."""
+def window_overlap(windows: list[list[int]], cov: np.ndarray, kind: str = "min") -> float:
+    """Mean over windows of the mean pairwise overlap (0..1): shared / min(seen_a, seen_b)
+    ("min"), or shared / (seen_a + seen_b - shared) ("jaccard")."""
     scores = []
     for w in windows:
         pairs = [(a, b) for i, a in enumerate(w) for b in w[i + 1:]]
-        vals = [cov[a, b] / max(min(cov[a, a], cov[b, b]), 1) for a, b in pairs]
+        if kind == "jaccard":
+            vals = [cov[a, b] / max(cov[a, a] + cov[b, b] - cov[a, b], 1) for a, b in pairs]
+        else:
+            vals = [cov[a, b] / max(min(cov[a, a], cov[b, b]), 1) for a, b in pairs]
         if vals:
             scores.append(float(np.mean(vals)))
     return float(np.mean(scores)) if scores else 0.0
