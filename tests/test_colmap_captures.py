@@ -370,3 +370,16 @@ def test_bad_inputs_one_line_errors(project, tmp_path):
     proc = run_cli("build", "--format", "colmap", "--root", bad, "--out", tmp_path / "o3", "--depth", "mvs",
                    "--quiet", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--depth mvs" in proc.stderr
+
+
+def test_synth_text_model_and_bad_model(tmp_path):
+    from dataengine.colmap_project import load_colmap_scene
+
+    run_cli("synth", "--format", "colmap", tmp_path, "--scene", "t", "--images", "3", "--scale", "0.05",
+            "--model-format", "text", "--no-dense", "--camera-models", "FULL_OPENCV,FOV,THIN_PRISM_FISHEYE")
+    scene = load_colmap_scene("t", tmp_path / "t", depth="sparse")
+    assert scene.model_format == "text" and len(scene.frames) == 3
+    assert {f.camera.model for f in scene.frames} == {"FULL_OPENCV", "FOV", "THIN_PRISM_FISHEYE"}
+    assert all(f.observed.size > 0 for f in scene.frames)
+    proc = run_cli("synth", "--format", "colmap", tmp_path / "x", "--camera-models", "NO_SUCH_MODEL", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "NO_SUCH_MODEL" in proc.stderr
