@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("build/bench/colmap_engine"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="keep the inputs of a previous run in --work")
     args = ap.parse_args()
 
     from dataengine.build import BuildConfig, process_frame
@@ -97,12 +98,13 @@ def main() -> int:
     from dataengine.undistort import undistort_map
 
     info = machine_info()
-    shutil.rmtree(args.work, ignore_errors=True)
     eth3d_root, colmap_root = args.work / "eth3d", args.work / "colmap"
-    t0 = time.time()
-    generate_scene(eth3d_root, scene="bench", images=args.frames, scale=args.scale, seed=0)
-    make_colmap_project(eth3d_root / "bench", colmap_root / "bench")
-    print(f"inputs generated in {time.time() - t0:.0f} s")
+    if not (args.reuse and (colmap_root / "bench" / "dense").is_dir()):
+        shutil.rmtree(args.work, ignore_errors=True)
+        t0 = time.time()
+        generate_scene(eth3d_root, scene="bench", images=args.frames, scale=args.scale, seed=0)
+        make_colmap_project(eth3d_root / "bench", colmap_root / "bench")
+        print(f"inputs generated in {time.time() - t0:.0f} s")
 
     base = BuildConfig(root=eth3d_root, out=args.work / "out", scenes=("bench",))
     cfgs = {

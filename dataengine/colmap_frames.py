@@ -47,12 +47,16 @@ def mvs_depth(frame: ColmapFrame, scene: ColmapScene, K_out: np.ndarray, width: 
     """Filtered MVS depth of the frame pooled into the output camera (metric_scale applied)."""
     ref = _depth_view(scene, frame.name)
     others = [_depth_view(scene, n) for n in neighbours]
-    filtered, stats = consistency_filter(ref, others, cfg)
     # Output corner coordinates → depth-map corner coordinates (both pinhole, same rotation).
     ax = ref.K[0, 0] / K_out[0, 0]
     ay = ref.K[1, 1] / K_out[1, 1]
     affine = np.array([ax, ref.K[0, 2] - ax * (K_out[0, 2] + 0.5),
                        ay, ref.K[1, 2] - ay * (K_out[1, 2] + 0.5)])
+    # Only the map pixels the output shows (plus the pooling window's 1.5 output px) are filtered.
+    margin_x, margin_y = 2.0 * ax + 1.0, 2.0 * ay + 1.0
+    rect = (int(np.floor(affine[1] - margin_x)), int(np.floor(affine[3] - margin_y)),
+            int(np.ceil(affine[1] + ax * width + margin_x)), int(np.ceil(affine[3] + ay * height + margin_y)))
+    filtered, stats = consistency_filter(ref, others, cfg, rect)
     out = pool_depth(filtered, affine, height, width) * np.float32(scene.scale)
     return out, stats
 

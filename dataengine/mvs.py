@@ -84,14 +84,15 @@ class DepthView:
 
 
 @njit(**_JIT)
-def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, reproj, counts):
-    """counts[v, u] += 1 for every reference pixel that `other` confirms (see module doc)."""
-    h, w = ref.shape
+def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, reproj, rect, need,
+                      counts):
+    """counts[v, u] += 1 for every reference pixel inside rect (u0, v0, u1, v1) that `other`
+    confirms (see module doc); pixels already confirmed `need` times are skipped."""
     ho, wo = other.shape
-    for v in range(h):
-        for u in range(w):
+    for v in range(rect[1], rect[3]):
+        for u in range(rect[0], rect[2]):
             d = ref[v, u]
-            if d <= 0.0:
+            if d <= 0.0 or counts[v, u] >= need:
                 continue
             # Reference pixel centre → camera → world.
             xc = (u + 0.5 - K_ref[0, 2]) / K_ref[0, 0] * d
@@ -138,14 +139,23 @@ def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol,
                 counts[v, u] += 1
 
 
-def consistency_filter(ref: DepthView, others: list[DepthView], cfg: MvsConfig) -> tuple[np.ndarray, dict]:
-    """The reference depth with every pixel fewer than cfg.min_views others confirm set to 0."""
+def consistency_filter(ref: DepthView, others: list[DepthView], cfg: MvsConfig,
+                       rect: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, dict]:
+    """The reference depth with every pixel fewer than cfg.min_views others confirm set to 0.
+    rect (u0, v0, u1, v1): only those pixels are checked (the part the output shows); the rest
+    becomes 0 too."""
+    h, w = ref.depth.shape
+    rect = np.array((0, 0, w, h) if rect is None else rect, dtype=np.int64)
+    rect[[0, 2]] = np.clip(rect[[0, 2]], 0, w)
+    rect[[1, 3]] = np.clip(rect[[1, 3]], 0, h)
     counts = np.zeros(ref.depth.shape, dtype=np.int32)
     f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
     for o in others:
         _count_consistent(ref.depth, f64(ref.K), f64(ref.R), f64(ref.t), o.depth, f64(o.K), f64(o.R),
-                          f64(o.t), float(cfg.depth_tolerance), float(cfg.reproj_px), counts)
-    valid = ref.depth > 0
+                          f64(o.t), float(cfg.depth_tolerance), float(cfg.reproj_px), rect, cfg.min_views,
+                          counts)
+    valid = np.zeros(ref.depth.shape, dtype=bool)
+    valid[rect[1]:rect[3], rect[0]:rect[2]] = ref.depth[rect[1]:rect[3], rect[0]:rect[2]] > 0
     keep = valid & (counts >= cfg.min_views)
     out = np.where(keep, ref.depth, np.float32(0.0)).astype(np.float32)
     n_valid = int(valid.sum())
