@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +35,31 @@ def _corner_K(cam: SourceCamera, map_w: int, map_h: int) -> np.ndarray:
     return np.array([[fx * sx, 0.0, cx * sx], [0.0, fy * sy, cy * sy], [0.0, 0.0, 1.0]])
 
 
+_maps: OrderedDict = OrderedDict()  # (path, size, mtime) → depth map, most recent last
+_maps_lock = threading.Lock()
+MAP_CACHE = 24  # maps kept: frames are rendered in name order and share most neighbours
+
+
+def _read_map_cached(path) -> np.ndarray:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _maps_lock:
+        hit = _maps.get(key)
+        if hit is not None:
+            _maps.move_to_end(key)
+            return hit
+    depth = read_depth_map(path)
+    depth.setflags(write=False)
+    with _maps_lock:
+        _maps[key] = depth
+        while len(_maps) > MAP_CACHE:
+            _maps.popitem(last=False)
+    return depth
+
+
 def _depth_view(scene: ColmapScene, name: str) -> DepthView:
     path, cam, R, t = scene.dense_views[name]
-    depth = read_depth_map(path)
+    depth = _read_map_cached(path)
     if abs(depth.shape[1] / cam.width - depth.shape[0] / cam.height) > 0.02:
         raise BadInputError(f"{path}: depth map is {depth.shape[1]}x{depth.shape[0]}, not the aspect "
                             f"of its camera ({cam.width}x{cam.height})", path)

@@ -4,7 +4,7 @@ Per source camera (and output size / fit / field choice) a map is built once: fo
 pixel, k x k stratified sub-pixel positions across its footprint, each taken through the exact
 COLMAP projection of the source camera (`distort`) into the DCT-scaled decode of the photo. A frame
 is then one decode plus a k x k bilinear average per output pixel (an antialiasing area filter:
-the bilinear samples cover the footprint at <= 1 decoded pixel apart).
+the bilinear samples cover the footprint at <= 1.25 decoded pixels apart).
 
 Coordinates: COLMAP pixels put (0, 0) at the top-left corner (pixel centres at +0.5); the output
 K is OpenCV's (pixel centres at integers), as everywhere in the shards. The output camera is
@@ -292,7 +292,9 @@ def undistort_map(cam: SourceCamera, width: int, height: int, fit: str = "crop",
     typical = float(np.percentile(scale[ok], 25)) if ok.any() else 1.0
     reduction = next((r for r in JPEG_REDUCTIONS if typical / r >= min_oversample), 1)
     widest = float(np.percentile(scale_max[ok], 95)) / reduction if ok.any() else 1.0
-    taps = int(min(8, max(2, math.ceil(widest / 1.0))))  # bilinear samples <= 1 decoded px apart
+    # Bilinear samples <= 1.25 decoded px apart: each tent reaches +-1 px, so neighbouring
+    # samples' supports overlap and the footprint is covered without gaps.
+    taps = int(min(8, max(2, math.ceil(widest / 1.25))))
     offsets = (np.arange(taps) + 0.5) / taps - 0.5
     oy, ox = np.meshgrid(offsets, offsets, indexing="ij")
     xs = (jj[:, :, None] + ox.ravel()[None, None, :]).ravel()
