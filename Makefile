@@ -24,6 +24,7 @@ EVAL_FRAMES    ?= 10
 EVAL_SEED      ?= 0
 # The demo
 DEMO       ?= build/demo
+DEMO_COLMAP ?= build/demo_colmap
 # Offline install over an existing (CUDA) torch, and the GPU check (README: GPU clusters / offline)
 WHEELHOUSE     ?= wheelhouse
 PYTHON_VERSION ?= 3.12
@@ -35,11 +36,12 @@ BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
 CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup constraints test demo download shards train eval bench wheelhouse setup-system  gpu-check heldout-shards eval-heldout eval-base
+.PHONY: help setup constraints test demo demo-colmap download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo                 whole pipeline on a generated ETH3D-format scene, tiny model, CPU"
+	@echo "make demo-colmap          the same from a generated COLMAP project (distorted photos, MVS depth)"
 	@echo "make test                 the test suite (CPU)"
 	@echo "make download             fetch ETH3D scenes into ETH3D_ROOT=$(ETH3D_ROOT)"
 	@echo "make shards               build + verify shards SHARDS=$(SHARDS) from ETH3D_ROOT"
@@ -87,6 +89,22 @@ demo: setup
 	$(PY) -m trainer eval --shards $(DEMO)/shards --split val --run $(DEMO)/run --device cpu \
 		--max-pictures 2 --out $(DEMO)/eval
 	@echo "demo done: shards in $(DEMO)/shards, run in $(DEMO)/run, report in $(DEMO)/eval/report.md"
+
+# Own captures (docs/own-captures.md) on a synthetic COLMAP project: OPENCV, SIMPLE_RADIAL and
+# OPENCV_FISHEYE photos under shuffled names, a binary sparse model and MVS depth maps.
+demo-colmap: setup
+	rm -rf $(DEMO_COLMAP)
+	$(PY) -m dataengine synth --format colmap $(DEMO_COLMAP)/colmap --scene demo_capture --images 12 \
+		--scale 0.25 --seed 0
+	$(PY) -m dataengine build --format colmap --root $(DEMO_COLMAP)/colmap --out $(DEMO_COLMAP)/shards \
+		--windows covisible --size 112 --frames 4 --stride 2 --samples-per-shard 1 --quiet
+	$(PY) -m dataengine verify $(DEMO_COLMAP)/shards
+	$(PY) -m dataengine inspect $(DEMO_COLMAP)/shards --png $(DEMO_COLMAP)/sample.png
+	$(PY) -m trainer train --config configs/demo.yaml --shards $(DEMO_COLMAP)/shards --out $(DEMO_COLMAP)/run
+	$(PY) -m trainer eval --shards $(DEMO_COLMAP)/shards --split val --run $(DEMO_COLMAP)/run --device cpu \
+		--max-pictures 2 --out $(DEMO_COLMAP)/eval
+	@echo "demo-colmap done: shards in $(DEMO_COLMAP)/shards, run in $(DEMO_COLMAP)/run," \
+		"report in $(DEMO_COLMAP)/eval/report.md"
 
 download: setup
 	$(PY) -m dataengine download --root $(ETH3D_ROOT) --scenes $(SCENES)

@@ -28,9 +28,11 @@ from dataengine.colmap import BadInputError
 from dataengine.depth import LaserDepthConfig, SparseDepthConfig, laser_depth, sparse_depth
 from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scene
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
+from dataengine.mvs import MvsConfig
 from dataengine.shards import (FORMAT, KEY_RE, SHARD_RE, TMP_RE, json_bytes, sample_key, sample_members,
                                sha256_file, shard_name, write_bytes_atomic, write_tar)
-from dataengine.windows import WindowConfig, scene_windows, split_names, window_starts
+from dataengine.windows import (WindowConfig, covisible_windows, frame_covisibility, scene_windows, split_names,
+                                window_overlap, window_starts)
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,24 @@ class BuildConfig:
     require_masks: bool = False  # laser frames without an ETH3D mask are an error, not a warning
     keep_cache: bool = False
     progress: bool = True
+    # --format colmap (dataengine.colmap_build): any COLMAP project; eth3d keeps its bytes unchanged.
+    format: str = "eth3d"
+    metric_scale: float | None = None  # COLMAP units → metres; None = "arbitrary (COLMAP)"
+    undistort_fov: str = "valid"  # valid | full | horizontal degrees (dataengine.undistort)
+    mvs: MvsConfig = field(default_factory=MvsConfig)
+
+    def _colmap_options(self) -> dict:
+        if self.format != "colmap":
+            return {}
+        return {"format": self.format, "metric_scale": self.metric_scale, "undistort_fov": self.undistort_fov,
+                "mvs": dataclasses.asdict(self.mvs)}
 
     def frame_options(self) -> dict:
         """Everything that changes a rendered frame (the cache key)."""
         return {"engine": __version__, "width": self.width, "height": self.height, "fit": self.fit,
                 "depth": self.depth, "laser": dataclasses.asdict(self.laser),
-                "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality}
+                "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality,
+                **self._colmap_options()}
 
     def manifest_options(self) -> dict:
         options = {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
@@ -72,6 +86,8 @@ class BuildConfig:
                    "skip_bad": self.skip_bad, "require_masks": self.require_masks}
         if self.windows.sampling != "windows":  # evaluation samples (dataengine.sampling)
             options.update(sampling=self.windows.sampling, seed=self.windows.seed)
+        if self.windows.mode != "sequential":
+            options["windows"] = self.windows.mode
         return options
 
 
@@ -91,6 +107,10 @@ def _stat_key(path: Path | None) -> list:
 
 
 def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
+    if cfg.format == "colmap":
+        digest = hashlib.sha256(json.dumps([cfg.frame_options(), frame.cache_ident()],
+                                           sort_keys=True).encode()).hexdigest()[:16]
+        return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
     ident = json.dumps([cfg.frame_options(), frame.scene, frame.name, _stat_key(frame.image_path),
                         _stat_key(frame.depth_path), _stat_key(frame.mask_path),
                         frame.pinhole.params.tolist(),
@@ -103,6 +123,11 @@ def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
 
 def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
     """Image, intrinsics and depth of one frame at output resolution."""
+    if cfg.format == "colmap":
+        from dataengine.colmap_build import process_colmap_frame
+
+        rgb, K, depth, meta = process_colmap_frame(frame, scene, cfg)
+        return FrameResult(encode_jpeg(rgb, cfg.jpeg_quality), depth, K, meta)
     geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, cfg.width, cfg.height, cfg.fit)
     K = output_intrinsics(frame.pinhole, geom)
     rgb = render_frame(frame.image_path.read_bytes(), frame.pinhole, geom, frame.image_path)
@@ -173,7 +198,8 @@ def check_config(cfg: BuildConfig) -> None:
               (cfg.workers >= 0, f"--workers must be >= 0 (0 = all cores), got {cfg.workers}"),
               (cfg.width >= 8 and cfg.height >= 8, f"--size {cfg.width}x{cfg.height}: sides must be >= 8"),
               (cfg.depth_dtype in ("float32", "float16"),
-               f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}")]
+               f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}"),
+              (cfg.format in ("eth3d", "colmap"), f"--format must be eth3d or colmap, got {cfg.format!r}")]
     for ok, message in checks:
         if not ok:
             raise BadInputError(message)
@@ -280,12 +306,12 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
 
 
 def _sample_cameras(key_index: int, scene: str, split: str, results: list[FrameResult],
-                    frames: list[Frame], indices: list[int], cfg: BuildConfig) -> dict:
+                    frames: list[Frame], indices: list[int], cfg: BuildConfig, units: str = "metres") -> dict:
     sources = {r.meta["depth_source"] for r in results}
     return {
         "format": FORMAT, "scene": scene, "split": split, "window": key_index,
         "depth_source": sources.pop() if len(sources) == 1 else "mixed",
-        "units": "metres",
+        "units": units,
         "pixel_convention": "OpenCV: pixel (0,0) is the centre of the top-left pixel",
         "extrinsics_convention": "world-to-camera [R|t], OpenCV axes (x right, y down, z forward)",
         "image_size": [cfg.height, cfg.width],
@@ -306,10 +332,19 @@ def build_shards(cfg: BuildConfig) -> dict:
     the expensive rendering; a build that would give an empty train split or a scene without any
     supervised pixel fails instead of writing a manifest."""
     check_config(cfg)
-    names = resolve_scenes(cfg)
-    check_scene_names(cfg, names)
-    prepare_out(cfg.out)
-    scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad, cfg.require_masks) for n in names]
+    if cfg.format == "colmap":
+        from dataengine.colmap_build import load_colmap_scenes
+
+        scenes = load_colmap_scenes(cfg)
+        names = [s.name for s in scenes]
+        check_scene_names(cfg, names)
+        prepare_out(cfg.out)
+    else:
+        names = resolve_scenes(cfg)
+        check_scene_names(cfg, names)
+        prepare_out(cfg.out)
+        scenes = [load_scene(cfg.root / n, cfg.depth, cfg.skip_bad, cfg.require_masks) for n in names]
+    units = {s.name: getattr(s, "units", "metres") for s in scenes}
     scene_frames = {sc.name: len(sc.frames) for sc in scenes}
     if cfg.windows.sampling != "windows":  # evaluation samples: render only the sampled frames
         from dataengine.sampling import restrict_to_sample
@@ -327,7 +362,10 @@ def build_shards(cfg: BuildConfig) -> dict:
     metas_by_scene: dict[str, list[dict]] = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
-        wins = scene_windows(scene.name, len(frames), cfg.windows)
+        if cfg.windows.mode == "covisible":
+            wins = covisible_windows(scene.name, frame_covisibility([f.observed for f in frames]), cfg.windows)
+        else:
+            wins = scene_windows(scene.name, len(frames), cfg.windows)
         index = 0
         for split in splits:
             for win in wins[split]:
@@ -348,18 +386,26 @@ def build_shards(cfg: BuildConfig) -> dict:
         }
         if cfg.windows.sampling != "windows":
             scene_stats[scene.name]["scene_frames"] = scene_frames[scene.name]
+        if cfg.format == "colmap":
+            cov = frame_covisibility([f.observed for f in frames])
+            scene_stats[scene.name].update({
+                "window_overlap": round(window_overlap(wins["train"] + wins["val"], cov), 6),
+                "mvs_frames": sum(m["depth_source"] == "mvs" for m in metas), "units": units[scene.name],
+                "model": f"{scene.model_dir.relative_to(scene.directory)} ({scene.model_format})",
+                "camera_models": sorted({m["camera_model"] for m in metas})})
 
     zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
     # From here on shards change: no manifest may describe a mix of old and new shards.
     (cfg.out / "manifest.json").unlink(missing_ok=True)
     written: set[str] = set()
     try:
-        manifest_splits = write_splits(cfg, splits, written)
+        manifest_splits = write_splits(cfg, splits, written, units)
         manifest = {
             "format": FORMAT,
             "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
-            "dataset": "ETH3D high-res multi-view (DSLR) training scenes",
-            "license": "CC BY-NC-SA 4.0",
+            "dataset": ("COLMAP captures" if cfg.format == "colmap"
+                        else "ETH3D high-res multi-view (DSLR) training scenes"),
+            "license": "set by the captures' owner" if cfg.format == "colmap" else "CC BY-NC-SA 4.0",
             "scenes": names,
             "options": cfg.manifest_options(),
             "splits": manifest_splits,
@@ -368,7 +414,11 @@ def build_shards(cfg: BuildConfig) -> dict:
             "warnings": [w for sc in scenes for w in sc.warnings],
             "zero_coverage_frames": zero_coverage,
         }
-        write_bytes_atomic(cfg.out / "README.md", dataset_card(manifest).encode())
+        if cfg.format == "colmap":
+            from dataengine.colmap_build import colmap_dataset_card as card
+        else:
+            card = dataset_card
+        write_bytes_atomic(cfg.out / "README.md", card(manifest).encode())
         write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
     except BaseException:
         # A failed or interrupted build leaves no shard of its own (a disk-full build frees its
@@ -381,7 +431,7 @@ def build_shards(cfg: BuildConfig) -> dict:
     return manifest
 
 
-def write_splits(cfg: BuildConfig, splits: dict, written: set[str]) -> dict:
+def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[str, str]) -> dict:
     """Write every split's shards (names added to `written` as they land); remove stale shards of an
     earlier build; return the manifest's split records."""
     manifest_splits = {}
@@ -400,7 +450,7 @@ def write_splits(cfg: BuildConfig, splits: dict, written: set[str]) -> dict:
                 results = [loaded[p] for p in paths]
                 depth = np.stack([r.depth for r in results]).astype(cfg.depth_dtype)
                 mask = (depth > 0).astype(np.uint8)
-                cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg)
+                cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
                 members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results],
                                           depth, mask, cams)
             write_tar(path, members)

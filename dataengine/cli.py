@@ -107,8 +107,20 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per sample.")
 @click.option("--stride", type=click.IntRange(min=1), default=4, show_default=True, help="Window stride in frames.")
-@click.option("--depth", type=click.Choice(["auto", "laser", "sparse"]), default="auto",
-              show_default=True)
+@click.option("--depth", type=click.Choice(["auto", "laser", "sparse", "mvs"]), default="auto",
+              show_default=True, help="auto: best per frame (eth3d: laser, else sparse; colmap: MVS, "
+              "else sparse).")
+@click.option("--format", "fmt", type=click.Choice(["eth3d", "colmap"]), default="eth3d", show_default=True,
+              help="eth3d: ETH3D scene folders; colmap: any COLMAP project (root or one per subfolder), "
+              "see docs/own-captures.md.")
+@click.option("--windows", "window_mode", type=click.Choice(["sequential", "covisible"]),
+              default="sequential", show_default=True,
+              help="sequential: name order; covisible: frames sharing 3-D points (unordered photos).")
+@click.option("--metric-scale", type=float, default=None,
+              help="colmap: metres per COLMAP unit [default: none, units 'arbitrary (COLMAP)'].")
+@click.option("--undistort-fov", default="valid", show_default=True,
+              help="colmap: output field: valid (largest without blank pixels), full (whole photo, "
+              "blank corners) or a horizontal field of view in degrees.")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.15, show_default=True,
               help="Last fraction of each scene's frames held out (frame-disjoint split).")
 @click.option("--val-scenes", default=None, help="Comma-separated scenes held out entirely "
@@ -140,7 +152,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fraction, val_scenes,
                   workers, samples_per_shard, depth_samples, pooling, min_count, depth_dtype, skip_bad,
-                  require_masks, any_size, keep_cache, sampling, seed, quiet):
+                  require_masks, any_size, keep_cache, sampling, seed, quiet, fmt, window_mode, metric_scale,
+                  undistort_fov):
     """Build 8-frame WebDataset shards from ETH3D scenes."""
     import logging
 
@@ -155,13 +168,29 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
         raise click.BadParameter(f"{size!r}: VGGT needs sides that are multiples of {PATCH} (e.g. "
                                  f"{PATCH * round(width / PATCH)}); pass --any-size to build anyway",
                                  param_hint="'--size'")
+    if fmt == "eth3d" and depth == "mvs":
+        raise click.BadParameter("--depth mvs needs --format colmap (ETH3D has laser depth)",
+                                 param_hint="--depth")
+    if fmt == "colmap" and depth == "laser":
+        raise click.BadParameter("--depth laser needs --format eth3d; COLMAP projects have mvs or sparse",
+                                 param_hint="--depth")
+    if metric_scale is not None and not (metric_scale > 0 and metric_scale < float("inf")):
+        raise click.BadParameter(f"{metric_scale}: must be a positive number", param_hint="--metric-scale")
+    if undistort_fov not in ("valid", "full"):
+        try:
+            if not 1.0 <= float(undistort_fov) <= 160.0:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{undistort_fov!r}: expected valid, full or degrees in [1, 160]",
+                                     param_hint="--undistort-fov") from None
     cfg = BuildConfig(
         root=root, out=out, scenes=expand_scene_sets(_csv(scenes)), width=width, height=height, fit=fit,
         depth=depth, windows=WindowConfig(frames, stride, val_fraction, _csv(val_scenes) or (),
-                                          sampling=sampling, seed=seed),
+                                          sampling=sampling, seed=seed, mode=window_mode),
         laser=LaserDepthConfig(samples=depth_samples, pooling=pooling, min_count=min_count),
         workers=workers, samples_per_shard=samples_per_shard, depth_dtype=depth_dtype,
-        skip_bad=skip_bad, require_masks=require_masks, keep_cache=keep_cache, progress=not quiet)
+        skip_bad=skip_bad, require_masks=require_masks, keep_cache=keep_cache, progress=not quiet,
+        format=fmt, metric_scale=metric_scale, undistort_fov=undistort_fov)
     manifest = build_shards(cfg)
     for split, info in manifest["splits"].items():
         click.echo(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")
@@ -244,8 +273,29 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--distorted-images", is_flag=True,
               help="Also render images/dslr_images (the optional distorted JPGs).")
-def synth_command(out, scene, images, scale, seed, distorted_images):
-    """Generate a synthetic scene in the exact ETH3D on-disk layout under OUT/SCENE."""
+@click.option("--format", "fmt", type=click.Choice(["eth3d", "colmap"]), default="eth3d", show_default=True,
+              help="colmap: a COLMAP project (distorted photos, sparse model, MVS depth maps); --scale 1 "
+              "= 1600x1200 photos.")
+@click.option("--camera-models", default="OPENCV,SIMPLE_RADIAL,OPENCV_FISHEYE", show_default=True,
+              help="colmap: COLMAP camera models of the photos.")
+@click.option("--model-format", type=click.Choice(["binary", "text"]), default="binary", show_default=True,
+              help="colmap: sparse model files.")
+@click.option("--no-dense", is_flag=True, help="colmap: no dense workspace (sparse depth only).")
+def synth_command(out, scene, images, scale, seed, distorted_images, fmt, camera_models, model_format,
+                  no_dense):
+    """Generate a synthetic scene in the exact ETH3D on-disk layout under OUT/SCENE (or a COLMAP
+    project with --format colmap)."""
+    if fmt == "colmap":
+        from dataengine.synth.colmap_project import generate_colmap_project
+
+        try:
+            path = generate_colmap_project(out, scene=scene, images=images, scale=scale, seed=seed,
+                                           models=_csv(camera_models) or (), model_format=model_format,
+                                           dense=not no_dense, log=click.echo)
+        except (ValueError, FileExistsError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {path}")
+        return
     from dataengine.synth import describe_scene, generate_scene
 
     try:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+WINDOW_MODES = ("sequential", "covisible")
+
 
 @dataclass(frozen=True)
 class WindowConfig:
@@ -21,6 +25,11 @@ class WindowConfig:
     # frames per scene in the `test` split (dataengine.sampling); `seed` drives "random".
     sampling: str = "windows"
     seed: int = 0
+    mode: str = "sequential"  # sequential: name order; covisible: frames sharing 3-D points
+
+    def __post_init__(self):
+        if self.mode not in WINDOW_MODES:
+            raise ValueError(f"windows mode must be one of {WINDOW_MODES}, got {self.mode!r}")
 
 
 def split_names(cfg: WindowConfig) -> tuple[str, ...]:
@@ -72,3 +81,69 @@ def scene_windows(scene: str, n_frames: int, cfg: WindowConfig) -> dict[str, lis
         for start in window_starts(len(frames), cfg.frames, cfg.stride):
             out[split].append([frames[start + i] for i in range(cfg.frames)])
     return out
+
+
+# ---- covisible windows (unordered photo collections) ---------------------------------------------
+def frame_covisibility(observed: list[np.ndarray], chunk: int = 4096) -> np.ndarray:
+    """(n, n) int64 shared 3-D points between frames from each frame's observed point indices
+    (diagonal: the frame's own count), accumulated over chunks of points (bounded memory)."""
+    n = len(observed)
+    n_points = max((int(o.max()) + 1 for o in observed if len(o)), default=0)
+    cov = np.zeros((n, n), dtype=np.float64)
+    for lo in range(0, n_points, chunk):
+        inc = np.zeros((n, min(chunk, n_points - lo)), dtype=np.float32)
+        for i, o in enumerate(observed):
+            sel = o[(o >= lo) & (o < lo + chunk)]
+            inc[i, sel - lo] = 1.0
+        cov += inc @ inc.T
+    return np.rint(cov).astype(np.int64)
+
+
+def _greedy_windows(members: list[int], cov: np.ndarray, frames: int, count: int, cap: int) -> list[list[int]]:
+    """`count` windows over `members`: each starts at the least-used frame (ties: lowest index) and
+    grows by the frame sharing the most points with the window so far; a frame that would make
+    the window share more than `cap` frames with an earlier window is passed over while others
+    remain. Deterministic (no randomness, index tie-breaks)."""
+    used = {m: 0 for m in members}
+    windows: list[list[int]] = []
+    for _ in range(count):
+        seed = min(members, key=lambda m: (used[m], m))
+        win = [seed]
+        while len(win) < frames:
+            score = {c: int(cov[c, win].sum()) for c in members if c not in win}
+            ranked = sorted(score, key=lambda c: (-score[c], used[c], c))
+            pick = next((c for c in ranked
+                         if all(len(set(win) & set(w)) + (c in w) <= cap for w in windows)), ranked[0])
+            win.append(pick)
+        for m in win:
+            used[m] += 1
+        windows.append(win)
+    return windows
+
+
+def covisible_windows(scene: str, cov: np.ndarray, cfg: WindowConfig) -> dict[str, list[list[int]]]:
+    """Split first (as `split_frames`), then inside each split as many windows as the sequential
+    mode would cut, built from frames that see the same 3-D points (`_greedy_windows`, at most
+    frames - stride frames shared between two windows where possible)."""
+    out: dict[str, list[list[int]]] = {"train": [], "val": []}
+    cap = max(cfg.frames - cfg.stride, 0)
+    for split, members in zip(("train", "val"), split_frames(scene, len(cov), cfg)):
+        count = len(window_starts(len(members), cfg.frames, cfg.stride))
+        if count:
+            out[split] = _greedy_windows(list(members), cov, cfg.frames, count, cap)
+    return out
+
+
+def window_overlap(windows: list[list[int]], cov: np.ndarray, kind: str = "min") -> float:
+    """Mean over windows of the mean pairwise overlap (0..1): shared / min(seen_a, seen_b)
+    ("min"), or shared / (seen_a + seen_b - shared) ("jaccard")."""
+    scores = []
+    for w in windows:
+        pairs = [(a, b) for i, a in enumerate(w) for b in w[i + 1:]]
+        if kind == "jaccard":
+            vals = [cov[a, b] / max(cov[a, a] + cov[b, b] - cov[a, b], 1) for a, b in pairs]
+        else:
+            vals = [cov[a, b] / max(min(cov[a, a], cov[b, b]), 1) for a, b in pairs]
+        if vals:
+            scores.append(float(np.mean(vals)))
+    return float(np.mean(scores)) if scores else 0.0

@@ -443,6 +443,9 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
     lines += [
         f"- depth alignment: **{metrics['alignment']}** (depth in metres: prediction × GT normalisation scale, "
         "then aligned; `none` = training normalisation only)",
+        "- scale: abs_rel, rmse_log, δ thresholds and all camera metrics are scale-invariant; sq_rel, rmse "
+        "and mae are in the shards' depth units (not metres for COLMAP shards in `arbitrary (COLMAP)` "
+        "units: compare those only on the same shards)",
         f"- camera: relative poses of all frame pairs per window; translation sign ambiguity "
         f"{'on (VGGT paper convention)' if metrics['translation_sign_ambiguity'] else 'off'}; "
         f"AUC@{AUC_MAX_DEG} = mean accuracy of max(rot, trans) over thresholds 1..{AUC_MAX_DEG}°",

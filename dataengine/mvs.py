@@ -1,0 +1,199 @@
+"""COLMAP dense depth maps: the binary file format, the multi-view consistency filter, and pooling
+into the output camera.
+
+File format (COLMAP's mvs/mat.h, read_write_dense.py): an ASCII header `width&height&channels&`
+then float32 little-endian values in column-major (x fastest within a channel... i.e. for one
+channel exactly a row-major (height, width) array). 0 = no depth.
+
+Consistency (after COLMAP's stereo fusion): a reference pixel is kept only when its 3-D point,
+projected into at least `min_views` other views, lands on a depth that agrees within
+`depth_tolerance` (relative) and whose own back-projection returns to the reference pixel within
+`reproj_px` (reference pixels). PatchMatch's isolated wrong depths fail both tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from dataengine.colmap import BadInputError
+
+_JIT = dict(cache=True, nogil=True, fastmath=False)
+
+
+@dataclass(frozen=True)
+class MvsConfig:
+    min_views: int = 2  # other views that must agree
+    depth_tolerance: float = 0.01  # relative, COLMAP fusion's max_depth_error
+    reproj_px: float = 2.0  # COLMAP fusion's max_reproj_error (pixels of the reference map)
+    neighbours: int = 8  # most covisible views checked
+    prefer: str = "geometric"  # geometric (PatchMatch's consistent pass) before photometric
+
+    def __post_init__(self):
+        if self.min_views < 0 or self.depth_tolerance <= 0 or self.reproj_px <= 0 or self.neighbours < 0:
+            raise ValueError("min_views >= 0, depth_tolerance > 0, reproj_px > 0 and neighbours >= 0 "
+                             "are required")
+
+
+def read_depth_map(path: Path) -> np.ndarray:
+    """(height, width) float32 (channel 0 of a multi-channel map); clear errors on bad files."""
+    path = Path(path)
+    data = path.read_bytes()
+    parts = data.split(b"&", 3)
+    if len(parts) < 4:
+        raise BadInputError(f"{path}: not a COLMAP depth map (expected a 'width&height&channels&' "
+                            f"header)", path)
+    try:
+        width, height, channels = (int(p) for p in parts[:3])
+    except ValueError:
+        raise BadInputError(f"{path}: bad COLMAP depth map header {data[:40]!r}", path) from None
+    offset = len(parts[0]) + len(parts[1]) + len(parts[2]) + 3
+    expected = width * height * channels * 4
+    if width <= 0 or height <= 0 or channels <= 0 or len(data) - offset != expected:
+        raise BadInputError(f"{path}: header says {width}x{height}x{channels} float32 ({expected} "
+                            f"bytes) but {len(data) - offset} bytes follow", path)
+    values = np.frombuffer(data, dtype="<f4", offset=offset)
+    arr = values.reshape(channels, height, width)[0]  # column-major (w, h, c) = C-order (c, h, w)
+    arr = np.array(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        arr[bad] = 0.0  # COLMAP writes 0 for "none"; anything else non-positive is unusable too
+    return arr
+
+
+def write_depth_map(path: Path, depth: np.ndarray) -> None:
+    """Write one channel in COLMAP's format (header, then column-major float32)."""
+    depth = np.asarray(depth, dtype="<f4")
+    h, w = depth.shape
+    with open(path, "wb") as fh:
+        fh.write(f"{w}&{h}&1&".encode())
+        fh.write(np.ascontiguousarray(depth).tobytes())
+
+
+@dataclass
+class DepthView:
+    """One depth map with its camera: K corner-origin (COLMAP) scaled to the map, world-to-camera."""
+
+    depth: np.ndarray
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+
+
+@njit(**_JIT)
+def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, reproj, rect, need,
+                      counts):
+    """counts[v, u] += 1 for every reference pixel inside rect (u0, v0, u1, v1) that `other`
+    confirms (see module doc); pixels already confirmed `need` times are skipped."""
+    ho, wo = other.shape
+    for v in range(rect[1], rect[3]):
+        for u in range(rect[0], rect[2]):
+            d = ref[v, u]
+            if d <= 0.0 or counts[v, u] >= need:
+                continue
+            # Reference pixel centre → camera → world.
+            xc = (u + 0.5 - K_ref[0, 2]) / K_ref[0, 0] * d
+            yc = (v + 0.5 - K_ref[1, 2]) / K_ref[1, 1] * d
+            zc = d
+            px = xc - t_ref[0]
+            py = yc - t_ref[1]
+            pz = zc - t_ref[2]
+            X = R_ref[0, 0] * px + R_ref[1, 0] * py + R_ref[2, 0] * pz
+            Y = R_ref[0, 1] * px + R_ref[1, 1] * py + R_ref[2, 1] * pz
+            Z = R_ref[0, 2] * px + R_ref[1, 2] * py + R_ref[2, 2] * pz
+            # World → other view.
+            xo = R_o[0, 0] * X + R_o[0, 1] * Y + R_o[0, 2] * Z + t_o[0]
+            yo = R_o[1, 0] * X + R_o[1, 1] * Y + R_o[1, 2] * Z + t_o[1]
+            zo = R_o[2, 0] * X + R_o[2, 1] * Y + R_o[2, 2] * Z + t_o[2]
+            if zo <= 0.0:
+                continue
+            uo = K_o[0, 0] * xo / zo + K_o[0, 2]
+            vo = K_o[1, 1] * yo / zo + K_o[1, 2]
+            if not (uo >= 0.0 and vo >= 0.0 and uo < wo and vo < ho):
+                continue
+            iu = int(uo)
+            iv = int(vo)
+            do = other[iv, iu]
+            if do <= 0.0 or abs(zo - do) > depth_tol * do:
+                continue
+            # The other view's own point at that pixel, back into the reference view.
+            xo2 = (iu + 0.5 - K_o[0, 2]) / K_o[0, 0] * do - t_o[0]
+            yo2 = (iv + 0.5 - K_o[1, 2]) / K_o[1, 1] * do - t_o[1]
+            zo2 = do - t_o[2]
+            X2 = R_o[0, 0] * xo2 + R_o[1, 0] * yo2 + R_o[2, 0] * zo2
+            Y2 = R_o[0, 1] * xo2 + R_o[1, 1] * yo2 + R_o[2, 1] * zo2
+            Z2 = R_o[0, 2] * xo2 + R_o[1, 2] * yo2 + R_o[2, 2] * zo2
+            xr = R_ref[0, 0] * X2 + R_ref[0, 1] * Y2 + R_ref[0, 2] * Z2 + t_ref[0]
+            yr = R_ref[1, 0] * X2 + R_ref[1, 1] * Y2 + R_ref[1, 2] * Z2 + t_ref[1]
+            zr = R_ref[2, 0] * X2 + R_ref[2, 1] * Y2 + R_ref[2, 2] * Z2 + t_ref[2]
+            if zr <= 0.0:
+                continue
+            ur = K_ref[0, 0] * xr / zr + K_ref[0, 2]
+            vr = K_ref[1, 1] * yr / zr + K_ref[1, 2]
+            du = ur - (u + 0.5)
+            dv = vr - (v + 0.5)
+            if du * du + dv * dv <= reproj * reproj:
+                counts[v, u] += 1
+
+
+def consistency_filter(ref: DepthView, others: list[DepthView], cfg: MvsConfig,
+                       rect: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, dict]:
+    """The reference depth with every pixel fewer than cfg.min_views others confirm set to 0.
+    rect (u0, v0, u1, v1): only those pixels are checked (the part the output shows); the rest
+    becomes 0 too."""
+    h, w = ref.depth.shape
+    rect = np.array((0, 0, w, h) if rect is None else rect, dtype=np.int64)
+    rect[[0, 2]] = np.clip(rect[[0, 2]], 0, w)
+    rect[[1, 3]] = np.clip(rect[[1, 3]], 0, h)
+    counts = np.zeros(ref.depth.shape, dtype=np.int32)
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    for o in others:
+        _count_consistent(ref.depth, f64(ref.K), f64(ref.R), f64(ref.t), o.depth, f64(o.K), f64(o.R),
+                          f64(o.t), float(cfg.depth_tolerance), float(cfg.reproj_px), rect, cfg.min_views,
+                          counts)
+    valid = np.zeros(ref.depth.shape, dtype=bool)
+    valid[rect[1]:rect[3], rect[0]:rect[2]] = ref.depth[rect[1]:rect[3], rect[0]:rect[2]] > 0
+    keep = valid & (counts >= cfg.min_views)
+    out = np.where(keep, ref.depth, np.float32(0.0)).astype(np.float32)
+    n_valid = int(valid.sum())
+    return out, {"mvs_valid_fraction": round(n_valid / ref.depth.size, 6),
+                 "mvs_kept_fraction": round(int(keep.sum()) / n_valid, 6) if n_valid else 0.0,
+                 "mvs_views_checked": len(others)}
+
+
+def pool_depth(depth: np.ndarray, affine: np.ndarray, out_h: int, out_w: int, min_count: int = 1,
+               plane_radius: float = 1.5, plane_min_points: int = 5, plane_tolerance: float = 0.005,
+               plane_min_spread: float = 0.15) -> np.ndarray:
+    """A (pinhole) depth map into the output camera with the laser path's plane pooling
+    (kernels.laser_points → bucket_points → plane_pool): affine maps output corner coordinates
+    to the map's corner coordinates; the map's own pixels are the points (identity grid)."""
+    from dataengine.kernels import PointBuffers, bucket_points, laser_points, plane_pool
+
+    h, w = depth.shape
+    spacing = 8.0
+    gx = np.arange(int(w // spacing) + 2, dtype=np.float64) * spacing
+    gy = np.arange(int(h // spacing) + 2, dtype=np.float64) * spacing
+    ux = np.ascontiguousarray(np.broadcast_to(gx[None, :], (len(gy), len(gx))))
+    uy = np.ascontiguousarray(np.broadcast_to(gy[:, None], (len(gy), len(gx))))
+    n_max = int(np.count_nonzero(depth)) + 1
+    buffers = PointBuffers(np.empty(n_max, np.int32), np.empty(n_max, np.float32), np.empty(n_max, np.float32),
+                           np.empty(n_max, np.float32))
+    owner, pos_x, pos_y, point_depth = buffers
+    affine = np.ascontiguousarray(affine, dtype=np.float64)
+    n = laser_points(np.ascontiguousarray(depth, dtype=np.float32), np.zeros((0, 0), np.uint8), ux, uy, buffers,
+                     spacing=spacing, affine=affine, src_size=np.array([w, h], dtype=np.float64),
+                     out_shape=(out_h, out_w)).n_points
+    start = np.empty(4 * out_h * out_w + 1, np.int32)
+    records = np.empty((max(n, 1), 2), np.float64)
+    pw = records[:, 0]
+    px = records.view(np.float32)[:, 2]
+    py = records.view(np.float32)[:, 3]
+    bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw)
+    out = np.empty((out_h, out_w), dtype=np.float32)
+    status = np.empty((out_h, out_w), dtype=np.uint8)
+    plane_pool(start, px, py, pw, affine, min_count, float(plane_radius), plane_min_points,
+               float(plane_tolerance), float(plane_min_spread), out, status)
+    return out
