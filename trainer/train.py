@@ -24,6 +24,7 @@ Design notes (bugs of other trainers avoided, see docs/training.md):
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -393,6 +394,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
         with run_logging(run_dir, d.main):
             return _train(cfg, d, run_dir, ckpt, stop_after, identity)
     finally:
+        if d.world > 1:
+            # Free the DDP wrapper (kept alive by reference cycles) while the process group is still up: a
+            # gloo group torn down at interpreter exit under a live reducer aborts the process.
+            gc.collect()
         if d.owns_group:
             dist.destroy_process_group()
 
