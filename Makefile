@@ -13,7 +13,8 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
 # Real-data path
 ETH3D_ROOT ?= data/eth3d
-SCENES     ?= facade,electro,office,terrace,delivery_area
+# `training` = facade,electro,office,terrace,delivery_area (dataengine/scenes.py); `heldout`, `eth3d` also work
+SCENES     ?= training
 SHARDS     ?= shards/eth3d
 STRATEGY   ?= b
 WEIGHTS    ?= facebook/VGGT-1B

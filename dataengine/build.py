@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,14 +28,15 @@ from dataengine.depth import LaserDepthConfig, SparseDepthConfig, laser_depth, s
 from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scene
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
 from dataengine.mvs import MvsConfig
+from dataengine.scenes import DEFAULT_SCENES
 from dataengine.shards import (FORMAT, KEY_RE, SHARD_RE, TMP_RE, json_bytes, sample_key, sample_members,
                                sha256_file, shard_name, write_bytes_atomic, write_tar)
 from dataengine.windows import (WindowConfig, covisible_windows, frame_covisibility, scene_windows, split_names,
                                 window_overlap, window_starts)
+from shardformat.provenance import git_sha
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCENES = ("facade", "electro", "office", "terrace", "delivery_area")
 CACHE_DIR = ".frame-cache"
 
 
@@ -161,15 +161,6 @@ def load_frame(path: Path) -> FrameResult:
         path.unlink(missing_ok=True)  # written atomically, so only a disk fault corrupts it
         raise BadInputError(f"{path}: unreadable frame cache file ({type(exc).__name__}); deleted it, rerun "
                             f"the build to render the frame again", path) from None
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def resolve_scenes(cfg: BuildConfig) -> list[str]:
@@ -402,7 +393,7 @@ def build_shards(cfg: BuildConfig) -> dict:
         manifest_splits = write_splits(cfg, splits, written, units)
         manifest = {
             "format": FORMAT,
-            "engine": {"name": "dataengine", "version": __version__, "git_sha": _git_sha()},
+            "engine": {"name": "dataengine", "version": __version__, "git_sha": git_sha()},
             "dataset": ("COLMAP captures" if cfg.format == "colmap"
                         else "ETH3D high-res multi-view (DSLR) training scenes"),
             "license": "set by the captures' owner" if cfg.format == "colmap" else "CC BY-NC-SA 4.0",

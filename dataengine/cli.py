@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from dataengine.scenes import DEFAULT_SCENES, ETH3D_URL
+
 DEBUG_ENV = "DATAENGINE_DEBUG"
 PATCH = 14  # VGGT's patch size: image sides must be multiples of it
 
@@ -159,7 +161,7 @@ def build_command(root, out, scenes, size, fit, frames, stride, depth, val_fract
 
     from dataengine.build import BuildConfig, build_shards
     from dataengine.depth import LaserDepthConfig
-    from dataengine.sampling import expand_scene_sets
+    from dataengine.scenes import expand_scene_sets
     from dataengine.windows import WindowConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -242,9 +244,10 @@ def verify_command(directory):
 @main.command("download")
 @click.option("--root", type=click.Path(path_type=Path), default="data/eth3d",
               show_default=True)
-@click.option("--scenes", default="facade,electro,office,terrace,delivery_area", show_default=True,
-              help="Comma-separated ETH3D scenes; 'heldout' = the 8 scenes not trained on, 'eth3d' = all 13.")
-@click.option("--base-url", default="https://www.eth3d.net/data/", show_default=True)
+@click.option("--scenes", default=",".join(DEFAULT_SCENES), show_default=True,
+              help="Comma-separated ETH3D scenes; set names: 'training' (the default five), "
+                   "'heldout' (the 8 never trained on), 'eth3d' (all 13).")
+@click.option("--base-url", default=ETH3D_URL, show_default=True)
 @click.option("--keep-archives", is_flag=True)
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Retries per archive after a network error.")
@@ -252,7 +255,7 @@ def verify_command(directory):
 def download_command(root, scenes, base_url, keep_archives, retries, quiet):
     """Fetch and extract the per-scene ETH3D archives (resumable, idempotent)."""
     from dataengine.download import DownloadConfig, check_scene_names, download_scenes
-    from dataengine.sampling import expand_scene_sets
+    from dataengine.scenes import expand_scene_sets
 
     names = expand_scene_sets(_csv(scenes)) or ()
     check_scene_names(names)  # before any network call

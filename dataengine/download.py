@@ -17,21 +17,20 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from dataengine.scenes import DEFAULT_SCENES, ETH3D_TRAINING_SCENES, ETH3D_URL
+
 log = logging.getLogger(__name__)
 
 ARCHIVE_KINDS = ("dslr_undistorted", "dslr_jpg", "dslr_depth", "dslr_occlusion")
 # The high-res multi-view TRAINING scenes: the only ones with laser GT (dslr_depth) archives.
-ETH3D_TRAINING_SCENES = ("courtyard", "delivery_area", "electro", "facade", "kicker", "meadow", "office",
-                         "pipes", "playground", "relief", "relief_2", "terrace", "terrains")
-DEFAULT_BASE_URL = "https://www.eth3d.net/data/"
 STATE_DIR = ".downloads"
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
     root: Path
-    scenes: tuple[str, ...] = ("facade", "electro", "office", "terrace", "delivery_area")
-    base_url: str = DEFAULT_BASE_URL
+    scenes: tuple[str, ...] = DEFAULT_SCENES
+    base_url: str = ETH3D_URL
     kinds: tuple[str, ...] = ARCHIVE_KINDS
     keep_archives: bool = False
     progress: bool = True

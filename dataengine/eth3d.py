@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataengine.scenes import ETH3D_URL
 from dataengine.colmap import BadInputError, Camera, ColmapModel, read_model
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ POSE_TOLERANCE = 1e-5  # the text files print ~6 significant digits
 
 ARCHIVES_HINT = (
     "download the per-scene ETH3D archives <scene>_dslr_undistorted.7z, <scene>_dslr_jpg.7z, "
-    "<scene>_dslr_depth.7z and <scene>_dslr_occlusion.7z from https://www.eth3d.net/data/ and "
+    f"<scene>_dslr_depth.7z and <scene>_dslr_occlusion.7z from {ETH3D_URL} and "
     "extract them into the root, e.g. `python -m dataengine download --root ROOT --scenes SCENES` "
     "(or `make download`)")
 

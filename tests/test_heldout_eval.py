@@ -14,13 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dataengine.sampling import (
-    ETH3D_TRAINING_SCENES,
-    HELDOUT_SCENES,
-    TRAINING_SCENES,
-    expand_scene_sets,
-    sample_frames,
-)
+from dataengine.sampling import sample_frames
+from dataengine.scenes import DEFAULT_SCENES as TRAINING_SCENES
+from dataengine.scenes import ETH3D_TRAINING_SCENES, HELDOUT_SCENES, expand_scene_sets
 from trainer.metrics import pose_auc
 from trainer.protocols import PUBLISHED, ProtocolConfig, evaluate_protocols, parse_protocols
 from trainer.vggt.geometry import extri_intri_to_pose_encoding

@@ -52,7 +52,7 @@ def main() -> None:
     """VGGT LoRA fine-tuning on pre-built shards: train, params, memory, eval, export, push."""
 
 
-# --- eval (owner: evaluation) ------------------------------------------------------------------------
+# --- eval -----------------------------------------------------------------------------------------------
 @main.command("eval")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False), help="Shard dataset directory.")
 @click.option("--split", default=None, help="Shard split to evaluate [default: val; test with --protocol].")
@@ -122,7 +122,7 @@ def _protocol_eval(shards, split, run_dir, adapter_dir, weights, model_name, out
                f"({' -> '.join(metrics['labels'])}): {'; '.join(parts)}; report: {out_dir}/report.md")
 
 
-# --- train, params, export, push (owner: trainer) ----------------------------------------------------
+# --- train, params, export, push -------------------------------------------------------------------------
 def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
     """Extra KEY=VALUE words, so that `--set seed=5 lr=1e-4` sets both."""
     for word in words:

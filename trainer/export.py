@@ -207,6 +207,3 @@ def _model_card(info: dict, base: str | None) -> str:
     ]
     return "\n".join(front + body)
 
-
-def describe_adapter(adapter_dir: Path) -> str:
-    return json.dumps(read_adapter_info(adapter_dir), indent=1)
