@@ -56,3 +56,19 @@ def test_export_and_eval_use_the_same_lookup(tmp_path):
     step = checkpoint(run, "step_0000003")
     (run / "checkpoints" / "latest").write_text(step.name)
     assert export_adapter_dir(run) == resolve_adapter_dir(run, None) == step
+
+
+def test_resume_refuses_another_process_count_or_other_data(tmp_path):
+    """Checked before any model is built: the saved data position is per rank and per dataset."""
+    import torch
+
+    from trainer.preflight import RunSetupError, check_resume_data
+
+    ckpt = checkpoint(tmp_path / "run", "step_0000004", state=False)
+    identity = {"shards": "/data/a", "manifest_sha256": "aa"}
+    torch.save({"world_size": 2, "data": identity}, ckpt / STATE_FILE)
+    check_resume_data(ckpt, identity, world=2)  # the same data and process count resume
+    with pytest.raises(RunSetupError, match=r"saved with 2 process\(es\), resumed with 1.*nproc_per_node=2"):
+        check_resume_data(ckpt, identity, world=1)
+    with pytest.raises(RunSetupError, match="manifest.json differs"):
+        check_resume_data(ckpt, {"shards": "/data/b", "manifest_sha256": "bb"}, world=2)

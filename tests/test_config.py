@@ -173,7 +173,7 @@ def test_run_config_is_self_contained_and_resumes_without_the_base(tmp_path):
 
 
 def test_dpt_checkpoint_frames_has_one_owner():
-    from trainer.train import build_model
+    from trainer.builders import build_model
     from trainer.vggt import VGGTConfig
 
     assert "dpt_checkpoint_frames" not in {f.name for f in dataclasses.fields(VGGTConfig)}

@@ -23,7 +23,8 @@ WORKER = textwrap.dedent(
     import torch.distributed as dist
     from trainer.config import load_config
     from trainer.data import make_loader
-    from trainer.train import init_distributed, train
+    from trainer.distributed import init_distributed
+    from trainer.train import train
 
     shards, out, weights, report = sys.argv[1:5]
     d = init_distributed()  # torchrun env, WORLD_SIZE=2 -> a gloo group

@@ -204,7 +204,7 @@ def test_eval_command_on_shards_and_adapter(tmp_path):
     from trainer.cli import main
     from trainer.config import LoraConfig
     from trainer.lora import apply_strategy, save_adapter
-    from trainer.train import build_model, seed_everything
+    from trainer.builders import build_model, seed_everything
 
     write_val_shard(tmp_path / "shards", synthetic_batch(3, ["terrace", "facade"]))
     seed_everything(0)

@@ -240,7 +240,7 @@ def test_engine_writes_an_evaluation_split(heldout_shards, synth_root):
 def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
     from trainer.config import LoraConfig
     from trainer.lora import apply_strategy, save_adapter
-    from trainer.train import build_model
+    from trainer.builders import build_model
 
     peft_model = apply_strategy(build_model("tiny", str(TINY_WEIGHTS)), LoraConfig(rank=4, dropout=0.0))
     with torch.no_grad():

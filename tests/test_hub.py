@@ -122,14 +122,14 @@ def test_unreachable_hub_is_offline_and_names_the_local_path_options(tmp_path):
 
 def test_weights_revision_is_a_config_key_recorded_in_the_run():
     from trainer.config import load_config
-    from trainer.train import _hub_revision
+    from trainer.builders import weights_revision_used
 
     cfg = load_config(ROOT / "configs" / "strategy_b.yaml")
-    assert cfg.weights_revision is None and _hub_revision(cfg) == DEFAULT_REVISION
+    assert cfg.weights_revision is None and weights_revision_used(cfg) == DEFAULT_REVISION
     cfg = load_config(ROOT / "configs" / "strategy_b.yaml", ["weights_revision=main"])
-    assert _hub_revision(cfg) == "main"
+    assert weights_revision_used(cfg) == "main"
     cfg = load_config(ROOT / "configs" / "strategy_b.yaml", [f"weights={ROOT / 'tests/assets/vggt_tiny_reference.safetensors'}"])
-    assert _hub_revision(cfg) is None  # a local file has no hub revision
+    assert weights_revision_used(cfg) is None  # a local file has no hub revision
 
 
 # ------------------------------------------------------------------------------------------- push

@@ -12,7 +12,7 @@ from trainer.config import load_config
 from tests.tolerance import FORWARD_OPS, assert_within_rounding
 from trainer.lora import (apply_strategy, expand_targets, load_adapter, lora_size, merge, param_counts_on_meta,
                           read_adapter_info, resolve_targets, save_adapter)
-from trainer.train import build_model
+from trainer.builders import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_WEIGHTS = Path(__file__).resolve().parent / "assets" / "vggt_tiny_reference.safetensors"

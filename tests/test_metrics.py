@@ -179,7 +179,7 @@ def test_rotation_angle_and_fov_error():
 
 def test_training_validation_uses_the_same_metrics():
     """The loop's validation numbers: pred = 2·GT is AbsRel 1 as predicted and 0 after the window scale."""
-    from trainer.train import validation_depth_metrics
+    from trainer.validation import validation_depth_metrics
 
     gt = torch.rand(2, 3, 8, 8) * 4 + 1
     mask = torch.rand(2, 3, 8, 8) > 0.3

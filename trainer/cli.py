@@ -12,7 +12,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from trainer.data import ShardError
     from trainer.export import ExportError
     from trainer.lora import AdapterMismatchError
-    from trainer.train import NonFiniteLossError, RunSetupError
+    from trainer.preflight import RunSetupError
+    from trainer.train import NonFiniteLossError
     from trainer.vggt.loading import CheckpointMismatchError, PretrainedSourceError
 
     return (ConfigError, ShardError, PretrainedSourceError, CheckpointMismatchError, ExportError, RunSetupError,

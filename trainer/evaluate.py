@@ -520,7 +520,7 @@ def evaluate_run(
     from trainer.config import config_from_run
     from trainer.data import make_loader
     from trainer.lora import load_adapter, read_adapter_info
-    from trainer.train import build_model, seed_everything
+    from trainer.builders import build_model, seed_everything
 
     adapter_dir = resolve_adapter_dir(run, adapter)
     info = read_adapter_info(adapter_dir)

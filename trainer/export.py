@@ -37,7 +37,7 @@ def adapted_model(run_dir: Path, weights: str | None = None) -> torch.nn.Module:
 
     `weights` overrides the base weights recorded in the run (e.g. a local copy of the checkpoint).
     """
-    from trainer.train import build_model
+    from trainer.builders import build_model
 
     cfg = config_from_run(Path(run_dir))
     adapter_dir = run_adapter_dir(Path(run_dir))

@@ -101,7 +101,7 @@ class StepMemory:
 
 def _build(cfg: TrainConfig, device: str) -> torch.nn.Module:
     from trainer.lora import apply_strategy
-    from trainer.train import TRAIN_HEADS
+    from trainer.builders import TRAIN_HEADS
     from trainer.vggt import VGGT, VGGTConfig
 
     with torch.device(device):
@@ -148,7 +148,7 @@ def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fak
 
     bf16 = cfg.precision != "fp32" if bf16 is None else bf16
     batch_size = cfg.data.batch_size
-    from trainer.train import freeze_modes
+    from trainer.builders import freeze_modes
 
     # Fake: built on the meta device (no init, no memory), then given fake storages inside the mode.
     model = _build(cfg, "meta" if fake else "cpu")

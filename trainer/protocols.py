@@ -543,7 +543,7 @@ def evaluate_protocols_run(
     from trainer.data import make_loader
     from trainer.evaluate import resolve_adapter_dir
     from trainer.lora import load_adapter, read_adapter_info
-    from trainer.train import TRAIN_HEADS, build_model, seed_everything
+    from trainer.builders import TRAIN_HEADS, build_model, seed_everything
 
     cfg = dataclasses.replace(config or ProtocolConfig())
     cfg.check()

@@ -1,0 +1,84 @@
+"""Every cheap check of a training run before anything is written or downloaded: output directory,
+shards, weights path, resume state. A failed check is a RunSetupError whose message says what to do."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpoints import STATE_FILE, latest_checkpoint
+from trainer.config import TrainConfig
+
+log = logging.getLogger("trainer")
+
+
+class RunSetupError(ValueError):
+    """The run cannot start (shards, output directory, weights, resume state); the message says why."""
+
+
+def check_out_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunSetupError(f"{run_dir}: --out is a file, not a run directory; choose another --out")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunSetupError(f"{existing}: not writable, so the run directory {run_dir} cannot be written; "
+                            "choose another --out")
+
+
+def check_weights(weights: str | None) -> None:
+    """A local checkpoint path must exist (hub ids are fetched later, after every cheap check)."""
+    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN
+
+    if not weights:
+        return
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return
+    if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
+        raise RunSetupError(f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
+                            "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
+                            "(make train WEIGHTS=PATH)")
+
+
+def check_resume_data(ckpt: Path, identity: dict[str, Any], world: int = 1) -> None:
+    """Refuse to resume on other data or another process count: the saved data position counts batches
+    of the saved dataset, per rank."""
+    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    if state.get("world_size", world) != world:
+        raise RunSetupError(f"{ckpt / STATE_FILE}: saved with {state['world_size']} process(es), resumed with {world}; "
+                            "the data position is per rank, so resume with the same process count "
+                            f"(torchrun --nproc_per_node={state['world_size']}), or start a new --out")
+    saved = state.get("data")
+    if saved is None:
+        log.warning("%s records no data identity (older trainer); resuming on %s unchecked", ckpt, identity["shards"])
+        return
+    # The manifest (sha256s of every shard) identifies the data; a dataset moved elsewhere is the same data.
+    key = "manifest_sha256" if saved.get("manifest_sha256") or identity.get("manifest_sha256") else "shards"
+    if saved.get(key) != identity.get(key):
+        what = "its manifest.json differs" if key == "manifest_sha256" else "another directory"
+        raise RunSetupError(
+            f"{ckpt / STATE_FILE}: the run was trained on {saved.get('shards')} but --resume got "
+            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out")
+
+
+def preflight(cfg: TrainConfig, resume: bool, verify_shards: bool = False, world: int = 1) -> tuple[Path | None, dict[str, Any]]:
+    """Returns the checkpoint to resume from (None: start at step 0) and the data identity."""
+    from trainer.data import check_dataset, data_identity
+
+    run_dir = Path(cfg.out)
+    check_out_dir(run_dir)
+    if not resume and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
+    check_dataset(cfg.data.shards, cfg.data.train_split, verify_sha256=verify_shards)
+    check_weights(cfg.weights)
+    identity = data_identity(cfg.data.shards)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        check_resume_data(ckpt, identity, world)
+    return ckpt, identity
