@@ -209,6 +209,8 @@ def _cases(w) -> dict[str, dict]:
     add("hub_offline", args, ["facebook/VGGT-1B", "--weights /path/to/model.pt", "WEIGHTS="], out("offline"),
         env={"HF_HOME": str(work / "hf_home")})
     add("config_unknown_key", train_args(shards, out("key"), "b", "lrr=1"), ["unknown key 'lrr'"], out("key"))
+    add("lora_target_matches_nothing", train_args(shards, out("lora"), "b", r"lora.targets=[nosuch\..*]"),
+        ["lora.targets", "nosuch", "match no nn.Linear/nn.Conv2d module"], out("lora"))
 
     other, _ = corrupted("other", lambda d: (d / "manifest.json").write_text(
         (d / "manifest.json").read_text().replace('"scenes"', '"comment": "another build", "scenes"', 1)))
@@ -232,6 +234,12 @@ def _cases(w) -> dict[str, dict]:
     add("eval_adapter_weights_of_another_run", ["eval", "--shards", shards, "--adapter", mixed, "--device", "cpu",
                                                 "--out", work / "eval_mixed"],
         ["adapter_model.safetensors", "adapter_config.json", "missing"])
+    add("eval_max_batches_0", ["eval", "--shards", shards, "--run", runs["b"], "--max-batches", "0", "--out",
+                               work / "eval_zero"], ["'--max-batches'", "0 is not in the range x>=1"])
+    add("eval_device_not_on_this_machine", ["eval", "--shards", shards, "--run", runs["b"], "--device", "cuda:99",
+                                            "--out", work / "eval_cuda"], ["'--device'", "cuda:99", "usable CUDA"])
+    add("memory_frames_0", ["memory", "--config", ROOT / "configs" / "strategy_b.yaml", "--model", "tiny",
+                            "--frames", "0"], ["'--frames'", "0 is not in the range x>=1"])
     add("export_under_a_file", ["export", "--run", runs["b"], "--out", a_file / "m.safetensors"],
         [str(a_file), "choose another --out"])
     add("export_not_safetensors", ["export", "--run", runs["b"], "--out", work / "m.bin"], ["m.bin", ".safetensors"])
@@ -251,6 +259,7 @@ CASE_NAMES = [
     "depth_negative", "depth_inf", "mask_disagrees_with_depth", "intrinsics_nan", "rotation_not_orthonormal",
     "cameras_json_broken", "shard_truncated", "shard_modified_verify", "stray_shard", "out_is_a_file",
     "out_under_a_file", "weights_missing", "no_shards_before_download", "hub_offline", "config_unknown_key",
+    "lora_target_matches_nothing", "eval_max_batches_0", "eval_device_not_on_this_machine", "memory_frames_0",
     "resume_other_shards", "resume_pointer_names_nothing", "eval_run_without_adapter",
     "eval_adapter_weights_of_another_run", "export_under_a_file", "export_not_safetensors",
     "export_run_without_adapter", "push_offline", "push_without_token", "push_hub_unreachable",

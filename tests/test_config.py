@@ -92,6 +92,7 @@ def test_loss_section_is_typed_and_values_are_converted(tmp_path):
     ("data.shard=x", "--set 'data.shard=x': unknown key 'data.shard' (did you mean 'data.shards'?)"),
     ("loss.camera=high", "--set 'loss.camera=high': expected float, got 'high'"),
     ("lr", "--set 'lr': expected key=value"),
+    ("lora.targets=[a", "--set 'lora.targets=[a': expected a YAML list such as [a, b], got '[a'"),
 ])
 def test_override_errors_name_the_override(item, message):
     with pytest.raises(ConfigError) as info:

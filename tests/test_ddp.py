@@ -16,11 +16,18 @@ from tests.test_data import engine_shards
 ROOT = Path(__file__).resolve().parents[1]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
+# IMPORT_BEFORE_GROUP: torch.distributed.nn (imported by DDP) binds `group=group.WORLD` as default arguments of
+# ~10 module-level functions when it is first imported. Imported after init_process_group, those defaults keep
+# the Python handle of the default gloo group alive after destroy_process_group, so its worker threads outlive
+# it; at interpreter exit a thread still freeing the last collective's tensors (all_gather_object's) needs the
+# GIL during finalization and the process aborts ("terminate called without an active exception", SIGABRT,
+# 3 of 5 runs of this test on a 2-core VM). Imported first, the defaults are None and the group really ends.
 WORKER = textwrap.dedent(
     """
-    import json, sys
+    import gc, json, sys
     import torch
     import torch.distributed as dist
+    import torch.distributed.nn  # noqa: F401  before the group exists, see IMPORT_BEFORE_GROUP
     from trainer.config import load_config
     from trainer.data import make_loader
     from trainer.distributed import init_distributed
@@ -42,7 +49,12 @@ WORKER = textwrap.dedent(
     if d.rank == 0:
         with open(report, "w") as f:
             json.dump(gathered, f)
+    group = dist.group.WORLD
     dist.destroy_process_group()
+    gc.collect()
+    refs = sys.getrefcount(group) - 2  # less this name and getrefcount's argument
+    if refs:  # deterministic form of the 1-in-3 abort at exit
+        sys.exit(f"rank {d.rank}: the gloo group is still referenced {refs} time(s) after destroy_process_group")
     """
 )
 

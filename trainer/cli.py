@@ -53,6 +53,22 @@ def main() -> None:
     """VGGT LoRA fine-tuning on pre-built shards: train, params, memory, eval, export, push."""
 
 
+def _check_device(value: str | None) -> str | None:
+    """`--device` names a device type torch knows and, for CUDA, one this machine has."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} usable CUDA device(s) "
+                                 f"(torch {torch.__version__}); use --device cpu")
+    return value
+
+
 # --- eval -----------------------------------------------------------------------------------------------
 @main.command("eval")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False), help="Shard dataset directory.")
@@ -65,10 +81,12 @@ def main() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--alignment", type=click.Choice(["sequence", "median", "lsq", "none"]), default="sequence",
               show_default=True, help="Depth scale alignment (sequence = one median scale per window).")
-@click.option("--max-pictures", default=4, show_default=True, help="Windows drawn as PNG grids.")
-@click.option("--max-batches", default=None, type=int, help="Stop after this many batches.")
-@click.option("--batch-size", default=1, show_default=True)
-@click.option("--device", default=None, help="cuda, cuda:1, cpu; default: cuda if available.")
+@click.option("--max-pictures", default=4, type=click.IntRange(min=0), show_default=True,
+              help="Windows drawn as PNG grids.")
+@click.option("--max-batches", default=None, type=click.IntRange(min=1), help="Stop after this many batches.")
+@click.option("--batch-size", default=1, type=click.IntRange(min=1), show_default=True)
+@click.option("--device", default=None, callback=lambda ctx, param, value: _check_device(value),
+              help="cuda, cuda:1, cpu; default: cuda if available.")
 @click.option("--protocol", default=None, metavar="NAME[,NAME]",
               help="Published ETH3D protocols instead of the window report: eth3d-pose, eth3d-pointmap, "
                    "eth3d-mvd or all (docs/evaluation.md). Without --run/--adapter: the base model alone.")
@@ -139,9 +157,10 @@ def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--weights", help="Pretrained base: local .pt/.safetensors or hub id; 'none' = random init.")
 @click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
 @click.option("--out", "out_dir", help="Run directory (default from the config: runs/strategy_X).")
-@click.option("--max-steps", type=int, help="Total optimizer steps of the run.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Total optimizer steps of the run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--stop-after", type=int, help="Checkpoint and exit after this many steps (preemptible jobs).")
+@click.option("--stop-after", type=click.IntRange(min=1),
+              help="Checkpoint and exit after this many steps (preemptible jobs).")
 @click.option("--verify-shards", is_flag=True,
               help="Compare every shard's sha256 with manifest.json before training (sizes are always checked).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -200,8 +219,9 @@ def params_command(config_path, model_name, overrides, more_overrides) -> None:
 @main.command("memory")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
-@click.option("--frames", default=8, show_default=True, help="Frames per window.")
-@click.option("--size", default=518, show_default=True, help="Image side (square frames, multiple of 14).")
+@click.option("--frames", default=8, type=click.IntRange(min=1), show_default=True, help="Frames per window.")
+@click.option("--size", default=518, type=click.IntRange(min=14), show_default=True,
+              help="Image side (square frames, multiple of 14).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def memory_command(config_path, model_name, frames, size, overrides, more_overrides) -> None:

@@ -181,7 +181,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return str(value)
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as exc:  # e.g. --set 'lora.targets=[a' (an unclosed list)
+                raise ConfigError(f"{where}: expected a YAML list such as [a, b], got {value!r} "
+                                  f"({' '.join(str(exc).split())})") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:

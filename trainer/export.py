@@ -115,6 +115,7 @@ def _atomic_save(state: dict[str, torch.Tensor], out_file: Path, metadata: dict[
     tmp = out_file.parent / f".{out_file.name}.{os.getpid()}.tmp"
     try:
         save_file(state, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -122,6 +123,25 @@ def _atomic_save(state: dict[str, torch.Tensor], out_file: Path, metadata: dict[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _sort_metadata(path: Path) -> None:
+    """safetensors (Rust) writes `__metadata__` from a hash map, in an order that changes from process to process,
+    so two exports of one adapter would differ in their header bytes. Rewrite that map with sorted keys in place:
+    the same entries, so the same length, and the tensor offsets do not move. Byte-identical exports follow."""
+    prefix = b'{"__metadata__":'
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = f.read(size)
+        if not header.startswith(prefix):
+            return
+        text = header.decode("utf-8")
+        metadata, end = json.JSONDecoder().raw_decode(text, len(prefix))
+        old = text[len(prefix):end].encode("utf-8")
+        new = json.dumps(dict(sorted(metadata.items())), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(new) == len(old) and json.loads(new) == metadata:
+            f.seek(8 + len(prefix))
+            f.write(new)
 
 
 def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:

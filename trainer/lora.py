@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from trainer.config import LoraConfig
+from trainer.config import ConfigError, LoraConfig
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -59,7 +59,7 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
         try:
             compiled.append((raw, re.compile(pattern)))
         except re.error as exc:
-            raise ValueError(f"lora.targets: invalid regex {raw!r}: {exc}") from None
+            raise ConfigError(f"lora.targets: invalid regex {raw!r}: {exc}") from None
     hits = {raw: 0 for raw in cfg.targets}
     names = []
     for name, module in model.named_modules():
@@ -72,7 +72,8 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
             names.append(name)
     empty = [raw for raw, n in hits.items() if n == 0]
     if empty:
-        raise ValueError(f"lora.targets {empty} match no nn.Linear/nn.Conv2d module of this model")
+        # ConfigError (a ValueError): the CLI shows it as one line, like every other config mistake
+        raise ConfigError(f"lora.targets {empty} match no nn.Linear/nn.Conv2d module of this model")
     return names
 
 
