@@ -365,7 +365,7 @@ class StepRig:
 
     def __init__(self, strategy: str, ctx: Context) -> None:
         from trainer.lora import apply_strategy
-        from trainer.train import build_model, freeze_modes
+        from trainer.builders import build_model, freeze_modes
 
         self.cfg = cfg = strategy_config(strategy, ctx.plan)
         self.ctx = ctx
@@ -443,7 +443,7 @@ def trace_strategy(strategy: str, plan: Plan, path: Path) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from trainer.memory import _build, estimate_step_memory
-    from trainer.train import freeze_modes
+    from trainer.builders import freeze_modes
 
     cfg = strategy_config(strategy, plan)
     result: dict[str, Any] = {"strategy": strategy}
