@@ -112,8 +112,9 @@ def _greedy_windows(members: list[int], cov: np.ndarray, frames: int, count: int
         while len(win) < frames:
             score = {c: int(cov[c, win].sum()) for c in members if c not in win}
             ranked = sorted(score, key=lambda c: (-score[c], used[c], c))
-            pick = next((c for c in ranked
-                         if all(len(set(win) & set(w)) + (c in w) <= cap for w in windows)), ranked[0])
+            pick = next(
+                (c for c in ranked if all(len(set(win) & set(w)) + (c in w) <= cap for w in windows)), ranked[0]
+            )
             win.append(pick)
         for m in win:
             used[m] += 1
@@ -139,7 +140,7 @@ def window_overlap(windows: list[list[int]], cov: np.ndarray, kind: str = "min")
     ("min"), or shared / (seen_a + seen_b - shared) ("jaccard")."""
     scores = []
     for w in windows:
-        pairs = [(a, b) for i, a in enumerate(w) for b in w[i + 1:]]
+        pairs = [(a, b) for i, a in enumerate(w) for b in w[i + 1 :]]
         if kind == "jaccard":
             vals = [cov[a, b] / max(cov[a, a] + cov[b, b] - cov[a, b], 1) for a, b in pairs]
         else:

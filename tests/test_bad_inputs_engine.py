@@ -30,8 +30,7 @@ import pytest
 
 SCENE = "tiny"
 FAULT_CLI = Path(__file__).with_name("fault_cli.py")
-BUILD = ["--size", "28", "--frames", "2", "--stride", "2", "--samples-per-shard", "2", "--workers", "1",
-         "--quiet"]
+BUILD = ["--size", "28", "--frames", "2", "--stride", "2", "--samples-per-shard", "2", "--workers", "1", "--quiet"]
 UNDIST = "dslr_calibration_undistorted"
 GT = "ground_truth_depth/dslr_images"
 
@@ -54,8 +53,9 @@ def good_build(tiny_root, tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(args: list[str], env: dict | None = None, fault: dict | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict | None = None, fault: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {}), **(fault or {})}
     full_env.pop("DATAENGINE_DEBUG", None) if "DATAENGINE_DEBUG" not in (env or {}) else None
     cmd = [sys.executable, str(FAULT_CLI)] if fault else [sys.executable, "-m", "dataengine"]
@@ -173,6 +173,7 @@ def _gt_bad_skipped(root, scene, out):
     def check(out, res):
         skipped = json.loads((out / "manifest.json").read_text())["skipped"]
         assert [s["frame"] for s in skipped] == [path.name] and "bad GT depth values" in skipped[0]["reason"]
+
     return build_args(root, out, "--skip-bad"), [], check
 
 
@@ -240,6 +241,7 @@ def _masks_missing_recorded(root, scene, out):
         assert any("masks_for_images" in w for w in manifest["warnings"])
         assert manifest["options"]["require_masks"] is False
         assert "masks_for_images" in res.stderr  # the warning is also shown
+
     return build_args(root, out), [], check
 
 
@@ -252,6 +254,7 @@ def _frame_without_gt_recorded(root, scene, out):
         assert [z["frame"] for z in zero] == [path.name]
         ver = run_cli(["verify", str(out)])
         assert ver.returncode == 0 and f"frame {path.name} has no supervised pixel" in ver.stdout
+
     return build_args(root, out), [], check
 
 
@@ -282,6 +285,7 @@ def _disk_full_writing_shards(root, scene, out):
 def _bad_number(option, value, words):
     def setup(root, scene, out):
         return build_args(root, out, option, value), [f"'{option}'", *words]
+
     return setup
 
 
@@ -294,6 +298,7 @@ def _renamed_scene(new_name):
         target = scene.parent / new_name
         scene.rename(target)
         return build_args(root, out, scenes=new_name), [str(target), "cannot be a sample key"]
+
     return setup
 
 
@@ -354,10 +359,16 @@ CASES = [
     Case("every_frame_without_gt", _every_frame_without_gt),
     Case("out_is_a_file", _out_is_a_file),
     Case("out_read_only", _out_read_only, fault={"FAULT": "eacces"}),
-    Case("disk_full_caching_frames", _disk_full_caching_frames,
-         fault={"FAULT": "enospc", "FAULT_MATCH": ".*.npz.tmp*", "FAULT_NTH": "3", "FAULT_AFTER": "100"}),
-    Case("disk_full_writing_shards", _disk_full_writing_shards,
-         fault={"FAULT": "enospc", "FAULT_MATCH": ".*.tar.tmp*", "FAULT_NTH": "2", "FAULT_AFTER": "2000"}),
+    Case(
+        "disk_full_caching_frames",
+        _disk_full_caching_frames,
+        fault={"FAULT": "enospc", "FAULT_MATCH": ".*.npz.tmp*", "FAULT_NTH": "3", "FAULT_AFTER": "100"},
+    ),
+    Case(
+        "disk_full_writing_shards",
+        _disk_full_writing_shards,
+        fault={"FAULT": "enospc", "FAULT_MATCH": ".*.tar.tmp*", "FAULT_NTH": "2", "FAULT_AFTER": "2000"},
+    ),
     Case("frames_0", _bad_number("--frames", "0", ["0 is not in the range x>=1"]), rc=2),
     Case("stride_0", _bad_number("--stride", "0", ["x>=1"]), rc=2),
     Case("samples_per_shard_0", _bad_number("--samples-per-shard", "0", ["x>=1"]), rc=2),
@@ -497,8 +508,7 @@ def test_download_failures_are_one_line(kind, server, tmp_path):
     else:
         _Handler.status, _Handler.body = 200, b"7z\xbc\xaf\x27\x1c" + bytes(64)
         parts = ["office_dslr_undistorted.7z", "corrupt 7z archive"]
-    res = run_cli(["download", "--root", str(root), "--scenes", scenes, "--base-url", url, "--retries", "0",
-                   "--quiet"])
+    res = run_cli(["download", "--root", str(root), "--scenes", scenes, "--base-url", url, "--retries", "0", "--quiet"])
     assert res.returncode == 1
     assert_one_error_line(res, parts)
     if kind == "unknown_scene":
@@ -516,8 +526,10 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 def test_kill_and_rerun_gives_identical_shards_and_no_stray_files(where, tiny_root, good_build, tmp_path):
     out = tmp_path / "out"
     match, nth = (".*.npz.tmp*", "4") if where == "rendering" else (".*.tar.tmp*", "2")
-    killed = run_cli(build_args(tiny_root, out),
-                     fault={"FAULT": "kill", "FAULT_MATCH": match, "FAULT_NTH": nth, "FAULT_AFTER": "500"})
+    killed = run_cli(
+        build_args(tiny_root, out),
+        fault={"FAULT": "kill", "FAULT_MATCH": match, "FAULT_NTH": nth, "FAULT_AFTER": "500"},
+    )
     assert killed.returncode == -9
     orphans = list(out.rglob(".*.tmp*"))
     assert len(orphans) == 1  # the file being written when the kill came

@@ -184,8 +184,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError as exc:  # e.g. --set 'lora.targets=[a' (an unclosed list)
-                raise ConfigError(f"{where}: expected a YAML list such as [a, b], got {value!r} "
-                                  f"({' '.join(str(exc).split())})") from None
+                raise ConfigError(
+                    f"{where}: expected a YAML list such as [a, b], got {value!r} ({' '.join(str(exc).split())})"
+                ) from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -364,8 +365,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row must be >= 1"),
         (cfg.save_every >= 0 and cfg.val_every >= 0, "save_every/val_every must be >= 0"),
         (loss.camera_loss_type in ("l1", "l2"), f"loss.camera_loss_type must be l1|l2, got {loss.camera_loss_type!r}"),
-        (loss.depth_gradient_loss in GRADIENT_LOSSES and loss.point_gradient_loss in GRADIENT_LOSSES,
-         f"loss.depth_gradient_loss / loss.point_gradient_loss must be one of {'|'.join(GRADIENT_LOSSES[:-1])}"),
+        (
+            loss.depth_gradient_loss in GRADIENT_LOSSES and loss.point_gradient_loss in GRADIENT_LOSSES,
+            f"loss.depth_gradient_loss / loss.point_gradient_loss must be one of {'|'.join(GRADIENT_LOSSES[:-1])}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -186,12 +186,16 @@ def _check_adapter_keys(peft_model: "PeftModel", state: dict[str, torch.Tensor],
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or shapes:
-        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        parts = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if v
+        ]
         raise AdapterMismatchError(
             f"{adapter_dir / 'adapter_model.safetensors'}: the weights do not fit "
             f"{adapter_dir / 'adapter_config.json'}: {', '.join(parts)} adapter keys; the two files come from "
-            "different runs: copy both from one run's adapter/ or checkpoints/step_N/")
+            "different runs: copy both from one run's adapter/ or checkpoints/step_N/"
+        )
 
 
 def check_adapter_dir(adapter_dir: Path) -> Path:

@@ -127,8 +127,9 @@ def _loss_working_set(predictions: dict[str, torch.Tensor], cfg: TrainConfig) ->
     extrinsics = torch.eye(3, 4).repeat(B, S, 1, 1)
     extrinsics[..., 3] = torch.rand(B, S, 3, generator=gen)
     intrinsics = torch.tensor([[W, 0, W / 2], [0, W, H / 2], [0, 0, 1]], dtype=torch.float32).repeat(B, S, 1, 1)
-    batch = prepare_batch({"depths": depths, "point_masks": depths > 0, "extrinsics": extrinsics,
-                           "intrinsics": intrinsics})
+    batch = prepare_batch(
+        {"depths": depths, "point_masks": depths > 0, "extrinsics": extrinsics, "intrinsics": intrinsics}
+    )
     tracker = LiveTensorBytes()
     tracker.ignore([t for t in tree_flatten((preds, batch))[0] if isinstance(t, torch.Tensor)])
     with tracker:
@@ -137,8 +138,9 @@ def _loss_working_set(predictions: dict[str, torch.Tensor], cfg: TrainConfig) ->
     return tracker.peak
 
 
-def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fake: bool = True,
-                         bf16: bool | None = None) -> StepMemory:
+def estimate_step_memory(
+    cfg: TrainConfig, frames: int = 8, size: int = 518, fake: bool = True, bf16: bool | None = None
+) -> StepMemory:
     """Peak tensor memory of a training step of `cfg` (model, strategy, checkpointing, batch size).
 
     `fake=False` runs the same trace on real tensors (slow for VGGT-1B; used to check the fake trace).
@@ -170,8 +172,11 @@ def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fak
                 with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
                     predictions = model(images)
                 kept = tracker.current
-                outputs = [o for o in (predictions["depth"], predictions["depth_conf"], *predictions["pose_enc_list"])
-                           if o.requires_grad]  # strategy A: nothing upstream of the camera head trains
+                outputs = [
+                    o
+                    for o in (predictions["depth"], predictions["depth_conf"], *predictions["pose_enc_list"])
+                    if o.requires_grad
+                ]  # strategy A: nothing upstream of the camera head trains
                 torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
                 del outputs
                 optimizer.step()
@@ -181,8 +186,18 @@ def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fak
             step_peak = tracker.peak
     loss = _loss_working_set(shapes, cfg)
     return StepMemory(
-        model=cfg.model, strategy=cfg.lora.strategy, frames=frames, size=size, batch_size=batch_size,
-        checkpointing=cfg.activation_checkpointing, bf16=bf16, trainable=sum(p.numel() for p in params),
-        weights=weights, persistent_state=persistent_state, kept_after_forward=kept, step_peak=step_peak,
-        loss_working_set=loss, total=weights + max(step_peak, kept + loss),
+        model=cfg.model,
+        strategy=cfg.lora.strategy,
+        frames=frames,
+        size=size,
+        batch_size=batch_size,
+        checkpointing=cfg.activation_checkpointing,
+        bf16=bf16,
+        trainable=sum(p.numel() for p in params),
+        weights=weights,
+        persistent_state=persistent_state,
+        kept_after_forward=kept,
+        step_peak=step_peak,
+        loss_working_set=loss,
+        total=weights + max(step_peak, kept + loss),
     )

@@ -41,8 +41,10 @@ def write_images(path: Path, images: list[CaptureImage], folder: str, keypoints:
     for i in sorted(range(len(images)), key=lambda i: images[i].image_id):
         im = images[i]
         lines.append(f"{im.image_id} {im.pose_text} {im.camera_id} {folder}/{im.name}\n")
-        lines.append(" ".join(f"{format_float(x)} {format_float(y)} {int(p)}"
-                              for (x, y), p in zip(keypoints[i], point_ids[i])) + "\n")
+        lines.append(
+            " ".join(f"{format_float(x)} {format_float(y)} {int(p)}" for (x, y), p in zip(keypoints[i], point_ids[i]))
+            + "\n"
+        )
     path.write_text("".join(lines))
 
 

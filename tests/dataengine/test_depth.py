@@ -96,8 +96,7 @@ def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp
     scanlines = read_mask_scanlines(path, 120, 80)
     assert scanlines.shape == (80, 121) and set(scanlines[:, 0]) == {0, 1, 2, 3, 4}
     cfg = LaserDepthConfig(grid_spacing=1.0)
-    fused = plane_depth(depth, scanlines, *SMALL_CAMS, geom, cfg, mask_filtered=True,
-                        mask_path=path)
+    fused = plane_depth(depth, scanlines, *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path)
     decoded = plane_depth(depth, read_mask(path, 120, 80), *SMALL_CAMS, geom, cfg)
     np.testing.assert_array_equal(fused.depth.view(np.uint32), decoded.depth.view(np.uint32))
     np.testing.assert_array_equal(fused.status, decoded.status)
@@ -105,14 +104,14 @@ def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp
     assert (fused.depth > 0).any()
     bad = scanlines.copy()
     bad[41, 0] = 7
-    with pytest.raises(BadInputError, match="mask.png: PNG scanline 41 has the invalid filter "
-                                            "type 7"):
+    with pytest.raises(BadInputError, match="mask.png: PNG scanline 41 has the invalid filter type 7"):
         plane_depth(depth, bad, *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path)
     mask[60, 100] = 3
     path.write_bytes(_png(mask, [4, 1]))
     with pytest.raises(BadInputError, match="mask.png: mask values must be 0, 1 or 2, found 3"):
-        plane_depth(depth, read_mask_scanlines(path, 120, 80), *SMALL_CAMS, geom, cfg,
-                    mask_filtered=True, mask_path=path)
+        plane_depth(
+            depth, read_mask_scanlines(path, 120, 80), *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path
+        )
     with pytest.raises(BadInputError, match=r"mask.png: mask is 120x80, expected 121x80"):
         read_mask_scanlines(path, 121, 80)
     assert read_mask_scanlines(None, 120, 80).shape == (0, 0)

@@ -10,8 +10,7 @@ import simplejpeg
 
 from dataengine import camera
 from dataengine.colmap import BadInputError
-from dataengine.images import (choose_reduction, decode_reduced, fit_geometry, output_intrinsics,
-                               render_frame)
+from dataengine.images import choose_reduction, decode_reduced, fit_geometry, output_intrinsics, render_frame
 from dataengine.colmap import Camera
 
 

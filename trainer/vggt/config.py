@@ -58,9 +58,18 @@ class VGGTConfig:
     @classmethod
     def tiny(cls, **overrides) -> "VGGTConfig":
         """The CPU test / demo model of ``tests/assets/vggt_tiny_reference.safetensors`` (1.6 M params)."""
-        values = dict(embed_dim=64, depth=4, num_heads=4, dino_depth=2, dino_num_heads=4,
-                      intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=2, camera_num_heads=4,
-                      dpt_features=32, dpt_out_channels=(16, 32, 64, 64))
+        values = dict(
+            embed_dim=64,
+            depth=4,
+            num_heads=4,
+            dino_depth=2,
+            dino_num_heads=4,
+            intermediate_layer_idx=(0, 1, 2, 3),
+            camera_trunk_depth=2,
+            camera_num_heads=4,
+            dpt_features=32,
+            dpt_out_channels=(16, 32, 64, 64),
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -77,8 +86,9 @@ class VGGTConfig:
         unknown = heads - set(HEAD_NAMES)
         if unknown:
             raise ValueError(f"unknown head(s) {sorted(unknown)}; choose from {list(HEAD_NAMES)}")
-        return dataclasses.replace(self, enable_camera="camera" in heads, enable_depth="depth" in heads,
-                                   enable_point="point" in heads)
+        return dataclasses.replace(
+            self, enable_camera="camera" in heads, enable_depth="depth" in heads, enable_point="point" in heads
+        )
 
     @property
     def enabled_heads(self) -> tuple[str, ...]:
