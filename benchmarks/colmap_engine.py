@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import cpu_time, machine_info  # noqa: E402  (benchmarks/engine.py)
+from engine import cpu_time, machine_info  # noqa: E402  benchmarks/engine.py, importable after the sys.path line
 
 OPENCV_DISTORTION = (-0.12, 0.04, 4e-4, -3e-4)
 

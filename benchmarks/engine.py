@@ -210,30 +210,32 @@ def _system_libdeflate():
             lib = ctypes.CDLL(name)
         except OSError:
             continue
-        lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
-        lib.libdeflate_zlib_decompress.restype = ctypes.c_int
-        lib.libdeflate_zlib_decompress.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.POINTER(ctypes.c_size_t),
-        ]
-        decompressor = lib.libdeflate_alloc_decompressor()
-        buf = {}
+        break
+    else:
+        return None
+    lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
+    lib.libdeflate_zlib_decompress.restype = ctypes.c_int
+    lib.libdeflate_zlib_decompress.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    decompressor = lib.libdeflate_alloc_decompressor()
+    buf = {}
 
-        def inflate(idat, size):
-            raw = buf.get("raw")
-            if raw is None or raw.size < size:
-                raw = buf["raw"] = np.empty(size, np.uint8)
-            got = ctypes.c_size_t(0)
-            ok = lib.libdeflate_zlib_decompress(decompressor, idat, len(idat), raw.ctypes.data, size, ctypes.byref(got))
-            assert ok == 0 and got.value == size
-            return raw[:size]
+    def inflate(idat, size):
+        raw = buf.get("raw")
+        if raw is None or raw.size < size:
+            raw = buf["raw"] = np.empty(size, np.uint8)
+        got = ctypes.c_size_t(0)
+        ok = lib.libdeflate_zlib_decompress(decompressor, idat, len(idat), raw.ctypes.data, size, ctypes.byref(got))
+        assert ok == 0 and got.value == size
+        return raw[:size]
 
-        return inflate
-    return None
+    return inflate
 
 
 def mask_decoders() -> dict:
@@ -308,7 +310,8 @@ def mask_decoders() -> dict:
         lambda path, w, h: (depth_mod.read_mask(path, w, h, reused(w * h)), False),
         "dataengine.png + deflate",
     )
-    from PIL import Image, __version__ as pil_version
+    from PIL import Image
+    from PIL import __version__ as pil_version
 
     def pillow(path):
         with Image.open(path) as im:

@@ -47,10 +47,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -118,7 +119,7 @@ class Plan:
     )
 
     @classmethod
-    def tiny(cls) -> "Plan":
+    def tiny(cls) -> Plan:
         return cls(
             model="tiny",
             weights=str(TINY_WEIGHTS),
@@ -449,8 +450,8 @@ class StepRig:
     """One strategy's model, optimizer and batch on the device; `step()` is one optimizer step of the loop."""
 
     def __init__(self, strategy: str, ctx: Context) -> None:
-        from trainer.lora import apply_strategy
         from trainer.builders import build_model, freeze_modes
+        from trainer.lora import apply_strategy
 
         self.cfg = cfg = strategy_config(strategy, ctx.plan)
         self.ctx = ctx
@@ -543,8 +544,8 @@ def trace_strategy(strategy: str, plan: Plan, path: Path) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.memory import _build, estimate_step_memory
     from trainer.builders import freeze_modes
+    from trainer.memory import _build, estimate_step_memory
 
     cfg = strategy_config(strategy, plan)
     result: dict[str, Any] = {"strategy": strategy}

@@ -47,7 +47,9 @@ def main() -> None:
             rows.append(row)
             print(f"  traced {strategy} checkpointing={checkpointing} in {row['trace_s']:.0f} s", flush=True)
 
-    gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
+    def gb(n):
+        return f"{n / 1e9:.2f}"
+
     print(f"\n{args.model}, batch 1 x {args.frames} x {args.size}², bf16 autocast (heads fp32), fp32 base weights")
     print("| strategy | activation ckpt | trainable | weights GB | kept for backward GB | peak GB | fork claims |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -132,7 +132,10 @@ def run_strategy(strategy: str, device: str, shards: Path, work: Path, steps: in
 
 def print_table(title: str, rows: list[dict], mem_label: str, peers: bool) -> None:
     print(title)
-    header = f"  {'strategy':8} {'trainable':>11} {'ckpt':>5} {'step s':>8} {'samples/s':>10} {'data-wait':>10} {mem_label:>12}"
+    header = (
+        f"  {'strategy':8} {'trainable':>11} {'ckpt':>5} {'step s':>8} {'samples/s':>10} {'data-wait':>10} "
+        f"{mem_label:>12}"
+    )
     print(header + ("   peer claim (RTX 5090)" if peers else ""))
     for r in rows:
         line = (

@@ -32,13 +32,11 @@ from dataengine.scenes import DEFAULT_SCENES
 from dataengine.shards import (
     FORMAT,
     KEY_RE,
-    SHARD_RE,
     TMP_RE,
     json_bytes,
     sample_key,
     sample_members,
     sha256_file,
-    shard_name,
     write_bytes_atomic,
     write_tar,
 )
@@ -51,6 +49,7 @@ from dataengine.windows import (
     window_overlap,
     window_starts,
 )
+from shardformat import SHARD_RE, shard_name
 from shardformat.provenance import git_sha
 
 log = logging.getLogger(__name__)
@@ -418,7 +417,7 @@ def _sample_cameras(
                 "coverage": r.meta["coverage"],
                 "depth_source": r.meta["depth_source"],
             }
-            for r, f, idx in zip(results, frames, indices)
+            for r, f, idx in zip(results, frames, indices, strict=True)
         ],
     }
 

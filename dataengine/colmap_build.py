@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dataengine.colmap import BadInputError
 from dataengine.colmap_frames import neighbour_names, render_colmap_frame
-from dataengine.colmap_project import ColmapFrame, ColmapScene, LAYOUT_HINT, list_colmap_scenes, load_colmap_scene
+from dataengine.colmap_project import LAYOUT_HINT, ColmapFrame, ColmapScene, list_colmap_scenes, load_colmap_scene
 
 FORMATS = ("eth3d", "colmap")
 

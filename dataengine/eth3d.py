@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.scenes import ETH3D_URL
 from dataengine.colmap import BadInputError, Camera, ColmapModel, read_model
+from dataengine.scenes import ETH3D_URL
 
 log = logging.getLogger(__name__)
 

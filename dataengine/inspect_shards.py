@@ -82,7 +82,7 @@ def describe(path: Path, key: str | None = None) -> str:
     )
     for name, arr in (("rgb", sample["rgb"]), ("depth", sample["depth"]), ("mask", sample["mask"])):
         lines.append(f"  {name}: shape {tuple(arr.shape)} dtype {arr.dtype}")
-    for f, d in zip(cams["frames"], sample["depth"]):
+    for f, d in zip(cams["frames"], sample["depth"], strict=False):
         valid = d[d > 0]
         rng = f"{valid.min():.3f}–{valid.max():.3f} m" if valid.size else "none"
         lines.append(

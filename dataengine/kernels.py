@@ -892,7 +892,7 @@ def area_resample(src, affine, extent, out):
     w_y = np.empty((out_h, taps_y), dtype=np.float64)
     _box_weights(out_w, ax, bx, extent[0], taps_x, first_x, w_x)
     _box_weights(out_h, ay, by, extent[1], taps_y, first_y, w_y)
-    src_h, src_w = src.shape[0], src.shape[1]
+    src_h = src.shape[0]
     # Horizontally filtered source rows, cached: neighbouring output rows share source rows
     # (slot = row % taps_y; the taps_y rows of one output row never collide).
     rows = np.empty((taps_y, out_w, nc), dtype=np.float64)

@@ -150,7 +150,10 @@ def consistency_filter(
     rect[[0, 2]] = np.clip(rect[[0, 2]], 0, w)
     rect[[1, 3]] = np.clip(rect[[1, 3]], 0, h)
     counts = np.zeros(ref.depth.shape, dtype=np.int32)
-    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+
+    def f64(a):
+        return np.ascontiguousarray(a, dtype=np.float64)
+
     for o in others:
         _count_consistent(
             ref.depth,

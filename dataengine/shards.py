@@ -23,10 +23,8 @@ from shardformat import (
     FORMAT,
     KEY_RE,
     MASK,
-    SHARD_RE,
     frame_member,
     sample_suffixes,
-    shard_name,
     suffixes_by_key,
 )
 

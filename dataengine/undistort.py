@@ -41,7 +41,7 @@ class SourceCamera:
     params: tuple[float, ...]
 
     @classmethod
-    def from_pycolmap(cls, camera_id: int, cam) -> "SourceCamera":
+    def from_pycolmap(cls, camera_id: int, cam) -> SourceCamera:
         model = cam.model.name if hasattr(cam.model, "name") else str(cam.model_name)
         return cls(
             int(camera_id),

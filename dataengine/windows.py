@@ -77,7 +77,7 @@ def scene_windows(scene: str, n_frames: int, cfg: WindowConfig) -> dict[str, lis
         picked = sample_frames(n_frames, cfg.frames, cfg.sampling, cfg.seed, scene)
         return {EVAL_SPLIT: [picked] if picked else []}
     out: dict[str, list[list[int]]] = {"train": [], "val": []}
-    for split, frames in zip(("train", "val"), split_frames(scene, n_frames, cfg)):
+    for split, frames in zip(("train", "val"), split_frames(scene, n_frames, cfg), strict=True):
         for start in window_starts(len(frames), cfg.frames, cfg.stride):
             out[split].append([frames[start + i] for i in range(cfg.frames)])
     return out
@@ -128,7 +128,7 @@ def covisible_windows(scene: str, cov: np.ndarray, cfg: WindowConfig) -> dict[st
     frames - stride frames shared between two windows where possible)."""
     out: dict[str, list[list[int]]] = {"train": [], "val": []}
     cap = max(cfg.frames - cfg.stride, 0)
-    for split, members in zip(("train", "val"), split_frames(scene, len(cov), cfg)):
+    for split, members in zip(("train", "val"), split_frames(scene, len(cov), cfg), strict=True):
         count = len(window_starts(len(members), cfg.frames, cfg.stride))
         if count:
             out[split] = _greedy_windows(list(members), cov, cfg.frames, count, cap)

@@ -12,7 +12,6 @@ CLI entry point.
 
 from __future__ import annotations
 
-import functools
 import http.server
 import json
 import os
@@ -21,9 +20,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -138,7 +137,7 @@ def _empty_points_auto_without_gt(root, scene, out):
 
 def _empty_images_txt(root, scene, out):
     path = images_txt(scene)
-    path.write_text("".join(l for l in path.read_text().splitlines(keepends=True) if l.startswith("#")))
+    path.write_text("".join(t for t in path.read_text().splitlines(keepends=True) if t.startswith("#")))
     return build_args(root, out), [str(path), "lists no images"]
 
 
@@ -224,7 +223,7 @@ def _camera_model_typo(root, scene, out):
     path = scene / UNDIST / "cameras.txt"
     text = path.read_text()
     path.write_text(text.replace(" PINHOLE ", " PINHOLLE ", 1))
-    line = next(i for i, l in enumerate(path.read_text().splitlines(), 1) if "PINHOLLE" in l)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "PINHOLLE" in text)
     return build_args(root, out), [f"{path}:{line}:", "unknown camera model 'PINHOLLE'"]
 
 
@@ -394,7 +393,7 @@ GOOD_CASES = [  # cases that read a finished good build
 def assert_one_error_line(res: subprocess.CompletedProcess, parts: list[str]) -> str:
     output = res.stdout + res.stderr
     assert "Traceback" not in output, output
-    lines = [l for l in res.stderr.splitlines() if l.strip() and not l.startswith("WARNING ")]
+    lines = [t for t in res.stderr.splitlines() if t.strip() and not t.startswith("WARNING ")]
     if res.args[-2:] and "verify" in res.args:  # verify prints one line per problem, no "Error:"
         message = "\n".join(lines)
     else:
@@ -441,7 +440,7 @@ def scene_copy(tiny_root, tmp_path):
 def test_bad_build_input(case, scene_copy, tmp_path):
     root, scene = scene_copy
     out = tmp_path / "out"
-    res = run_case(case, root, scene, out, case.setup(root, scene, out))
+    run_case(case, root, scene, out, case.setup(root, scene, out))
     if case.name.startswith("scene_name") or case.name == "frames_larger_than_scene":
         assert not out.exists() or not (out / ".frame-cache").exists()  # refused before rendering
 

@@ -166,7 +166,9 @@ def _cases(w) -> dict[str, dict]:
         dst = copy_shards(shards, work / f"shards_{name}")
         return dst, corrupt(dst)
 
-    out = lambda name: work / f"out_{name}"  # noqa: E731
+    def out(name):
+        return work / f"out_{name}"
+
     add(
         "shards_missing",
         train_args(work / "nosuch", out("shards_missing")),

@@ -99,7 +99,9 @@ def test_index_groups_like_webdataset_and_batches_match_np_load(shard):
     records = list(index_tar_samples([{"url": str(path)}]))
     raw = list(wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples()))
     assert [r["__key__"] for r in records] == [r["__key__"] for r in raw] == list(samples)
-    assert all(set(a) - {"__url__"} == set(b) - {"__url__", "__local_path__"} for a, b in zip(records, raw))
+    assert all(
+        set(a) - {"__url__"} == set(b) - {"__url__", "__local_path__"} for a, b in zip(records, raw, strict=True)
+    )
     batch = decode_batch(records, None)
     assert batch["images"].shape == (3, S, 3, H, W) and batch["images"].dtype == torch.uint8
     for b, (key, members) in enumerate(samples.items()):

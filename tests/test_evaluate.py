@@ -107,13 +107,13 @@ def test_report_metrics_and_pictures(tmp_path, batches):
     assert overall["adapter"]["auc@30"] == 1.0 and overall["adapter"]["rot_err_deg"] == pytest.approx(0, abs=1e-3)
     # Base in metres is factor_f x GT, so with the window's median scale s, AbsRel of frame f = |factor_f s - 1|.
     factors = torch.tensor([3.0, 6.0, 3.0])
-    for b, batch in enumerate(batches):
+    for batch in batches:
         for item, key in enumerate(batch["keys"]):
             gt, mask = batch["depths"][item].double(), batch["point_masks"][item]
             pred = factors[:, None, None].double() * gt
             s = np.median(gt[mask].numpy()) / np.median(pred[mask].numpy())
             records = sorted((f for f in metrics["frames"] if f["key"] == key), key=lambda f: f["frame"])
-            for f, record in zip(factors.tolist(), records):
+            for f, record in zip(factors.tolist(), records, strict=True):
                 assert record["base"]["abs_rel"] == pytest.approx(abs(f * s - 1), rel=1e-5, abs=1e-6)
                 assert record["base"]["fit_scale"] == pytest.approx(s, rel=1e-6)
     assert overall["base"]["abs_rel"] > 0.1
@@ -228,10 +228,10 @@ def test_eval_command_on_shards_and_adapter(tmp_path):
     """`python -m trainer eval` on written shards with a saved tiny-model adapter (random-init base, seed 0)."""
     from click.testing import CliRunner
 
+    from trainer.builders import build_model, seed_everything
     from trainer.cli import main
     from trainer.config import LoraConfig
     from trainer.lora import apply_strategy, save_adapter
-    from trainer.builders import build_model, seed_everything
 
     write_val_shard(tmp_path / "shards", synthetic_batch(3, ["terrace", "facade"]))
     seed_everything(0)

@@ -160,7 +160,7 @@ def test_protocols_perfect_adapter_and_known_base_errors(tmp_path):
             s = np.median(gt[mask]) / np.median(pred[mask])
             expected.append([abs(2.0 * f * s - 1) for f in factors])  # prediction 2 f gt, scaled by s
     sample_records = metrics["samples"]
-    for record, want in zip(sample_records, expected):
+    for record, want in zip(sample_records, expected, strict=True):
         assert record["base"]["mvd/sequence/abs_rel_per_frame"] == pytest.approx(want, rel=1e-5, abs=1e-7)
     # Pose: the pipeline's AUC equals the metric on the decoded cameras (yawed last camera).
     first = batches[0]
@@ -275,9 +275,9 @@ def test_engine_writes_an_evaluation_split(heldout_shards, synth_root):
 
 
 def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
+    from trainer.builders import build_model
     from trainer.config import LoraConfig
     from trainer.lora import apply_strategy, save_adapter
-    from trainer.builders import build_model
 
     peft_model = apply_strategy(build_model("tiny", str(TINY_WEIGHTS)), LoraConfig(rank=4, dropout=0.0))
     with torch.no_grad():

@@ -127,8 +127,8 @@ def test_unreachable_hub_is_offline_and_names_the_local_path_options(tmp_path):
 
 
 def test_weights_revision_is_a_config_key_recorded_in_the_run():
-    from trainer.config import load_config
     from trainer.builders import weights_revision_used
+    from trainer.config import load_config
 
     cfg = load_config(ROOT / "configs" / "strategy_b.yaml")
     assert cfg.weights_revision is None and weights_revision_used(cfg) == DEFAULT_REVISION

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import load_config
 from tests.tolerance import FORWARD_OPS, assert_within_rounding
+from trainer.builders import build_model
+from trainer.config import load_config
 from trainer.lora import (
     apply_strategy,
     expand_targets,
@@ -21,7 +22,6 @@ from trainer.lora import (
     resolve_targets,
     save_adapter,
 )
-from trainer.builders import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_WEIGHTS = Path(__file__).resolve().parent / "assets" / "vggt_tiny_reference.safetensors"

@@ -95,7 +95,7 @@ def test_normalize_gt_matches_official(ref):
         ref["loss.batch.depths"],
         ref["loss.batch.point_masks"],
     )
-    for name, tensor in zip(NORMALIZED, mine):
+    for name, tensor in zip(NORMALIZED, mine, strict=True):
         assert rel_err(tensor, ref[f"loss.normalized.{name}"]) < NORMALIZE_REL, name
 
 

@@ -122,7 +122,7 @@ def test_masked_median_even_count():
 
 def extrinsics_from(rotations, centres):
     """Camera-from-world [R | -R C] for camera centres C."""
-    return torch.stack([torch.cat([r, (-r @ c)[:, None]], -1) for r, c in zip(rotations, centres)])
+    return torch.stack([torch.cat([r, (-r @ c)[:, None]], -1) for r, c in zip(rotations, centres, strict=True)])
 
 
 def test_known_rotation_error_of_ten_degrees():

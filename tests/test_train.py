@@ -142,7 +142,7 @@ def test_resume_is_bit_identical(shards, tmp_path):
     )
     state_b = torch.load(tmp_path / "split" / "checkpoints" / "step_0000010" / "trainer_state.pt", weights_only=False)
     assert (state_a["epoch"], state_a["consumed"]) == (state_b["epoch"], state_b["consumed"]) == (3, 1)
-    for sa, sb in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values()):
+    for sa, sb in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
 

@@ -199,7 +199,7 @@ def test_dpt_frame_chunking_gives_the_same_result(tiny_model, fixture_tensors):
         whole = tiny_model.depth_head(aggregated, images, start, frames_chunk_size=None)
         chunked = tiny_model.depth_head(aggregated, images, start, frames_chunk_size=2)
     # Same convolutions on fewer frames at a time: reductions of <= 64·9 terms through ~20 layers.
-    for got, want in zip(chunked[:2], whole[:2]):
+    for got, want in zip(chunked[:2], whole[:2], strict=True):
         assert_within_rounding(got, want, ops=64 * 9 * 20, what="chunked depth head")
 
 
@@ -293,7 +293,10 @@ def test_rope_is_relative_and_norm_preserving():
     assert_within_rounding(rq[1] @ rk[2], rq[3] @ rk[4], ops=36, worst_case=True, scale=scale, what="offset")
     with pytest.raises(AssertionError):  # another offset is far outside that bound
         assert_within_rounding(rq[1] @ rk[2], rq[1] @ rk[3], ops=36, worst_case=True, scale=scale)
-    pair_norm = lambda t: t.view(*t.shape[:-1], 2, 2, 4).square().sum(-2)  # noqa: E731
+
+    def pair_norm(t):
+        return t.view(*t.shape[:-1], 2, 2, 4).square().sum(-2)
+
     # cos² + sin² = 1 within 2·(1 + 8)·u32 per table entry, times the pair's squared norm
     assert_within_rounding(pair_norm(rq), pair_norm(q.expand(5, 16)), ops=18, worst_case=True, what="pair norms")
     # Hand value: y=3 rotates channel pair (0, 4) of the first half by 3 * 100^0 = 3 rad.

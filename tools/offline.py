@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 try:  # pip vendors packaging, so this works in any interpreter that has pip
     from packaging.markers import Marker

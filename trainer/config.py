@@ -25,9 +25,10 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -111,7 +112,7 @@ class LossConfig:
     point_gradient_loss: str = "normal"
 
     @classmethod
-    def official(cls) -> "LossConfig":
+    def official(cls) -> LossConfig:
         return cls(camera=5.0, depth_conf=1.0, depth_reg=1.0, depth_grad=1.0)
 
     @property
@@ -192,7 +193,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
         item_type = args[0] if args else str
         return origin(_coerce(v, item_type, where) for v in value)
     raise ConfigError(f"{where}: unsupported field type {tp!r}")

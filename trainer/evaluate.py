@@ -19,9 +19,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -528,7 +529,8 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
         f"{'on (VGGT paper convention)' if metrics['translation_sign_ambiguity'] else 'off'}; "
         f"AUC@{AUC_MAX_DEG} = mean accuracy of max(rot, trans) over thresholds 1..{AUC_MAX_DEG}°",
         f"- evaluated: {counts['windows']} windows, {counts['frames']} frames "
-        f"({counts['frames_with_depth']} with GT depth), {counts['pixels']:,} GT pixels, {counts['pairs']} camera pairs",
+        f"({counts['frames_with_depth']} with GT depth), {counts['pixels']:,} GT pixels, "
+        f"{counts['pairs']} camera pairs",
         "",
         "## Overall (depth: mean over frames; camera: pooled pairs)",
         "",
@@ -599,10 +601,10 @@ def evaluate_run(
     adapter recorded, so the base is exactly the model the adapter was trained on. One model is
     built; the base runs with the adapter disabled (PEFT ``disable_adapter``).
     """
+    from trainer.builders import build_model, seed_everything
     from trainer.config import config_from_run
     from trainer.data import make_loader
     from trainer.lora import load_adapter, read_adapter_info
-    from trainer.builders import build_model, seed_everything
 
     adapter_dir = resolve_adapter_dir(run, adapter)
     info = read_adapter_info(adapter_dir)

@@ -12,7 +12,8 @@ Deliberate differences from the official code, all identical on finite inputs:
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -254,7 +255,7 @@ def camera_loss(
 def _camera_loss_single(pred: torch.Tensor, gt: torch.Tensor, loss_type: str) -> tuple[torch.Tensor, ...]:
     slices = (slice(0, 3), slice(3, 7), slice(7, 9))
     terms = []
-    for part, name in zip(slices, ("loss_T", "loss_R", "loss_FL")):
+    for part, name in zip(slices, ("loss_T", "loss_R", "loss_FL"), strict=True):
         diff = pred[..., part] - gt[..., part]
         error = diff.abs() if loss_type == "l1" else diff.norm(dim=-1, keepdim=True)
         error = check_and_fix_inf_nan(error, name)
@@ -443,7 +444,7 @@ def dense_loss(
         return dict.fromkeys(keys, zero)
     gt = check_and_fix_inf_nan(gt.to(pred.dtype), f"gt_{name}")
     conf_l, grad_l, reg_l = regression_loss(pred, gt, mask, conf, gradient_loss, gamma, alpha, valid_range)
-    return dict(zip(keys, (conf_l, reg_l, grad_l)))
+    return dict(zip(keys, (conf_l, reg_l, grad_l), strict=True))
 
 
 def depth_loss(

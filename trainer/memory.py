@@ -87,10 +87,13 @@ class StepMemory:
     total: int
 
     def lines(self) -> list[str]:
-        gib = lambda n: f"{n / GIB:6.2f} GiB ({n / 1e9:.2f} GB)"  # noqa: E731
+        def gib(n):
+            return f"{n / GIB:6.2f} GiB ({n / 1e9:.2f} GB)"
+
         return [
             f"{self.model}, strategy {self.strategy}, batch {self.batch_size} x {self.frames} frames x {self.size}², "
-            f"{'bf16 autocast' if self.bf16 else 'fp32'}, activation checkpointing {'on' if self.checkpointing else 'off'}",
+            f"{'bf16 autocast' if self.bf16 else 'fp32'}, "
+            f"activation checkpointing {'on' if self.checkpointing else 'off'}",
             f"  weights (frozen base + LoRA)   {gib(self.weights)}",
             f"  AdamW state ({self.trainable:,} trainable) {gib(self.persistent_state)}",
             f"  kept for backward             {gib(self.kept_after_forward - self.persistent_state)}",
@@ -100,8 +103,8 @@ class StepMemory:
 
 
 def _build(cfg: TrainConfig, device: str) -> torch.nn.Module:
-    from trainer.lora import apply_strategy
     from trainer.builders import TRAIN_HEADS
+    from trainer.lora import apply_strategy
     from trainer.vggt import VGGT, VGGTConfig
 
     with torch.device(device):

@@ -18,7 +18,7 @@ field-of-view error per frame.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -23,9 +23,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -267,7 +268,9 @@ def aggregate(samples: list[dict[str, Any]], labels: tuple[str, ...], cfg: Proto
                     values = [
                         v
                         for s in subset
-                        for v, p in zip(_per_frame(s[label], per, metric), s[label].get(f"mvd/{per}/frames_mask", []))
+                        for v, p in zip(
+                            _per_frame(s[label], per, metric), s[label].get(f"mvd/{per}/frames_mask", []), strict=False
+                        )
                         if p
                     ]
                     block[name] = _nanmean(np.array(values, dtype=np.float64)) if values else None
@@ -459,7 +462,7 @@ def render_pointclouds(
     fig, axs = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False, layout="constrained")
     depth_axis = (panels[0][1] - centre) @ axes[2]
     scatter = None
-    for ax, (name, points, error) in zip(axs[0], panels):
+    for ax, (name, points, error) in zip(axs[0], panels, strict=True):
         xy = (points - centre) @ axes[:2].T
         if error is None:
             ax.scatter(xy[:, 0], xy[:, 1], c=depth_axis, s=0.3, cmap="viridis", linewidths=0, rasterized=True)
@@ -600,11 +603,11 @@ def evaluate_protocols_run(
     number). The point head is built and loaded when the weights hold it; a random-init base (tiny
     demo) keeps the trained-on heads so that it is exactly the model the adapter was made on.
     """
+    from trainer.builders import TRAIN_HEADS, build_model, seed_everything
     from trainer.config import config_from_run
     from trainer.data import make_loader
     from trainer.evaluate import resolve_adapter_dir
     from trainer.lora import load_adapter, read_adapter_info
-    from trainer.builders import TRAIN_HEADS, build_model, seed_everything
 
     cfg = dataclasses.replace(config or ProtocolConfig())
     cfg.check()

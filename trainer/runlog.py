@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -106,7 +106,7 @@ class StepStats:
         )
         *terms, finite, seconds, wait = mean_over_ranks(values, d).tolist()  # time and wait averaged too
         n = self.steps
-        scalars = {f"train/{k}": v / finite for k, v in zip(names, terms)} if finite else {}
+        scalars = {f"train/{k}": v / finite for k, v in zip(names, terms, strict=True)} if finite else {}
         scalars.update(
             {
                 "train/lr": lr,

@@ -34,10 +34,11 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,8 +46,8 @@ from torch import nn
 
 from shardformat.provenance import git_sha
 from trainer.builders import (
-    Position,
     TRAIN_HEADS,
+    Position,
     autocast_for,
     build_model,
     build_optimizer,

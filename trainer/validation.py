@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ def validation_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.T
     from trainer.metrics import align_depth, depth_metrics
 
     out = dict.fromkeys(("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n"), 0.0)
-    for p, g, m in zip(pred.float(), gt.float(), mask.bool()):
+    for p, g, m in zip(pred.float(), gt.float(), mask.bool(), strict=True):
         m = m & (g > 0) & torch.isfinite(p) & (p > 0)
         if not bool(m.any()):
             continue

@@ -140,7 +140,9 @@ def _write_text_model(model_dir: Path, cameras, images, points) -> None:
         )
         for im in sorted(images, key=lambda m: m["image_id"]):
             fh.write(f"{im['image_id']} {im['pose_text']} {im['camera_id']} {im['name']}\n")
-            fh.write(" ".join(f"{x!r} {y!r} {pid}" for (x, y), pid in zip(im["xy"].tolist(), im["pids"])) + "\n")
+            fh.write(
+                " ".join(f"{x!r} {y!r} {pid}" for (x, y), pid in zip(im["xy"].tolist(), im["pids"], strict=True)) + "\n"
+            )
     with open(model_dir / "points3D.txt", "w") as fh:
         fh.write(
             "# 3D point list with one line of data per point:\n"
@@ -274,7 +276,7 @@ def generate_colmap_project(
     point_id = np.full(len(xyz), -1)
     point_id[tracked] = np.arange(1, len(tracked) + 1) * 3  # sparse ids, as after COLMAP's filtering
     tracks = {int(point_id[p]): [] for p in tracked}
-    for f, (idx, px) in zip(frames, obs):
+    for f, (idx, px) in zip(frames, obs, strict=True):
         keep = point_id[idx] > 0
         n_free = 5
         xy = np.concatenate(

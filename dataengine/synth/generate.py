@@ -115,7 +115,7 @@ def generate_scene(
         seen[s.point_index] += 1
     ray_cache: dict[int, np.ndarray] = {}
     coverage = []
-    for i, (im, s) in enumerate(zip(frames, splats)):
+    for i, (im, s) in enumerate(zip(frames, splats, strict=True)):
         cam = distorted[im.camera_id]
         keep = seen[s.point_index] >= 2  # the pipeline only uses points seen in >= 2 images
         s = Splats(s.point_index[keep], s.pixel[keep], s.z[keep])

@@ -101,7 +101,7 @@ class SceneGeometry:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SceneGeometry":
+    def from_dict(cls, d: dict) -> SceneGeometry:
         light = [
             *d["sun_direction"],
             d["ambient"],
@@ -123,7 +123,7 @@ class SceneGeometry:
         )
 
     @classmethod
-    def from_scene_dir(cls, scene_dir: str | Path) -> "SceneGeometry":
+    def from_scene_dir(cls, scene_dir: str | Path) -> SceneGeometry:
         """Load the truth of a scene written by ``generate_scene`` (reads ``synth_truth.json``)."""
         path = Path(scene_dir) / TRUTH_FILE
         if not path.is_file():

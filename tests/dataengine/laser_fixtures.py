@@ -8,7 +8,6 @@ import numpy as np
 from dataengine import camera
 from dataengine.colmap import Camera
 
-
 # Real ETH3D THIN_PRISM_FISHEYE line (courtyard camera 0).
 PRISM = np.array(
     [

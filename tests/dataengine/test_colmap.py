@@ -9,7 +9,6 @@ import pytest
 
 from dataengine.colmap import BadInputError, read_model, read_model_pycolmap
 
-
 CAMERAS_TXT = """# Camera list with one line of data per camera:
 #   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]
 # Number of cameras: 2

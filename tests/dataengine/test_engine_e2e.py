@@ -16,7 +16,6 @@ import simplejpeg
 from dataengine import build as build_mod
 from dataengine.build import BuildConfig, build_shards, process_frame
 from dataengine.colmap import BadInputError, Camera
-from dataengine.depth import LaserDepthConfig, SparseDepthConfig, sparse_depth
 from dataengine.eth3d import load_scene
 from dataengine.images import fit_geometry, output_intrinsics
 from dataengine.windows import WindowConfig
@@ -70,7 +69,10 @@ def read_split(out: Path, split: str) -> list[dict]:
 
 def same_manifest(a: dict, b: dict) -> bool:
     """Equal apart from the git sha (other commits may land while the suite runs)."""
-    strip = lambda m: {**m, "engine": {**m["engine"], "git_sha": None}}
+
+    def strip(m):
+        return {**m, "engine": {**m["engine"], "git_sha": None}}
+
     return strip(a) == strip(b)
 
 
@@ -161,22 +163,22 @@ def test_sparse_depth_equals_truth_and_drops_occluded_points(eth3d_root, geometr
 def test_output_image_matches_analytic_render_with_stored_K(eth3d_root, geometry, fit):
     scene = load_scene(eth3d_root / SCENE)
     cfg = small_config(eth3d_root, eth3d_root / "unused", width=96, height=80, fit=fit)
+
+    def diff(frame, img, inner, K):
+        ren = geometry.render(K, frame.rotation, frame.translation, 96, 80, supersample=4)
+        return np.abs(img[inner] - ren[inner]).mean()
+
     for frame in scene.frames[:2]:
         r = process_frame(frame, scene, cfg)
         img = simplejpeg.decode_jpeg(r.jpeg).astype(float)
         geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, 96, 80, fit)
         x0, y0, x1, y1 = geom.content_rect
         inner = (slice(int(np.ceil(y0)), int(y1)), slice(int(np.ceil(x0)), int(x1)))
-
-        def diff(K):
-            ren = geometry.render(K, frame.rotation, frame.translation, 96, 80, supersample=4)
-            return np.abs(img[inner] - ren[inner]).mean()
-
-        good = diff(r.K)
+        good = diff(frame, img, inner, r.K)
         shifted = r.K.copy()
         shifted[0, 2] += 0.5
         assert good < 6.0
-        assert diff(shifted) > 1.5 * good  # half a pixel of K error is clearly visible
+        assert diff(frame, img, inner, shifted) > 1.5 * good  # half a pixel of K error is clearly visible
         if fit == "pad":
             assert y0 > 0 and img[: int(y0)].mean() < 2.0  # padding is black (up to JPEG ringing)
 

@@ -8,7 +8,6 @@ import pytest
 
 from dataengine import camera, kernels
 from dataengine.images import fit_geometry
-
 from tests.dataengine.laser_fixtures import PRISM, SMALL_CAMS
 
 
@@ -34,10 +33,12 @@ def test_distortion_grid_bilinear_error_is_negligible():
     fx, fy = pts[:, 0] / spacing, pts[:, 1] / spacing
     x0, y0 = fx.astype(int), fy.astype(int)
     wx, wy = fx - x0, fy - y0
-    interp = lambda g: (
-        (g[y0, x0] * (1 - wx) + g[y0, x0 + 1] * wx) * (1 - wy)
-        + (g[y0 + 1, x0] * (1 - wx) + g[y0 + 1, x0 + 1] * wx) * wy
-    )
+
+    def interp(g):
+        top = g[y0, x0] * (1 - wx) + g[y0, x0 + 1] * wx
+        bottom = g[y0 + 1, x0] * (1 - wx) + g[y0 + 1, x0 + 1] * wx
+        return top * (1 - wy) + bottom * wy
+
     exact = camera.thin_prism_project(
         np.c_[(pts[:, 0] - pin[2]) / pin[0], (pts[:, 1] - pin[3]) / pin[1], np.ones(len(pts))], PRISM
     )
@@ -211,7 +212,7 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     ref = _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size)
     n = found.n_points
     assert 100 < n < np.count_nonzero(np.isfinite(depth) & (depth > 0))  # the crop drops some
-    for got, want in zip(buffers, ref):
+    for got, want in zip(buffers, ref, strict=True):
         np.testing.assert_array_equal(got[:n], want)
     assert found.n_valid == np.count_nonzero(np.isfinite(depth) & (depth > 0))
     # zeros are bad GT values ("no GT" is +inf): counted where the crop's row spans read them

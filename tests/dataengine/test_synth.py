@@ -267,14 +267,16 @@ def test_zdepth_and_rays_match_hand_calculations(scene, geometry):
     # Through the middle of a ground-floor window: glass at the recess depth behind the wall.
     window = next(
         o
-        for o, m in zip(geometry.openings, geometry.opening_mat)
+        for o, m in zip(geometry.openings, geometry.opening_mat, strict=True)
         if m == GLASS and o[2] < 1.0 and abs((o[0] + o[1]) / 2 - lamp_x) > 1.0
     )
     K, R, t = _facade_camera(geometry, [(window[0] + window[1]) / 2, -7.0, 2.0])
     assert geometry.zdepth(K, R, t, 41, 31)[15, 20] == pytest.approx(7.0 + window[4], abs=1e-9)
 
     # Ray level, world frame: down at 45 degrees onto the ground, up into the sky.
-    to_world = lambda p: geometry.facade_from_world_R.T @ (np.asarray(p, float) - geometry.facade_from_world_t)
+    def to_world(p):
+        return geometry.facade_from_world_R.T @ (np.asarray(p, float) - geometry.facade_from_world_t)
+
     origin = to_world([0.0, -20.0, 2.0])
     dirs = geometry.facade_from_world_R.T @ np.array([[0.0, 1.0, -1.0], [0.0, -1.0, 1.0], [0.0, 1.0, 0.0]]).T
     t_hit, points, colours = geometry.cast_rays(np.tile(origin, (3, 1)), dirs.T)

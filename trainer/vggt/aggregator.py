@@ -8,7 +8,7 @@ block (attention over all frames of a sequence); layer ``i``'s output is ``cat(f
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 HEAD_NAMES = ("camera", "depth", "point")
 
@@ -56,7 +56,7 @@ class VGGTConfig:
                 raise ValueError(f"intermediate_layer_idx {idx} is outside the aggregator depth {self.depth}")
 
     @classmethod
-    def tiny(cls, **overrides) -> "VGGTConfig":
+    def tiny(cls, **overrides) -> VGGTConfig:
         """The CPU test / demo model of ``tests/assets/vggt_tiny_reference.safetensors`` (1.6 M params)."""
         values = dict(
             embed_dim=64,
@@ -74,13 +74,13 @@ class VGGTConfig:
         return cls(**values)
 
     @classmethod
-    def preset(cls, name: str) -> "VGGTConfig":
+    def preset(cls, name: str) -> VGGTConfig:
         presets = {"vggt-1b": cls, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown VGGT preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
 
-    def with_heads(self, heads: Iterable[str]) -> "VGGTConfig":
+    def with_heads(self, heads: Iterable[str]) -> VGGTConfig:
         """Copy with exactly the named heads enabled (subset of 'camera', 'depth', 'point')."""
         heads = set(heads)
         unknown = heads - set(HEAD_NAMES)

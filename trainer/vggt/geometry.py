@@ -12,7 +12,7 @@ Conventions (the official VGGT ones, spec §6):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

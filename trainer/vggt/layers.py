@@ -8,8 +8,8 @@ LoRA-able projection is a plain ``nn.Linear``.
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 

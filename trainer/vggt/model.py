@@ -5,7 +5,7 @@ The track head is not built; its checkpoint keys are reported as ignored by ``lo
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
