@@ -58,7 +58,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 TINY_WEIGHTS = FIXTURE
-# The fixture's how_to_compare.float_rule (vggt_tiny_reference.json) and tests/test_vggt_model.py's FLOAT_RULE.
+# The fixture's how_to_compare.float_rule (vggt_tiny_reference.json) and tests/trainer/test_vggt_model.py's FLOAT_RULE.
 FLOAT_RULE = 1e-5
 BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits, round to nearest
 STAGES = ("env", "fidelity", "steps", "loop", "optional")

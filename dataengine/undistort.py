@@ -60,7 +60,7 @@ class SourceCamera:
 # ---------------------------------------------------------------------------------------------
 # Exact COLMAP projections (normalized x/z, y/z → corner-origin pixels), vectorised numpy.
 # Written from COLMAP's camera model definitions (sensor/models.h); checked against pycolmap's
-# img_from_cam for every model in tests/test_colmap_captures.py.
+# img_from_cam for every model in tests/dataengine/test_colmap_captures.py.
 # ---------------------------------------------------------------------------------------------
 def _radial_poly(r2, ks):
     out = np.zeros_like(r2)

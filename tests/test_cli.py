@@ -27,7 +27,7 @@ def test_unknown_command_fails():
 
 def test_missing_shards_are_reported_before_the_weights_download(tmp_path):
     """Cheap checks first: without shards the 5 GB hub checkpoint is never asked for; one `Error:` line.
-    (Offline hub weights with good shards: tests/test_bad_inputs_trainer.py.)"""
+    (Offline hub weights with good shards: tests/trainer/test_bad_inputs_trainer.py.)"""
     import os
     from pathlib import Path
 

@@ -1,6 +1,6 @@
 """GT normalisation and the VGGT training losses (camera, depth, point), numerically equal to the
 official ``training/loss.py`` and ``train_utils/normalization.py`` (spec §10; checked against the
-reference fixture's ``loss.*`` keys in tests/test_losses.py).
+reference fixture's ``loss.*`` keys in tests/trainer/test_losses.py).
 
 Deliberate differences from the official code, all identical on finite inputs:
 * masked-out pixels enter the gradient losses through ``torch.where`` instead of ``mask * diff``, so

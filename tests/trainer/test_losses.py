@@ -21,7 +21,7 @@ from trainer.losses import (
     prepare_batch,
 )
 
-FIXTURE = Path(__file__).parent / "assets" / "vggt_tiny_reference.safetensors"
+FIXTURE = Path(__file__).parents[1] / "assets" / "vggt_tiny_reference.safetensors"
 NORMALIZED = ("extrinsics", "cam_points", "world_points", "depths")
 OUT_KEYS = ("loss_camera", "loss_T", "loss_R", "loss_FL", "loss_conf_depth", "loss_reg_depth", "loss_grad_depth")
 POINT_KEYS = ("loss_conf_point", "loss_reg_point", "loss_grad_point")

@@ -23,8 +23,8 @@ from trainer.lora import (
     save_adapter,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY_WEIGHTS = Path(__file__).resolve().parent / "assets" / "vggt_tiny_reference.safetensors"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "vggt_tiny_reference.safetensors"
 
 
 def strategy(name: str):

@@ -24,7 +24,7 @@ from trainer.vggt import (
     preprocess_image,
 )
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 FIXTURE = ASSETS / "vggt_tiny_reference.safetensors"
 SMALL = VGGTConfig.tiny(depth=2, dino_depth=1, camera_trunk_depth=1, intermediate_layer_idx=(0, 1, 1, 1))
 

@@ -10,7 +10,7 @@ import torch
 from trainer.config import load_config
 from trainer.memory import LiveTensorBytes, estimate_step_memory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_live_bytes_counts_storages_once_and_releases_them():

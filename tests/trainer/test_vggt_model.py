@@ -17,7 +17,7 @@ from trainer.vggt import VGGT, VGGTConfig
 from trainer.vggt.dpt import uv_sincos_embedding
 from trainer.vggt.layers import RotaryEmbedding2D, apply_rope_2d
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 FIXTURE = ASSETS / "vggt_tiny_reference.safetensors"
 FLOAT_RULE = 1e-5  # max|mine - ref| / max|ref|, from the fixture's how_to_compare
 

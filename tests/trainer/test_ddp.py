@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
 # IMPORT_BEFORE_GROUP: torch.distributed.nn (imported by DDP) binds `group=group.WORLD` as default arguments of

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks.gpu_check import PEAK_BF16_TFLOPS, STAGES, peak_tflops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 BLOCKED = ("numba", "llvmlite", "pycolmap", "py7zr", "pytest")
 

@@ -14,7 +14,7 @@ import yaml
 
 from trainer.config import ConfigError, LossConfig, TrainConfig, config_from_run, dump_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 RESOLVED_BEFORE = ROOT / "tests" / "assets" / "resolved_configs_f2287ea.json"
 

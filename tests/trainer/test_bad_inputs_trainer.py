@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 FAST = ["--set", "data.frames=2 data.num_workers=0 val_every=0 save_every=0 log_every=1"]
 

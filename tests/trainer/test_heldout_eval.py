@@ -21,7 +21,7 @@ from trainer.metrics import pose_auc
 from trainer.protocols import PUBLISHED, ProtocolConfig, evaluate_protocols, parse_protocols
 from trainer.vggt.geometry import extri_intri_to_pose_encoding
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 HEIGHT, WIDTH, FRAMES = 28, 42, 3
 

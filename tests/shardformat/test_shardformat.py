@@ -27,7 +27,7 @@ from shardformat import (
     sample_suffixes,
     split_member_name,
 )
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 SCENE = "tiny"
-FAULT_CLI = Path(__file__).with_name("fault_cli.py")
+FAULT_CLI = Path(__file__).parents[1] / "fault_cli.py"
 BUILD = ["--size", "28", "--frames", "2", "--stride", "2", "--samples-per-shard", "2", "--workers", "1", "--quiet"]
 UNDIST = "dslr_calibration_undistorted"
 GT = "ground_truth_depth/dslr_images"

@@ -17,7 +17,7 @@ import yaml
 
 from trainer.vggt.loading import DEFAULT_REPO_ID, DEFAULT_REVISION
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # repo name -> (HTTP status, headers) of the hub's answer to the file's metadata request. The error
 # codes are the hub's X-Error-Code values that huggingface_hub maps to its exception classes.

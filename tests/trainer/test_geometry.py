@@ -20,7 +20,7 @@ from trainer.vggt.geometry import (
     unproject_depth_map_to_point_map,
 )
 
-FIXTURE = Path(__file__).parent / "assets" / "vggt_tiny_reference.safetensors"
+FIXTURE = Path(__file__).parents[1] / "assets" / "vggt_tiny_reference.safetensors"
 
 
 def rel_err(mine: torch.Tensor, ref: torch.Tensor) -> float:
