@@ -37,13 +37,14 @@ BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
 CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup constraints test demo demo-colmap download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base
+.PHONY: help setup constraints test lint demo demo-colmap download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo                 whole pipeline on a generated ETH3D-format scene, tiny model, CPU"
 	@echo "make demo-colmap          the same from a generated COLMAP project (distorted photos, MVS depth)"
 	@echo "make test                 the test suite (CPU)"
+	@echo "make lint                 ruff check + ruff format --check (pyproject.toml [tool.ruff])"
 	@echo "make download             fetch ETH3D scenes into ETH3D_ROOT=$(ETH3D_ROOT)"
 	@echo "make shards               build + verify shards SHARDS=$(SHARDS) from ETH3D_ROOT"
 	@echo "make train STRATEGY=a|b|c LoRA fine-tune VGGT-1B (WEIGHTS=$(WEIGHTS)) on SHARDS"
@@ -78,6 +79,11 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
+
+# `$(PY) -m ruff format .` applies the formatting that the second command checks.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: setup
 	rm -rf $(DEMO)

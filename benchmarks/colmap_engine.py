@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import cpu_time, machine_info  # noqa: E402  (benchmarks/engine.py)
+from engine import cpu_time, machine_info  # noqa: E402  benchmarks/engine.py, importable after the sys.path line
 
 OPENCV_DISTORTION = (-0.12, 0.04, 4e-4, -3e-4)
 
@@ -56,8 +56,10 @@ def make_colmap_project(eth3d_scene: Path, project: Path, neighbours_maps: bool 
     lines, dense_lines = [], []
     for cid, cam in sorted(model.cameras.items()):
         fx, fy, cx, cy = (float(v) for v in cam.params)
-        lines.append(f"{cid} OPENCV {cam.width} {cam.height} {fx!r} {fy!r} {cx!r} {cy!r} "
-                     + " ".join(repr(v) for v in OPENCV_DISTORTION))
+        lines.append(
+            f"{cid} OPENCV {cam.width} {cam.height} {fx!r} {fy!r} {cx!r} {cy!r} "
+            + " ".join(repr(v) for v in OPENCV_DISTORTION)
+        )
         dense_lines.append(f"{cid} PINHOLE {cam.width} {cam.height} {fx!r} {fy!r} {cx!r} {cy!r}")
     (sparse / "cameras.txt").write_text("\n".join(lines) + "\n")
     (dense_sparse / "cameras.txt").write_text("\n".join(dense_lines) + "\n")
@@ -133,9 +135,14 @@ def main() -> int:
                 times[name].append(cpu_time(process_frame, frame, scenes[name], cfgs[name]))
     med = {name: 1e3 * statistics.median(v) for name, v in times.items()}
     result = {
-        "machine": info, "scale": args.scale, "frames": args.frames, "reps": args.reps,
-        "photo_size": [src.camera.width, src.camera.height], "output": [base.width, base.height],
-        "decode_reduction": umap.reduction, "taps": umap.taps,
+        "machine": info,
+        "scale": args.scale,
+        "frames": args.frames,
+        "reps": args.reps,
+        "photo_size": [src.camera.width, src.camera.height],
+        "output": [base.width, base.height],
+        "decode_reduction": umap.reduction,
+        "taps": umap.taps,
         "map_build_ms": round(1e3 * map_s, 1),
         "per_frame_cpu_ms": {k: round(v, 1) for k, v in med.items()},
         "ratio_sparse": round(med["colmap sparse"] / med["eth3d sparse"], 3),

@@ -22,22 +22,21 @@ def main() -> int:
 
     from dataengine.colmap_project import load_colmap_scene
     from dataengine.synth.colmap_project import generate_colmap_project
-    from dataengine.windows import (WindowConfig, covisible_windows, frame_covisibility, scene_windows,
-                                    window_overlap)
+    from dataengine.windows import WindowConfig, covisible_windows, frame_covisibility, scene_windows, window_overlap
 
     print("| seed | images | frames/stride | overlap (min) sequential | covisible | Jaccard sequential | covisible |")
     print("|---:|---:|---|---:|---:|---:|---:|")
     for seed in (int(s) for s in args.seeds.split(",")):
-        path = generate_colmap_project(args.work, scene=f"s{seed}", images=args.images, scale=0.1, seed=seed,
-                                       dense=False)
+        path = generate_colmap_project(
+            args.work, scene=f"s{seed}", images=args.images, scale=0.1, seed=seed, dense=False
+        )
         scene = load_colmap_scene(path.name, path, depth="sparse")
         cov = frame_covisibility([f.observed for f in scene.frames])
         for frames, stride in ((4, 2), (8, 4)):
             cfg = WindowConfig(frames=frames, stride=stride)
             seq = scene_windows(scene.name, len(cov), cfg)
             vis = covisible_windows(scene.name, cov, cfg)
-            row = [window_overlap(w["train"] + w["val"], cov, kind) for kind in ("min", "jaccard")
-                   for w in (seq, vis)]
+            row = [window_overlap(w["train"] + w["val"], cov, kind) for kind in ("min", "jaccard") for w in (seq, vis)]
             print(f"| {seed} | {len(cov)} | {frames}/{stride} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     return 0
 

@@ -71,8 +71,9 @@ def baseline_frame(frame, width=518, height=518, k=8):
         ys = geom.ay * (i + offs) + geom.by
         xs = geom.ax * (np.arange(width)[:, None] + offs[None, :]).ravel() + geom.bx
         gx, gy = np.meshgrid(xs, ys)
-        d = thin_prism_project(np.stack([(gx.ravel() - cx) / fx, (gy.ravel() - cy) / fy,
-                                         np.ones(gx.size)], 1), prism.params)
+        d = thin_prism_project(
+            np.stack([(gx.ravel() - cx) / fx, (gy.ravel() - cy) / fy, np.ones(gx.size)], 1), prism.params
+        )
         ix, iy = np.floor(d[:, 0]).astype(np.int64), np.floor(d[:, 1]).astype(np.int64)
         ok = (ix >= 0) & (iy >= 0) & (ix < prism.width) & (iy < prism.height)
         vals = np.full(gx.size, np.nan, np.float32)
@@ -94,8 +95,7 @@ def floor_frame(frame, reduction=4):
 
     data = frame.image_path.read_bytes()
     w, h = frame.pinhole.width, frame.pinhole.height
-    simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // reduction),
-                           min_height=-(-h // reduction))
+    simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // reduction), min_height=-(-h // reduction))
     np.fromfile(frame.depth_path, dtype="<f4")
 
 
@@ -116,8 +116,7 @@ def engine_stages(frame, cfg) -> dict:
     data = frame.image_path.read_bytes()
     red = choose_reduction(geom, 1.9)
     w, h = frame.pinhole.width, frame.pinhole.height
-    img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // red),
-                                 min_height=-(-h // red), strict=True)
+    img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // red), min_height=-(-h // red), strict=True)
     t["jpeg_read_decode"] = clock() - t0
     t0 = clock()
     rgb = np.empty((geom.height, geom.width, 3), np.uint8)
@@ -128,21 +127,23 @@ def engine_stages(frame, cfg) -> dict:
     if cfg.laser.pooling == "plane":
         # The mask is only inflated here; its scanlines are unfiltered inside the GT scan, which
         # happens inside the first pooling pass (as in depth.laser_depth).
-        mask = depth_mod.read_mask_scanlines(frame.mask_path, frame.prism.width,
-                                             frame.prism.height)
+        mask = depth_mod.read_mask_scanlines(frame.mask_path, frame.prism.width, frame.prism.height)
         filtered = mask is not None
         if not filtered:
-            mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height,
-                                       depth_mod._mask_buffer(frame.prism))
+            mask = depth_mod.read_mask(
+                frame.mask_path, frame.prism.width, frame.prism.height, depth_mod._mask_buffer(frame.prism)
+            )
         t["mask_decode"] = clock() - t0
         t0 = clock()
         gt = depth_mod.map_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
-        depth_mod.plane_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser,
-                              mask_filtered=filtered, mask_path=frame.mask_path)
+        depth_mod.plane_depth(
+            gt, mask, frame.pinhole, frame.prism, geom, cfg.laser, mask_filtered=filtered, mask_path=frame.mask_path
+        )
         t["depth_scan_pool"] = clock() - t0
     else:
-        mask = depth_mod.read_mask(frame.mask_path, frame.prism.width, frame.prism.height,
-                                   depth_mod._mask_buffer(frame.prism))
+        mask = depth_mod.read_mask(
+            frame.mask_path, frame.prism.width, frame.prism.height, depth_mod._mask_buffer(frame.prism)
+        )
         t["mask_decode"] = clock() - t0
         t0 = clock()
         gt, _ = depth_mod.read_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
@@ -209,25 +210,32 @@ def _system_libdeflate():
             lib = ctypes.CDLL(name)
         except OSError:
             continue
-        lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
-        lib.libdeflate_zlib_decompress.restype = ctypes.c_int
-        lib.libdeflate_zlib_decompress.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-            ctypes.POINTER(ctypes.c_size_t)]
-        decompressor = lib.libdeflate_alloc_decompressor()
-        buf = {}
+        break
+    else:
+        return None
+    lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
+    lib.libdeflate_zlib_decompress.restype = ctypes.c_int
+    lib.libdeflate_zlib_decompress.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    decompressor = lib.libdeflate_alloc_decompressor()
+    buf = {}
 
-        def inflate(idat, size):
-            raw = buf.get("raw")
-            if raw is None or raw.size < size:
-                raw = buf["raw"] = np.empty(size, np.uint8)
-            got = ctypes.c_size_t(0)
-            ok = lib.libdeflate_zlib_decompress(decompressor, idat, len(idat), raw.ctypes.data, size,
-                                                ctypes.byref(got))
-            assert ok == 0 and got.value == size
-            return raw[:size]
-        return inflate
-    return None
+    def inflate(idat, size):
+        raw = buf.get("raw")
+        if raw is None or raw.size < size:
+            raw = buf["raw"] = np.empty(size, np.uint8)
+        got = ctypes.c_size_t(0)
+        ok = lib.libdeflate_zlib_decompress(decompressor, idat, len(idat), raw.ctypes.data, size, ctypes.byref(got))
+        assert ok == 0 and got.value == size
+        return raw[:size]
+
+    return inflate
 
 
 def mask_decoders() -> dict:
@@ -244,6 +252,7 @@ def mask_decoders() -> dict:
             w, h, idat = png._parse_chunks(path.read_bytes(), path)
             raw = inflate(idat, h * (w + 1))
             return np.frombuffer(raw, np.uint8).reshape(h, w + 1), True
+
         return decode
 
     def whole_by(decode_pixels):
@@ -251,15 +260,21 @@ def mask_decoders() -> dict:
             mask = decode_pixels(path)
             depth_mod.check_mask_values(path, int(mask.max()))
             return mask, False
+
         return decode
 
     import deflate
 
-    out = {"fused_deflate_wheel (engine)": (
-               lambda path, w, h: (depth_mod.read_mask_scanlines(path, w, h), True),
-               f"deflate {getattr(deflate, '__version__', '?')}"),
-           "fused_zlib": (scanlines_by(lambda idat, size: zlib.decompress(idat, bufsize=size)),
-                          f"zlib {zlib.ZLIB_RUNTIME_VERSION}")}
+    out = {
+        "fused_deflate_wheel (engine)": (
+            lambda path, w, h: (depth_mod.read_mask_scanlines(path, w, h), True),
+            f"deflate {getattr(deflate, '__version__', '?')}",
+        ),
+        "fused_zlib": (
+            scanlines_by(lambda idat, size: zlib.decompress(idat, bufsize=size)),
+            f"zlib {zlib.ZLIB_RUNTIME_VERSION}",
+        ),
+    }
     system = _system_libdeflate()
     if system is not None:
         out["fused_system_libdeflate_ctypes (engine before)"] = (scanlines_by(system), "system libdeflate.so.0")
@@ -269,28 +284,39 @@ def mask_decoders() -> dict:
         if buf.get("n", 0) < size:
             buf["n"], buf["a"] = size, np.empty(size, np.uint8)
         return buf["a"][:size]
+
     try:
         import imagecodecs
 
         out["fused_imagecodecs_libdeflate"] = (
             scanlines_by(lambda idat, size: imagecodecs.deflate_decode(idat, out=reused(size))),
-            f"imagecodecs {imagecodecs.__version__} (libdeflate)")
+            f"imagecodecs {imagecodecs.__version__} (libdeflate)",
+        )
         out["fused_imagecodecs_zlibng"] = (
             scanlines_by(lambda idat, size: imagecodecs.zlibng_decode(idat, out=reused(size))),
-            f"imagecodecs {imagecodecs.__version__} (zlib-ng)")
-        out["whole_imagecodecs_spng"] = (whole_by(lambda p: imagecodecs.spng_decode(p.read_bytes())),
-                                         f"imagecodecs {imagecodecs.__version__} (libspng)")
-        out["whole_imagecodecs_libpng"] = (whole_by(lambda p: imagecodecs.png_decode(p.read_bytes())),
-                                           f"imagecodecs {imagecodecs.__version__} (libpng)")
+            f"imagecodecs {imagecodecs.__version__} (zlib-ng)",
+        )
+        out["whole_imagecodecs_spng"] = (
+            whole_by(lambda p: imagecodecs.spng_decode(p.read_bytes())),
+            f"imagecodecs {imagecodecs.__version__} (libspng)",
+        )
+        out["whole_imagecodecs_libpng"] = (
+            whole_by(lambda p: imagecodecs.png_decode(p.read_bytes())),
+            f"imagecodecs {imagecodecs.__version__} (libpng)",
+        )
     except ImportError:
         pass
-    out["whole_ours"] = (lambda path, w, h: (depth_mod.read_mask(path, w, h, reused(w * h)), False),
-                         "dataengine.png + deflate")
-    from PIL import Image, __version__ as pil_version
+    out["whole_ours"] = (
+        lambda path, w, h: (depth_mod.read_mask(path, w, h, reused(w * h)), False),
+        "dataengine.png + deflate",
+    )
+    from PIL import Image
+    from PIL import __version__ as pil_version
 
     def pillow(path):
         with Image.open(path) as im:
             return np.asarray(im)
+
     out["whole_pillow"] = (whole_by(pillow), f"Pillow {pil_version}")
     return out
 
@@ -314,8 +340,9 @@ def mask_decoder_ab(frames, cfg, reps: int) -> dict:
                 mask, filtered = decode(f.mask_path, f.prism.width, f.prism.height)
                 t1 = time.thread_time()
                 gt = depth_mod.map_gt_depth(f.depth_path, f.prism.width, f.prism.height)
-                plane = depth_mod.plane_depth(gt, mask, f.pinhole, f.prism, geom, cfg.laser,
-                                              mask_filtered=filtered, mask_path=f.mask_path)
+                plane = depth_mod.plane_depth(
+                    gt, mask, f.pinhole, f.prism, geom, cfg.laser, mask_filtered=filtered, mask_path=f.mask_path
+                )
                 t2 = time.thread_time()
                 if rep == 0:
                     want = reference.setdefault(f.mask_path, plane.depth.copy())
@@ -326,23 +353,31 @@ def mask_decoder_ab(frames, cfg, reps: int) -> dict:
     out = {}
     for name, t in times.items():
         decode_ms, pass_ms = median_ms(t["mask_decode"]), median_ms(t["depth_pass"])
-        out[name] = {"library": decoders[name][1], "mask_decode_ms": decode_ms, "depth_pass_ms": pass_ms,
-                     "sum_ms": round(decode_ms + pass_ms, 1)}
+        out[name] = {
+            "library": decoders[name][1],
+            "mask_decode_ms": decode_ms,
+            "depth_pass_ms": pass_ms,
+            "sum_ms": round(decode_ms + pass_ms, 1),
+        }
     engine = out["fused_deflate_wheel (engine)"]["sum_ms"]
     for row in out.values():
         row["vs_engine"] = round(row["sum_ms"] / engine, 3)
-    return {"masks": len(masked), "reps": reps,
-            "mask_size": [masked[0].prism.width, masked[0].prism.height] if masked else None,
-            "variants": out}
+    return {
+        "masks": len(masked),
+        "reps": reps,
+        "mask_size": [masked[0].prism.width, masked[0].prism.height] if masked else None,
+        "variants": out,
+    }
 
 
 def print_mask_ab(ab: dict) -> None:
-    print(f"mask A/B: {ab['masks']} masks of {ab['mask_size']}, {ab['reps']} reps, median CPU ms "
-          f"(single thread)")
+    print(f"mask A/B: {ab['masks']} masks of {ab['mask_size']}, {ab['reps']} reps, median CPU ms (single thread)")
     print(f"  {'variant':48s} {'decode':>7s} {'depth pass':>10s} {'sum':>7s} {'vs engine':>9s}  library")
     for name, r in ab["variants"].items():
-        print(f"  {name:48s} {r['mask_decode_ms']:7.1f} {r['depth_pass_ms']:10.1f} {r['sum_ms']:7.1f} "
-              f"{r['vs_engine']:9.3f}  {r['library']}")
+        print(
+            f"  {name:48s} {r['mask_decode_ms']:7.1f} {r['depth_pass_ms']:10.1f} {r['sum_ms']:7.1f} "
+            f"{r['vs_engine']:9.3f}  {r['library']}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -360,9 +395,16 @@ def machine_info() -> dict:
         pass
     import deflate
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "simplejpeg": simplejpeg.__version__,
-            "deflate": getattr(deflate, "__version__", "?"), "load_avg_at_start": load()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "simplejpeg": simplejpeg.__version__,
+        "deflate": getattr(deflate, "__version__", "?"),
+        "load_avg_at_start": load(),
+    }
 
 
 def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
@@ -383,9 +425,10 @@ def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
             q, t = im.qvec, im.tvec
             nums = " ".join(f"{v:.17g}" for v in [*q, *t])
             lines.append(f"{n} {nums} {im.camera_id} {name}\n\n")
-            targets = {"dslr_calibration_undistorted": [("images", im.name)],
-                       "dslr_calibration_jpg": [("ground_truth_depth", im.name),
-                                                ("masks_for_images", im.name[:-4] + ".png")]}[calib]
+            targets = {
+                "dslr_calibration_undistorted": [("images", im.name)],
+                "dslr_calibration_jpg": [("ground_truth_depth", im.name), ("masks_for_images", im.name[:-4] + ".png")],
+            }[calib]
             for top, rel in targets:
                 source = src / top / rel
                 if source.exists():
@@ -411,8 +454,7 @@ def per_frame_cpu(frames, scene, cfgs, reps) -> dict:
             if rep == 0:  # the slow baseline: once per frame
                 times["baseline"].append(cpu_time(baseline_frame, f))
     out = {name: median_ms(v) for name, v in times.items()}
-    out["stages"] = {name: {k: median_ms([s[k] for s in v]) for k in v[0]}
-                     for name, v in stages.items()}
+    out["stages"] = {name: {k: median_ms([s[k] for s in v]) for k in v[0]} for name, v in stages.items()}
     return out
 
 
@@ -437,8 +479,7 @@ def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: f
         def one(frame):
             cpu0 = time.thread_time()
             process_frame(frame, scene, cfg)
-            done.append((threading.get_ident(), time.thread_time() - cpu0,
-                         time.perf_counter() - start))
+            done.append((threading.get_ident(), time.thread_time() - cpu0, time.perf_counter() - start))
 
         with OthersLoad() as run, ThreadPoolExecutor(workers) as pool:
             start = time.perf_counter()
@@ -449,14 +490,25 @@ def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: f
             t["frames"] += 1
             t["cpu_s"] += cpu
             t["finish_s"] = max(t["finish_s"], finish)
-        per_thread = [{"frames": t["frames"],
-                       "cpu_ms_per_frame": round(1e3 * t["cpu_s"] / t["frames"]),
-                       "finish_s": round(t["finish_s"], 3)} for t in threads.values()]
+        per_thread = [
+            {
+                "frames": t["frames"],
+                "cpu_ms_per_frame": round(1e3 * t["cpu_s"] / t["frames"]),
+                "finish_s": round(t["finish_s"], 3),
+            }
+            for t in threads.values()
+        ]
         finishes = [t["finish_s"] for t in per_thread]
-        return {"workers": workers, "wall_s": round(run.wall_s, 3), "load_avg_before": before,
-                "others_cores_before": quiet_before, "others_cores": round(run.others_cores, 2),
-                "own_cores": round(run.own_cores, 2), "threads": per_thread,
-                "tail_idle_s": round(max(finishes) - min(finishes), 3)}
+        return {
+            "workers": workers,
+            "wall_s": round(run.wall_s, 3),
+            "load_avg_before": before,
+            "others_cores_before": quiet_before,
+            "others_cores": round(run.others_cores, 2),
+            "own_cores": round(run.own_cores, 2),
+            "threads": per_thread,
+            "tail_idle_s": round(max(finishes) - min(finishes), 3),
+        }
 
     runs = [wall(1), wall(2), wall(1), wall(2)]
     one = statistics.mean(r["wall_s"] for r in runs if r["workers"] == 1)
@@ -471,9 +523,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the per-frame timings")
     parser.add_argument("--scaling-frames", type=int, default=8, help="frames per 1-vs-2 worker run")
     parser.add_argument("--build-frames", type=int, default=214, help="0 = skip the build")
-    parser.add_argument("--quiet", type=float, default=0.3,
-                        help="wait for other processes to use fewer cores than this before each "
-                             "worker-scaling run ...")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.3,
+        help="wait for other processes to use fewer cores than this before each worker-scaling run ...",
+    )
     parser.add_argument("--quiet-wait", type=float, default=120.0, help="... at most this long (s)")
     parser.add_argument("--mask-reps", type=int, default=5, help="repetitions of the mask A/B")
     parser.add_argument("--mask-ab-only", action="store_true", help="only the mask decoder A/B")
@@ -498,13 +553,16 @@ def main() -> None:
     frames = [f for f in scene.frames if f.depth_source == "laser"]
     jpeg_mb = statistics.mean(f.image_path.stat().st_size for f in frames) / 1e6
     base = dict(root=root, out=work / "unused", progress=False)
-    cfgs = {"engine_laser_plane": BuildConfig(**base, laser=LaserDepthConfig(pooling="plane")),
-            "engine_laser_nearest": BuildConfig(**base, laser=LaserDepthConfig(pooling="nearest")),
-            "sparse": BuildConfig(**base, depth="sparse")}
+    cfgs = {
+        "engine_laser_plane": BuildConfig(**base, laser=LaserDepthConfig(pooling="plane")),
+        "engine_laser_nearest": BuildConfig(**base, laser=LaserDepthConfig(pooling="nearest")),
+        "sparse": BuildConfig(**base, depth="sparse"),
+    }
     sparse_scene = load_scene(scene_dir, "sparse")
     for name, cfg in cfgs.items():  # numba load/compile and grid caches outside the timing
-        process_frame(sparse_scene.frames[0] if name == "sparse" else frames[0],
-                      sparse_scene if name == "sparse" else scene, cfg)
+        process_frame(
+            sparse_scene.frames[0] if name == "sparse" else frames[0], sparse_scene if name == "sparse" else scene, cfg
+        )
     with OthersLoad() as during:
         mask_ab = mask_decoder_ab(frames, cfgs["engine_laser_plane"], args.mask_reps)
     mask_ab["others_cores_during"] = round(during.others_cores, 2)
@@ -517,28 +575,32 @@ def main() -> None:
     load_before = load()
     with OthersLoad() as during:
         per = per_frame_cpu(frames, scene, laser_cfgs, args.reps)
-        per["engine_sparse"] = median_ms([cpu_time(process_frame, f, sparse_scene, cfgs["sparse"])
-                                          for f in sparse_scene.frames])
+        per["engine_sparse"] = median_ms(
+            [cpu_time(process_frame, f, sparse_scene, cfgs["sparse"]) for f in sparse_scene.frames]
+        )
     per["load_avg_before"] = load_before
     per["load_avg_after"] = load()
     per["others_cores_during"] = round(during.others_cores, 2)
-    scaling = worker_scaling(frames, scene, cfgs["engine_laser_plane"], args.scaling_frames,
-                             args.quiet, args.quiet_wait)
+    scaling = worker_scaling(
+        frames, scene, cfgs["engine_laser_plane"], args.scaling_frames, args.quiet, args.quiet_wait
+    )
 
     results = {
-        "machine": info, "frames_generated": len(frames), "generate_s": round(gen_s, 1),
-        "source": {"undistorted_size": [frames[0].pinhole.width, frames[0].pinhole.height],
-                   "depth_size": [frames[0].prism.width, frames[0].prism.height],
-                   "jpeg_mb_mean": round(jpeg_mb, 2),
-                   "masks": sum(f.mask_path is not None for f in frames)},
+        "machine": info,
+        "frames_generated": len(frames),
+        "generate_s": round(gen_s, 1),
+        "source": {
+            "undistorted_size": [frames[0].pinhole.width, frames[0].pinhole.height],
+            "depth_size": [frames[0].prism.width, frames[0].prism.height],
+            "jpeg_mb_mean": round(jpeg_mb, 2),
+            "masks": sum(f.mask_path is not None for f in frames),
+        },
         "per_frame_cpu_ms_median": per,
         "mask_ab": mask_ab,
         "threads": scaling,
     }
-    results["ratios"] = {
-        f"{name}_vs_baseline": round(per["baseline"] / per[name], 2) for name in laser_cfgs}
-    results["ratios"].update({
-        f"{name}_vs_floor": round(per["floor"] / per[name], 3) for name in laser_cfgs})
+    results["ratios"] = {f"{name}_vs_baseline": round(per["baseline"] / per[name], 2) for name in laser_cfgs}
+    results["ratios"].update({f"{name}_vs_floor": round(per["floor"] / per[name], 3) for name in laser_cfgs})
     results["ratios"]["two_workers_vs_one"] = scaling["speedup"]
     print(json.dumps(results, indent=1))
     print_mask_ab(mask_ab)
@@ -555,18 +617,22 @@ def main() -> None:
         n_frames = sum(len(load_scene(big / s).frames) for s in sorted(os.listdir(big)))
         before = load()
         with OthersLoad() as run:
-            manifest = build_shards(BuildConfig(root=big, out=out,
-                                                scenes=tuple(sorted(os.listdir(big))),
-                                                progress=False))
+            manifest = build_shards(
+                BuildConfig(root=big, out=out, scenes=tuple(sorted(os.listdir(big))), progress=False)
+            )
         build_s = run.wall_s
-        results["build"] = {"frames": n_frames, "wall_s": round(build_s, 1),
-                            "frames_per_s": round(n_frames / build_s, 2), "workers": os.cpu_count(),
-                            "load_avg_before": before, "load_avg_after": load(),
-                            "others_cores": round(run.others_cores, 2),
-                            "own_cores": round(run.own_cores, 2),
-                            "samples": {k: v["samples"] for k, v in manifest["splits"].items()},
-                            "shard_bytes": sum(s["bytes"] for v in manifest["splits"].values()
-                                               for s in v["shards"])}
+        results["build"] = {
+            "frames": n_frames,
+            "wall_s": round(build_s, 1),
+            "frames_per_s": round(n_frames / build_s, 2),
+            "workers": os.cpu_count(),
+            "load_avg_before": before,
+            "load_avg_after": load(),
+            "others_cores": round(run.others_cores, 2),
+            "own_cores": round(run.own_cores, 2),
+            "samples": {k: v["samples"] for k, v in manifest["splits"].items()},
+            "shard_bytes": sum(s["bytes"] for v in manifest["splits"].values() for s in v["shards"]),
+        }
         print(json.dumps(results["build"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))

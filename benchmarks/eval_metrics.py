@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def scene_points(count: int, rng: np.random.Generator) -> np.ndarray:
 
 def brute_force_nearest(query: np.ndarray, reference: np.ndarray, chunk: int = 2048) -> np.ndarray:
     q, r = torch.from_numpy(query), torch.from_numpy(reference)
-    return torch.cat([torch.cdist(q[i:i + chunk], r).min(1).values for i in range(0, len(q), chunk)]).numpy()
+    return torch.cat([torch.cdist(q[i : i + chunk], r).min(1).values for i in range(0, len(q), chunk)]).numpy()
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, object]:
@@ -69,8 +70,12 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     cores = len(os.sched_getaffinity(0))
-    info = {"cpu": platform.processor() or platform.machine(), "cores": cores, "torch_threads": torch.get_num_threads(),
-            "load_avg_1min": os.getloadavg()[0]}
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": os.getloadavg()[0],
+    }
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
     except (OSError, StopIteration):
@@ -92,21 +97,27 @@ def main() -> None:
     pred = apply_similarity(pred_raw, *fit)
 
     for workers, name in ((-1, "all cores"), (1, "1 thread")):
-        t, scores = timed(lambda: pointmap_accuracy_completeness(pred, gt, workers=workers), repeats=2)
+        t, scores = timed(partial(pointmap_accuracy_completeness, pred, gt, workers=workers), repeats=2)
         rate = 2 * args.points / t
         results[f"kdtree_{workers}_s"] = t
-        print(f"accuracy/completeness {args.points:,} + {args.points:,} points, KD-tree ({name}): {t:.2f} s "
-              f"({rate / 1e6:.2f} M points/s); acc {scores[0]:.4f} comp {scores[1]:.4f}")
+        print(
+            f"accuracy/completeness {args.points:,} + {args.points:,} points, KD-tree ({name}): {t:.2f} s "
+            f"({rate / 1e6:.2f} M points/s); acc {scores[0]:.4f} comp {scores[1]:.4f}"
+        )
 
     n = args.brute_points
     small_pred, small_gt = pred[:n], gt[:n]
-    t_brute, brute = timed(lambda: (brute_force_nearest(small_pred, small_gt).mean(),
-                                    brute_force_nearest(small_gt, small_pred).mean()), repeats=1)
+    t_brute, brute = timed(
+        lambda: (brute_force_nearest(small_pred, small_gt).mean(), brute_force_nearest(small_gt, small_pred).mean()),
+        repeats=1,
+    )
     t_kd, kd = timed(lambda: pointmap_accuracy_completeness(small_pred, small_gt)[:2])
     assert abs(brute[0] - kd[0]) < 1e-9 * max(1.0, kd[0]) and abs(brute[1] - kd[1]) < 1e-9 * max(1.0, kd[1])
     results.update(brute_points=n, brute_s=t_brute, kdtree_small_s=t_kd)
-    print(f"at {n:,} + {n:,} points: brute force (torch.cdist, chunked) {t_brute:.2f} s, KD-tree {t_kd * 1e3:.0f} ms "
-          f"-> {t_brute / t_kd:.0f}x; same means (|diff| < 1e-9)")
+    print(
+        f"at {n:,} + {n:,} points: brute force (torch.cdist, chunked) {t_brute:.2f} s, KD-tree {t_kd * 1e3:.0f} ms "
+        f"-> {t_brute / t_kd:.0f}x; same means (|diff| < 1e-9)"
+    )
     quadratic = t_brute * (args.points / n) ** 2
     print(f"brute force extrapolated (quadratic) to {args.points:,} points: ~{quadratic / 60:.0f} min per sample")
 
@@ -114,20 +125,27 @@ def main() -> None:
     gt_depth = 2 + 20 * rng.random((frames, side, side))
     valid = rng.random((frames, side, side)) > 0.5
     pred_depth = gt_depth * rng.uniform(0.5, 2.0, (frames, 1, 1)) * (1 + 0.01 * rng.normal(size=gt_depth.shape))
-    t, _ = timed(lambda: (mvd_depth_metrics(pred_depth, gt_depth, valid, "frame"),
-                          mvd_depth_metrics(pred_depth, gt_depth, valid, "sequence")))
+    t, _ = timed(
+        lambda: (
+            mvd_depth_metrics(pred_depth, gt_depth, valid, "frame"),
+            mvd_depth_metrics(pred_depth, gt_depth, valid, "sequence"),
+        )
+    )
     results["mvd_s"] = t
     print(f"MVD metrics (frame + sequence scaling) on {frames}x{side}x{side}: {t * 1e3:.0f} ms")
-    extrinsics = np.concatenate([np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(76)]),
-                                 rng.normal(size=(76, 3, 1))], 2)
+    extrinsics = np.concatenate(
+        [np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(76)]), rng.normal(size=(76, 3, 1))], 2
+    )
     t, _ = timed(lambda: pose_auc(extrinsics, extrinsics + 0.01 * rng.normal(size=extrinsics.shape)))
     results["pose_auc_76_frames_s"] = t
     print(f"pose AUC on 76 frames (2,850 pairs): {t * 1e3:.0f} ms")
 
     per_scene = 2 * 2 * results["kdtree_-1_s"] + 4 * results["umeyama_s"] + 2 * results["mvd_s"]
     results["metric_step_per_scene_s"] = per_scene
-    print(f"metric step per held-out scene (2 models x 2 point-map sources + MVD + pose): ~{per_scene:.1f} s; "
-          f"8 scenes: ~{8 * per_scene:.0f} s on this CPU")
+    print(
+        f"metric step per held-out scene (2 models x 2 point-map sources + MVD + pose): ~{per_scene:.1f} s; "
+        f"8 scenes: ~{8 * per_scene:.0f} s on this CPU"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -28,9 +28,27 @@ TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 BUILDS = [
     ("default_518", ["--size", "518"]),
     ("pad_112_sparse", ["--size", "112", "--fit", "pad", "--depth", "sparse", "--frames", "4", "--stride", "2"]),
-    ("stretch_140_median_valscene", ["--size", "140", "--fit", "stretch", "--pooling", "median",
-                                     "--frames", "4", "--stride", "3", "--val-scenes", "fp_b",
-                                     "--depth-dtype", "float16", "--samples-per-shard", "2"]),
+    (
+        "stretch_140_median_valscene",
+        [
+            "--size",
+            "140",
+            "--fit",
+            "stretch",
+            "--pooling",
+            "median",
+            "--frames",
+            "4",
+            "--stride",
+            "3",
+            "--val-scenes",
+            "fp_b",
+            "--depth-dtype",
+            "float16",
+            "--samples-per-shard",
+            "2",
+        ],
+    ),
 ]
 STRATEGIES = ["a", "b", "c"]
 
@@ -60,23 +78,94 @@ def fingerprint(work: Path) -> dict:
     py = sys.executable
     shutil.rmtree(work, ignore_errors=True)
     scenes = work / "eth3d"
-    run([py, "-m", "dataengine", "synth", str(scenes), "--scene", "fp_a", "--images", "12", "--scale", "0.1",
-         "--seed", "0"])
-    run([py, "-m", "dataengine", "synth", str(scenes), "--scene", "fp_b", "--images", "10", "--scale", "0.1",
-         "--seed", "1"])
+    run(
+        [
+            py,
+            "-m",
+            "dataengine",
+            "synth",
+            str(scenes),
+            "--scene",
+            "fp_a",
+            "--images",
+            "12",
+            "--scale",
+            "0.1",
+            "--seed",
+            "0",
+        ]
+    )
+    run(
+        [
+            py,
+            "-m",
+            "dataengine",
+            "synth",
+            str(scenes),
+            "--scene",
+            "fp_b",
+            "--images",
+            "10",
+            "--scale",
+            "0.1",
+            "--seed",
+            "1",
+        ]
+    )
     out: dict = {"shards": {}, "losses": {}}
     for name, args in BUILDS:
         dest = work / "shards" / name
-        run([py, "-m", "dataengine", "build", "--root", str(scenes), "--out", str(dest), "--scenes", "fp_a,fp_b",
-             "--workers", "2", "--quiet", *args])
+        run(
+            [
+                py,
+                "-m",
+                "dataengine",
+                "build",
+                "--root",
+                str(scenes),
+                "--out",
+                str(dest),
+                "--scenes",
+                "fp_a,fp_b",
+                "--workers",
+                "2",
+                "--quiet",
+                *args,
+            ]
+        )
         out["shards"][name] = sha256_tree(dest)
     shards = work / "shards" / "pad_112_sparse"
     for strategy in STRATEGIES:
         run_dir = work / "runs" / strategy
-        run([py, "-m", "trainer", "train", "--config", f"configs/strategy_{strategy}.yaml", "--shards", str(shards),
-             "--model", "tiny", "--weights", str(TINY), "--out", str(run_dir), "--max-steps", "12",
-             "--set", "precision=fp32", "data.num_workers=0", "data.frames=4", "optim.accum_steps=2",
-             "log_every=1", "val_every=6", "save_every=6", "optim.lr=1e-3"])
+        run(
+            [
+                py,
+                "-m",
+                "trainer",
+                "train",
+                "--config",
+                f"configs/strategy_{strategy}.yaml",
+                "--shards",
+                str(shards),
+                "--model",
+                "tiny",
+                "--weights",
+                str(TINY),
+                "--out",
+                str(run_dir),
+                "--max-steps",
+                "12",
+                "--set",
+                "precision=fp32",
+                "data.num_workers=0",
+                "data.frames=4",
+                "optim.accum_steps=2",
+                "log_every=1",
+                "val_every=6",
+                "save_every=6",
+                "optim.lr=1e-3",
+            ]
+        )
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         out["losses"][strategy] = [{k: v for k, v in r.items() if "loss" in k or k == "step"} for r in records]
     return out
@@ -104,8 +193,10 @@ def main() -> int:
     fp = fingerprint(args.work)
     args.json.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
     n_files = sum(len(v) for v in fp["shards"].values())
-    print(f"fingerprint: {n_files} shard files in {len(fp['shards'])} builds, "
-          f"{sum(len(v) for v in fp['losses'].values())} loss records -> {args.json}")
+    print(
+        f"fingerprint: {n_files} shard files in {len(fp['shards'])} builds, "
+        f"{sum(len(v) for v in fp['losses'].values())} loss records -> {args.json}"
+    )
     if args.compare:
         diffs = compare(json.loads(args.compare.read_text()), fp)
         for d in diffs:

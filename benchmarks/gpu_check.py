@@ -47,17 +47,18 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 TINY_WEIGHTS = FIXTURE
-# The fixture's how_to_compare.float_rule (vggt_tiny_reference.json) and tests/test_vggt_model.py's FLOAT_RULE.
+# The fixture's how_to_compare.float_rule (vggt_tiny_reference.json) and tests/trainer/test_vggt_model.py's FLOAT_RULE.
 FLOAT_RULE = 1e-5
 BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits, round to nearest
 STAGES = ("env", "fidelity", "steps", "loop", "optional")
@@ -66,8 +67,17 @@ REPORT_RESERVE_S = 3.0
 # sparsity" → 989; A100: 624 → 312; L40S 733 → 362; L4 242 → 121; A10 250 → 125) and the Ada whitepaper
 # (RTX 4090: 165.2 with FP32 accumulate). Most specific names first; torch.cuda.get_device_name() is matched.
 PEAK_BF16_TFLOPS = [
-    ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H200 NVL", 835.0), ("H200", 989.0),
-    ("GH200", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("RTX 4090", 165.2),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.2),
 ]
 TARGETS = {"b_peak_gb": 10.0, "data_wait_pct": 2.0, "b_step_s": 0.5}  # issue 11 (H100/H200 class)
 
@@ -104,16 +114,32 @@ class Plan:
     bf16_case: str = "case_b"  # fixture case of the bf16-vs-fp32 comparison (B: 518², A: 56x84)
     parallel_traces: bool = True  # one trace process per strategy (16 cores) or one for all
     # seconds a stage needs at least (started only if that much budget is left)
-    estimates: dict[str, float] = field(default_factory=lambda: {
-        "env": 5, "fidelity": 15, "steps": 60, "loop": 60, "optional": 90})
+    estimates: dict[str, float] = field(
+        default_factory=lambda: {"env": 5, "fidelity": 15, "steps": 60, "loop": 60, "optional": 90}
+    )
 
     @classmethod
-    def tiny(cls) -> "Plan":
-        return cls(model="tiny", weights=str(TINY_WEIGHTS), bf16=False, frames=2, size=42, warmup=1, timed=2,
-                   loop_steps=8, log_every=4, workers=1, shard_images=8, shard_scale=0.05,
-                   compile_backend="aot_eager", forward_frames=(1, 8, 24, 100),
-                   fidelity_cases=("case_a",), bf16_case="case_a", parallel_traces=False,
-                   estimates={"env": 1, "fidelity": 3, "steps": 5, "loop": 8, "optional": 5})
+    def tiny(cls) -> Plan:
+        return cls(
+            model="tiny",
+            weights=str(TINY_WEIGHTS),
+            bf16=False,
+            frames=2,
+            size=42,
+            warmup=1,
+            timed=2,
+            loop_steps=8,
+            log_every=4,
+            workers=1,
+            shard_images=8,
+            shard_scale=0.05,
+            compile_backend="aot_eager",
+            forward_frames=(1, 8, 24, 100),
+            fidelity_cases=("case_a",),
+            bf16_case="case_a",
+            parallel_traces=False,
+            estimates={"env": 1, "fidelity": 3, "steps": 5, "loop": 8, "optional": 5},
+        )
 
 
 class StageTimeout(Exception):
@@ -139,13 +165,21 @@ def time_box(seconds: float):
 class Background:
     """A command running beside the stages (shard build, fake-tensor traces); its output goes to a log file."""
 
-    def __init__(self, name: str, cmd: list[str] | str, log: Path, cwd: Path = ROOT,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, name: str, cmd: list[str] | str, log: Path, cwd: Path = ROOT, threads: int | None = None
+    ) -> None:
         self.name, self.log, self.start = name, log, time.perf_counter()
         self.handle = log.open("w")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # no oversubscription
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.handle, stderr=subprocess.STDOUT, env=env,
-                                     shell=isinstance(cmd, str), start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            shell=isinstance(cmd, str),
+            start_new_session=True,
+        )
         self.seconds: float | None = None
 
     def wait(self, timeout: float) -> int | None:
@@ -206,8 +240,12 @@ def sdpa_backends(device: torch.device) -> dict[str, str]:
     dtype = torch.bfloat16
     q = torch.randn(1, 16, 256, 64, device=device, dtype=dtype)
     result = {}
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                    SDPBackend.MATH):
+    for backend in (
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.MATH,
+    ):
         try:
             with sdpa_kernel([backend]):
                 torch.nn.functional.scaled_dot_product_attention(q, q, q)
@@ -220,8 +258,16 @@ def sdpa_backends(device: torch.device) -> dict[str, str]:
 def stage_env(ctx: Context, out: dict) -> None:
     import importlib.metadata as md
 
-    out.update({"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
-                "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(ctx.device)})
+    out.update(
+        {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda_runtime": torch.version.cuda,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(ctx.device),
+        }
+    )
     versions = {}
     for pkg in ("numpy", "peft", "webdataset", "simplejpeg", "numba", "safetensors"):
         try:
@@ -231,21 +277,49 @@ def stage_env(ctx: Context, out: dict) -> None:
     out["packages"] = versions
     if ctx.device.type == "cuda":
         props = torch.cuda.get_device_properties(ctx.device)
-        out.update({"name": props.name, "memory_gb": props.total_memory / 1e9,
-                    "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
-                    "bf16": torch.cuda.is_bf16_supported(), "tf32": props.major >= 8,
-                    "cudnn": torch.backends.cudnn.version()})
+        out.update(
+            {
+                "name": props.name,
+                "memory_gb": props.total_memory / 1e9,
+                "capability": f"{props.major}.{props.minor}",
+                "sms": props.multi_processor_count,
+                "bf16": torch.cuda.is_bf16_supported(),
+                "tf32": props.major >= 8,
+                "cudnn": torch.backends.cudnn.version(),
+            }
+        )
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else "nvidia-smi failed"
         except (OSError, subprocess.TimeoutExpired, IndexError):
             out["driver"] = "unknown (no nvidia-smi)"
     else:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-        out.update({"name": model or "cpu", "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16": True, "tf32": False})
+        model = (
+            next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                platform.processor(),
+            )
+            if Path("/proc/cpuinfo").exists()
+            else ""
+        )
+        out.update(
+            {
+                "name": model or "cpu",
+                "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "bf16": True,
+                "tf32": False,
+            }
+        )
     out["sdpa"] = sdpa_backends(ctx.device)
     ctx.peak = ctx.peak or (peak_tflops(out["name"]) if ctx.device.type == "cuda" else None)
     out["peak_bf16_tflops"] = ctx.peak
@@ -259,8 +333,10 @@ def fixture_outputs(model, tensors: dict, case: str, device: torch.device) -> di
     """The outputs the fixture stores for `case` (patch tokens, aggregated layers, heads) from one forward."""
     images = (tensors[f"{case}.images_u8"].float() / 255.0).to(device)
     captured: dict[str, Any] = {}
-    hooks = [model.aggregator.patch_embed.register_forward_hook(lambda m, i, o: captured.__setitem__("patch", o)),
-             model.aggregator.register_forward_hook(lambda m, i, o: captured.__setitem__("agg", o[0]))]
+    hooks = [
+        model.aggregator.patch_embed.register_forward_hook(lambda m, i, o: captured.__setitem__("patch", o)),
+        model.aggregator.register_forward_hook(lambda m, i, o: captured.__setitem__("agg", o[0])),
+    ]
     try:
         with torch.no_grad():
             result = model(images)
@@ -304,15 +380,18 @@ def stage_fidelity(ctx: Context, out: dict) -> None:
         fp32 = {}
         for case in ctx.plan.fidelity_cases:
             fp32[case] = fixture_outputs(model, tensors, case, ctx.device)
-            for name in sorted(k[len(case) + 1:] for k in tensors if k.startswith(case + ".") and "images_u8" not in k):
+            for name in sorted(
+                k[len(case) + 1 :] for k in tensors if k.startswith(case + ".") and "images_u8" not in k
+            ):
                 err = relative_error(fp32[case][name], tensors[f"{case}.{name}"])
                 if not err <= worst["err"]:
                     worst = {"err": err, "output": f"{case}.{name}"}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     out["fp32_max_rel_err"], out["fp32_worst_output"], out["fp32_rule"] = worst["err"], worst["output"], FLOAT_RULE
-    out["fp32_outputs_compared"] = sum(1 for c in fp32 for k in tensors
-                                       if k.startswith(c + ".") and "images_u8" not in k)
+    out["fp32_outputs_compared"] = sum(
+        1 for c in fp32 for k in tensors if k.startswith(c + ".") and "images_u8" not in k
+    )
     case = ctx.plan.bf16_case  # CPU bf16 matmuls are slow without AMX: the small case there
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
         low = fixture_outputs(model, tensors, case, ctx.device)
@@ -339,47 +418,63 @@ def synthetic_batch(frames: int, size: int, device: torch.device, seed: int = 0)
     from trainer.losses import prepare_batch
 
     gen = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     depths = (4.0 + 2.0 * xs / size + ys / size).expand(1, frames, size, size).clone()
     depths[torch.rand(1, frames, size, size, generator=gen) < 0.3] = 0  # holes, as in laser GT
     extrinsics = torch.eye(3, 4).repeat(1, frames, 1, 1)
     extrinsics[..., 0, 3] = torch.linspace(0, 1, frames)  # a sideways camera path
     f = 0.9 * size
     intrinsics = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]).repeat(1, frames, 1, 1)
-    batch = {"images": torch.rand(1, frames, 3, size, size, generator=gen), "depths": depths,
-             "point_masks": depths > 0, "extrinsics": extrinsics, "intrinsics": intrinsics}
+    batch = {
+        "images": torch.rand(1, frames, 3, size, size, generator=gen),
+        "depths": depths,
+        "point_masks": depths > 0,
+        "extrinsics": extrinsics,
+        "intrinsics": intrinsics,
+    }
     return prepare_batch({k: v.to(device) for k, v in batch.items()})
 
 
 def strategy_config(strategy: str, plan: Plan, extra: tuple[str, ...] = ()):
     from trainer.config import load_config
 
-    return load_config(ROOT / "configs" / f"strategy_{strategy}.yaml",
-                       [f"model={plan.model}", f"weights={plan.weights}",
-                        f"precision={'bf16' if plan.bf16 else 'fp32'}", *extra])
+    return load_config(
+        ROOT / "configs" / f"strategy_{strategy}.yaml",
+        [f"model={plan.model}", f"weights={plan.weights}", f"precision={'bf16' if plan.bf16 else 'fp32'}", *extra],
+    )
 
 
 class StepRig:
     """One strategy's model, optimizer and batch on the device; `step()` is one optimizer step of the loop."""
 
     def __init__(self, strategy: str, ctx: Context) -> None:
-        from trainer.lora import apply_strategy
         from trainer.builders import build_model, freeze_modes
+        from trainer.lora import apply_strategy
 
         self.cfg = cfg = strategy_config(strategy, ctx.plan)
         self.ctx = ctx
         torch.manual_seed(0)
         weights = None if cfg.weights in (None, "none") else cfg.weights
         with torch.device(ctx.device):  # random init on the device: seconds, not minutes, for 1.2 B parameters
-            model = build_model(cfg.model, weights, activation_checkpointing=cfg.activation_checkpointing,
-                                dpt_checkpoint_frames=cfg.dpt_checkpoint_frames)
+            model = build_model(
+                cfg.model,
+                weights,
+                activation_checkpointing=cfg.activation_checkpointing,
+                dpt_checkpoint_frames=cfg.dpt_checkpoint_frames,
+            )
             self.model = apply_strategy(model, cfg.lora)
         self.model.to(ctx.device)
         freeze_modes(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                           weight_decay=cfg.optim.weight_decay, fused=ctx.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+            fused=ctx.device.type == "cuda",
+        )
         self.loss_cfg = cfg.loss
         self.batch = synthetic_batch(ctx.plan.frames, ctx.plan.size, ctx.device)
         self.net = self.model
@@ -407,15 +502,22 @@ class StepRig:
             losses.append(self.step())
             self.ctx.sync()
             times.append(time.perf_counter() - t0)
-        return {"median_s": statistics.median(times), "min_s": min(times),
-                "losses_finite": all(map(math.isfinite, losses))}
+        return {
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "losses_finite": all(map(math.isfinite, losses)),
+        }
 
     def live_bytes_of_a_step(self) -> int:
         """CPU stand-in for max_memory_allocated: weights + AdamW state + the peak live bytes of one step."""
         from trainer.memory import LiveTensorBytes
 
-        held = [*self.model.parameters(), *self.model.buffers(), *self.batch.values(),
-                *(t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))]
+        held = [
+            *self.model.parameters(),
+            *self.model.buffers(),
+            *self.batch.values(),
+            *(t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)),
+        ]
         held = [t for t in held if torch.is_tensor(t)]
         base = sum({id(t.untyped_storage()): t.untyped_storage().nbytes() for t in held}.values())
         tracker = LiveTensorBytes()
@@ -442,8 +544,8 @@ def trace_strategy(strategy: str, plan: Plan, path: Path) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.memory import _build, estimate_step_memory
     from trainer.builders import freeze_modes
+    from trainer.memory import _build, estimate_step_memory
 
     cfg = strategy_config(strategy, plan)
     result: dict[str, Any] = {"strategy": strategy}
@@ -468,8 +570,9 @@ def trace_strategy(strategy: str, plan: Plan, path: Path) -> None:
 
 def stage_steps(ctx: Context, out: dict) -> None:
     rows = out.setdefault("rows", [])
-    out["shape"] = f"{ctx.plan.model}, batch 1 x {ctx.plan.frames} x {ctx.plan.size}², " + \
-        ("bf16 autocast" if ctx.plan.bf16 else "fp32")
+    out["shape"] = f"{ctx.plan.model}, batch 1 x {ctx.plan.frames} x {ctx.plan.size}², " + (
+        "bf16 autocast" if ctx.plan.bf16 else "fp32"
+    )
     for strategy in ("a", "b", "c"):
         if ctx.left() < ctx.plan.estimates["steps"] / 3:
             rows.append({"strategy": strategy, "status": "skipped", "note": f"{ctx.left():.0f} s left"})
@@ -477,8 +580,11 @@ def stage_steps(ctx: Context, out: dict) -> None:
         t0 = time.perf_counter()
         rig = StepRig(strategy, ctx)
         try:
-            row = {"strategy": strategy, "checkpointing": rig.cfg.activation_checkpointing,
-                   "trainable": sum(p.numel() for p in rig.params)}
+            row = {
+                "strategy": strategy,
+                "checkpointing": rig.cfg.activation_checkpointing,
+                "trainable": sum(p.numel() for p in rig.params),
+            }
             row.update(rig.timed(ctx.plan.warmup, ctx.plan.timed))
             if ctx.device.type == "cuda":
                 row["peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 1e9
@@ -525,11 +631,15 @@ def shard_command(ctx: Context) -> str:
     plan, work = ctx.plan, ctx.out / "data"
     cores = os.cpu_count() or 1
     py = shlex.quote(sys.executable)
-    synth = (f"{py} -m dataengine synth {shlex.quote(str(work / 'eth3d'))} --scene gpu_check --images "
-             f"{plan.shard_images} --scale {plan.shard_scale} --seed 0")
-    build = (f"{py} -m dataengine build --root {shlex.quote(str(work / 'eth3d'))} --out "
-             f"{shlex.quote(str(work / 'shards'))} --scenes gpu_check --size {plan.size} --frames {plan.frames} "
-             f"--stride 2 --val-fraction 0 --samples-per-shard 1 --workers {max(1, cores - 4)} --quiet")
+    synth = (
+        f"{py} -m dataengine synth {shlex.quote(str(work / 'eth3d'))} --scene gpu_check --images "
+        f"{plan.shard_images} --scale {plan.shard_scale} --seed 0"
+    )
+    build = (
+        f"{py} -m dataengine build --root {shlex.quote(str(work / 'eth3d'))} --out "
+        f"{shlex.quote(str(work / 'shards'))} --scenes gpu_check --size {plan.size} --frames {plan.frames} "
+        f"--stride 2 --val-fraction 0 --samples-per-shard 1 --workers {max(1, cores - 4)} --quiet"
+    )
     return f"rm -rf {shlex.quote(str(work))} && {synth} && {build}"
 
 
@@ -547,9 +657,18 @@ def stage_loop(ctx: Context, out: dict) -> None:
     out["shard_build_s"] = job.seconds
     shards = ctx.out / "data" / "shards"
     plan = ctx.plan
-    sets = [f"data.shards={shards}", f"out={ctx.out / 'loop_run'}", f"max_steps={plan.loop_steps}",
-            f"log_every={plan.log_every}", "val_every=0", "val_batches=0", "save_every=0", "optim.accum_steps=1",
-            "data.batch_size=1", f"data.num_workers={plan.workers}"]
+    sets = [
+        f"data.shards={shards}",
+        f"out={ctx.out / 'loop_run'}",
+        f"max_steps={plan.loop_steps}",
+        f"log_every={plan.log_every}",
+        "val_every=0",
+        "val_batches=0",
+        "save_every=0",
+        "optim.accum_steps=1",
+        "data.batch_size=1",
+        f"data.num_workers={plan.workers}",
+    ]
     import shutil
 
     shutil.rmtree(ctx.out / "loop_run", ignore_errors=True)
@@ -562,15 +681,20 @@ def stage_loop(ctx: Context, out: dict) -> None:
     windows = [r for r in records if "perf/step_time_s" in r]
     steady = windows[1:] or windows  # the first window holds model build hand-over and worker start-up
     seconds = sum(r["perf/step_time_s"] for r in steady)
-    out.update({
-        "steps": result.step, "windows": len(windows), "steady_steps": len(steady) * plan.log_every,
-        "samples_per_s": sum(r["perf/samples_per_s"] * r["perf/step_time_s"] for r in steady) / seconds,
-        "step_s": seconds / len(steady),
-        "data_wait_pct": sum(r["perf/data_wait_pct"] * r["perf/step_time_s"] for r in steady) / seconds,
-        "first_window_data_wait_pct": windows[0]["perf/data_wait_pct"],
-        "losses_finite": all(map(math.isfinite, result.losses)) and result.skipped_steps == 0,
-        "first_loss": result.losses[0], "last_loss": result.losses[-1],
-    })
+    out.update(
+        {
+            "steps": result.step,
+            "windows": len(windows),
+            "steady_steps": len(steady) * plan.log_every,
+            "samples_per_s": sum(r["perf/samples_per_s"] * r["perf/step_time_s"] for r in steady) / seconds,
+            "step_s": seconds / len(steady),
+            "data_wait_pct": sum(r["perf/data_wait_pct"] * r["perf/step_time_s"] for r in steady) / seconds,
+            "first_window_data_wait_pct": windows[0]["perf/data_wait_pct"],
+            "losses_finite": all(map(math.isfinite, result.losses)) and result.skipped_steps == 0,
+            "first_loss": result.losses[0],
+            "last_loss": result.losses[-1],
+        }
+    )
     if ctx.device.type == "cuda":
         out["peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 1e9
     out["status"] = "ok" if out["losses_finite"] and result.step == plan.loop_steps else "fail"
@@ -593,9 +717,16 @@ def stage_optional(ctx: Context, out: dict, eager_b: float | None) -> None:
         ctx.sync()
         compiled["compile_s"] = time.perf_counter() - t0
         timing = rig.timed(plan.warmup, plan.timed)
-        compiled.update({"backend": plan.compile_backend, "eager_median_s": eager, "compiled_median_s":
-                         timing["median_s"], "speedup": eager / timing["median_s"],
-                         "losses_finite": timing["losses_finite"], "stage3_eager_median_s": eager_b})
+        compiled.update(
+            {
+                "backend": plan.compile_backend,
+                "eager_median_s": eager,
+                "compiled_median_s": timing["median_s"],
+                "speedup": eager / timing["median_s"],
+                "losses_finite": timing["losses_finite"],
+                "stage3_eager_median_s": eager_b,
+            }
+        )
     finally:
         rig.close()
         torch._dynamo.reset()
@@ -606,9 +737,16 @@ def stage_optional(ctx: Context, out: dict, eager_b: float | None) -> None:
             continue
         r = measure("vggt-1b" if plan.model == "vggt-1b" else "tiny", frames, plan.size, 2, "aggregator", ctx.device)
         official = OFFICIAL_H100.get(frames)
-        rows.append({"frames": frames, "median_s": r["median_s"], "peak_gb": r["peak_gb"],
-                     "official_h100_s": official[0] if official else None,
-                     "official_h100_gb": official[1] if official else None, "status": "ok"})
+        rows.append(
+            {
+                "frames": frames,
+                "median_s": r["median_s"],
+                "peak_gb": r["peak_gb"],
+                "official_h100_s": official[0] if official else None,
+                "official_h100_gb": official[1] if official else None,
+                "status": "ok",
+            }
+        )
     out["status"] = "ok" if compiled.get("losses_finite") else "fail"
 
 
@@ -626,34 +764,53 @@ def fmt(value: Any, spec: str = ".3f") -> str:
 def markdown(report: dict) -> str:
     s = report["stages"]
     env = s.get("env", {})
-    lines = [f"# GPU check: {env.get('name', '?')} ({report['mode']})", "",
-             f"torch {env.get('torch', '?')}, CUDA {env.get('cuda_runtime')}, driver {env.get('driver', '-')}, "
-             f"Python {env.get('python', '?')}, {env.get('cpus', '?')} CPUs; budget {report['budget_s']:.0f} s, "
-             f"used {report['elapsed_s']:.0f} s", "",
-             "| stage | status | seconds | result |", "|---|---|---:|---|"]
+    lines = [
+        f"# GPU check: {env.get('name', '?')} ({report['mode']})",
+        "",
+        f"torch {env.get('torch', '?')}, CUDA {env.get('cuda_runtime')}, driver {env.get('driver', '-')}, "
+        f"Python {env.get('python', '?')}, {env.get('cpus', '?')} CPUs; budget {report['budget_s']:.0f} s, "
+        f"used {report['elapsed_s']:.0f} s",
+        "",
+        "| stage | status | seconds | result |",
+        "|---|---|---:|---|",
+    ]
     for name in STAGES:
         st = s.get(name, {})
-        lines.append(f"| {name} | {st.get('status', '-')} | {fmt(st.get('seconds'), '.1f')} | "
-                     f"{summary(name, st)} |")
+        lines.append(f"| {name} | {st.get('status', '-')} | {fmt(st.get('seconds'), '.1f')} | {summary(name, st)} |")
     steps = s.get("steps", {}).get("rows", [])
     if steps:
-        lines += ["", f"Steps ({s['steps'].get('shape', '')}):", "",
-                  "| strategy | ckpt | trainable | median step s | peak GB | traced GB | TFLOP/step (hw / model) "
-                  "| TFLOP/s | MFU | HFU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Steps ({s['steps'].get('shape', '')}):",
+            "",
+            "| strategy | ckpt | trainable | median step s | peak GB | traced GB | TFLOP/step (hw / model) "
+            "| TFLOP/s | MFU | HFU |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in steps:
-            flops = (f"{r['flops_hardware'] / 1e12:.2f} / {r['flops_model'] / 1e12:.2f}"
-                     if "flops_hardware" in r else "-")
-            lines.append(f"| {r['strategy'].upper()} | {'on' if r.get('checkpointing') else 'off'} | "
-                         f"{fmt(r.get('trainable'))} | {fmt(r.get('median_s'))} | {fmt(r.get('peak_gb'), '.2f')} | "
-                         f"{fmt(r.get('traced_gb'), '.2f')} | {flops} | {fmt(r.get('tflops'), '.2f')} | "
-                         f"{fmt(r.get('mfu'), '.1%')} | {fmt(r.get('hfu'), '.1%')} |")
+            flops = (
+                f"{r['flops_hardware'] / 1e12:.2f} / {r['flops_model'] / 1e12:.2f}" if "flops_hardware" in r else "-"
+            )
+            lines.append(
+                f"| {r['strategy'].upper()} | {'on' if r.get('checkpointing') else 'off'} | "
+                f"{fmt(r.get('trainable'))} | {fmt(r.get('median_s'))} | {fmt(r.get('peak_gb'), '.2f')} | "
+                f"{fmt(r.get('traced_gb'), '.2f')} | {flops} | {fmt(r.get('tflops'), '.2f')} | "
+                f"{fmt(r.get('mfu'), '.1%')} | {fmt(r.get('hfu'), '.1%')} |"
+            )
     forward = s.get("optional", {}).get("forward", [])
     if forward:
-        lines += ["", "Forward (aggregator):", "", "| frames | median s | peak GB | official H100 s / GB |",
-                  "|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Forward (aggregator):",
+            "",
+            "| frames | median s | peak GB | official H100 s / GB |",
+            "|---:|---:|---:|---:|",
+        ]
         for r in forward:
-            lines.append(f"| {r['frames']} | {fmt(r.get('median_s'))} | {fmt(r.get('peak_gb'), '.2f')} | "
-                         f"{fmt(r.get('official_h100_s'), '.2f')} / {fmt(r.get('official_h100_gb'), '.2f')} |")
+            lines.append(
+                f"| {r['frames']} | {fmt(r.get('median_s'))} | {fmt(r.get('peak_gb'), '.2f')} | "
+                f"{fmt(r.get('official_h100_s'), '.2f')} / {fmt(r.get('official_h100_gb'), '.2f')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -662,21 +819,29 @@ def summary(name: str, st: dict) -> str:
         return (st.get("note") or st.get("error") or "").replace("|", "/")
     if name == "env":
         ok = [k for k, v in st.get("sdpa", {}).items() if v == "ok"]
-        return (f"{fmt(st.get('memory_gb'), '.0f')} GB, bf16 {st.get('bf16')}, TF32 {st.get('tf32')}, "
-                f"SDPA: {', '.join(ok)}; peak bf16 {fmt(st.get('peak_bf16_tflops'), '.0f')} TFLOP/s")
+        return (
+            f"{fmt(st.get('memory_gb'), '.0f')} GB, bf16 {st.get('bf16')}, TF32 {st.get('tf32')}, "
+            f"SDPA: {', '.join(ok)}; peak bf16 {fmt(st.get('peak_bf16_tflops'), '.0f')} TFLOP/s"
+        )
     if name == "fidelity":
-        return (f"fp32 vs fixture {st['fp32_max_rel_err']:.1e} (< {FLOAT_RULE:.0e}); bf16 vs fp32 max "
-                f"{max(st['bf16_rel_err'].values()):.1e} (bound {st['bf16_bound']:.3f})")
+        return (
+            f"fp32 vs fixture {st['fp32_max_rel_err']:.1e} (< {FLOAT_RULE:.0e}); bf16 vs fp32 max "
+            f"{max(st['bf16_rel_err'].values()):.1e} (bound {st['bf16_bound']:.3f})"
+        )
     if name == "steps":
         return "; ".join(f"{r['strategy'].upper()} {fmt(r.get('median_s'))} s" for r in st.get("rows", []))
     if name == "loop":
-        return (f"{st['steady_steps']} steady steps: {st['samples_per_s']:.2f} samples/s, step {st['step_s']:.3f} s, "
-                f"data-wait {st['data_wait_pct']:.2f} %, loss {st['first_loss']:.3f} -> {st['last_loss']:.3f}")
+        return (
+            f"{st['steady_steps']} steady steps: {st['samples_per_s']:.2f} samples/s, step {st['step_s']:.3f} s, "
+            f"data-wait {st['data_wait_pct']:.2f} %, loss {st['first_loss']:.3f} -> {st['last_loss']:.3f}"
+        )
     if name == "optional" and "compile" in st:
         c = st["compile"]
-        return (f"compile ({c.get('backend')}) {fmt(c.get('compile_s'), '.1f')} s, "
-                f"speed-up x{fmt(c.get('speedup'), '.2f')}"
-                if "speedup" in c else "")
+        return (
+            f"compile ({c.get('backend')}) {fmt(c.get('compile_s'), '.1f')} s, speed-up x{fmt(c.get('speedup'), '.2f')}"
+            if "speedup" in c
+            else ""
+        )
     return ""
 
 
@@ -693,23 +858,41 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"Error: unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}", file=sys.stderr)
         return 2
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("Error: --device cuda but torch.cuda.is_available() is False; check the driver / CUDA torch, "
-              "or run --device cpu --tiny", file=sys.stderr)
+        print(
+            "Error: --device cuda but torch.cuda.is_available() is False; check the driver / CUDA torch, "
+            "or run --device cpu --tiny",
+            file=sys.stderr,
+        )
         return 2
-    report: dict[str, Any] = {"mode": f"{device.type}{', tiny' if args.tiny else ''}", "budget_s": args.budget_s,
-                              "plan": asdict(plan), "targets": TARGETS, "stages": {}}
+    report: dict[str, Any] = {
+        "mode": f"{device.type}{', tiny' if args.tiny else ''}",
+        "budget_s": args.budget_s,
+        "plan": asdict(plan),
+        "targets": TARGETS,
+        "stages": {},
+    }
     # CPU work beside the device work: the shards for stage 4, the fake-tensor traces for stage 3.
     if "loop" in wanted:
         ctx.jobs["shards"] = Background("shards", shard_command(ctx), out / "shards.log")
     if "steps" in wanted:
-        for group in (["a", "b", "c"] if plan.parallel_traces else ["abc"]):
-            cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--trace", group, "--json",
-                   str(out / "trace_{}.json")] + (["--tiny"] if args.tiny else [])
+        for group in ["a", "b", "c"] if plan.parallel_traces else ["abc"]:
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.gpu_check",
+                "--trace",
+                group,
+                "--json",
+                str(out / "trace_{}.json"),
+            ] + (["--tiny"] if args.tiny else [])
             job = Background(f"trace_{group}", cmd, out / f"trace_{group}.log", threads=1)  # fake tensors: no math
             for strategy in group:
                 ctx.jobs[f"trace_{strategy}"] = job
     stage_fns: dict[str, Callable[[Context, dict], None]] = {
-        "env": stage_env, "fidelity": stage_fidelity, "steps": stage_steps, "loop": stage_loop,
+        "env": stage_env,
+        "fidelity": stage_fidelity,
+        "steps": stage_steps,
+        "loop": stage_loop,
         "optional": lambda c, o: stage_optional(c, o, report["stages"].get("steps", {}).get("b_eager_median_s")),
     }
     try:
@@ -732,8 +915,9 @@ def run_check(args: argparse.Namespace) -> int:
             except StageTimeout as exc:
                 entry.update(status="timed out", note=str(exc))
             except Exception as exc:  # the report must still be written
-                entry.update(status="fail", error=f"{type(exc).__name__}: {exc}"[:500],
-                             traceback=traceback.format_exc()[-2000:])
+                entry.update(
+                    status="fail", error=f"{type(exc).__name__}: {exc}"[:500], traceback=traceback.format_exc()[-2000:]
+                )
             entry["seconds"] = time.perf_counter() - t0
             print(f"[{name}] {entry.get('status')} in {entry['seconds']:.1f} s: {summary(name, entry)}", flush=True)
         if "steps" in report["stages"]:

@@ -50,8 +50,16 @@ def build_dataset(work: Path, samples: int) -> tuple[Path, Path]:
         generate_scene(root, scene="bench_facade", images=8, scale=1.0, seed=0)
         print(f"generated 8 full-size frames in {time.perf_counter() - t0:.0f} s")
     if not (shards / "manifest.json").exists():
-        build_shards(BuildConfig(root=root, out=shards, scenes=("bench_facade",), samples_per_shard=1,
-                                 progress=False, windows=WindowConfig(frames=8, stride=8, val_fraction=0.0)))
+        build_shards(
+            BuildConfig(
+                root=root,
+                out=shards,
+                scenes=("bench_facade",),
+                samples_per_shard=1,
+                progress=False,
+                windows=WindowConfig(frames=8, stride=8, val_fraction=0.0),
+            )
+        )
     replicated = work / "replicated"
     shutil.rmtree(replicated, ignore_errors=True)
     replicated.mkdir()
@@ -70,11 +78,17 @@ def load_make_loader(rev: str | None):
     import importlib.util
     import subprocess
 
-    shown = subprocess.run(["git", "show", f"{rev}:trainer/data.py"], capture_output=True, text=True,
-                           cwd=Path(__file__).resolve().parents[1])
+    shown = subprocess.run(
+        ["git", "show", f"{rev}:trainer/data.py"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if shown.returncode != 0:  # trainer/data/ is a package from the shardformat split on
-        raise SystemExit(f"Error: {rev} has no single-file trainer/data.py ({shown.stderr.strip()}); "
-                         f"run benchmarks/loader.py in a worktree of {rev} instead")
+        raise SystemExit(
+            f"Error: {rev} has no single-file trainer/data.py ({shown.stderr.strip()}); "
+            f"run benchmarks/loader.py in a worktree of {rev} instead"
+        )
     source = shown.stdout
     path = Path(tempfile.mkdtemp(prefix="loader-rev-")) / f"data_{rev.replace('/', '_')}.py"
     path.write_text(source)
@@ -110,8 +124,7 @@ def shard_run(make_loader, shards: Path, workers: int, threads: int | None, epoc
     wall, c1, busy1 = time.perf_counter() - t0, os.times(), busy_cpu_seconds()
     cpu = sum(c1[:4]) - sum(c0[:4])  # user + system, self + children
     others = max(0.0, (busy1 - busy0 - cpu) / wall)  # cores the other processes used meanwhile
-    return {"samples_per_s": n / wall, "cpu_ms_per_sample": 1000 * cpu / n, "load_before": load,
-            "others_cores": others}
+    return {"samples_per_s": n / wall, "cpu_ms_per_sample": 1000 * cpu / n, "load_before": load, "others_cores": others}
 
 
 def fed_run(make_loader, shards: Path, step_s: float, steps: int, lookahead: bool) -> dict[str, float]:
@@ -137,9 +150,12 @@ def fed_run(make_loader, shards: Path, step_s: float, steps: int, lookahead: boo
         if step % n == 0:  # the first batch of an epoch
             boundary_wait += dt
     total = time.perf_counter() - t0
-    return {"step_ms": 1000 * step_s, "data_wait_pct": 100 * wait / total,
-            "per_batch_ms": 1000 * (wait - boundary_wait) / (steps - steps // n),
-            "epoch_start_ms": 1000 * boundary_wait / max(1, steps // n)}
+    return {
+        "step_ms": 1000 * step_s,
+        "data_wait_pct": 100 * wait / total,
+        "per_batch_ms": 1000 * (wait - boundary_wait) / (steps - steps // n),
+        "epoch_start_ms": 1000 * boundary_wait / max(1, steps // n),
+    }
 
 
 def naive_sample(scene_dir: Path, size: int = 518) -> np.ndarray:
@@ -172,11 +188,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every shard configuration")
     parser.add_argument("--naive-samples", type=int, default=3)
-    parser.add_argument("--baseline-rev", default=None,
-                        help="also time trainer/data.py of this git revision, interleaved (before/after)")
+    parser.add_argument(
+        "--baseline-rev",
+        default=None,
+        help="also time trainer/data.py of this git revision, interleaved (before/after)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="work dir (kept; default: a temp dir)")
-    parser.add_argument("--step-ms", type=float, nargs="*", default=[300.0, 100.0, 50.0],
-                        help="GPU-like step times for the data-wait runs (empty: skip them)")
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        nargs="*",
+        default=[300.0, 100.0, 50.0],
+        help="GPU-like step times for the data-wait runs (empty: skip them)",
+    )
     parser.add_argument("--fed-repeats", type=int, default=1, help="interleaved repeats of the data-wait runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -205,14 +229,20 @@ def main() -> None:
                     continue  # older revisions have no decode threads
                 run = shard_run(make_loader, shards, workers, threads, args.epochs)
                 results["runs"].append({"impl": impl, "config": label, "repeat": repeat, **run})
-                print(f"  [{impl}, {label}, repeat {repeat}] {run['samples_per_s']:.1f} samples/s, "
-                      f"{run['cpu_ms_per_sample']:.1f} CPU ms/sample, others used {run['others_cores']:.2f} cores, "
-                      f"load {run['load_before']:.2f}", flush=True)
+                print(
+                    f"  [{impl}, {label}, repeat {repeat}] {run['samples_per_s']:.1f} samples/s, "
+                    f"{run['cpu_ms_per_sample']:.1f} CPU ms/sample, others used {run['others_cores']:.2f} cores, "
+                    f"load {run['load_before']:.2f}",
+                    flush=True,
+                )
     naive = results["naive"]["samples_per_s"]
-    print(f"8-frame samples/s (518² output; full-size JPEG {full_size[0]}x{full_size[1]}; "
-          f"best / median of {args.repeats}; CPU ms per sample incl. workers, median):")
-    print(f"  naive (COLMAP text + PIL full decode + resize): {naive:8.2f}   "
-          f"(load {results['naive']['load_before']:.2f})")
+    print(
+        f"8-frame samples/s (518² output; full-size JPEG {full_size[0]}x{full_size[1]}; "
+        f"best / median of {args.repeats}; CPU ms per sample incl. workers, median):"
+    )
+    print(
+        f"  naive (COLMAP text + PIL full decode + resize): {naive:8.2f}   (load {results['naive']['load_before']:.2f})"
+    )
     summary = {}
     for impl in impls:
         for label, _, _ in CONFIGS:
@@ -220,27 +250,38 @@ def main() -> None:
             if not runs:
                 continue
             rates = [r["samples_per_s"] for r in runs]
-            entry = {"best": max(rates), "median": float(np.median(rates)),
-                     "cpu_ms_per_sample": float(np.median([r["cpu_ms_per_sample"] for r in runs])),
-                     "load": [r["load_before"] for r in runs], "others_cores": [r["others_cores"] for r in runs]}
+            entry = {
+                "best": max(rates),
+                "median": float(np.median(rates)),
+                "cpu_ms_per_sample": float(np.median([r["cpu_ms_per_sample"] for r in runs])),
+                "load": [r["load_before"] for r in runs],
+                "others_cores": [r["others_cores"] for r in runs],
+            }
             summary[f"{impl}: {label}"] = entry
             others = ", ".join(f"{x:.2f}" for x in entry["others_cores"])
-            print(f"  shards [{impl}], {label + ':':28s} {entry['best']:6.1f} / {entry['median']:6.1f}   "
-                  f"{entry['cpu_ms_per_sample']:5.1f} ms CPU   (others used {others} cores)")
+            print(
+                f"  shards [{impl}], {label + ':':28s} {entry['best']:6.1f} / {entry['median']:6.1f}   "
+                f"{entry['cpu_ms_per_sample']:5.1f} ms CPU   (others used {others} cores)"
+            )
     best = max(summary["current: 0 workers"]["best"], summary["current: 2 workers"]["best"])
     results["summary"], results["speedup"] = summary, best / naive
     print(f"  speed-up (best current shard rate / naive): {results['speedup']:.0f}x")
     if args.step_ms:
-        print(f"data-wait of a loop whose step leaves the CPU free (a GPU step), 2 workers, 2 epochs of "
-              f"{args.samples} batches; epoch by epoch vs the next epoch started during the last batch:")
+        print(
+            f"data-wait of a loop whose step leaves the CPU free (a GPU step), 2 workers, 2 epochs of "
+            f"{args.samples} batches; epoch by epoch vs the next epoch started during the last batch:"
+        )
         results["fed"] = []
         configs = itertools.product(range(args.fed_repeats), args.step_ms, impls.items(), (False, True))
         for repeat, step_ms, (impl, make_loader), lookahead in configs:  # implementations interleaved
             run = fed_run(make_loader, shards, step_ms / 1000, 2 * args.samples, lookahead)
             results["fed"].append({"impl": impl, "repeat": repeat, "lookahead": lookahead, **run})
-            print(f"  [{impl}] step {step_ms:5.0f} ms, {'look-ahead   ' if lookahead else 'epoch by epoch'}: "
-                  f"data-wait {run['data_wait_pct']:5.2f} %  (per batch {run['per_batch_ms']:.1f} ms, "
-                  f"epoch start {run['epoch_start_ms']:.0f} ms)", flush=True)
+            print(
+                f"  [{impl}] step {step_ms:5.0f} ms, {'look-ahead   ' if lookahead else 'epoch by epoch'}: "
+                f"data-wait {run['data_wait_pct']:5.2f} %  (per batch {run['per_batch_ms']:.1f} ms, "
+                f"epoch start {run['epoch_start_ms']:.0f} ms)",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -26,8 +26,17 @@ import torch
 from trainer.vggt import VGGT, VGGTConfig
 
 # Official README (facebookresearch/vggt), 1x H100, Flash Attention 3, aggregator: frames -> (s, GB).
-OFFICIAL_H100 = {1: (0.04, 1.88), 2: (0.05, 2.07), 4: (0.07, 2.45), 8: (0.11, 3.23), 10: (0.14, 3.63),
-                 20: (0.31, 5.58), 50: (1.04, 11.41), 100: (3.12, 21.15), 200: (8.75, 40.63)}
+OFFICIAL_H100 = {
+    1: (0.04, 1.88),
+    2: (0.05, 2.07),
+    4: (0.07, 2.45),
+    8: (0.11, 3.23),
+    10: (0.14, 3.63),
+    20: (0.31, 5.58),
+    50: (1.04, 11.41),
+    100: (3.12, 21.15),
+    200: (8.75, 40.63),
+}
 
 
 def current_rss_bytes() -> int:
@@ -48,7 +57,11 @@ def measure(preset: str, frames: int, size: int, repeats: int, part: str, device
     torch.manual_seed(0)
     model = build_model(preset, device)
     images = torch.rand(1, frames, 3, size, size, device=device)
-    run = (lambda: model.aggregator(images, keep_layers=model.config.layers_needed())) if part == "aggregator" else (lambda: model(images))
+    run = (
+        (lambda: model.aggregator(images, keep_layers=model.config.layers_needed()))
+        if part == "aggregator"
+        else (lambda: model(images))
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rss_before = current_rss_bytes()
     if device.type == "cuda":
@@ -69,10 +82,19 @@ def measure(preset: str, frames: int, size: int, repeats: int, part: str, device
         peak_gb = torch.cuda.max_memory_allocated() / 1e9
     else:  # ru_maxrss is in KiB on Linux
         peak_gb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before) / 1e9
-    return {"preset": preset, "part": part, "frames": frames, "size": size, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "threads": torch.get_num_threads(), "median_s": statistics.median(times), "min_s": min(times),
-            "peak_gb": peak_gb, "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "preset": preset,
+        "part": part,
+        "frames": frames,
+        "size": size,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_gb": peak_gb,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main() -> None:
@@ -95,9 +117,23 @@ def main() -> None:
     print(f"{'preset':8} {'part':10} {'S':>3} {'median s':>9} {'peak GB':>8}   official H100 aggregator (s / GB)")
     for part in args.parts.split(","):
         for frames in (int(f) for f in args.frames.split(",")):
-            cmd = [sys.executable, __file__, "--worker", "--preset", args.preset, "--frames", str(frames),
-                   "--size", str(args.size), "--repeats", str(args.repeats), "--parts", part,
-                   "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--preset",
+                args.preset,
+                "--frames",
+                str(frames),
+                "--size",
+                str(args.size),
+                "--repeats",
+                str(args.repeats),
+                "--parts",
+                part,
+                "--device",
+                args.device,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode:
                 print(f"{args.preset:8} {part:10} {frames:>3} failed: {proc.stderr.strip().splitlines()[-1]}")
@@ -108,8 +144,10 @@ def main() -> None:
             ref = f"{official[0]:.2f} / {official[1]:.2f}" if official else "-"
             print(f"{r['preset']:8} {part:10} {frames:>3} {r['median_s']:9.3f} {r['peak_gb']:8.2f}   {ref}")
     if results:
-        print(f"device: {results[0]['device_name']}, torch {torch.__version__}, threads {results[0]['threads']}, "
-              f"params {results[0]['params']:,}")
+        print(
+            f"device: {results[0]['device_name']}, torch {torch.__version__}, threads {results[0]['threads']}, "
+            f"params {results[0]['params']:,}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -38,27 +38,35 @@ def main() -> None:
     for strategy in args.strategies:
         for checkpointing in (True, False):
             t0 = time.perf_counter()
-            cfg = load_config(ROOT / "configs" / f"strategy_{strategy}.yaml",
-                              [f"model={args.model}", f"activation_checkpointing={str(checkpointing).lower()}"])
+            cfg = load_config(
+                ROOT / "configs" / f"strategy_{strategy}.yaml",
+                [f"model={args.model}", f"activation_checkpointing={str(checkpointing).lower()}"],
+            )
             row = asdict(estimate_step_memory(cfg, frames=args.frames, size=args.size))
             row["trace_s"] = time.perf_counter() - t0
             rows.append(row)
             print(f"  traced {strategy} checkpointing={checkpointing} in {row['trace_s']:.0f} s", flush=True)
 
-    gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
+    def gb(n):
+        return f"{n / 1e9:.2f}"
+
     print(f"\n{args.model}, batch 1 x {args.frames} x {args.size}², bf16 autocast (heads fp32), fp32 base weights")
     print("| strategy | activation ckpt | trainable | weights GB | kept for backward GB | peak GB | fork claims |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         kept = r["kept_after_forward"] - r["persistent_state"]
         claim = f"{PEER_CLAIMS_GB[r['strategy']]} GB" if args.model == "vggt-1b" else ""
-        print(f"| {r['strategy'].upper()} | {'on' if r['checkpointing'] else 'off'} | {r['trainable']:,} | "
-              f"{gb(r['weights'])} | {gb(kept)} | **{gb(r['total'])}** | {claim} |")
+        print(
+            f"| {r['strategy'].upper()} | {'on' if r['checkpointing'] else 'off'} | {r['trainable']:,} | "
+            f"{gb(r['weights'])} | {gb(kept)} | **{gb(r['total'])}** | {claim} |"
+        )
     b = [r for r in rows if r["strategy"] == "b" and r["checkpointing"]]
     if b and args.model == "vggt-1b" and args.frames == 8 and args.size == 518:
         verdict = "met" if b[0]["total"] / 1e9 <= TARGET_B_GB else "NOT met"
-        print(f"\nstrategy B with checkpointing: {gb(b[0]['total'])} GB of tensors vs target <= {TARGET_B_GB:.0f} GB: "
-              f"{verdict} (before the CUDA context and allocator overhead)")
+        print(
+            f"\nstrategy B with checkpointing: {gb(b[0]['total'])} GB of tensors vs target <= {TARGET_B_GB:.0f} GB: "
+            f"{verdict} (before the CUDA context and allocator overhead)"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

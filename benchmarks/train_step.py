@@ -41,9 +41,18 @@ def build_shards(work: Path, size: int, frames: int, scale: float) -> Path:
     if not (root / "bench_facade" / "images").exists():
         generate_scene(root, scene="bench_facade", images=16, scale=scale, seed=0)
     if not (out / "manifest.json").exists():
-        build_shards(BuildConfig(root=root, out=out, scenes=("bench_facade",), width=size, height=size,
-                                 samples_per_shard=1, progress=False,
-                                 windows=WindowConfig(frames=frames, stride=2, val_fraction=0.0)))
+        build_shards(
+            BuildConfig(
+                root=root,
+                out=out,
+                scenes=("bench_facade",),
+                width=size,
+                height=size,
+                samples_per_shard=1,
+                progress=False,
+                windows=WindowConfig(frames=frames, stride=2, val_fraction=0.0),
+            )
+        )
     return out
 
 
@@ -53,9 +62,18 @@ def child(args: argparse.Namespace) -> None:
     from trainer.train import train
 
     cuda = args.device == "cuda"
-    sets = [f"data.shards={args.shards}", f"out={args.out}", f"max_steps={args.steps}",
-            f"log_every={max(1, args.steps // 2)}", "val_every=0", "val_batches=0", "save_every=0",
-            "optim.accum_steps=1", "data.batch_size=1", f"data.num_workers={args.workers}"]
+    sets = [
+        f"data.shards={args.shards}",
+        f"out={args.out}",
+        f"max_steps={args.steps}",
+        f"log_every={max(1, args.steps // 2)}",
+        "val_every=0",
+        "val_batches=0",
+        "save_every=0",
+        "optim.accum_steps=1",
+        "data.batch_size=1",
+        f"data.num_workers={args.workers}",
+    ]
     if cuda:
         sets += ["model=vggt-1b", "weights=none", "precision=bf16"]
     else:
@@ -86,8 +104,22 @@ def child(args: argparse.Namespace) -> None:
 
 def run_strategy(strategy: str, device: str, shards: Path, work: Path, steps: int, workers: int) -> dict:
     out = work / f"run_{device}_{strategy}"
-    cmd = [sys.executable, __file__, "--child", strategy, "--device", device, "--shards", str(shards),
-           "--out", str(out), "--steps", str(steps), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        strategy,
+        "--device",
+        device,
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--workers",
+        str(workers),
+    ]
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -95,16 +127,21 @@ def run_strategy(strategy: str, device: str, shards: Path, work: Path, steps: in
     if proc.returncode != 0:
         raise RuntimeError(f"strategy {strategy} on {device} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def print_table(title: str, rows: list[dict], mem_label: str, peers: bool) -> None:
     print(title)
-    header = f"  {'strategy':8} {'trainable':>11} {'ckpt':>5} {'step s':>8} {'samples/s':>10} {'data-wait':>10} {mem_label:>12}"
+    header = (
+        f"  {'strategy':8} {'trainable':>11} {'ckpt':>5} {'step s':>8} {'samples/s':>10} {'data-wait':>10} "
+        f"{mem_label:>12}"
+    )
     print(header + ("   peer claim (RTX 5090)" if peers else ""))
     for r in rows:
-        line = (f"  {r['strategy']:8} {r['trainable']:>11,} {'on' if r['activation_checkpointing'] else 'off':>5} "
-                f"{r['step_time_s']:8.3f} {r['samples_per_s']:10.2f} {r['data_wait_pct']:9.2f}% {r['peak_mem_gb']:12.2f}")
+        line = (
+            f"  {r['strategy']:8} {r['trainable']:>11,} {'on' if r['activation_checkpointing'] else 'off':>5} "
+            f"{r['step_time_s']:8.3f} {r['samples_per_s']:10.2f} {r['data_wait_pct']:9.2f}% {r['peak_mem_gb']:12.2f}"
+        )
         traced = f"   traced {r['traced_gb']:.2f} GB" if "traced_gb" in r else ""
         print(line + traced + (f"   {PEER_CLAIMS[r['strategy']]}" if peers else ""))
 
@@ -140,8 +177,9 @@ def main() -> None:
     if torch.cuda.is_available():
         shards = build_shards(work, 518, 8, scale=0.25)
         rows = [run_strategy(s, "cuda", shards, work, args.gpu_steps, args.workers) for s in args.strategies]
-        print_table(f"{torch.cuda.get_device_name()}, VGGT-1B (random init), bf16, 8 x 518², batch 1:", rows,
-                    "peak GB", True)
+        print_table(
+            f"{torch.cuda.get_device_name()}, VGGT-1B (random init), bf16, 8 x 518², batch 1:", rows, "peak GB", True
+        )
         report["cuda"] = rows
     else:
         print("full-size VGGT-1B bf16 8 x 518²: skipped: no CUDA")

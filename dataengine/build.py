@@ -29,10 +29,27 @@ from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scen
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
 from dataengine.mvs import MvsConfig
 from dataengine.scenes import DEFAULT_SCENES
-from dataengine.shards import (FORMAT, KEY_RE, SHARD_RE, TMP_RE, json_bytes, sample_key, sample_members,
-                               sha256_file, shard_name, write_bytes_atomic, write_tar)
-from dataengine.windows import (WindowConfig, covisible_windows, frame_covisibility, scene_windows, split_names,
-                                window_overlap, window_starts)
+from dataengine.shards import (
+    FORMAT,
+    KEY_RE,
+    TMP_RE,
+    json_bytes,
+    sample_key,
+    sample_members,
+    sha256_file,
+    write_bytes_atomic,
+    write_tar,
+)
+from dataengine.windows import (
+    WindowConfig,
+    covisible_windows,
+    frame_covisibility,
+    scene_windows,
+    split_names,
+    window_overlap,
+    window_starts,
+)
+from shardformat import SHARD_RE, shard_name
 from shardformat.provenance import git_sha
 
 log = logging.getLogger(__name__)
@@ -69,21 +86,39 @@ class BuildConfig:
     def _colmap_options(self) -> dict:
         if self.format != "colmap":
             return {}
-        return {"format": self.format, "metric_scale": self.metric_scale, "undistort_fov": self.undistort_fov,
-                "mvs": dataclasses.asdict(self.mvs)}
+        return {
+            "format": self.format,
+            "metric_scale": self.metric_scale,
+            "undistort_fov": self.undistort_fov,
+            "mvs": dataclasses.asdict(self.mvs),
+        }
 
     def frame_options(self) -> dict:
         """Everything that changes a rendered frame (the cache key)."""
-        return {"engine": __version__, "width": self.width, "height": self.height, "fit": self.fit,
-                "depth": self.depth, "laser": dataclasses.asdict(self.laser),
-                "sparse": dataclasses.asdict(self.sparse), "jpeg_quality": self.jpeg_quality,
-                **self._colmap_options()}
+        return {
+            "engine": __version__,
+            "width": self.width,
+            "height": self.height,
+            "fit": self.fit,
+            "depth": self.depth,
+            "laser": dataclasses.asdict(self.laser),
+            "sparse": dataclasses.asdict(self.sparse),
+            "jpeg_quality": self.jpeg_quality,
+            **self._colmap_options(),
+        }
 
     def manifest_options(self) -> dict:
-        options = {**self.frame_options(), "frames": self.windows.frames, "stride": self.windows.stride,
-                   "val_fraction": self.windows.val_fraction, "val_scenes": list(self.windows.val_scenes),
-                   "samples_per_shard": self.samples_per_shard, "depth_dtype": self.depth_dtype,
-                   "skip_bad": self.skip_bad, "require_masks": self.require_masks}
+        options = {
+            **self.frame_options(),
+            "frames": self.windows.frames,
+            "stride": self.windows.stride,
+            "val_fraction": self.windows.val_fraction,
+            "val_scenes": list(self.windows.val_scenes),
+            "samples_per_shard": self.samples_per_shard,
+            "depth_dtype": self.depth_dtype,
+            "skip_bad": self.skip_bad,
+            "require_masks": self.require_masks,
+        }
         if self.windows.sampling != "windows":  # evaluation samples (dataengine.sampling)
             options.update(sampling=self.windows.sampling, seed=self.windows.seed)
         if self.windows.mode != "sequential":
@@ -108,15 +143,27 @@ def _stat_key(path: Path | None) -> list:
 
 def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
     if cfg.format == "colmap":
-        digest = hashlib.sha256(json.dumps([cfg.frame_options(), frame.cache_ident()],
-                                           sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(
+            json.dumps([cfg.frame_options(), frame.cache_ident()], sort_keys=True).encode()
+        ).hexdigest()[:16]
         return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
-    ident = json.dumps([cfg.frame_options(), frame.scene, frame.name, _stat_key(frame.image_path),
-                        _stat_key(frame.depth_path), _stat_key(frame.mask_path),
-                        frame.pinhole.params.tolist(),
-                        None if frame.prism is None else frame.prism.params.tolist(),
-                        frame.rotation.tolist(), frame.translation.tolist(), frame.depth_source,
-                        len(frame.observed)], sort_keys=True)
+    ident = json.dumps(
+        [
+            cfg.frame_options(),
+            frame.scene,
+            frame.name,
+            _stat_key(frame.image_path),
+            _stat_key(frame.depth_path),
+            _stat_key(frame.mask_path),
+            frame.pinhole.params.tolist(),
+            None if frame.prism is None else frame.prism.params.tolist(),
+            frame.rotation.tolist(),
+            frame.translation.tolist(),
+            frame.depth_source,
+            len(frame.observed),
+        ],
+        sort_keys=True,
+    )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
 
@@ -131,15 +178,19 @@ def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
     geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, cfg.width, cfg.height, cfg.fit)
     K = output_intrinsics(frame.pinhole, geom)
     rgb = render_frame(frame.image_path.read_bytes(), frame.pinhole, geom, frame.image_path)
-    meta = {"name": frame.name, "camera_id": frame.camera_id, "depth_source": frame.depth_source,
-            "source_size": [frame.pinhole.width, frame.pinhole.height]}
+    meta = {
+        "name": frame.name,
+        "camera_id": frame.camera_id,
+        "depth_source": frame.depth_source,
+        "source_size": [frame.pinhole.width, frame.pinhole.height],
+    }
     if frame.depth_source == "laser":
-        depth, stats = laser_depth(frame.depth_path, frame.mask_path, frame.pinhole, frame.prism, geom,
-                                   cfg.laser)
+        depth, stats = laser_depth(frame.depth_path, frame.mask_path, frame.pinhole, frame.prism, geom, cfg.laser)
         meta["mask_file"] = frame.mask_path is not None
     else:
-        depth, stats = sparse_depth(scene.points_xyz, scene.points_xyz[frame.observed],
-                                    frame.rotation, frame.translation, K, geom, cfg.sparse)
+        depth, stats = sparse_depth(
+            scene.points_xyz, scene.points_xyz[frame.observed], frame.rotation, frame.translation, K, geom, cfg.sparse
+        )
     meta.update(stats)
     meta["coverage"] = round(float(np.count_nonzero(depth)) / depth.size, 6)
     return FrameResult(encode_jpeg(rgb, cfg.jpeg_quality), depth, K, meta)
@@ -147,8 +198,13 @@ def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
 
 def save_frame(path: Path, result: FrameResult) -> None:
     buf = io.BytesIO()
-    np.savez(buf, jpeg=np.frombuffer(result.jpeg, dtype=np.uint8), depth=result.depth, K=result.K,
-             meta=np.frombuffer(json.dumps(result.meta).encode(), dtype=np.uint8))
+    np.savez(
+        buf,
+        jpeg=np.frombuffer(result.jpeg, dtype=np.uint8),
+        depth=result.depth,
+        K=result.K,
+        meta=np.frombuffer(json.dumps(result.meta).encode(), dtype=np.uint8),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, buf.getvalue())
 
@@ -159,8 +215,11 @@ def load_frame(path: Path) -> FrameResult:
             return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         path.unlink(missing_ok=True)  # written atomically, so only a disk fault corrupts it
-        raise BadInputError(f"{path}: unreadable frame cache file ({type(exc).__name__}); deleted it, rerun "
-                            f"the build to render the frame again", path) from None
+        raise BadInputError(
+            f"{path}: unreadable frame cache file ({type(exc).__name__}); deleted it, rerun "
+            f"the build to render the frame again",
+            path,
+        ) from None
 
 
 def resolve_scenes(cfg: BuildConfig) -> list[str]:
@@ -168,29 +227,35 @@ def resolve_scenes(cfg: BuildConfig) -> list[str]:
     if cfg.scenes is None:
         chosen = [s for s in DEFAULT_SCENES if s in available]
         if not chosen:
-            raise BadInputError(f"{cfg.root}: none of the default scenes {', '.join(DEFAULT_SCENES)} "
-                                f"found (present: {', '.join(available) or 'none'}); {ARCHIVES_HINT}",
-                                cfg.root)
+            raise BadInputError(
+                f"{cfg.root}: none of the default scenes {', '.join(DEFAULT_SCENES)} "
+                f"found (present: {', '.join(available) or 'none'}); {ARCHIVES_HINT}",
+                cfg.root,
+            )
         return chosen
     missing = [s for s in cfg.scenes if s not in available]
     if missing:
-        raise BadInputError(f"{cfg.root}: scene(s) {', '.join(missing)} not found (present: "
-                            f"{', '.join(available) or 'none'}); {ARCHIVES_HINT}", cfg.root)
+        raise BadInputError(
+            f"{cfg.root}: scene(s) {', '.join(missing)} not found (present: "
+            f"{', '.join(available) or 'none'}); {ARCHIVES_HINT}",
+            cfg.root,
+        )
     return list(cfg.scenes)
 
 
 def check_config(cfg: BuildConfig) -> None:
     """Argument checks that need no input file (run before anything is read or written)."""
     w = cfg.windows
-    checks = [(w.frames >= 1, f"--frames must be >= 1, got {w.frames}"),
-              (w.stride >= 1, f"--stride must be >= 1, got {w.stride}"),
-              (cfg.samples_per_shard >= 1, f"--samples-per-shard must be >= 1, got {cfg.samples_per_shard}"),
-              (0.0 <= w.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {w.val_fraction}"),
-              (cfg.workers >= 0, f"--workers must be >= 0 (0 = all cores), got {cfg.workers}"),
-              (cfg.width >= 8 and cfg.height >= 8, f"--size {cfg.width}x{cfg.height}: sides must be >= 8"),
-              (cfg.depth_dtype in ("float32", "float16"),
-               f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}"),
-              (cfg.format in ("eth3d", "colmap"), f"--format must be eth3d or colmap, got {cfg.format!r}")]
+    checks = [
+        (w.frames >= 1, f"--frames must be >= 1, got {w.frames}"),
+        (w.stride >= 1, f"--stride must be >= 1, got {w.stride}"),
+        (cfg.samples_per_shard >= 1, f"--samples-per-shard must be >= 1, got {cfg.samples_per_shard}"),
+        (0.0 <= w.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {w.val_fraction}"),
+        (cfg.workers >= 0, f"--workers must be >= 0 (0 = all cores), got {cfg.workers}"),
+        (cfg.width >= 8 and cfg.height >= 8, f"--size {cfg.width}x{cfg.height}: sides must be >= 8"),
+        (cfg.depth_dtype in ("float32", "float16"), f"depth_dtype must be float32 or float16, got {cfg.depth_dtype!r}"),
+        (cfg.format in ("eth3d", "colmap"), f"--format must be eth3d or colmap, got {cfg.format!r}"),
+    ]
     for ok, message in checks:
         if not ok:
             raise BadInputError(message)
@@ -200,13 +265,17 @@ def check_scene_names(cfg: BuildConfig, names: list[str]) -> None:
     """Scene names become sample keys; --val-scenes must name built scenes (before any rendering)."""
     for name in names:
         if not KEY_RE.match(f"{name}_00000"):
-            raise BadInputError(f"{cfg.root / name}: scene folder name {name!r} cannot be a sample key "
-                                f"(ASCII letters, digits, '_' and '-' only); rename the folder",
-                                cfg.root / name)
+            raise BadInputError(
+                f"{cfg.root / name}: scene folder name {name!r} cannot be a sample key "
+                f"(ASCII letters, digits, '_' and '-' only); rename the folder",
+                cfg.root / name,
+            )
     unknown = [v for v in cfg.windows.val_scenes if v not in names]
     if unknown:
-        raise BadInputError(f"--val-scenes {', '.join(unknown)}: not among the built scenes "
-                            f"({', '.join(names)}) under {cfg.root}; name built scenes")
+        raise BadInputError(
+            f"--val-scenes {', '.join(unknown)}: not among the built scenes "
+            f"({', '.join(names)}) under {cfg.root}; name built scenes"
+        )
 
 
 def prepare_out(out: Path) -> None:
@@ -219,8 +288,11 @@ def prepare_out(out: Path) -> None:
         write_bytes_atomic(out / ".write-test", b"")
         (out / ".write-test").unlink()
     except OSError as exc:
-        raise BadInputError(f"{exc.filename or out}: cannot write the output directory "
-                            f"({exc.strerror or exc}); choose a writable --out", out) from None
+        raise BadInputError(
+            f"{exc.filename or out}: cannot write the output directory "
+            f"({exc.strerror or exc}); choose a writable --out",
+            out,
+        ) from None
     cache = out / CACHE_DIR
     for path in [*out.glob(".*.tmp*"), *(cache.rglob(".*.tmp*") if cache.is_dir() else [])]:
         match = TMP_RE.match(path.name)
@@ -245,16 +317,25 @@ def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
     """Every scene must give at least one window and the train split must not be empty."""
     for name, n in counts.items():
         if n == 0:
-            raise BadInputError(f"{cfg.root / name}: no usable frame {when} (see the warnings and "
-                                f"--skip-bad records above); fix the inputs or drop the scene", cfg.root / name)
+            raise BadInputError(
+                f"{cfg.root / name}: no usable frame {when} (see the warnings and "
+                f"--skip-bad records above); fix the inputs or drop the scene",
+                cfg.root / name,
+            )
         if not window_starts(n, cfg.windows.frames, cfg.windows.stride):
-            raise BadInputError(f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
-                                f"{cfg.windows.frames}; lower --frames or drop the scene", cfg.root / name)
+            raise BadInputError(
+                f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
+                f"{cfg.windows.frames}; lower --frames or drop the scene",
+                cfg.root / name,
+            )
     first = split_names(cfg.windows)[0]  # train (or test for evaluation samples)
     if not any(scene_windows(name, n, cfg.windows)[first] for name, n in counts.items()):
-        raise BadInputError(f"{cfg.out}: the {first} split would be empty ({', '.join(f'{k}: {v} frames' for k, v in counts.items())}, "
-                            f"--frames {cfg.windows.frames}, val scenes {list(cfg.windows.val_scenes)}); "
-                            f"add scenes or lower --frames / --val-fraction", cfg.out)
+        raise BadInputError(
+            f"{cfg.out}: the {first} split would be empty ({', '.join(f'{k}: {v} frames' for k, v in counts.items())}, "
+            f"--frames {cfg.windows.frames}, val scenes {list(cfg.windows.val_scenes)}); "
+            f"add scenes or lower --frames / --val-fraction",
+            cfg.out,
+        )
 
 
 def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]:
@@ -283,9 +364,17 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
             return item, str(exc)
 
     workers = cfg.workers or os.cpu_count() or 1
-    with tqdm(total=len(todo), initial=len(todo) - len(pending), unit="frame", desc="frames",
-              disable=not cfg.progress, dynamic_ncols=True) as bar, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame") as pool:
+    with (
+        tqdm(
+            total=len(todo),
+            initial=len(todo) - len(pending),
+            unit="frame",
+            desc="frames",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        ) as bar,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame") as pool,
+    ):
         for (scene, frame, path), error in pool.map(work, pending):
             bar.update()
             if error is None:
@@ -296,23 +385,40 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
     return done, skipped
 
 
-def _sample_cameras(key_index: int, scene: str, split: str, results: list[FrameResult],
-                    frames: list[Frame], indices: list[int], cfg: BuildConfig, units: str = "metres") -> dict:
+def _sample_cameras(
+    key_index: int,
+    scene: str,
+    split: str,
+    results: list[FrameResult],
+    frames: list[Frame],
+    indices: list[int],
+    cfg: BuildConfig,
+    units: str = "metres",
+) -> dict:
     sources = {r.meta["depth_source"] for r in results}
     return {
-        "format": FORMAT, "scene": scene, "split": split, "window": key_index,
+        "format": FORMAT,
+        "scene": scene,
+        "split": split,
+        "window": key_index,
         "depth_source": sources.pop() if len(sources) == 1 else "mixed",
         "units": units,
         "pixel_convention": "OpenCV: pixel (0,0) is the centre of the top-left pixel",
         "extrinsics_convention": "world-to-camera [R|t], OpenCV axes (x right, y down, z forward)",
         "image_size": [cfg.height, cfg.width],
-        "frames": [{
-            "name": r.meta["name"], "index": int(idx), "camera_id": r.meta["camera_id"],
-            "K": r.K.tolist(),
-            "extrinsics": np.hstack([f.rotation, f.translation[:, None]]).tolist(),
-            "source_size": r.meta["source_size"], "coverage": r.meta["coverage"],
-            "depth_source": r.meta["depth_source"],
-        } for r, f, idx in zip(results, frames, indices)],
+        "frames": [
+            {
+                "name": r.meta["name"],
+                "index": int(idx),
+                "camera_id": r.meta["camera_id"],
+                "K": r.K.tolist(),
+                "extrinsics": np.hstack([f.rotation, f.translation[:, None]]).tolist(),
+                "source_size": r.meta["source_size"],
+                "coverage": r.meta["coverage"],
+                "depth_source": r.meta["depth_source"],
+            }
+            for r, f, idx in zip(results, frames, indices, strict=True)
+        ],
     }
 
 
@@ -344,11 +450,15 @@ def build_shards(cfg: BuildConfig) -> dict:
         scenes = [restrict_to_sample(sc, w.frames, w.sampling, w.seed) for sc in scenes]
     check_windows(cfg, {sc.name: len(sc.frames) for sc in scenes}, "in the calibration")
     cached, skipped_render = render_all(cfg, scenes)
-    check_windows(cfg, {sc.name: sum((sc.name, f.name) in cached for f in sc.frames) for sc in scenes},
-                  "after skipping bad frames")
+    check_windows(
+        cfg,
+        {sc.name: sum((sc.name, f.name) in cached for f in sc.frames) for sc in scenes},
+        "after skipping bad frames",
+    )
 
     splits: dict[str, list[tuple[str, list[Path], list[Frame], list[int], int]]] = {
-        name: [] for name in split_names(cfg.windows)}
+        name: [] for name in split_names(cfg.windows)
+    }
     scene_stats = {}
     metas_by_scene: dict[str, list[dict]] = {}
     for scene in scenes:
@@ -360,8 +470,15 @@ def build_shards(cfg: BuildConfig) -> dict:
         index = 0
         for split in splits:
             for win in wins[split]:
-                splits[split].append((scene.name, [cached[(scene.name, frames[i].name)] for i in win],
-                                      [frames[i] for i in win], win, index))
+                splits[split].append(
+                    (
+                        scene.name,
+                        [cached[(scene.name, frames[i].name)] for i in win],
+                        [frames[i] for i in win],
+                        win,
+                        index,
+                    )
+                )
                 index += 1
         metas = [load_frame(cached[(scene.name, f.name)]).meta for f in frames]
         metas_by_scene[scene.name] = metas
@@ -379,11 +496,15 @@ def build_shards(cfg: BuildConfig) -> dict:
             scene_stats[scene.name]["scene_frames"] = scene_frames[scene.name]
         if cfg.format == "colmap":
             cov = frame_covisibility([f.observed for f in frames])
-            scene_stats[scene.name].update({
-                "window_overlap": round(window_overlap(wins["train"] + wins["val"], cov), 6),
-                "mvs_frames": sum(m["depth_source"] == "mvs" for m in metas), "units": units[scene.name],
-                "model": f"{scene.model_dir.relative_to(scene.directory)} ({scene.model_format})",
-                "camera_models": sorted({m["camera_model"] for m in metas})})
+            scene_stats[scene.name].update(
+                {
+                    "window_overlap": round(window_overlap(wins["train"] + wins["val"], cov), 6),
+                    "mvs_frames": sum(m["depth_source"] == "mvs" for m in metas),
+                    "units": units[scene.name],
+                    "model": f"{scene.model_dir.relative_to(scene.directory)} ({scene.model_format})",
+                    "camera_models": sorted({m["camera_model"] for m in metas}),
+                }
+            )
 
     zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
     # From here on shards change: no manifest may describe a mix of old and new shards.
@@ -394,8 +515,9 @@ def build_shards(cfg: BuildConfig) -> dict:
         manifest = {
             "format": FORMAT,
             "engine": {"name": "dataengine", "version": __version__, "git_sha": git_sha()},
-            "dataset": ("COLMAP captures" if cfg.format == "colmap"
-                        else "ETH3D high-res multi-view (DSLR) training scenes"),
+            "dataset": (
+                "COLMAP captures" if cfg.format == "colmap" else "ETH3D high-res multi-view (DSLR) training scenes"
+            ),
             "license": "set by the captures' owner" if cfg.format == "colmap" else "CC BY-NC-SA 4.0",
             "scenes": names,
             "options": cfg.manifest_options(),
@@ -429,7 +551,7 @@ def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[
     for split, samples in splits.items():
         shards = []
         for start in range(0, len(samples), cfg.samples_per_shard):
-            chunk = samples[start:start + cfg.samples_per_shard]
+            chunk = samples[start : start + cfg.samples_per_shard]
             name = shard_name(split, len(shards))
             path = cfg.out / name
             members = []
@@ -442,14 +564,13 @@ def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[
                 depth = np.stack([r.depth for r in results]).astype(cfg.depth_dtype)
                 mask = (depth > 0).astype(np.uint8)
                 cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
-                members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results],
-                                          depth, mask, cams)
+                members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results], depth, mask, cams)
             write_tar(path, members)
             written.add(name)
-            shards.append({"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                           "samples": len(chunk)})
-        manifest_splits[split] = {"samples": len(samples), "frames_per_sample": cfg.windows.frames,
-                                  "shards": shards}
+            shards.append(
+                {"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "samples": len(chunk)}
+            )
+        manifest_splits[split] = {"samples": len(samples), "frames_per_sample": cfg.windows.frames, "shards": shards}
     for stale in cfg.out.glob("*.tar"):
         if SHARD_RE.match(stale.name) and stale.name not in written:
             stale.unlink()
@@ -457,8 +578,9 @@ def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[
     return manifest_splits
 
 
-def check_supervision(cfg: BuildConfig, scenes: list[Scene], metas_by_scene: dict[str, list[dict]],
-                      splits: dict) -> list[dict]:
+def check_supervision(
+    cfg: BuildConfig, scenes: list[Scene], metas_by_scene: dict[str, list[dict]], splits: dict
+) -> list[dict]:
     """Frames without a single supervised pixel (recorded in the manifest, with a warning); a scene
     or the train split without any supervised pixel is an error."""
     zero = []
@@ -466,20 +588,28 @@ def check_supervision(cfg: BuildConfig, scenes: list[Scene], metas_by_scene: dic
         metas = metas_by_scene[scene.name]
         empty = [m for m in metas if m["coverage"] == 0]
         if metas and len(empty) == len(metas):
-            raise BadInputError(f"{scene.directory}: none of the {len(metas)} frames has a supervised pixel "
-                                f"(depth {cfg.depth}: {sorted({m['depth_source'] for m in metas})}); check "
-                                f"the GT depth / points3D.txt of the scene or drop it", scene.directory)
+            raise BadInputError(
+                f"{scene.directory}: none of the {len(metas)} frames has a supervised pixel "
+                f"(depth {cfg.depth}: {sorted({m['depth_source'] for m in metas})}); check "
+                f"the GT depth / points3D.txt of the scene or drop it",
+                scene.directory,
+            )
         for m in empty:
             zero.append({"scene": scene.name, "frame": m["name"], "depth_source": m["depth_source"]})
     if zero:
-        log.warning("%d frames have no supervised pixel (listed in manifest.json zero_coverage_frames): %s",
-                    len(zero), ", ".join(f"{z['scene']}/{z['frame']}" for z in zero[:5]))
+        log.warning(
+            "%d frames have no supervised pixel (listed in manifest.json zero_coverage_frames): %s",
+            len(zero),
+            ", ".join(f"{z['scene']}/{z['frame']}" for z in zero[:5]),
+        )
     zero_names = {(z["scene"], z["frame"]) for z in zero}
     first = split_names(cfg.windows)[0]  # train (or test for evaluation samples)
     train = {(scene, f.name) for scene, _, frames, _, _ in splits[first] for f in frames}
     if train and train <= zero_names:
-        raise BadInputError(f"{cfg.out}: no frame of the {first} split has a supervised pixel; check the "
-                            f"GT depth of the scenes", cfg.out)
+        raise BadInputError(
+            f"{cfg.out}: no frame of the {first} split has a supervised pixel; check the GT depth of the scenes",
+            cfg.out,
+        )
     return zero
 
 
@@ -487,20 +617,22 @@ def dataset_card(manifest: dict) -> str:
     opts = manifest["options"]
     if "sampling" in opts:
         return _evaluation_card(manifest)
-    rows = "\n".join(f"| {name} | {s['frames']} | {s['train_windows']} | {s['val_windows']} | "
-                     f"{s['laser_frames']} | {s['sparse_frames']} | {s['mean_coverage']:.3f} |"
-                     for name, s in manifest["per_scene"].items())
+    rows = "\n".join(
+        f"| {name} | {s['frames']} | {s['train_windows']} | {s['val_windows']} | "
+        f"{s['laser_frames']} | {s['sparse_frames']} | {s['mean_coverage']:.3f} |"
+        for name, s in manifest["per_scene"].items()
+    )
     return f"""# ETH3D multi-view windows for VGGT-style models
 
-WebDataset shards in format `{manifest['format']}` (see the `shards/README.md` of the engine for the
-member layout), built by dataengine {manifest['engine']['version']} (git {manifest['engine']['git_sha']}).
+WebDataset shards in format `{manifest["format"]}` (see the `shards/README.md` of the engine for the
+member layout), built by dataengine {manifest["engine"]["version"]} (git {manifest["engine"]["git_sha"]}).
 
-- Frames per sample: {opts['frames']}, stride {opts['stride']}, output {opts['width']}x{opts['height']}
-  (`--fit {opts['fit']}`), depth `{opts['depth']}` stored as {opts['depth_dtype']} metres (0 = no supervision).
-- Splits: train {manifest['splits']['train']['samples']} samples, val {manifest['splits']['val']['samples']}
-  samples; frame-disjoint unless `val_scenes` is set ({opts['val_scenes'] or 'frame-disjoint'}).
-- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])}; frames without a
-  supervised pixel: {len(manifest['zero_coverage_frames'])} (see manifest.json).
+- Frames per sample: {opts["frames"]}, stride {opts["stride"]}, output {opts["width"]}x{opts["height"]}
+  (`--fit {opts["fit"]}`), depth `{opts["depth"]}` stored as {opts["depth_dtype"]} metres (0 = no supervision).
+- Splits: train {manifest["splits"]["train"]["samples"]} samples, val {manifest["splits"]["val"]["samples"]}
+  samples; frame-disjoint unless `val_scenes` is set ({opts["val_scenes"] or "frame-disjoint"}).
+- Skipped inputs: {len(manifest["skipped"])}; warnings: {len(manifest["warnings"])}; frames without a
+  supervised pixel: {len(manifest["zero_coverage_frames"])} (see manifest.json).
 
 | scene | frames | train windows | val windows | laser frames | sparse frames | mean coverage |
 |---|---:|---:|---:|---:|---:|---:|
@@ -531,20 +663,23 @@ def _evaluation_card(manifest: dict) -> str:
     """Card of an evaluation build (`--sampling uniform|random`): one sample per scene, `test` split."""
     opts = manifest["options"]
     split = next(iter(manifest["splits"]))
-    rows = "\n".join(f"| {name} | {s['scene_frames']} | {s[f'{split}_frames']} | {s['laser_frames']} | "
-                     f"{s['sparse_frames']} | {s['mean_coverage']:.3f} |" for name, s in manifest["per_scene"].items())
+    rows = "\n".join(
+        f"| {name} | {s['scene_frames']} | {s[f'{split}_frames']} | {s['laser_frames']} | "
+        f"{s['sparse_frames']} | {s['mean_coverage']:.3f} |"
+        for name, s in manifest["per_scene"].items()
+    )
     seed = f" (seed {opts['seed']})" if opts["sampling"] == "random" else ""
     return f"""# ETH3D evaluation samples for VGGT-style models
 
-WebDataset shards in format `{manifest['format']}` (see the `shards/README.md` of the engine for the
-member layout), built by dataengine {manifest['engine']['version']} (git {manifest['engine']['git_sha']}).
+WebDataset shards in format `{manifest["format"]}` (see the `shards/README.md` of the engine for the
+member layout), built by dataengine {manifest["engine"]["version"]} (git {manifest["engine"]["git_sha"]}).
 
-- Split `{split}` only: {manifest['splits'][split]['samples']} samples, one per scene, each of up to
-  {opts['frames']} frames chosen `{opts['sampling']}`{seed} over the whole scene (evaluation only;
+- Split `{split}` only: {manifest["splits"][split]["samples"]} samples, one per scene, each of up to
+  {opts["frames"]} frames chosen `{opts["sampling"]}`{seed} over the whole scene (evaluation only;
   a training run reads `train`, which this build does not have).
-- Output {opts['width']}x{opts['height']} (`--fit {opts['fit']}`), depth `{opts['depth']}` stored as
-  {opts['depth_dtype']} metres (0 = no ground truth).
-- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
+- Output {opts["width"]}x{opts["height"]} (`--fit {opts["fit"]}`), depth `{opts["depth"]}` stored as
+  {opts["depth_dtype"]} metres (0 = no ground truth).
+- Skipped inputs: {len(manifest["skipped"])}; warnings: {len(manifest["warnings"])} (see manifest.json).
 
 | scene | frames | sampled frames | laser frames | sparse frames | mean coverage |
 |---|---:|---:|---:|---:|---:|

@@ -21,9 +21,17 @@ THIN_PRISM_FISHEYE = "THIN_PRISM_FISHEYE"
 # Number of parameters per COLMAP camera model (colmap/src/colmap/sensor/models.h). Every model
 # parses; PINHOLE and THIN_PRISM_FISHEYE (all ETH3D uses) also project.
 CAMERA_MODEL_PARAMS = {
-    "SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8,
-    "OPENCV_FISHEYE": 8, "FULL_OPENCV": 12, "FOV": 5, "SIMPLE_RADIAL_FISHEYE": 4,
-    "RADIAL_FISHEYE": 5, "THIN_PRISM_FISHEYE": 12,
+    "SIMPLE_PINHOLE": 3,
+    "PINHOLE": 4,
+    "SIMPLE_RADIAL": 4,
+    "RADIAL": 5,
+    "OPENCV": 8,
+    "OPENCV_FISHEYE": 8,
+    "FULL_OPENCV": 12,
+    "FOV": 5,
+    "SIMPLE_RADIAL_FISHEYE": 4,
+    "RADIAL_FISHEYE": 5,
+    "THIN_PRISM_FISHEYE": 12,
 }
 PROJECTED_MODELS = (PINHOLE, THIN_PRISM_FISHEYE)
 
@@ -267,8 +275,9 @@ class Camera:
 
     def _projected_model(self) -> str:
         if self.model not in PROJECTED_MODELS:
-            raise ValueError(f"unsupported camera model {self.model!r} for projection; expected one of "
-                             f"{list(PROJECTED_MODELS)}")
+            raise ValueError(
+                f"unsupported camera model {self.model!r} for projection; expected one of {list(PROJECTED_MODELS)}"
+            )
         return self.model
 
     @property

@@ -16,8 +16,16 @@ import numpy as np
 
 from dataengine.camera import CAMERA_MODEL_PARAMS, Camera, qvec_to_rotmat
 
-__all__ = ["CAMERA_MODEL_PARAMS", "BadInputError", "Camera", "ColmapModel", "ImageRecord", "Points3D",
-           "read_model", "read_model_pycolmap"]
+__all__ = [
+    "CAMERA_MODEL_PARAMS",
+    "BadInputError",
+    "Camera",
+    "ColmapModel",
+    "ImageRecord",
+    "Points3D",
+    "read_model",
+    "read_model_pycolmap",
+]
 
 
 # |q| may differ from 1 by print rounding only (COLMAP writes >= 6 significant digits).
@@ -73,8 +81,9 @@ def _numbers(tokens: list[str], kind, path: Path, lineno: int, what: str) -> lis
         try:
             value = kind(tok)
         except ValueError:
-            raise BadInputError(f"{path}:{lineno}: {what}: {tok!r} is not a valid "
-                                f"{'integer' if kind is int else 'number'}", path) from None
+            raise BadInputError(
+                f"{path}:{lineno}: {what}: {tok!r} is not a valid {'integer' if kind is int else 'number'}", path
+            ) from None
         if kind is float and not math.isfinite(value):
             raise BadInputError(f"{path}:{lineno}: {what}: {tok!r} is not finite", path)
         out.append(value)
@@ -91,8 +100,7 @@ def _data_lines(path: Path):
                 try:
                     raw.encode("utf-8")  # undecodable bytes came back as lone surrogates
                 except UnicodeEncodeError:
-                    raise BadInputError(f"{path}:{lineno}: not UTF-8 text; re-extract the file", path) \
-                        from None
+                    raise BadInputError(f"{path}:{lineno}: not UTF-8 text; re-extract the file", path) from None
             text = raw.strip()
             yield lineno, (None if text.startswith("#") else text)
 
@@ -105,9 +113,10 @@ def read_cameras_txt(path: Path) -> dict[int, Camera]:
             continue
         tok = text.split()
         if len(tok) < 4:
-            raise BadInputError(f"{path}:{lineno}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS…', "
-                                f"got {len(tok)} fields", path)
-        cam_id, = _numbers(tok[:1], int, path, lineno, "CAMERA_ID")
+            raise BadInputError(
+                f"{path}:{lineno}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS…', got {len(tok)} fields", path
+            )
+        (cam_id,) = _numbers(tok[:1], int, path, lineno, "CAMERA_ID")
         model = tok[1]
         if model not in CAMERA_MODEL_PARAMS:
             raise BadInputError(f"{path}:{lineno}: unknown camera model {model!r}", path)
@@ -116,8 +125,7 @@ def read_cameras_txt(path: Path) -> dict[int, Camera]:
             raise BadInputError(f"{path}:{lineno}: image size {width}x{height} must be positive", path)
         n_params = CAMERA_MODEL_PARAMS[model]
         if len(tok) != 4 + n_params:
-            raise BadInputError(f"{path}:{lineno}: {model} expects {n_params} parameters, "
-                                f"got {len(tok) - 4}", path)
+            raise BadInputError(f"{path}:{lineno}: {model} expects {n_params} parameters, got {len(tok) - 4}", path)
         if cam_id in cameras:
             raise BadInputError(f"{path}:{lineno}: duplicate CAMERA_ID {cam_id}", path)
         params = np.array(_numbers(tok[4:], float, path, lineno, "PARAMS"), dtype=np.float64)
@@ -135,16 +143,20 @@ def read_images_txt(path: Path) -> dict[int, ImageRecord]:
             continue
         tok = text.split()
         if len(tok) != 10:
-            raise BadInputError(f"{path}:{lineno}: expected 10 fields 'IMAGE_ID QW QX QY QZ TX TY TZ "
-                                f"CAMERA_ID NAME', got {len(tok)}", path)
-        image_id, = _numbers(tok[:1], int, path, lineno, "IMAGE_ID")
+            raise BadInputError(
+                f"{path}:{lineno}: expected 10 fields 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {len(tok)}",
+                path,
+            )
+        (image_id,) = _numbers(tok[:1], int, path, lineno, "IMAGE_ID")
         pose = _numbers(tok[1:8], float, path, lineno, "pose")
-        camera_id, = _numbers(tok[8:9], int, path, lineno, "CAMERA_ID")
+        (camera_id,) = _numbers(tok[8:9], int, path, lineno, "CAMERA_ID")
         q = np.array(pose[:4])
         if abs(np.linalg.norm(q) - 1.0) > QUATERNION_TOLERANCE:
-            raise BadInputError(f"{path}:{lineno}: quaternion norm {np.linalg.norm(q):.6g} is not 1 "
-                                f"(COLMAP writes unit quaternions; tolerance {QUATERNION_TOLERANCE:g})",
-                                path)
+            raise BadInputError(
+                f"{path}:{lineno}: quaternion norm {np.linalg.norm(q):.6g} is not 1 "
+                f"(COLMAP writes unit quaternions; tolerance {QUATERNION_TOLERANCE:g})",
+                path,
+            )
         if image_id in images:
             raise BadInputError(f"{path}:{lineno}: duplicate IMAGE_ID {image_id}", path)
         try:
@@ -152,30 +164,34 @@ def read_images_txt(path: Path) -> dict[int, ImageRecord]:
         except StopIteration:
             p_lineno, p_text = lineno + 1, ""  # missing final POINTS2D line = no observations
         if p_text is None:
-            raise BadInputError(f"{path}:{p_lineno}: expected the POINTS2D line of image {image_id}, "
-                                f"found a comment", path)
+            raise BadInputError(
+                f"{path}:{p_lineno}: expected the POINTS2D line of image {image_id}, found a comment", path
+            )
         ptok = p_text.split()
         if len(ptok) == 10 and not _is_float(ptok[9]) and _is_float(ptok[1]):
-            raise BadInputError(f"{path}:{p_lineno}: POINTS2D line missing after image {image_id} "
-                                f"(line {lineno}): this line is the next image header", path)
+            raise BadInputError(
+                f"{path}:{p_lineno}: POINTS2D line missing after image {image_id} "
+                f"(line {lineno}): this line is the next image header",
+                path,
+            )
         if len(ptok) % 3:
-            raise BadInputError(f"{path}:{p_lineno}: POINTS2D needs (X Y POINT3D_ID) triples, got "
-                                f"{len(ptok)} fields", path)
+            raise BadInputError(
+                f"{path}:{p_lineno}: POINTS2D needs (X Y POINT3D_ID) triples, got {len(ptok)} fields", path
+            )
         if ptok:
             try:
                 arr = np.array(ptok, dtype=np.float64).reshape(-1, 3)
             except ValueError:
                 bad = next(t for t in ptok if not _is_float(t))
-                raise BadInputError(f"{path}:{p_lineno}: POINTS2D: {bad!r} is not a number", path) \
-                    from None
+                raise BadInputError(f"{path}:{p_lineno}: POINTS2D: {bad!r} is not a number", path) from None
             if not np.isfinite(arr).all() or (arr[:, 2] != np.round(arr[:, 2])).any():
-                raise BadInputError(f"{path}:{p_lineno}: POINTS2D has a non-finite coordinate or a "
-                                    f"non-integer POINT3D_ID", path)
+                raise BadInputError(
+                    f"{path}:{p_lineno}: POINTS2D has a non-finite coordinate or a non-integer POINT3D_ID", path
+                )
             xys, ids = arr[:, :2].copy(), arr[:, 2].astype(np.int64)
         else:
             xys, ids = np.zeros((0, 2)), np.zeros(0, np.int64)
-        images[image_id] = ImageRecord(image_id, q, np.array(pose[4:]), camera_id, tok[9], xys, ids,
-                                       lineno)
+        images[image_id] = ImageRecord(image_id, q, np.array(pose[4:]), camera_id, tok[9], xys, ids, lineno)
     return images
 
 
@@ -195,15 +211,17 @@ def read_points3d_txt(path: Path) -> Points3D:
             continue
         tok = text.split()
         if len(tok) < 8 or (len(tok) - 8) % 2:
-            raise BadInputError(f"{path}:{lineno}: expected 'POINT3D_ID X Y Z R G B ERROR' plus "
-                                f"(IMAGE_ID POINT2D_IDX) pairs, got {len(tok)} fields", path)
-        pid, = _numbers(tok[:1], int, path, lineno, "POINT3D_ID")
+            raise BadInputError(
+                f"{path}:{lineno}: expected 'POINT3D_ID X Y Z R G B ERROR' plus "
+                f"(IMAGE_ID POINT2D_IDX) pairs, got {len(tok)} fields",
+                path,
+            )
+        (pid,) = _numbers(tok[:1], int, path, lineno, "POINT3D_ID")
         ids.append(pid)
         xyz.append(_numbers(tok[1:4], float, path, lineno, "XYZ"))
         track = _numbers(tok[8:], int, path, lineno, "TRACK")
         tracks.append(np.array(track[0::2], dtype=np.int64))
-    return Points3D(np.array(ids, dtype=np.int64), np.array(xyz, dtype=np.float64).reshape(-1, 3),
-                    tracks)
+    return Points3D(np.array(ids, dtype=np.int64), np.array(xyz, dtype=np.float64).reshape(-1, 3), tracks)
 
 
 def read_model(directory: Path, *, need_points: bool = True) -> ColmapModel:
@@ -213,8 +231,10 @@ def read_model(directory: Path, *, need_points: bool = True) -> ColmapModel:
     images = read_images_txt(directory / "images.txt")
     for img in images.values():
         if img.camera_id not in cameras:
-            raise BadInputError(f"{directory / 'images.txt'}:{img.line}: CAMERA_ID {img.camera_id} is "
-                                f"not in cameras.txt", directory / "images.txt")
+            raise BadInputError(
+                f"{directory / 'images.txt'}:{img.line}: CAMERA_ID {img.camera_id} is not in cameras.txt",
+                directory / "images.txt",
+            )
     points_path = directory / "points3D.txt"
     if need_points and points_path.is_file():
         points = read_points3d_txt(points_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dataengine.colmap import BadInputError
 from dataengine.colmap_frames import neighbour_names, render_colmap_frame
-from dataengine.colmap_project import ColmapFrame, ColmapScene, LAYOUT_HINT, list_colmap_scenes, load_colmap_scene
+from dataengine.colmap_project import LAYOUT_HINT, ColmapFrame, ColmapScene, list_colmap_scenes, load_colmap_scene
 
 FORMATS = ("eth3d", "colmap")
 
@@ -21,8 +21,9 @@ def resolve_colmap_scenes(root: Path, wanted: tuple[str, ...] | None) -> list[tu
     by_name = dict(found)
     missing = [s for s in wanted if s not in by_name]
     if missing:
-        raise BadInputError(f"{root}: scene(s) {', '.join(missing)} not found (present: "
-                            f"{', '.join(by_name)}); {LAYOUT_HINT}", root)
+        raise BadInputError(
+            f"{root}: scene(s) {', '.join(missing)} not found (present: {', '.join(by_name)}); {LAYOUT_HINT}", root
+        )
     return [(s, by_name[s]) for s in wanted]
 
 
@@ -42,34 +43,48 @@ def load_colmap_scenes(cfg) -> list[ColmapScene]:
 
 def process_colmap_frame(frame: ColmapFrame, scene: ColmapScene, cfg):
     """(rgb, K, depth, meta) of one frame at output resolution."""
-    return render_colmap_frame(frame, scene, cfg.width, cfg.height, cfg.fit, cfg.undistort_fov, cfg.sparse,
-                               cfg.mvs, scene.mvs_neighbours.get(frame.name, []))
+    return render_colmap_frame(
+        frame,
+        scene,
+        cfg.width,
+        cfg.height,
+        cfg.fit,
+        cfg.undistort_fov,
+        cfg.sparse,
+        cfg.mvs,
+        scene.mvs_neighbours.get(frame.name, []),
+    )
 
 
 def colmap_dataset_card(manifest: dict) -> str:
     opts = manifest["options"]
-    rows = "\n".join(f"| {name} | {s['model']} | {', '.join(s['camera_models'])} | {s['frames']} | "
-                     f"{s['train_windows']} | {s['val_windows']} | {s['mvs_frames']} | {s['sparse_frames']} | "
-                     f"{s['mean_coverage']:.3f} | {s['units']} |"
-                     for name, s in manifest["per_scene"].items())
-    return f"""# COLMAP captures as multi-view windows for VGGT-style models
+    rows = "\n".join(
+        f"| {name} | {s['model']} | {', '.join(s['camera_models'])} | {s['frames']} | "
+        f"{s['train_windows']} | {s['val_windows']} | {s['mvs_frames']} | {s['sparse_frames']} | "
+        f"{s['mean_coverage']:.3f} | {s['units']} |"
+        for name, s in manifest["per_scene"].items()
+    )
+    return (
+        f"""# COLMAP captures as multi-view windows for VGGT-style models
 
-WebDataset shards in format `{manifest['format']}` (see the `shards/README.md` of the engine for the
-member layout), built by dataengine {manifest['engine']['version']} (git {manifest['engine']['git_sha']}).
+WebDataset shards in format `{manifest["format"]}` (see the `shards/README.md` of the engine for the
+member layout), built by dataengine {manifest["engine"]["version"]} (git {manifest["engine"]["git_sha"]}).
 
-- Frames per sample: {opts['frames']}, windows `{opts.get('windows', 'sequential')}`, output
-  {opts['width']}x{opts['height']} (`--fit {opts['fit']}`), every camera undistorted to a pinhole camera
-  (`--undistort-fov {opts['undistort_fov']}`); depth `{opts['depth']}` stored as {opts['depth_dtype']}
+- Frames per sample: {opts["frames"]}, windows `{opts.get("windows", "sequential")}`, output
+  {opts["width"]}x{opts["height"]} (`--fit {opts["fit"]}`), every camera undistorted to a pinhole camera
+  (`--undistort-fov {opts["undistort_fov"]}`); depth `{opts["depth"]}` stored as {opts["depth_dtype"]}
   (0 = no supervision).
-- Splits: train {manifest['splits']['train']['samples']} samples, val {manifest['splits']['val']['samples']}
-  samples; frame-disjoint unless `val_scenes` is set ({opts['val_scenes'] or 'frame-disjoint'}).
-- Skipped inputs: {len(manifest['skipped'])}; warnings: {len(manifest['warnings'])} (see manifest.json).
+- Splits: train {manifest["splits"]["train"]["samples"]} samples, val {manifest["splits"]["val"]["samples"]}
+  samples; frame-disjoint unless `val_scenes` is set ({opts["val_scenes"] or "frame-disjoint"}).
+- Skipped inputs: {len(manifest["skipped"])}; warnings: {len(manifest["warnings"])} (see manifest.json).
 
 | scene | model | camera models | frames | train win. | val win. | MVS frames | sparse frames | mean coverage | units |
 |---|---|---|---:|---:|---:|---:|---:|---:|---|
 {rows}
 
-""" + _LICENCE
+"""
+        + _LICENCE
+    )
 
 
 _LICENCE = """## Licence

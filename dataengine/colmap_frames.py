@@ -61,25 +61,38 @@ def _depth_view(scene: ColmapScene, name: str) -> DepthView:
     path, cam, R, t = scene.dense_views[name]
     depth = _read_map_cached(path)
     if abs(depth.shape[1] / cam.width - depth.shape[0] / cam.height) > 0.02:
-        raise BadInputError(f"{path}: depth map is {depth.shape[1]}x{depth.shape[0]}, not the aspect "
-                            f"of its camera ({cam.width}x{cam.height})", path)
+        raise BadInputError(
+            f"{path}: depth map is {depth.shape[1]}x{depth.shape[0]}, not the aspect "
+            f"of its camera ({cam.width}x{cam.height})",
+            path,
+        )
     return DepthView(depth, _corner_K(cam, depth.shape[1], depth.shape[0]), R, t)
 
 
-def mvs_depth(frame: ColmapFrame, scene: ColmapScene, K_out: np.ndarray, width: int, height: int,
-              neighbours: list[str], cfg: MvsConfig) -> tuple[np.ndarray, dict]:
+def mvs_depth(
+    frame: ColmapFrame,
+    scene: ColmapScene,
+    K_out: np.ndarray,
+    width: int,
+    height: int,
+    neighbours: list[str],
+    cfg: MvsConfig,
+) -> tuple[np.ndarray, dict]:
     """Filtered MVS depth of the frame pooled into the output camera (metric_scale applied)."""
     ref = _depth_view(scene, frame.name)
     others = [_depth_view(scene, n) for n in neighbours]
     # Output corner coordinates → depth-map corner coordinates (both pinhole, same rotation).
     ax = ref.K[0, 0] / K_out[0, 0]
     ay = ref.K[1, 1] / K_out[1, 1]
-    affine = np.array([ax, ref.K[0, 2] - ax * (K_out[0, 2] + 0.5),
-                       ay, ref.K[1, 2] - ay * (K_out[1, 2] + 0.5)])
+    affine = np.array([ax, ref.K[0, 2] - ax * (K_out[0, 2] + 0.5), ay, ref.K[1, 2] - ay * (K_out[1, 2] + 0.5)])
     # Only the map pixels the output shows (plus the pooling window's 1.5 output px) are filtered.
     margin_x, margin_y = 2.0 * ax + 1.0, 2.0 * ay + 1.0
-    rect = (int(np.floor(affine[1] - margin_x)), int(np.floor(affine[3] - margin_y)),
-            int(np.ceil(affine[1] + ax * width + margin_x)), int(np.ceil(affine[3] + ay * height + margin_y)))
+    rect = (
+        int(np.floor(affine[1] - margin_x)),
+        int(np.floor(affine[3] - margin_y)),
+        int(np.ceil(affine[1] + ax * width + margin_x)),
+        int(np.ceil(affine[3] + ay * height + margin_y)),
+    )
     filtered, stats = consistency_filter(ref, others, cfg, rect)
     out = pool_depth(filtered, affine, height, width) * np.float32(scene.scale)
     return out, stats
@@ -92,8 +105,10 @@ def read_colmap_mask(path, cam: SourceCamera) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.size != (cam.width, cam.height):
-                raise BadInputError(f"{path}: mask is {im.size[0]}x{im.size[1]}, expected "
-                                    f"{cam.width}x{cam.height} (its photo's size)", path)
+                raise BadInputError(
+                    f"{path}: mask is {im.size[0]}x{im.size[1]}, expected {cam.width}x{cam.height} (its photo's size)",
+                    path,
+                )
             arr = np.asarray(im.convert("L"))
     except (OSError, SyntaxError) as exc:
         raise BadInputError(f"{path}: unreadable mask PNG ({exc})", path) from None
@@ -111,22 +126,44 @@ def _mask_at_output(mask: np.ndarray, cam: SourceCamera, K: np.ndarray, width: i
     return ok.reshape(height, width)
 
 
-def render_colmap_frame(frame: ColmapFrame, scene: ColmapScene, width: int, height: int, fit: str,
-                        fov: str, sparse_cfg, mvs_cfg: MvsConfig, neighbours: list[str]):
+def render_colmap_frame(
+    frame: ColmapFrame,
+    scene: ColmapScene,
+    width: int,
+    height: int,
+    fit: str,
+    fov: str,
+    sparse_cfg,
+    mvs_cfg: MvsConfig,
+    neighbours: list[str],
+):
     """(rgb uint8 (H,W,3), K (3,3) OpenCV, depth float32 (H,W), meta)."""
     from dataengine.depth import sparse_depth
 
     umap = undistort_map(frame.camera, width, height, fit, fov)
     rgb, covered = undistort_photo(frame.image_path.read_bytes(), frame.camera, umap, frame.image_path)
     K = umap.K
-    meta = {"name": frame.name, "camera_id": frame.camera_id, "depth_source": frame.depth_source,
-            "source_size": [frame.camera.width, frame.camera.height], "camera_model": frame.camera.model,
-            "decode_reduction": umap.reduction, "blank_fraction": round(float((covered == 0).mean()), 6)}
+    meta = {
+        "name": frame.name,
+        "camera_id": frame.camera_id,
+        "depth_source": frame.depth_source,
+        "source_size": [frame.camera.width, frame.camera.height],
+        "camera_model": frame.camera.model,
+        "decode_reduction": umap.reduction,
+        "blank_fraction": round(float((covered == 0).mean()), 6),
+    }
     if frame.depth_source == "mvs":
         depth, stats = mvs_depth(frame, scene, K, width, height, neighbours, mvs_cfg)
     else:
-        depth, stats = sparse_depth(scene.points_xyz, scene.points_xyz[frame.observed], frame.rotation,
-                                    frame.translation, K, OutputRect(width, height), sparse_cfg)
+        depth, stats = sparse_depth(
+            scene.points_xyz,
+            scene.points_xyz[frame.observed],
+            frame.rotation,
+            frame.translation,
+            K,
+            OutputRect(width, height),
+            sparse_cfg,
+        )
     depth[covered < 1.0] = 0.0  # (partly) blank pixels carry no photo to supervise
     if frame.mask_path is not None:
         keep = _mask_at_output(read_colmap_mask(frame.mask_path, frame.camera), frame.camera, K, width, height)
@@ -146,7 +183,6 @@ def neighbour_names(scene: ColmapScene, cfg: MvsConfig) -> dict[str, list[str]]:
     co = scene.covisibility(mvs)
     out = {}
     for i, f in enumerate(mvs):
-        order = sorted((j for j in range(len(mvs)) if j != i and co[i, j] > 0),
-                       key=lambda j: (-co[i, j], mvs[j].name))
-        out[f.name] = [mvs[j].name for j in order[:cfg.neighbours]]
+        order = sorted((j for j in range(len(mvs)) if j != i and co[i, j] > 0), key=lambda j: (-co[i, j], mvs[j].name))
+        out[f.name] = [mvs[j].name for j in order[: cfg.neighbours]]
     return out

@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 DEPTH_MODES = ("auto", "mvs", "sparse", "laser")
 MODEL_FILES = ("cameras", "images", "points3D")
-LAYOUT_HINT = ("a COLMAP project holds images/ and sparse/0/ (or sparse/) with cameras, images and "
-               "points3D as .bin or .txt, e.g. from `colmap mapper` (see docs/own-captures.md)")
+LAYOUT_HINT = (
+    "a COLMAP project holds images/ and sparse/0/ (or sparse/) with cameras, images and "
+    "points3D as .bin or .txt, e.g. from `colmap mapper` (see docs/own-captures.md)"
+)
 
 
 @dataclass
@@ -52,17 +54,28 @@ class ColmapFrame:
 
     def cache_ident(self) -> list:
         """Everything of the inputs that changes this frame's render (for the build's cache key)."""
+
         def stat(p):
             if p is None:
                 return None
             st = p.stat()
             return [str(p), st.st_size, st.st_mtime_ns]
-        return ["colmap", self.scene, self.name, stat(self.image_path), stat(self.mask_path),
-                stat(self.mvs_path), [self.camera.model, self.camera.width, self.camera.height,
-                                      list(self.camera.params)],
-                None if self.dense_camera is None else list(self.dense_camera.params),
-                self.rotation.tolist(), self.translation.tolist(), self.depth_source, len(self.observed),
-                [stat(p) for p in self.neighbour_maps]]
+
+        return [
+            "colmap",
+            self.scene,
+            self.name,
+            stat(self.image_path),
+            stat(self.mask_path),
+            stat(self.mvs_path),
+            [self.camera.model, self.camera.width, self.camera.height, list(self.camera.params)],
+            None if self.dense_camera is None else list(self.dense_camera.params),
+            self.rotation.tolist(),
+            self.translation.tolist(),
+            self.depth_source,
+            len(self.observed),
+            [stat(p) for p in self.neighbour_maps],
+        ]
 
 
 @dataclass
@@ -112,8 +125,7 @@ def _model_format(model_dir: Path) -> str:
     if (model_dir / "cameras.bin").is_file():
         missing = [f"{n}.bin" for n in MODEL_FILES if not (model_dir / f"{n}.bin").is_file()]
         if missing:
-            raise BadInputError(f"{model_dir}: binary model lacks {', '.join(missing)}; {LAYOUT_HINT}",
-                                model_dir)
+            raise BadInputError(f"{model_dir}: binary model lacks {', '.join(missing)}; {LAYOUT_HINT}", model_dir)
         return "binary"
     missing = [f"{n}.txt" for n in MODEL_FILES if not (model_dir / f"{n}.txt").is_file()]
     if missing:
@@ -137,8 +149,10 @@ def read_reconstruction(model_dir: Path):
         read_cameras_txt(model_dir / "cameras.txt")
         read_images_txt(model_dir / "images.txt")
         read_points3d_txt(model_dir / "points3D.txt")
-    raise BadInputError(f"{model_dir}: pycolmap cannot read this {fmt} model ({reason}); re-export it "
-                        f"with `colmap model_converter`", model_dir)
+    raise BadInputError(
+        f"{model_dir}: pycolmap cannot read this {fmt} model ({reason}); re-export it with `colmap model_converter`",
+        model_dir,
+    )
 
 
 def _pose(image) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +191,10 @@ def _read_dense(scene_dir: Path, prefer: str) -> dict:
         return {}
     model_dir = model_dir_of(dense)
     if model_dir is None:
-        raise BadInputError(f"{dense}: dense workspace without sparse/ (the undistorted model that "
-                            f"`colmap image_undistorter` writes)", dense)
+        raise BadInputError(
+            f"{dense}: dense workspace without sparse/ (the undistorted model that `colmap image_undistorter` writes)",
+            dense,
+        )
     rec, _ = read_reconstruction(model_dir)
     kinds = ("geometric", "photometric") if prefer == "geometric" else ("photometric", "geometric")
     out = {}
@@ -187,8 +203,11 @@ def _read_dense(scene_dir: Path, prefer: str) -> dict:
             continue
         cam = SourceCamera.from_pycolmap(image.camera_id, rec.cameras[image.camera_id])
         if cam.model not in ("PINHOLE", "SIMPLE_PINHOLE"):
-            raise BadInputError(f"{model_dir}: camera {cam.camera_id} is {cam.model}; the dense "
-                                f"workspace's cameras must be undistorted (PINHOLE)", model_dir)
+            raise BadInputError(
+                f"{model_dir}: camera {cam.camera_id} is {cam.model}; the dense "
+                f"workspace's cameras must be undistorted (PINHOLE)",
+                model_dir,
+            )
         for kind in kinds:
             path = dense / "stereo" / "depth_maps" / f"{image.name}.{kind}.bin"
             if path.is_file():
@@ -197,14 +216,23 @@ def _read_dense(scene_dir: Path, prefer: str) -> dict:
     return out
 
 
-def load_colmap_scene(name: str, scene_dir: Path, depth: str = "auto", skip_bad: bool = False,
-                      metric_scale: float | None = None, prefer: str = "geometric") -> ColmapScene:
+def load_colmap_scene(
+    name: str,
+    scene_dir: Path,
+    depth: str = "auto",
+    skip_bad: bool = False,
+    metric_scale: float | None = None,
+    prefer: str = "geometric",
+) -> ColmapScene:
     """Parse one project and cross-check photos, masks and depth maps against the model."""
     if depth not in DEPTH_MODES:
         raise ValueError(f"depth must be one of {DEPTH_MODES}, got {depth!r}")
     if depth == "laser":
-        raise BadInputError(f"{scene_dir}: --depth laser needs ETH3D laser scans (--format eth3d); a "
-                            f"COLMAP project has --depth mvs or sparse", scene_dir)
+        raise BadInputError(
+            f"{scene_dir}: --depth laser needs ETH3D laser scans (--format eth3d); a "
+            f"COLMAP project has --depth mvs or sparse",
+            scene_dir,
+        )
     if metric_scale is not None and not (math.isfinite(metric_scale) and metric_scale > 0):
         raise ValueError(f"--metric-scale must be a positive number, got {metric_scale}")
     scale = 1.0 if metric_scale is None else float(metric_scale)
@@ -216,8 +244,7 @@ def load_colmap_scene(name: str, scene_dir: Path, depth: str = "auto", skip_bad:
         msg = f"{name}: {model_dir.parent} holds several models; using sparse/0 only"
         log.warning(msg)
     point_ids = np.array(sorted(rec.points3D.keys()), dtype=np.int64)
-    xyz = (np.array([rec.points3D[int(p)].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)
-           * scale)
+    xyz = np.array([rec.points3D[int(p)].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3) * scale
     index_of = {int(p): i for i, p in enumerate(point_ids)}
     units = "arbitrary (COLMAP)" if metric_scale is None else f"metres (COLMAP x {scale:g})"
     scene = ColmapScene(name, scene_dir, model_dir, fmt, [], xyz, units, scale)
@@ -227,9 +254,12 @@ def load_colmap_scene(name: str, scene_dir: Path, depth: str = "auto", skip_bad:
         log.warning(msg)
         scene.warnings.append(msg)
     if depth == "mvs" and not dense:
-        raise BadInputError(f"{scene_dir}: --depth mvs but no dense/stereo/depth_maps/*.bin; run "
-                            f"`colmap image_undistorter` and `colmap patch_match_stereo` (see "
-                            f"docs/own-captures.md) or use --depth sparse", scene_dir)
+        raise BadInputError(
+            f"{scene_dir}: --depth mvs but no dense/stereo/depth_maps/*.bin; run "
+            f"`colmap image_undistorter` and `colmap patch_match_stereo` (see "
+            f"docs/own-captures.md) or use --depth sparse",
+            scene_dir,
+        )
     cameras = {cid: SourceCamera.from_pycolmap(cid, cam) for cid, cam in rec.cameras.items()}
     for image in sorted(rec.images.values(), key=lambda im: im.name):
         try:
@@ -254,8 +284,11 @@ def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, s
         return None
     image_path = scene_dir / "images" / image.name
     if not image_path.is_file():
-        raise BadInputError(f"{image_path}: photo of image {image.image_id} in {scene.model_dir} is "
-                            f"missing (image names are relative to images/)", image_path)
+        raise BadInputError(
+            f"{image_path}: photo of image {image.image_id} in {scene.model_dir} is "
+            f"missing (image names are relative to images/)",
+            image_path,
+        )
     R, t = _pose(image)
     ids = [int(p.point3D_id) for p in image.points2D if p.has_point3D()]
     observed = np.unique(np.array([index_of[i] for i in ids if i in index_of], dtype=np.int64))
@@ -264,14 +297,32 @@ def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, s
     if image.name in dense:
         path, dense_cam, dR, dt = dense[image.name]
         if np.abs(dR - R).max() > 1e-6 or np.abs(dt - t).max() > 1e-6 * max(1.0, np.abs(t).max()):
-            raise BadInputError(f"{path}: the dense model's pose of {image.name} differs from "
-                                f"{scene.model_dir}; was the workspace built from another model?", path)
+            raise BadInputError(
+                f"{path}: the dense model's pose of {image.name} differs from "
+                f"{scene.model_dir}; was the workspace built from another model?",
+                path,
+            )
         mvs_path, source = path, "mvs"
     elif depth_mode == "mvs":
-        raise BadInputError(f"{scene_dir / 'dense/stereo/depth_maps'}: no depth map for {image.name} "
-                            f"(--depth mvs); use --skip-bad or --depth auto", scene_dir)
+        raise BadInputError(
+            f"{scene_dir / 'dense/stereo/depth_maps'}: no depth map for {image.name} "
+            f"(--depth mvs); use --skip-bad or --depth auto",
+            scene_dir,
+        )
     elif depth_mode == "auto" and dense:
         scene.warnings.append(f"{scene.name}/{image.name}: no MVS depth map — sparse depth")
-    return ColmapFrame(scene.name, image.name, int(image.image_id), image_path, int(image.camera_id),
-                       cameras[image.camera_id], R, t * scale, observed, _mask_path(scene_dir, image.name),
-                       mvs_path, dense_cam, source)
+    return ColmapFrame(
+        scene.name,
+        image.name,
+        int(image.image_id),
+        image_path,
+        int(image.camera_id),
+        cameras[image.camera_id],
+        R,
+        t * scale,
+        observed,
+        _mask_path(scene_dir, image.name),
+        mvs_path,
+        dense_cam,
+        source,
+    )

@@ -55,11 +55,9 @@ class LaserDepthConfig:
         if self.samples < 1 or self.min_count < 0 or self.grid_spacing <= 0:
             raise ValueError("samples >= 1, min_count >= 0 and grid_spacing > 0 are required")
         if not 0.0 < self.plane_radius <= 1.5:
-            raise ValueError(f"plane_radius must be in (0, 1.5] output pixels, "
-                             f"got {self.plane_radius}")
+            raise ValueError(f"plane_radius must be in (0, 1.5] output pixels, got {self.plane_radius}")
         if self.plane_min_points < 3 or self.plane_tolerance <= 0 or self.plane_min_spread < 0:
-            raise ValueError("plane_min_points >= 3, plane_tolerance > 0 and plane_min_spread >= 0 "
-                             "are required")
+            raise ValueError("plane_min_points >= 3, plane_tolerance > 0 and plane_min_spread >= 0 are required")
 
 
 @dataclass(frozen=True)
@@ -88,8 +86,11 @@ def map_gt_depth(path: Path, width: int, height: int) -> np.ndarray:
     expected = width * height * 4
     size = os.path.getsize(path)
     if size != expected:
-        raise BadInputError(f"{path}: depth file has {size} bytes, expected {expected} "
-                            f"(= {width}x{height} float32 of the distorted camera)", path)
+        raise BadInputError(
+            f"{path}: depth file has {size} bytes, expected {expected} "
+            f"(= {width}x{height} float32 of the distorted camera)",
+            path,
+        )
     with open(path, "rb") as fh:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     return np.frombuffer(mapped, dtype="<f4").reshape(height, width)
@@ -104,12 +105,19 @@ def check_gt_values(path: Path, n_bad: int, gt: np.ndarray) -> None:
     from dataengine.kernels import MAX_GT_DEPTH
 
     with np.errstate(invalid="ignore"):
-        kinds = {"NaN": np.isnan(gt), "-inf": gt == -np.inf, "<= 0": np.isfinite(gt) & (gt <= 0),
-                 f"> {MAX_GT_DEPTH:g} m": np.isfinite(gt) & (gt > MAX_GT_DEPTH)}
+        kinds = {
+            "NaN": np.isnan(gt),
+            "-inf": gt == -np.inf,
+            "<= 0": np.isfinite(gt) & (gt <= 0),
+            f"> {MAX_GT_DEPTH:g} m": np.isfinite(gt) & (gt > MAX_GT_DEPTH),
+        }
     detail = ", ".join(f"{int(np.count_nonzero(v))} {k}" for k, v in kinds.items() if np.any(v))
-    raise BadInputError(f"{path}: {n_bad} bad GT depth values ({detail}); expected metres in (0, "
-                        f"{MAX_GT_DEPTH:g}] or +inf for 'no GT'; re-extract the file, or --skip-bad "
-                        f"to skip the frame", path)
+    raise BadInputError(
+        f"{path}: {n_bad} bad GT depth values ({detail}); expected metres in (0, "
+        f"{MAX_GT_DEPTH:g}] or +inf for 'no GT'; re-extract the file, or --skip-bad "
+        f"to skip the frame",
+        path,
+    )
 
 
 def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]:
@@ -123,8 +131,7 @@ def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]
     return gt, n_valid
 
 
-def read_mask(path: Path | None, width: int, height: int,
-              out: np.ndarray | None = None) -> np.ndarray:
+def read_mask(path: Path | None, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
     """ETH3D mask PNG (0 = fine, 1 = bad colour, 2 = bad geometry) or (0, 0) when there is none.
 
     8-bit greyscale PNGs (ETH3D's kind) take the fast decoder (dataengine.png, ~3x faster than
@@ -178,8 +185,9 @@ def check_mask_values(path: Path, max_value: int) -> None:
 
 def _check_mask_size(path, got_w, got_h, width, height):
     if (got_w, got_h) != (width, height):
-        raise BadInputError(f"{path}: mask is {got_w}x{got_h}, expected {width}x{height} (the "
-                            f"distorted image size)", path)
+        raise BadInputError(
+            f"{path}: mask is {got_w}x{got_h}, expected {width}x{height} (the distorted image size)", path
+        )
 
 
 def _read_mask_pillow(path: Path, width: int, height: int) -> np.ndarray:
@@ -189,8 +197,7 @@ def _read_mask_pillow(path: Path, width: int, height: int) -> np.ndarray:
         with Image.open(path) as im:
             _check_mask_size(path, im.size[0], im.size[1], width, height)
             if im.mode not in ("L", "P", "1"):
-                raise BadInputError(f"{path}: mask must be 8-bit single channel, got mode {im.mode}",
-                                    path)
+                raise BadInputError(f"{path}: mask must be 8-bit single channel, got mode {im.mode}", path)
             if im.mode == "1":
                 im = im.convert("L")
             # tobytes + frombuffer: np.asarray(im) costs ~50 ms more on a 24-megapixel mask.
@@ -208,8 +215,16 @@ def _cached_grid(kind: str, pinhole: Camera, prism: Camera, spacing: float):
     grid node; 'undistort' = undistorted position of every distorted grid node."""
     from dataengine.kernels import distortion_grid, undistortion_grid
 
-    key = (kind, pinhole.width, pinhole.height, tuple(pinhole.params), prism.width, prism.height,
-           tuple(prism.params), spacing)
+    key = (
+        kind,
+        pinhole.width,
+        pinhole.height,
+        tuple(pinhole.params),
+        prism.width,
+        prism.height,
+        tuple(prism.params),
+        spacing,
+    )
     with _grid_lock:
         hit = _grid_cache.get(key)
     if hit is not None:
@@ -234,22 +249,31 @@ def undistortion_grid_for(pinhole: Camera, prism: Camera, spacing: float):
     return _cached_grid("undistort", pinhole, prism, spacing)
 
 
-def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism: Camera,
-                geom: OutputGeometry, cfg: LaserDepthConfig) -> tuple[np.ndarray, dict]:
+def laser_depth(
+    depth_path: Path,
+    mask_path: Path | None,
+    pinhole: Camera,
+    prism: Camera,
+    geom: OutputGeometry,
+    cfg: LaserDepthConfig,
+) -> tuple[np.ndarray, dict]:
     """(H, W) float32 metres (0 = no supervision) and source statistics."""
     from dataengine.kernels import PLANE_FITTED
 
     if prism.model != "THIN_PRISM_FISHEYE":
-        raise BadInputError(f"camera {prism.camera_id} of dslr_calibration_jpg must be "
-                            f"THIN_PRISM_FISHEYE, got {prism.model}")
+        raise BadInputError(
+            f"camera {prism.camera_id} of dslr_calibration_jpg must be THIN_PRISM_FISHEYE, got {prism.model}"
+        )
     if cfg.pooling == "plane":
         # The mask's filtered scanlines go to the GT pass, which unfilters them row by row.
         scanlines = read_mask_scanlines(mask_path, prism.width, prism.height)
-        mask = scanlines if scanlines is not None else read_mask(
-            mask_path, prism.width, prism.height, _mask_buffer(prism))
+        mask = (
+            scanlines if scanlines is not None else read_mask(mask_path, prism.width, prism.height, _mask_buffer(prism))
+        )
         gt = map_gt_depth(depth_path, prism.width, prism.height)
-        plane = plane_depth(gt, mask, pinhole, prism, geom, cfg,
-                            mask_filtered=scanlines is not None, mask_path=mask_path)
+        plane = plane_depth(
+            gt, mask, pinhole, prism, geom, cfg, mask_filtered=scanlines is not None, mask_path=mask_path
+        )
         check_gt_values(depth_path, plane.n_nan, gt)
         out, n_valid, n_masked = plane.depth, plane.n_valid, plane.n_masked
         n_mask_pixels = prism.width * prism.height if mask.size else 0
@@ -259,12 +283,15 @@ def laser_depth(depth_path: Path, mask_path: Path | None, pinhole: Camera, prism
         out = _sampled_depth(gt, mask, pinhole, prism, geom, cfg)
         n_masked = np.count_nonzero(mask)
         n_mask_pixels = mask.size
-    stats = {"source_valid_fraction": round(n_valid / gt.size, 6),
-             "masked_fraction": round(n_masked / n_mask_pixels, 6) if n_mask_pixels else 0.0}
+    stats = {
+        "source_valid_fraction": round(n_valid / gt.size, 6),
+        "masked_fraction": round(n_masked / n_mask_pixels, 6) if n_mask_pixels else 0.0,
+    }
     if cfg.pooling == "plane":
         supervised = np.count_nonzero(out)
-        stats["plane_fraction"] = (round(np.count_nonzero(plane.status == PLANE_FITTED)
-                                         / supervised, 6) if supervised else 0.0)
+        stats["plane_fraction"] = (
+            round(np.count_nonzero(plane.status == PLANE_FITTED) / supervised, 6) if supervised else 0.0
+        )
     return out, stats
 
 
@@ -275,9 +302,20 @@ def _sampled_depth(gt, mask, pinhole, prism, geom, cfg) -> np.ndarray:
     gx, gy = distortion_grid_for(pinhole, prism, cfg.grid_spacing)
     out = np.empty((geom.height, geom.width), dtype=np.float32)
     count = np.empty((geom.height, geom.width), dtype=np.uint16)
-    laser_depth_pool(gt, mask, gx, gy, float(cfg.grid_spacing), geom.affine,
-                     np.array([pinhole.width, pinhole.height], dtype=np.float64), cfg.samples,
-                     POOLING.index(cfg.pooling), cfg.min_count, out, count)
+    laser_depth_pool(
+        gt,
+        mask,
+        gx,
+        gy,
+        float(cfg.grid_spacing),
+        geom.affine,
+        np.array([pinhole.width, pinhole.height], dtype=np.float64),
+        cfg.samples,
+        POOLING.index(cfg.pooling),
+        cfg.min_count,
+        out,
+        count,
+    )
     return out
 
 
@@ -289,8 +327,9 @@ class PlaneDepth(NamedTuple):
     n_masked: int  # mask pixels != 0 (0 without a mask)
 
 
-def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False,
-                mask_path: Path | None = None) -> PlaneDepth:
+def plane_depth(
+    gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False, mask_path: Path | None = None
+) -> PlaneDepth:
     """Local plane fits with nearest-point fallback (kernels.plane_pool). gt: the raw GT map
     (scanned for valid/NaN pixels in the same pass); mask may be (0, 0). mask_filtered: mask is
     the PNG's filtered scanlines (`read_mask_scanlines`), unfiltered inside the GT pass; an
@@ -302,13 +341,24 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False
     src_size = np.array([pinhole.width, pinhole.height], dtype=np.float64)
     want = getattr(_local, "points_needed", gt.size // 8)  # the thread's last frame, else 12.5 %
     while True:
-        buffers = PointBuffers(_buffer_at_least("pt_owner", want, np.int32),
-                               _buffer_at_least("pt_x", want, np.float32),
-                               _buffer_at_least("pt_y", want, np.float32),
-                               _buffer_at_least("pt_z", want, np.float32))
-        found = laser_points(gt, mask, ux, uy, buffers, spacing=float(cfg.grid_spacing),
-                             affine=geom.affine, src_size=src_size,
-                             out_shape=(geom.height, geom.width), mask_filtered=mask_filtered)
+        buffers = PointBuffers(
+            _buffer_at_least("pt_owner", want, np.int32),
+            _buffer_at_least("pt_x", want, np.float32),
+            _buffer_at_least("pt_y", want, np.float32),
+            _buffer_at_least("pt_z", want, np.float32),
+        )
+        found = laser_points(
+            gt,
+            mask,
+            ux,
+            uy,
+            buffers,
+            spacing=float(cfg.grid_spacing),
+            affine=geom.affine,
+            src_size=src_size,
+            out_shape=(geom.height, geom.width),
+            mask_filtered=mask_filtered,
+        )
         if mask_filtered and found.bad_filter_row >= 0:
             row = found.bad_filter_row
             raise bad_filter_error(mask_path, row, int(mask[row, 0]))
@@ -320,25 +370,42 @@ def plane_depth(gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False
         want = n  # more points than the buffers hold (rare): grow them and map again
     _local.points_needed = n
     n_buckets = 4 * geom.height * geom.width  # quadrant sub-buckets
-    start = _buffer_at_least("bk_start", n_buckets + 1, np.int32)[:n_buckets + 1]
+    start = _buffer_at_least("bk_start", n_buckets + 1, np.int32)[: n_buckets + 1]
     # The bucketed points as 16-byte records (1/depth, x, y): the scatter of the counting sort
     # and the window reads touch one cache line per point, not three.
-    records = _buffer_at_least("bk_rec", 2 * n, np.float64)[:2 * n].reshape(n, 2)
+    records = _buffer_at_least("bk_rec", 2 * n, np.float64)[: 2 * n].reshape(n, 2)
     pw = records[:, 0]
     px = records.view(np.float32)[:, 2]
     py = records.view(np.float32)[:, 3]
     bucket_points(*buffers, n, start, px, py, pw)
     out = np.empty((geom.height, geom.width), dtype=np.float32)
     status = np.empty((geom.height, geom.width), dtype=np.uint8)
-    plane_pool(start, px, py, pw, geom.affine, cfg.min_count, float(cfg.plane_radius),
-               cfg.plane_min_points, float(cfg.plane_tolerance), float(cfg.plane_min_spread),
-               out, status)
+    plane_pool(
+        start,
+        px,
+        py,
+        pw,
+        geom.affine,
+        cfg.min_count,
+        float(cfg.plane_radius),
+        cfg.plane_min_points,
+        float(cfg.plane_tolerance),
+        float(cfg.plane_min_spread),
+        out,
+        status,
+    )
     return PlaneDepth(out, status, found.n_valid, found.n_nan, found.n_masked)
 
 
-def sparse_depth(points_xyz: np.ndarray, observed_xyz: np.ndarray, rotation: np.ndarray,
-                 translation: np.ndarray, kmat: np.ndarray, geom: OutputGeometry,
-                 cfg: SparseDepthConfig) -> tuple[np.ndarray, dict]:
+def sparse_depth(
+    points_xyz: np.ndarray,
+    observed_xyz: np.ndarray,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    kmat: np.ndarray,
+    geom: OutputGeometry,
+    cfg: SparseDepthConfig,
+) -> tuple[np.ndarray, dict]:
     """Observed COLMAP points that survive a z-buffer occlusion test over all points."""
     from dataengine.kernels import sparse_visible_depth, splat_min_depth
 
@@ -349,7 +416,15 @@ def sparse_depth(points_xyz: np.ndarray, observed_xyz: np.ndarray, rotation: np.
     kmat = np.ascontiguousarray(kmat, dtype=np.float64)
     splat_min_depth(np.ascontiguousarray(points_xyz, dtype=np.float64), rot, trans, kmat, rect, zbuf)
     out = np.zeros((geom.height, geom.width), dtype=np.float64)
-    kept, occluded = sparse_visible_depth(np.ascontiguousarray(observed_xyz, dtype=np.float64), rot,
-                                          trans, kmat, rect, zbuf, cfg.occlusion_radius,
-                                          cfg.occlusion_tolerance, out)
+    kept, occluded = sparse_visible_depth(
+        np.ascontiguousarray(observed_xyz, dtype=np.float64),
+        rot,
+        trans,
+        kmat,
+        rect,
+        zbuf,
+        cfg.occlusion_radius,
+        cfg.occlusion_tolerance,
+        out,
+    )
     return out.astype(np.float32), {"sparse_points": int(kept), "sparse_occluded": int(occluded)}

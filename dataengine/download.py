@@ -46,16 +46,17 @@ def check_scene_names(scenes) -> None:
         raise BadInputError("--scenes names no scene; name ETH3D training scenes, e.g. facade,office")
     unknown = [s for s in scenes if s not in ETH3D_TRAINING_SCENES]
     if unknown:
-        raise BadInputError(f"--scenes: unknown ETH3D training scene(s) {', '.join(unknown)}; choose from "
-                            f"{', '.join(ETH3D_TRAINING_SCENES)}")
+        raise BadInputError(
+            f"--scenes: unknown ETH3D training scene(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(ETH3D_TRAINING_SCENES)}"
+        )
 
 
 def archive_name(scene: str, kind: str) -> str:
     return f"{scene}_{kind}.7z"
 
 
-def fetch(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 60.0,
-          retries: int = 3) -> Path:
+def fetch(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 60.0, retries: int = 3) -> Path:
     """Download url to dest via dest.part, resuming a partial file with an HTTP Range request."""
     from tqdm import tqdm
 
@@ -71,9 +72,12 @@ def fetch(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 60.
                     have = 0
                 total = resp.headers.get("Content-Length")
                 total = int(total) + have if total is not None else None
-                with open(part, "ab" if have else "wb") as out, \
-                        tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
-                             disable=not progress) as bar:
+                with (
+                    open(part, "ab" if have else "wb") as out,
+                    tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+                    ) as bar,
+                ):
                     while block := resp.read(1 << 20):
                         out.write(block)
                         bar.update(len(block))
@@ -87,16 +91,17 @@ def fetch(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 60.
                 part.unlink()
                 continue
             if exc.code == 404:
-                raise FileNotFoundError(f"{url}: 404 Not Found; check --base-url and the scene name") \
-                    from None
+                raise FileNotFoundError(f"{url}: 404 Not Found; check --base-url and the scene name") from None
             error = exc
         except (OSError, urllib.error.URLError) as exc:
             error = exc
         if attempt < retries:
             log.warning("%s: %s; retrying (%d/%d)", url, error, attempt + 1, retries)
-            time.sleep(min(2 ** attempt, 10))
-    raise OSError(f"{url}: download failed after {retries + 1} attempts ({error}); check the network "
-                  f"and --base-url, then rerun (finished archives are kept, a partial one resumes)")
+            time.sleep(min(2**attempt, 10))
+    raise OSError(
+        f"{url}: download failed after {retries + 1} attempts ({error}); check the network "
+        f"and --base-url, then rerun (finished archives are kept, a partial one resumes)"
+    )
 
 
 def _safe_member(name: str) -> bool:
@@ -139,17 +144,25 @@ def download_scenes(cfg: DownloadConfig) -> list[dict]:
             if marker.is_file():
                 report.append({"archive": name, "status": "already done"})
                 continue
-            archive = fetch(cfg.base_url.rstrip("/") + "/" + name, state / name,
-                            progress=cfg.progress, timeout_s=cfg.timeout_s, retries=cfg.retries)
+            archive = fetch(
+                cfg.base_url.rstrip("/") + "/" + name,
+                state / name,
+                progress=cfg.progress,
+                timeout_s=cfg.timeout_s,
+                retries=cfg.retries,
+            )
             only = "dslr_calibration_jpg" if kind == "dslr_jpg" else None
             try:
                 members = extract(archive, root, only=only)
             except py7zr_errors() as exc:
                 archive.unlink(missing_ok=True)  # a rerun fetches it again
-                raise OSError(f"{archive}: corrupt 7z archive ({type(exc).__name__}: {exc}); deleted it, "
-                              f"rerun to download it again") from None
-            marker.write_text(json.dumps({"archive": name, "bytes": archive.stat().st_size,
-                                          "members": len(members)}) + "\n")
+                raise OSError(
+                    f"{archive}: corrupt 7z archive ({type(exc).__name__}: {exc}); deleted it, "
+                    f"rerun to download it again"
+                ) from None
+            marker.write_text(
+                json.dumps({"archive": name, "bytes": archive.stat().st_size, "members": len(members)}) + "\n"
+            )
             if not cfg.keep_archives:
                 archive.unlink()
             report.append({"archive": name, "status": "downloaded", "members": len(members)})

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.scenes import ETH3D_URL
 from dataengine.colmap import BadInputError, Camera, ColmapModel, read_model
+from dataengine.scenes import ETH3D_URL
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ ARCHIVES_HINT = (
     "download the per-scene ETH3D archives <scene>_dslr_undistorted.7z, <scene>_dslr_jpg.7z, "
     f"<scene>_dslr_depth.7z and <scene>_dslr_occlusion.7z from {ETH3D_URL} and "
     "extract them into the root, e.g. `python -m dataengine download --root ROOT --scenes SCENES` "
-    "(or `make download`)")
+    "(or `make download`)"
+)
 
 
 @dataclass
@@ -89,8 +90,7 @@ def _observations(model: ColmapModel) -> dict[int, np.ndarray]:
     return out
 
 
-def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False,
-               require_masks: bool = False) -> Scene:
+def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False, require_masks: bool = False) -> Scene:
     """Parse and cross-check one scene. Bad frames raise, or are recorded as skipped with skip_bad.
     A scene without any image, or whose sparse-depth frames have no points3D.txt points to project,
     is an error (it would give frames without supervision)."""
@@ -101,27 +101,37 @@ def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False,
     undist = read_model(scene_dir / UNDISTORTED_CALIB, need_points=True)
     images_txt = scene_dir / UNDISTORTED_CALIB / "images.txt"
     if not undist.images:
-        raise BadInputError(f"{images_txt}: lists no images; re-extract the scene's "
-                            f"dslr_undistorted archive or drop the scene from --scenes", images_txt)
+        raise BadInputError(
+            f"{images_txt}: lists no images; re-extract the scene's "
+            f"dslr_undistorted archive or drop the scene from --scenes",
+            images_txt,
+        )
     scene = Scene(name, scene_dir, [], undist.points3d.xyz)
     dist_dir = scene_dir / DISTORTED_CALIB
     dist = read_model(dist_dir, need_points=False) if (dist_dir / "images.txt").is_file() else None
     has_gt = (scene_dir / GT_DEPTH_DIR).is_dir()
     if depth == "laser" and (dist is None or not has_gt):
-        raise BadInputError(f"{scene_dir}: --depth laser needs {DISTORTED_CALIB}/ and {GT_DEPTH_DIR}/; "
-                            f"{ARCHIVES_HINT}", scene_dir)
+        raise BadInputError(
+            f"{scene_dir}: --depth laser needs {DISTORTED_CALIB}/ and {GT_DEPTH_DIR}/; {ARCHIVES_HINT}", scene_dir
+        )
     use_laser = depth == "laser" or (depth == "auto" and dist is not None and has_gt)
     if depth == "auto" and not use_laser:
-        msg = (f"{name}: no {GT_DEPTH_DIR}/ or {DISTORTED_CALIB}/ — falling back to sparse COLMAP "
-               f"depth for the whole scene")
+        msg = (
+            f"{name}: no {GT_DEPTH_DIR}/ or {DISTORTED_CALIB}/ — falling back to sparse COLMAP "
+            f"depth for the whole scene"
+        )
         log.warning(msg)
         scene.warnings.append(msg)
     if use_laser and not (scene_dir / MASK_DIR).is_dir():
         if require_masks:
-            raise BadInputError(f"{scene_dir / MASK_DIR}: not found (--require-masks); extract "
-                                f"{name}_dslr_occlusion.7z into the root", scene_dir / MASK_DIR)
-        msg = (f"{name}: no {MASK_DIR}/ — occluded and badly coloured pixels are supervised "
-               f"(extract {name}_dslr_occlusion.7z, or build with --require-masks to refuse this)")
+            raise BadInputError(
+                f"{scene_dir / MASK_DIR}: not found (--require-masks); extract {name}_dslr_occlusion.7z into the root",
+                scene_dir / MASK_DIR,
+            )
+        msg = (
+            f"{name}: no {MASK_DIR}/ — occluded and badly coloured pixels are supervised "
+            f"(extract {name}_dslr_occlusion.7z, or build with --require-masks to refuse this)"
+        )
         log.warning(msg)
         scene.warnings.append(msg)
 
@@ -136,11 +146,22 @@ def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False,
         base = Path(img.name).name
         try:
             if base in seen:
-                raise BadInputError(f"{images_txt}:{img.line}: image {base} appears twice (also line "
-                                    f"{seen[base]})", images_txt)
+                raise BadInputError(
+                    f"{images_txt}:{img.line}: image {base} appears twice (also line {seen[base]})", images_txt
+                )
             seen[base] = img.line
-            frame = _make_frame(scene, scene_dir, img, undist, dist_by_name.get(base), dist,
-                                use_laser, depth, observations, require_masks)
+            frame = _make_frame(
+                scene,
+                scene_dir,
+                img,
+                undist,
+                dist_by_name.get(base),
+                dist,
+                use_laser,
+                depth,
+                observations,
+                require_masks,
+            )
         except BadInputError as exc:
             if not skip_bad:
                 raise
@@ -152,50 +173,77 @@ def load_scene(scene_dir: Path, depth: str = "auto", skip_bad: bool = False,
     if sparse and len(scene.points_xyz) == 0:
         points = scene_dir / UNDISTORTED_CALIB / "points3D.txt"
         what = "file not found" if not points.is_file() else "holds no points"
-        raise BadInputError(f"{points}: {what}, but {len(sparse)} frame(s) of {name} need sparse COLMAP "
-                            f"depth (e.g. {sparse[0]}) and would have no supervised pixel; restore "
-                            f"points3D.txt or provide laser GT (--depth laser)", points)
+        raise BadInputError(
+            f"{points}: {what}, but {len(sparse)} frame(s) of {name} need sparse COLMAP "
+            f"depth (e.g. {sparse[0]}) and would have no supervised pixel; restore "
+            f"points3D.txt or provide laser GT (--depth laser)",
+            points,
+        )
     return scene
 
 
-def _make_frame(scene: Scene, scene_dir: Path, img, undist: ColmapModel, dimg, dist, use_laser: bool,
-                depth_mode: str, observations, require_masks: bool = False) -> Frame:
+def _make_frame(
+    scene: Scene,
+    scene_dir: Path,
+    img,
+    undist: ColmapModel,
+    dimg,
+    dist,
+    use_laser: bool,
+    depth_mode: str,
+    observations,
+    require_masks: bool = False,
+) -> Frame:
     base = Path(img.name).name
     image_path = scene_dir / "images" / img.name
     if not image_path.is_file():
-        raise BadInputError(f"{image_path}: image listed in {undist.directory / 'images.txt'}:"
-                            f"{img.line} is missing", image_path)
+        raise BadInputError(
+            f"{image_path}: image listed in {undist.directory / 'images.txt'}:{img.line} is missing", image_path
+        )
     if image_path.stat().st_size == 0:
-        raise BadInputError(f"{image_path}: image file is empty (0 bytes); re-extract it, or "
-                            f"--skip-bad to skip the frame", image_path)
+        raise BadInputError(
+            f"{image_path}: image file is empty (0 bytes); re-extract it, or --skip-bad to skip the frame", image_path
+        )
     pinhole = undist.cameras[img.camera_id]
     if pinhole.model != "PINHOLE":
-        raise BadInputError(f"{undist.directory / 'cameras.txt'}: camera {pinhole.camera_id} is "
-                            f"{pinhole.model}, expected PINHOLE", undist.directory / "cameras.txt")
+        raise BadInputError(
+            f"{undist.directory / 'cameras.txt'}: camera {pinhole.camera_id} is {pinhole.model}, expected PINHOLE",
+            undist.directory / "cameras.txt",
+        )
     rotation, translation = img.rotation, img.tvec
     prism = depth_path = mask_path = None
     source = "sparse"
     if dimg is not None:
         dist_txt = dist.directory / "images.txt"
         if dimg.camera_id != img.camera_id:
-            raise BadInputError(f"{dist_txt}:{dimg.line}: {base} uses camera {dimg.camera_id} but "
-                                f"camera {img.camera_id} in {UNDISTORTED_CALIB}", dist_txt)
+            raise BadInputError(
+                f"{dist_txt}:{dimg.line}: {base} uses camera {dimg.camera_id} but "
+                f"camera {img.camera_id} in {UNDISTORTED_CALIB}",
+                dist_txt,
+            )
         d_rot = np.abs(dimg.rotation - rotation).max()
         d_t = np.abs(dimg.tvec - translation).max() / max(1.0, np.abs(translation).max())
         if d_rot > POSE_TOLERANCE or d_t > POSE_TOLERANCE:
-            raise BadInputError(f"{dist_txt}:{dimg.line}: pose of {base} differs from "
-                                f"{UNDISTORTED_CALIB} (max|dR| {d_rot:.2g}, rel |dt| {d_t:.2g})",
-                                dist_txt)
+            raise BadInputError(
+                f"{dist_txt}:{dimg.line}: pose of {base} differs from "
+                f"{UNDISTORTED_CALIB} (max|dR| {d_rot:.2g}, rel |dt| {d_t:.2g})",
+                dist_txt,
+            )
         prism = dist.cameras[dimg.camera_id]
         if prism.model != "THIN_PRISM_FISHEYE":
-            raise BadInputError(f"{dist.directory / 'cameras.txt'}: camera {prism.camera_id} is "
-                                f"{prism.model}, expected THIN_PRISM_FISHEYE",
-                                dist.directory / "cameras.txt")
+            raise BadInputError(
+                f"{dist.directory / 'cameras.txt'}: camera {prism.camera_id} is "
+                f"{prism.model}, expected THIN_PRISM_FISHEYE",
+                dist.directory / "cameras.txt",
+            )
     if use_laser:
         candidate = scene_dir / GT_DEPTH_DIR / (dimg.name if dimg is not None else "")
         if dimg is None or not candidate.is_file():
-            what = (f"{base} is not in {DISTORTED_CALIB}/images.txt" if dimg is None
-                    else f"{candidate}: GT depth file missing")
+            what = (
+                f"{base} is not in {DISTORTED_CALIB}/images.txt"
+                if dimg is None
+                else f"{candidate}: GT depth file missing"
+            )
             if depth_mode == "laser":
                 raise BadInputError(f"{what} (--depth laser)", candidate)
             msg = f"{scene.name}/{base}: {what} — sparse COLMAP depth for this frame"
@@ -205,13 +253,28 @@ def _make_frame(scene: Scene, scene_dir: Path, img, undist: ColmapModel, dimg, d
             expected = prism.width * prism.height * 4
             size = candidate.stat().st_size
             if size != expected:
-                raise BadInputError(f"{candidate}: depth file has {size} bytes, expected {expected} "
-                                    f"(= {prism.width}x{prism.height} float32)", candidate)
+                raise BadInputError(
+                    f"{candidate}: depth file has {size} bytes, expected {expected} "
+                    f"(= {prism.width}x{prism.height} float32)",
+                    candidate,
+                )
             depth_path, source = candidate, "laser"
             mask = scene_dir / MASK_DIR / Path(dimg.name).with_suffix(".png")
             mask_path = mask if mask.is_file() else None
             if mask_path is None and require_masks:
                 raise BadInputError(f"{mask}: mask missing (--require-masks)", mask)
     observed = observations[img.image_id]
-    return Frame(scene.name, base, image_path, img.camera_id, pinhole, prism, rotation,
-                 np.asarray(translation, dtype=np.float64), depth_path, mask_path, source, observed)
+    return Frame(
+        scene.name,
+        base,
+        image_path,
+        img.camera_id,
+        pinhole,
+        prism,
+        rotation,
+        np.asarray(translation, dtype=np.float64),
+        depth_path,
+        mask_path,
+        source,
+        observed,
+    )

@@ -48,8 +48,7 @@ class OutputGeometry:
         return np.array([x0, y0, x1, y1], dtype=np.float64)
 
 
-def fit_geometry(src_width: int, src_height: int, out_width: int, out_height: int,
-                 fit: str) -> OutputGeometry:
+def fit_geometry(src_width: int, src_height: int, out_width: int, out_height: int, fit: str) -> OutputGeometry:
     """crop: isotropic scale covering the output, centred crop; pad: isotropic scale fitting inside,
     centred with the content starting on a whole output pixel; stretch: anisotropic full frame."""
     if fit == "stretch":
@@ -73,11 +72,13 @@ def output_intrinsics(camera: Camera, geom: OutputGeometry) -> np.ndarray:
     if camera.model != "PINHOLE":
         raise ValueError(f"undistorted camera {camera.camera_id} must be PINHOLE, got {camera.model}")
     fx, fy, cx, cy = camera.params
-    return np.array([
-        [fx / geom.ax, 0.0, (cx - geom.bx) / geom.ax - 0.5],
-        [0.0, fy / geom.ay, (cy - geom.by) / geom.ay - 0.5],
-        [0.0, 0.0, 1.0],
-    ])
+    return np.array(
+        [
+            [fx / geom.ax, 0.0, (cx - geom.bx) / geom.ax - 0.5],
+            [0.0, fy / geom.ay, (cy - geom.by) / geom.ay - 0.5],
+            [0.0, 0.0, 1.0],
+        ]
+    )
 
 
 def choose_reduction(geom: OutputGeometry, min_oversample: float = 1.9) -> int:
@@ -110,25 +111,31 @@ def decode_reduced(data: bytes, width: int, height: int, reduction: int, path: P
     """
     want_w, want_h = -(-width // reduction), -(-height // reduction)
     try:
-        img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=want_w, min_height=want_h,
-                                     strict=True)
+        img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=want_w, min_height=want_h, strict=True)
     except ValueError as exc:
         raise BadInputError(f"{path}: corrupt or truncated JPEG ({exc})", path) from None
     if img.shape[:2] != (want_h, want_w):
-        raise BadInputError(f"{path}: DCT-scaled decode gave {img.shape[1]}x{img.shape[0]}, expected "
-                            f"{want_w}x{want_h} (1/{reduction} of {width}x{height})", path)
+        raise BadInputError(
+            f"{path}: DCT-scaled decode gave {img.shape[1]}x{img.shape[0]}, expected "
+            f"{want_w}x{want_h} (1/{reduction} of {width}x{height})",
+            path,
+        )
     return img
 
 
-def render_frame(data: bytes, camera: Camera, geom: OutputGeometry, path: Path,
-                 min_oversample: float = 1.9) -> np.ndarray:
+def render_frame(
+    data: bytes, camera: Camera, geom: OutputGeometry, path: Path, min_oversample: float = 1.9
+) -> np.ndarray:
     """Decode + exact area resample into the output frame (H, W, 3) uint8."""
     from dataengine.kernels import area_resample
 
     width, height = jpeg_size(data, path)
     if (width, height) != (camera.width, camera.height):
-        raise BadInputError(f"{path}: image is {width}x{height} but cameras.txt camera "
-                            f"{camera.camera_id} says {camera.width}x{camera.height}", path)
+        raise BadInputError(
+            f"{path}: image is {width}x{height} but cameras.txt camera "
+            f"{camera.camera_id} says {camera.width}x{camera.height}",
+            path,
+        )
     red = choose_reduction(geom, min_oversample)
     img = decode_reduced(data, width, height, red, path)
     out = np.empty((geom.height, geom.width, 3), dtype=np.uint8)
@@ -138,5 +145,4 @@ def render_frame(data: bytes, camera: Camera, geom: OutputGeometry, path: Path,
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
-                                  colorsubsampling="420")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB", colorsubsampling="420")

@@ -27,8 +27,7 @@ def read_samples(shard: Path, limit: int | None = None):
 def decode_sample(members: dict[str, bytes]) -> dict:
     import simplejpeg
 
-    frames = sorted((k for k in members if k.startswith("f") and k.endswith(".jpg")),
-                    key=lambda k: int(k[1:-4]))
+    frames = sorted((k for k in members if k.startswith("f") and k.endswith(".jpg")), key=lambda k: int(k[1:-4]))
     return {
         "rgb": np.stack([simplejpeg.decode_jpeg(members[k], colorspace="RGB") for k in frames]),
         "depth": np.load(io.BytesIO(members["depth.npy"])),
@@ -47,8 +46,9 @@ def find_sample(path: Path, key: str | None):
                 return k, members
     from dataengine.colmap import BadInputError
 
-    raise BadInputError(f"{path}: sample {key!r} not found; `python -m dataengine inspect {path}` "
-                        f"lists the keys of each shard", path)
+    raise BadInputError(
+        f"{path}: sample {key!r} not found; `python -m dataengine inspect {path}` lists the keys of each shard", path
+    )
 
 
 def describe(path: Path, key: str | None = None) -> str:
@@ -62,28 +62,32 @@ def describe(path: Path, key: str | None = None) -> str:
     manifest = path / "manifest.json" if path.is_dir() else None
     if manifest is not None and manifest.is_file():
         m = json.loads(manifest.read_text())
-        lines.append(f"{path}: format {m['format']}, engine {m['engine']['version']} "
-                     f"({m['engine']['git_sha'][:12]}), scenes {', '.join(m['scenes'])}")
+        lines.append(
+            f"{path}: format {m['format']}, engine {m['engine']['version']} "
+            f"({m['engine']['git_sha'][:12]}), scenes {', '.join(m['scenes'])}"
+        )
         for split, info in m["splits"].items():
             lines.append(f"  {split}: {info['samples']} samples in {len(info['shards'])} shards")
         if m["skipped"]:
             lines.append(f"  skipped inputs: {len(m['skipped'])}")
     for shard in shards:
         keys = [record["__key__"] for record in index_tar(shard)]  # headers only
-        lines.append(f"{shard.name}: {len(keys)} samples ({keys[0] if keys else '-'} … "
-                     f"{keys[-1] if keys else '-'})")
+        lines.append(f"{shard.name}: {len(keys)} samples ({keys[0] if keys else '-'} … {keys[-1] if keys else '-'})")
     key, members = find_sample(path, key)
     sample = decode_sample(members)
     cams = sample["cameras"]
-    lines.append(f"sample {key}: scene {cams['scene']}, split {cams['split']}, depth "
-                 f"{cams['depth_source']}, {len(cams['frames'])} frames")
+    lines.append(
+        f"sample {key}: scene {cams['scene']}, split {cams['split']}, depth "
+        f"{cams['depth_source']}, {len(cams['frames'])} frames"
+    )
     for name, arr in (("rgb", sample["rgb"]), ("depth", sample["depth"]), ("mask", sample["mask"])):
         lines.append(f"  {name}: shape {tuple(arr.shape)} dtype {arr.dtype}")
-    for f, d in zip(cams["frames"], sample["depth"]):
+    for f, d in zip(cams["frames"], sample["depth"], strict=False):
         valid = d[d > 0]
         rng = f"{valid.min():.3f}–{valid.max():.3f} m" if valid.size else "none"
-        lines.append(f"  {f['name']}: coverage {f['coverage']:.3f}, depth {rng}, "
-                     f"fx {f['K'][0][0]:.2f} cx {f['K'][0][2]:.2f}")
+        lines.append(
+            f"  {f['name']}: coverage {f['coverage']:.3f}, depth {rng}, fx {f['K'][0][0]:.2f} cx {f['K'][0][2]:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -105,14 +109,18 @@ def contact_sheet(path: Path, png: Path, key: str | None = None) -> Path:
     lo, hi = (float(np.percentile(valid, 2)), float(np.percentile(valid, 98))) if valid.size else (0.0, 1.0)
     frames, height, width = depth.shape
     cell = 2.0
-    fig, axes = plt.subplots(frames, 3, squeeze=False, layout="constrained",
-                             figsize=(3 * cell, cell * height / width * frames + 1.2))
+    fig, axes = plt.subplots(
+        frames, 3, squeeze=False, layout="constrained", figsize=(3 * cell, cell * height / width * frames + 1.2)
+    )
     turbo = plt.get_cmap("turbo").with_extremes(bad="0.85")
     shown = None
     for i in range(frames):
         info = cams["frames"][i] if i < len(cams.get("frames", [])) else {}
-        panels = [(rgb[i], {}), (np.where(depth[i] > 0, depth[i], np.nan), dict(cmap=turbo, vmin=lo, vmax=hi)),
-                  (mask[i], dict(cmap="gray", vmin=0, vmax=1))]
+        panels = [
+            (rgb[i], {}),
+            (np.where(depth[i] > 0, depth[i], np.nan), dict(cmap=turbo, vmin=lo, vmax=hi)),
+            (mask[i], dict(cmap="gray", vmin=0, vmax=1)),
+        ]
         for col, (image, style) in enumerate(panels):
             ax = axes[i, col]
             ax.set_xticks([])
@@ -120,15 +128,16 @@ def contact_sheet(path: Path, png: Path, key: str | None = None) -> Path:
             drawn = ax.imshow(image, interpolation="nearest", **style)
             if col == 1:
                 shown = drawn
-        axes[i, 0].set_ylabel(f"{info.get('name', f'f{i}')}\ncoverage {info.get('coverage', 0.0):.3f}",
-                              fontsize=7)
+        axes[i, 0].set_ylabel(f"{info.get('name', f'f{i}')}\ncoverage {info.get('coverage', 0.0):.3f}", fontsize=7)
     for col, title in enumerate(("RGB", "GT depth [m]", "supervised (white)")):
         axes[0, col].set_title(title, fontsize=8)
     bar = fig.colorbar(shown, ax=axes[:, 1].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
     bar.ax.tick_params(labelsize=6)
     bar.set_label("depth [m] (grey: no GT)", fontsize=7)
-    fig.suptitle(f"{cams.get('scene', '?')} · {key} · {cams.get('split', '?')} · depth "
-                 f"{cams.get('depth_source', '?')}", fontsize=9)
+    fig.suptitle(
+        f"{cams.get('scene', '?')} · {key} · {cams.get('split', '?')} · depth {cams.get('depth_source', '?')}",
+        fontsize=9,
+    )
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     try:

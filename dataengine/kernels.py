@@ -85,7 +85,7 @@ def unfilter_gray8(raw, out, y0):
     for k in range(raw.size // stride):
         y = y0 + k
         up = out[y - 1] if y > 0 else zero
-        if not unfilter_row(raw[k * stride], raw[k * stride + 1:(k + 1) * stride], up, out[y]):
+        if not unfilter_row(raw[k * stride], raw[k * stride + 1 : (k + 1) * stride], up, out[y]):
             return y, peak
         peak = max(peak, row_peak(out[y]))
     return -1, peak
@@ -184,16 +184,19 @@ def _distort_bilinear(x, y, grid_x, grid_y, inv_spacing):
     fx = x * inv_spacing
     gx0 = min(int(fx), gw - 2)
     wx = fx - gx0
-    dx = ((grid_x[gy0, gx0] * (1 - wx) + grid_x[gy0, gx0 + 1] * wx) * (1 - wy)
-          + (grid_x[gy0 + 1, gx0] * (1 - wx) + grid_x[gy0 + 1, gx0 + 1] * wx) * wy)
-    dy = ((grid_y[gy0, gx0] * (1 - wx) + grid_y[gy0, gx0 + 1] * wx) * (1 - wy)
-          + (grid_y[gy0 + 1, gx0] * (1 - wx) + grid_y[gy0 + 1, gx0 + 1] * wx) * wy)
+    dx = (grid_x[gy0, gx0] * (1 - wx) + grid_x[gy0, gx0 + 1] * wx) * (1 - wy) + (
+        grid_x[gy0 + 1, gx0] * (1 - wx) + grid_x[gy0 + 1, gx0 + 1] * wx
+    ) * wy
+    dy = (grid_y[gy0, gx0] * (1 - wx) + grid_y[gy0, gx0 + 1] * wx) * (1 - wy) + (
+        grid_y[gy0 + 1, gx0] * (1 - wx) + grid_y[gy0 + 1, gx0 + 1] * wx
+    ) * wy
     return dx, dy
 
 
 @njit(**_JIT)
-def laser_depth_pool(depth, mask, grid_x, grid_y, spacing, affine, src_size, k, pooling,
-                     min_count, out_depth, out_count):
+def laser_depth_pool(
+    depth, mask, grid_x, grid_y, spacing, affine, src_size, k, pooling, min_count, out_depth, out_count
+):
     """Pool the distorted-frame laser GT into every output pixel.
 
     For output pixel (i, j), k x k stratified samples at undistorted COLMAP coordinates
@@ -389,6 +392,7 @@ def _flag_word(flag_octets, w):
 
 class PointBuffers(NamedTuple):
     """Caller-owned outputs of `laser_points`, one entry per point (same capacity each)."""
+
     owner: np.ndarray  # int32: 4 * flat output pixel + quadrant (2 * (y >= 0) + (x >= 0))
     pos_x: np.ndarray  # float32: offset from that pixel's centre, output px
     pos_y: np.ndarray  # float32
@@ -401,6 +405,7 @@ class PointBuffers(NamedTuple):
 
 class LaserPoints(NamedTuple):
     """What `laser_points` found besides the points themselves."""
+
     n_points: int  # points found; above buffers.capacity = grow the buffers and call again
     n_valid: int  # valid GT pixels (finite and > 0) of the whole map
     n_nan: int  # NaN GT pixels of the whole map
@@ -409,8 +414,19 @@ class LaserPoints(NamedTuple):
     bad_filter_row: int  # first mask row with an invalid PNG filter type (the pass stopped), or -1
 
 
-def laser_points(depth, mask, inv_x, inv_y, buffers: PointBuffers, *, spacing: float, affine,
-                 src_size, out_shape: tuple[int, int], mask_filtered: bool = False) -> LaserPoints:
+def laser_points(
+    depth,
+    mask,
+    inv_x,
+    inv_y,
+    buffers: PointBuffers,
+    *,
+    spacing: float,
+    affine,
+    src_size,
+    out_shape: tuple[int, int],
+    mask_filtered: bool = False,
+) -> LaserPoints:
     """Every valid, unmasked GT pixel as a laser point at output resolution (out_shape = (H, W)).
 
     The splat rule puts a laser point somewhere in its GT pixel [ix, ix+1) x [iy, iy+1); its
@@ -428,14 +444,41 @@ def laser_points(depth, mask, inv_x, inv_y, buffers: PointBuffers, *, spacing: f
     first row with an invalid filter type.
     """
     counts = np.zeros(5, dtype=np.int64)
-    n = _laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_size,
-                      out_shape[0], out_shape[1], *buffers, counts)
+    n = _laser_points(
+        depth,
+        mask,
+        mask_filtered,
+        inv_x,
+        inv_y,
+        spacing,
+        affine,
+        src_size,
+        out_shape[0],
+        out_shape[1],
+        *buffers,
+        counts,
+    )
     return LaserPoints(int(n), *(int(c) for c in counts))
 
 
 @njit(**_JIT)
-def _laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src_size, out_h,
-                  out_w, owner, pos_x, pos_y, point_depth, counts):
+def _laser_points(
+    depth,
+    mask,
+    mask_filtered,
+    inv_x,
+    inv_y,
+    spacing,
+    affine,
+    src_size,
+    out_h,
+    out_w,
+    owner,
+    pos_x,
+    pos_y,
+    point_depth,
+    counts,
+):
     """The kernel of `laser_points`: counts = (valid, NaN, masked, mask peak, bad filter row)."""
     ax, bx, ay, by = affine[0], affine[1], affine[2], affine[3]
     rax = 1.0 / ax
@@ -494,8 +537,7 @@ def _laser_points(depth, mask, mask_filtered, inv_x, inv_y, spacing, affine, src
                 n_nan += _is_bad_bits(bits[ix])
                 n_valid += f
                 flags[ix] = f
-        c0, c1 = (_row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete
-                  else (0, dist_w))
+        c0, c1 = _row_span(iy, x_lo, x_hi, dist_w, inv_x, inv_y, inv_spacing) if complete else (0, dist_w)
         if c1 <= c0:
             continue
         # The grid interpolated to this row once: per point, only the lerp along x remains
@@ -661,7 +703,8 @@ def _plane_fit(n, p0, wx, wy, ww, min_points, tolerance, min_spread, slack_x, sl
     for q in range(n):
         w = ww[p0 + q]
         if abs(w - (a + gx * np.float64(wx[p0 + q]) + gy * np.float64(wy[p0 + q]))) > (
-                tolerance * w + min(slack, tolerance * w)):
+            tolerance * w + min(slack, tolerance * w)
+        ):
             return PLANE_INCONSISTENT, 0.0
     return PLANE_FITTED, a
 
@@ -702,8 +745,7 @@ def _neighbourhood_empty(i, j, start, height, width):
 
 
 @njit(**_JIT)
-def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, tolerance, min_spread,
-               out_depth, out_status):
+def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, tolerance, min_spread, out_depth, out_status):
     """Depth of every output pixel from the bucketed laser points (`bucket_points`).
 
     The samples of a pixel are the points whose GT pixel overlaps its footprint (position within
@@ -748,12 +790,10 @@ def plane_pool(start, px, py, pw, affine, min_count, radius, min_points, toleran
                 if rad == 0.5:  # exactly the pixel's own points, contiguous: fit them in place
                     p0 = start[4 * (i * width + j)]
                     p1 = start[4 * (i * width + j) + 4]
-                    status, a = _plane_fit(p1 - p0, p0, px, py, pw, min_points, tolerance,
-                                           min_spread, half_x, half_y)
+                    status, a = _plane_fit(p1 - p0, p0, px, py, pw, min_points, tolerance, min_spread, half_x, half_y)
                 else:
                     n = _gather_window(i, j, start, px, py, pw, height, width, rad, wx, wy, ww)
-                    status, a = _plane_fit(n, 0, wx, wy, ww, min_points, tolerance, min_spread,
-                                           half_x, half_y)
+                    status, a = _plane_fit(n, 0, wx, wy, ww, min_points, tolerance, min_spread, half_x, half_y)
                 if status == PLANE_FITTED or status == PLANE_INCONSISTENT or rad >= radius:
                     break
                 rad = min(rad + 0.5, radius)
@@ -852,7 +892,7 @@ def area_resample(src, affine, extent, out):
     w_y = np.empty((out_h, taps_y), dtype=np.float64)
     _box_weights(out_w, ax, bx, extent[0], taps_x, first_x, w_x)
     _box_weights(out_h, ay, by, extent[1], taps_y, first_y, w_y)
-    src_h, src_w = src.shape[0], src.shape[1]
+    src_h = src.shape[0]
     # Horizontally filtered source rows, cached: neighbouring output rows share source rows
     # (slot = row % taps_y; the taps_y rows of one output row never collide).
     rows = np.empty((taps_y, out_w, nc), dtype=np.float64)

@@ -34,8 +34,7 @@ class MvsConfig:
 
     def __post_init__(self):
         if self.min_views < 0 or self.depth_tolerance <= 0 or self.reproj_px <= 0 or self.neighbours < 0:
-            raise ValueError("min_views >= 0, depth_tolerance > 0, reproj_px > 0 and neighbours >= 0 "
-                             "are required")
+            raise ValueError("min_views >= 0, depth_tolerance > 0, reproj_px > 0 and neighbours >= 0 are required")
 
 
 def read_depth_map(path: Path) -> np.ndarray:
@@ -44,8 +43,7 @@ def read_depth_map(path: Path) -> np.ndarray:
     data = path.read_bytes()
     parts = data.split(b"&", 3)
     if len(parts) < 4:
-        raise BadInputError(f"{path}: not a COLMAP depth map (expected a 'width&height&channels&' "
-                            f"header)", path)
+        raise BadInputError(f"{path}: not a COLMAP depth map (expected a 'width&height&channels&' header)", path)
     try:
         width, height, channels = (int(p) for p in parts[:3])
     except ValueError:
@@ -53,8 +51,11 @@ def read_depth_map(path: Path) -> np.ndarray:
     offset = len(parts[0]) + len(parts[1]) + len(parts[2]) + 3
     expected = width * height * channels * 4
     if width <= 0 or height <= 0 or channels <= 0 or len(data) - offset != expected:
-        raise BadInputError(f"{path}: header says {width}x{height}x{channels} float32 ({expected} "
-                            f"bytes) but {len(data) - offset} bytes follow", path)
+        raise BadInputError(
+            f"{path}: header says {width}x{height}x{channels} float32 ({expected} "
+            f"bytes) but {len(data) - offset} bytes follow",
+            path,
+        )
     values = np.frombuffer(data, dtype="<f4", offset=offset)
     arr = values.reshape(channels, height, width)[0]  # column-major (w, h, c) = C-order (c, h, w)
     arr = np.array(arr, dtype=np.float32)
@@ -84,8 +85,7 @@ class DepthView:
 
 
 @njit(**_JIT)
-def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, reproj, rect, need,
-                      counts):
+def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, reproj, rect, need, counts):
     """counts[v, u] += 1 for every reference pixel inside rect (u0, v0, u1, v1) that `other`
     confirms (see module doc); pixels already confirmed `need` times are skipped."""
     ho, wo = other.shape
@@ -139,8 +139,9 @@ def _count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol,
                 counts[v, u] += 1
 
 
-def consistency_filter(ref: DepthView, others: list[DepthView], cfg: MvsConfig,
-                       rect: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, dict]:
+def consistency_filter(
+    ref: DepthView, others: list[DepthView], cfg: MvsConfig, rect: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, dict]:
     """The reference depth with every pixel fewer than cfg.min_views others confirm set to 0.
     rect (u0, v0, u1, v1): only those pixels are checked (the part the output shows); the rest
     becomes 0 too."""
@@ -149,24 +150,49 @@ def consistency_filter(ref: DepthView, others: list[DepthView], cfg: MvsConfig,
     rect[[0, 2]] = np.clip(rect[[0, 2]], 0, w)
     rect[[1, 3]] = np.clip(rect[[1, 3]], 0, h)
     counts = np.zeros(ref.depth.shape, dtype=np.int32)
-    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+
+    def f64(a):
+        return np.ascontiguousarray(a, dtype=np.float64)
+
     for o in others:
-        _count_consistent(ref.depth, f64(ref.K), f64(ref.R), f64(ref.t), o.depth, f64(o.K), f64(o.R),
-                          f64(o.t), float(cfg.depth_tolerance), float(cfg.reproj_px), rect, cfg.min_views,
-                          counts)
+        _count_consistent(
+            ref.depth,
+            f64(ref.K),
+            f64(ref.R),
+            f64(ref.t),
+            o.depth,
+            f64(o.K),
+            f64(o.R),
+            f64(o.t),
+            float(cfg.depth_tolerance),
+            float(cfg.reproj_px),
+            rect,
+            cfg.min_views,
+            counts,
+        )
     valid = np.zeros(ref.depth.shape, dtype=bool)
-    valid[rect[1]:rect[3], rect[0]:rect[2]] = ref.depth[rect[1]:rect[3], rect[0]:rect[2]] > 0
+    valid[rect[1] : rect[3], rect[0] : rect[2]] = ref.depth[rect[1] : rect[3], rect[0] : rect[2]] > 0
     keep = valid & (counts >= cfg.min_views)
     out = np.where(keep, ref.depth, np.float32(0.0)).astype(np.float32)
     n_valid = int(valid.sum())
-    return out, {"mvs_valid_fraction": round(n_valid / ref.depth.size, 6),
-                 "mvs_kept_fraction": round(int(keep.sum()) / n_valid, 6) if n_valid else 0.0,
-                 "mvs_views_checked": len(others)}
+    return out, {
+        "mvs_valid_fraction": round(n_valid / ref.depth.size, 6),
+        "mvs_kept_fraction": round(int(keep.sum()) / n_valid, 6) if n_valid else 0.0,
+        "mvs_views_checked": len(others),
+    }
 
 
-def pool_depth(depth: np.ndarray, affine: np.ndarray, out_h: int, out_w: int, min_count: int = 1,
-               plane_radius: float = 1.5, plane_min_points: int = 5, plane_tolerance: float = 0.005,
-               plane_min_spread: float = 0.15) -> np.ndarray:
+def pool_depth(
+    depth: np.ndarray,
+    affine: np.ndarray,
+    out_h: int,
+    out_w: int,
+    min_count: int = 1,
+    plane_radius: float = 1.5,
+    plane_min_points: int = 5,
+    plane_tolerance: float = 0.005,
+    plane_min_spread: float = 0.15,
+) -> np.ndarray:
     """A (pinhole) depth map into the output camera with the laser path's plane pooling
     (kernels.laser_points → bucket_points → plane_pool): affine maps output corner coordinates
     to the map's corner coordinates; the map's own pixels are the points (identity grid)."""
@@ -179,13 +205,22 @@ def pool_depth(depth: np.ndarray, affine: np.ndarray, out_h: int, out_w: int, mi
     ux = np.ascontiguousarray(np.broadcast_to(gx[None, :], (len(gy), len(gx))))
     uy = np.ascontiguousarray(np.broadcast_to(gy[:, None], (len(gy), len(gx))))
     n_max = int(np.count_nonzero(depth)) + 1
-    buffers = PointBuffers(np.empty(n_max, np.int32), np.empty(n_max, np.float32), np.empty(n_max, np.float32),
-                           np.empty(n_max, np.float32))
+    buffers = PointBuffers(
+        np.empty(n_max, np.int32), np.empty(n_max, np.float32), np.empty(n_max, np.float32), np.empty(n_max, np.float32)
+    )
     owner, pos_x, pos_y, point_depth = buffers
     affine = np.ascontiguousarray(affine, dtype=np.float64)
-    n = laser_points(np.ascontiguousarray(depth, dtype=np.float32), np.zeros((0, 0), np.uint8), ux, uy, buffers,
-                     spacing=spacing, affine=affine, src_size=np.array([w, h], dtype=np.float64),
-                     out_shape=(out_h, out_w)).n_points
+    n = laser_points(
+        np.ascontiguousarray(depth, dtype=np.float32),
+        np.zeros((0, 0), np.uint8),
+        ux,
+        uy,
+        buffers,
+        spacing=spacing,
+        affine=affine,
+        src_size=np.array([w, h], dtype=np.float64),
+        out_shape=(out_h, out_w),
+    ).n_points
     start = np.empty(4 * out_h * out_w + 1, np.int32)
     records = np.empty((max(n, 1), 2), np.float64)
     pw = records[:, 0]
@@ -194,6 +229,18 @@ def pool_depth(depth: np.ndarray, affine: np.ndarray, out_h: int, out_w: int, mi
     bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw)
     out = np.empty((out_h, out_w), dtype=np.float32)
     status = np.empty((out_h, out_w), dtype=np.uint8)
-    plane_pool(start, px, py, pw, affine, min_count, float(plane_radius), plane_min_points,
-               float(plane_tolerance), float(plane_min_spread), out, status)
+    plane_pool(
+        start,
+        px,
+        py,
+        pw,
+        affine,
+        min_count,
+        float(plane_radius),
+        plane_min_points,
+        float(plane_tolerance),
+        float(plane_min_spread),
+        out,
+        status,
+    )
     return out

@@ -35,7 +35,7 @@ def read_png_gray8(path: Path, out: np.ndarray | None = None) -> tuple[np.ndarra
         return None
     height, width = raw.shape[0], raw.shape[1] - 1
     if out is not None and out.dtype == np.uint8 and out.size >= height * width:
-        pixels = out.reshape(-1)[:height * width].reshape(height, width)
+        pixels = out.reshape(-1)[: height * width].reshape(height, width)
     else:
         pixels = np.empty((height, width), dtype=np.uint8)
     bad_row, peak = unfilter_gray8(raw.reshape(-1), pixels, 0)
@@ -94,8 +94,7 @@ def _short_data(path: Path, rows: int, height: int) -> BadInputError:
 
 
 def _excess_data(path: Path, height: int, width: int) -> BadInputError:
-    return BadInputError(f"{path}: PNG image data holds more than the {height} scanlines of "
-                         f"1 + {width} bytes", path)
+    return BadInputError(f"{path}: PNG image data holds more than the {height} scanlines of 1 + {width} bytes", path)
 
 
 def _corrupt_data(path: Path, why: str) -> BadInputError:
@@ -116,18 +115,19 @@ def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
     ihdr = None
     while True:
         if pos + 12 > len(data):
-            raise BadInputError(f"{path}: truncated PNG (no IEND chunk, file ends at byte "
-                                f"{len(data)})", path)
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            raise BadInputError(f"{path}: truncated PNG (no IEND chunk, file ends at byte {len(data)})", path)
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length
         if end + 4 > len(data):
-            raise BadInputError(f"{path}: truncated PNG ({kind!r} chunk at byte {pos} needs "
-                                f"{length} bytes, the file ends at byte {len(data)})", path)
-        body = data[pos + 8:end]
-        (crc,) = struct.unpack(">I", data[end:end + 4])
+            raise BadInputError(
+                f"{path}: truncated PNG ({kind!r} chunk at byte {pos} needs "
+                f"{length} bytes, the file ends at byte {len(data)})",
+                path,
+            )
+        body = data[pos + 8 : end]
+        (crc,) = struct.unpack(">I", data[end : end + 4])
         if zlib.crc32(body, zlib.crc32(kind)) != crc:
-            raise BadInputError(f"{path}: corrupt PNG (CRC mismatch in the {kind!r} chunk at "
-                                f"byte {pos})", path)
+            raise BadInputError(f"{path}: corrupt PNG (CRC mismatch in the {kind!r} chunk at byte {pos})", path)
         if ihdr is None and kind != b"IHDR":
             raise BadInputError(f"{path}: corrupt PNG (first chunk is {kind!r}, not IHDR)", path)
         if kind == b"IHDR":
@@ -143,8 +143,11 @@ def _parse_chunks(data: bytes, path: Path) -> tuple[int, int, bytes] | None:
         pos = end + 4
     width, height, bit_depth, colour_type, compression, filter_method, interlace = ihdr
     if width == 0 or height == 0 or compression != 0 or filter_method != 0:
-        raise BadInputError(f"{path}: corrupt PNG header (size {width}x{height}, compression "
-                            f"{compression}, filter method {filter_method})", path)
+        raise BadInputError(
+            f"{path}: corrupt PNG header (size {width}x{height}, compression "
+            f"{compression}, filter method {filter_method})",
+            path,
+        )
     if bit_depth != 8 or colour_type != 0 or interlace != 0:
         return None
     if not idat:

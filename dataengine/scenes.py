@@ -5,8 +5,21 @@ from __future__ import annotations
 ETH3D_URL = "https://www.eth3d.net/data/"
 
 # High-res multi-view training scenes: the 13 with public laser ground truth (eth3d.net/datasets).
-ETH3D_TRAINING_SCENES = ("courtyard", "delivery_area", "electro", "facade", "kicker", "meadow", "office", "pipes",
-                         "playground", "relief", "relief_2", "terrace", "terrains")
+ETH3D_TRAINING_SCENES = (
+    "courtyard",
+    "delivery_area",
+    "electro",
+    "facade",
+    "kicker",
+    "meadow",
+    "office",
+    "pipes",
+    "playground",
+    "relief",
+    "relief_2",
+    "terrace",
+    "terrains",
+)
 # The scenes this project fine-tunes on by default.
 DEFAULT_SCENES = ("facade", "electro", "office", "terrace", "delivery_area")
 # Never trained on: the held-out evaluation set.

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shardformat import (CAMERAS, DEPTH, FORMAT, KEY_RE, MASK, SHARD_RE, frame_member, sample_suffixes, shard_name,
-                         suffixes_by_key)
+from shardformat import (
+    CAMERAS,
+    DEPTH,
+    FORMAT,
+    KEY_RE,
+    MASK,
+    frame_member,
+    sample_suffixes,
+    suffixes_by_key,
+)
 
 # the one reader (shardformat.index_tar): sample key → member suffixes in file order, from tar headers only
 list_tar_samples = suffixes_by_key
@@ -29,8 +37,9 @@ TMP_RE = re.compile(r"^\.(.+)\.tmp(\d+)$")  # `atomic_path` names: .NAME.tmpPID
 def sample_key(scene: str, index: int) -> str:
     key = f"{scene}_{index:05d}"
     if not KEY_RE.match(key):
-        raise ValueError(f"scene name {scene!r} gives an invalid sample key {key!r} (letters, digits, "
-                         f"'_' and '-' only; no dots)")
+        raise ValueError(
+            f"scene name {scene!r} gives an invalid sample key {key!r} (letters, digits, '_' and '-' only; no dots)"
+        )
     return key
 
 
@@ -44,8 +53,9 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode()
 
 
-def sample_members(key: str, jpegs: Sequence[bytes], depth: np.ndarray, mask: np.ndarray,
-                   cameras: dict) -> list[tuple[str, bytes]]:
+def sample_members(
+    key: str, jpegs: Sequence[bytes], depth: np.ndarray, mask: np.ndarray, cameras: dict
+) -> list[tuple[str, bytes]]:
     """Members of one sample in the documented order."""
     members = [(f"{key}.{frame_member(i)}", data) for i, data in enumerate(jpegs)]
     members.append((f"{key}.{DEPTH}", npy_bytes(depth)))
@@ -173,8 +183,9 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
                     problems.append(f"{path}: sample {key} has members {suffixes}")
             total += len(samples)
         if total != info.get("samples"):
-            problems.append(f"{manifest_path}: split {split} has {total} samples in its shards, "
-                            f"manifest says {info.get('samples')}")
+            problems.append(
+                f"{manifest_path}: split {split} has {total} samples in its shards, manifest says {info.get('samples')}"
+            )
         if total and not supervised[split]:
             problems.append(f"{manifest_path}: split {split} has no supervised pixel in any frame")
     if not frames_seen:
@@ -186,8 +197,9 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             problems.append(f"{path}: shard not listed in the manifest")
     for path in sorted(directory.glob(".*.tmp*")):
         if TMP_RE.match(path.name):
-            problems.append(f"{path}: stray temporary file of an interrupted build; rerun the build "
-                            f"(it removes it) or delete it")
+            problems.append(
+                f"{path}: stray temporary file of an interrupted build; rerun the build (it removes it) or delete it"
+            )
     return problems
 
 

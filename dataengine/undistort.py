@@ -41,22 +41,26 @@ class SourceCamera:
     params: tuple[float, ...]
 
     @classmethod
-    def from_pycolmap(cls, camera_id: int, cam) -> "SourceCamera":
+    def from_pycolmap(cls, camera_id: int, cam) -> SourceCamera:
         model = cam.model.name if hasattr(cam.model, "name") else str(cam.model_name)
-        return cls(int(camera_id), model, int(cam.width), int(cam.height),
-                   tuple(float(p) for p in np.asarray(cam.params, dtype=np.float64)))
+        return cls(
+            int(camera_id),
+            model,
+            int(cam.width),
+            int(cam.height),
+            tuple(float(p) for p in np.asarray(cam.params, dtype=np.float64)),
+        )
 
     def to_pycolmap(self):
         import pycolmap
 
-        return pycolmap.Camera(model=self.model, width=self.width, height=self.height,
-                               params=list(self.params))
+        return pycolmap.Camera(model=self.model, width=self.width, height=self.height, params=list(self.params))
 
 
 # ---------------------------------------------------------------------------------------------
 # Exact COLMAP projections (normalized x/z, y/z → corner-origin pixels), vectorised numpy.
 # Written from COLMAP's camera model definitions (sensor/models.h); checked against pycolmap's
-# img_from_cam for every model in tests/test_colmap_captures.py.
+# img_from_cam for every model in tests/dataengine/test_colmap_captures.py.
 # ---------------------------------------------------------------------------------------------
 def _radial_poly(r2, ks):
     out = np.zeros_like(r2)
@@ -128,9 +132,19 @@ def _distort_native(model: str, p: np.ndarray, u: np.ndarray, v: np.ndarray):
     return None
 
 
-NATIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
-                 "OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE",
-                 "FOV")
+NATIVE_MODELS = (
+    "SIMPLE_PINHOLE",
+    "PINHOLE",
+    "SIMPLE_RADIAL",
+    "RADIAL",
+    "OPENCV",
+    "FULL_OPENCV",
+    "OPENCV_FISHEYE",
+    "SIMPLE_RADIAL_FISHEYE",
+    "RADIAL_FISHEYE",
+    "THIN_PRISM_FISHEYE",
+    "FOV",
+)
 
 
 def distort(cam: SourceCamera, xy: np.ndarray) -> np.ndarray:
@@ -169,14 +183,20 @@ def pycolmap_cam_from_img(cam: SourceCamera, uv: np.ndarray) -> np.ndarray:
 # The output pinhole camera
 # ---------------------------------------------------------------------------------------------
 def _inside(cam: SourceCamera, px: np.ndarray, margin: float) -> np.ndarray:
-    return (np.isfinite(px).all(axis=1) & (px[:, 0] >= margin) & (px[:, 1] >= margin)
-            & (px[:, 0] <= cam.width - margin) & (px[:, 1] <= cam.height - margin))
+    return (
+        np.isfinite(px).all(axis=1)
+        & (px[:, 0] >= margin)
+        & (px[:, 1] >= margin)
+        & (px[:, 0] <= cam.width - margin)
+        & (px[:, 1] <= cam.height - margin)
+    )
 
 
 def _rect_border(x0, x1, y0, y1, n=512):
     xs, ys = np.linspace(x0, x1, n), np.linspace(y0, y1, n)
-    return np.concatenate([np.c_[xs, np.full(n, y0)], np.c_[xs, np.full(n, y1)],
-                           np.c_[np.full(n, x0), ys], np.c_[np.full(n, x1), ys]])
+    return np.concatenate(
+        [np.c_[xs, np.full(n, y0)], np.c_[xs, np.full(n, y1)], np.c_[np.full(n, x0), ys], np.c_[np.full(n, x1), ys]]
+    )
 
 
 def undistorted_field(cam: SourceCamera, fov: str = "valid", margin: float = 1.0):
@@ -191,20 +211,23 @@ def undistorted_field(cam: SourceCamera, fov: str = "valid", margin: float = 1.0
     w, h = cam.width, cam.height
     n = 1024
     xs, ys = np.linspace(margin, w - margin, n), np.linspace(margin, h - margin, n)
-    sides = [pycolmap_cam_from_img(cam, np.c_[np.full(n, margin), ys]),
-             pycolmap_cam_from_img(cam, np.c_[np.full(n, w - margin), ys]),
-             pycolmap_cam_from_img(cam, np.c_[xs, np.full(n, margin)]),
-             pycolmap_cam_from_img(cam, np.c_[xs, np.full(n, h - margin)])]
+    sides = [
+        pycolmap_cam_from_img(cam, np.c_[np.full(n, margin), ys]),
+        pycolmap_cam_from_img(cam, np.c_[np.full(n, w - margin), ys]),
+        pycolmap_cam_from_img(cam, np.c_[xs, np.full(n, margin)]),
+        pycolmap_cam_from_img(cam, np.c_[xs, np.full(n, h - margin)]),
+    ]
     # Unprojections beyond the model's valid range are NaN or far out: drop those.
     limit = math.tan(MAX_HALF_ANGLE)
     sides = [s[np.isfinite(s).all(axis=1) & (np.abs(s) <= limit).all(axis=1)] for s in sides]
     if any(len(s) == 0 for s in sides):
-        raise BadInputError(f"camera {cam.camera_id} ({cam.model} {list(cam.params)}): the photo's "
-                            f"border does not unproject; is the calibration valid?")
+        raise BadInputError(
+            f"camera {cam.camera_id} ({cam.model} {list(cam.params)}): the photo's "
+            f"border does not unproject; is the calibration valid?"
+        )
     if fov == "full":
         allp = np.concatenate(sides)
-        return (float(allp[:, 0].min()), float(allp[:, 0].max()),
-                float(allp[:, 1].min()), float(allp[:, 1].max()))
+        return (float(allp[:, 0].min()), float(allp[:, 0].max()), float(allp[:, 1].min()), float(allp[:, 1].max()))
     if fov != "valid":
         try:
             degrees = float(fov)
@@ -217,8 +240,10 @@ def undistorted_field(cam: SourceCamera, fov: str = "valid", margin: float = 1.0
     x0, x1 = float(sides[0][:, 0].max()), float(sides[1][:, 0].min())
     y0, y1 = float(sides[2][:, 1].max()), float(sides[3][:, 1].min())
     if not (x0 < x1 and y0 < y1):
-        raise BadInputError(f"camera {cam.camera_id} ({cam.model}): no undistorted field without "
-                            f"blank pixels; use --undistort-fov full or a field of view in degrees")
+        raise BadInputError(
+            f"camera {cam.camera_id} ({cam.model}): no undistorted field without "
+            f"blank pixels; use --undistort-fov full or a field of view in degrees"
+        )
     for _ in range(400):
         if _inside(cam, distort(cam, _rect_border(x0, x1, y0, y1)), margin).all():
             return x0, x1, y0, y1
@@ -267,8 +292,9 @@ _cache: dict[tuple, UndistortMap] = {}
 _lock = threading.Lock()
 
 
-def undistort_map(cam: SourceCamera, width: int, height: int, fit: str = "crop", fov: str = "valid",
-                  min_oversample: float = 1.5) -> UndistortMap:
+def undistort_map(
+    cam: SourceCamera, width: int, height: int, fit: str = "crop", fov: str = "valid", min_oversample: float = 1.5
+) -> UndistortMap:
     """The map of one camera (cached: built once per camera and output choice)."""
     key = (cam, width, height, fit, str(fov), min_oversample)
     with _lock:
@@ -372,21 +398,26 @@ def decode_photo(data: bytes, cam: SourceCamera, reduction: int, path) -> np.nda
             _check_size(path, cam, im.size[0], im.size[1])
             rgb = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise BadInputError(f"{path}: not a readable image ({exc}); COLMAP photos must be JPEG or "
-                            f"PNG", path) from None
+        raise BadInputError(f"{path}: not a readable image ({exc}); COLMAP photos must be JPEG or PNG", path) from None
     if reduction == 1:
         return rgb
     h, w = -(-rgb.shape[0] // reduction), -(-rgb.shape[1] // reduction)
-    pad = np.pad(rgb.astype(np.float32), ((0, h * reduction - rgb.shape[0]),
-                                          (0, w * reduction - rgb.shape[1]), (0, 0)), mode="edge")
+    pad = np.pad(
+        rgb.astype(np.float32),
+        ((0, h * reduction - rgb.shape[0]), (0, w * reduction - rgb.shape[1]), (0, 0)),
+        mode="edge",
+    )
     return np.rint(pad.reshape(h, reduction, w, reduction, 3).mean(axis=(1, 3))).astype(np.uint8)
 
 
 def _check_size(path, cam: SourceCamera, width: int, height: int) -> None:
     if (width, height) != (cam.width, cam.height):
-        raise BadInputError(f"{path}: image is {width}x{height} but its COLMAP camera "
-                            f"{cam.camera_id} says {cam.width}x{cam.height}; was the photo resized "
-                            f"or rotated after reconstruction?", path)
+        raise BadInputError(
+            f"{path}: image is {width}x{height} but its COLMAP camera "
+            f"{cam.camera_id} says {cam.width}x{cam.height}; was the photo resized "
+            f"or rotated after reconstruction?",
+            path,
+        )
 
 
 def undistort_photo(data: bytes, cam: SourceCamera, umap: UndistortMap, path) -> tuple[np.ndarray, np.ndarray]:

@@ -77,7 +77,7 @@ def scene_windows(scene: str, n_frames: int, cfg: WindowConfig) -> dict[str, lis
         picked = sample_frames(n_frames, cfg.frames, cfg.sampling, cfg.seed, scene)
         return {EVAL_SPLIT: [picked] if picked else []}
     out: dict[str, list[list[int]]] = {"train": [], "val": []}
-    for split, frames in zip(("train", "val"), split_frames(scene, n_frames, cfg)):
+    for split, frames in zip(("train", "val"), split_frames(scene, n_frames, cfg), strict=True):
         for start in window_starts(len(frames), cfg.frames, cfg.stride):
             out[split].append([frames[start + i] for i in range(cfg.frames)])
     return out
@@ -112,8 +112,9 @@ def _greedy_windows(members: list[int], cov: np.ndarray, frames: int, count: int
         while len(win) < frames:
             score = {c: int(cov[c, win].sum()) for c in members if c not in win}
             ranked = sorted(score, key=lambda c: (-score[c], used[c], c))
-            pick = next((c for c in ranked
-                         if all(len(set(win) & set(w)) + (c in w) <= cap for w in windows)), ranked[0])
+            pick = next(
+                (c for c in ranked if all(len(set(win) & set(w)) + (c in w) <= cap for w in windows)), ranked[0]
+            )
             win.append(pick)
         for m in win:
             used[m] += 1
@@ -127,7 +128,7 @@ def covisible_windows(scene: str, cov: np.ndarray, cfg: WindowConfig) -> dict[st
     frames - stride frames shared between two windows where possible)."""
     out: dict[str, list[list[int]]] = {"train": [], "val": []}
     cap = max(cfg.frames - cfg.stride, 0)
-    for split, members in zip(("train", "val"), split_frames(scene, len(cov), cfg)):
+    for split, members in zip(("train", "val"), split_frames(scene, len(cov), cfg), strict=True):
         count = len(window_starts(len(members), cfg.frames, cfg.stride))
         if count:
             out[split] = _greedy_windows(list(members), cov, cfg.frames, count, cap)
@@ -139,7 +140,7 @@ def window_overlap(windows: list[list[int]], cov: np.ndarray, kind: str = "min")
     ("min"), or shared / (seen_a + seen_b - shared) ("jaccard")."""
     scores = []
     for w in windows:
-        pairs = [(a, b) for i, a in enumerate(w) for b in w[i + 1:]]
+        pairs = [(a, b) for i, a in enumerate(w) for b in w[i + 1 :]]
         if kind == "jaccard":
             vals = [cov[a, b] / max(cov[a, a] + cov[b, b] - cov[a, b], 1) for a, b in pairs]
         else:

@@ -12,13 +12,43 @@ decoding stays with the callers.
 
 from shardformat.manifest import ManifestShard, manifest_shards, read_manifest
 from shardformat.members import NpyLayout, SampleReader, npy_layout, read_json
-from shardformat.names import (CAMERAS, DEPTH, FORMAT, KEY_RE, MASK, SHARD_RE, ShardError, frame_member,
-                               sample_suffixes, shard_name, split_member_name)
+from shardformat.names import (
+    CAMERAS,
+    DEPTH,
+    FORMAT,
+    KEY_RE,
+    MASK,
+    SHARD_RE,
+    ShardError,
+    frame_member,
+    sample_suffixes,
+    shard_name,
+    split_member_name,
+)
 from shardformat.tarindex import TarRange, count_samples, index_tar, record_suffixes, suffixes_by_key
 
 __all__ = [
-    "CAMERAS", "DEPTH", "FORMAT", "KEY_RE", "MASK", "SHARD_RE", "ManifestShard", "NpyLayout", "SampleReader",
-    "ShardError", "TarRange", "count_samples", "frame_member", "index_tar", "manifest_shards", "npy_layout",
-    "read_json", "read_manifest", "record_suffixes", "sample_suffixes", "shard_name", "split_member_name",
+    "CAMERAS",
+    "DEPTH",
+    "FORMAT",
+    "KEY_RE",
+    "MASK",
+    "SHARD_RE",
+    "ManifestShard",
+    "NpyLayout",
+    "SampleReader",
+    "ShardError",
+    "TarRange",
+    "count_samples",
+    "frame_member",
+    "index_tar",
+    "manifest_shards",
+    "npy_layout",
+    "read_json",
+    "read_manifest",
+    "record_suffixes",
+    "sample_suffixes",
+    "shard_name",
+    "split_member_name",
     "suffixes_by_key",
 ]

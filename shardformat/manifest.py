@@ -49,7 +49,8 @@ def manifest_shards(manifest: dict[str, Any], path: str | Path, split: str) -> l
         except (KeyError, TypeError) as exc:
             raise ShardError(f"{where}: missing field {exc} (rebuild the shards with `dataengine build`)") from None
         if not isinstance(shard.name, str) or not isinstance(shard.samples, int) or shard.samples < 0:
-            raise ShardError(f"{where}: name {shard.name!r} / samples {shard.samples!r} are not a file name and "
-                             "a sample count")
+            raise ShardError(
+                f"{where}: name {shard.name!r} / samples {shard.samples!r} are not a file name and a sample count"
+            )
         shards.append(shard)
     return shards

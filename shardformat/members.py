@@ -35,7 +35,7 @@ class SampleReader:
         value = self.sample[member]
         size = self.size(member) - start if size is None else size
         if not isinstance(value, TarRange):
-            return memoryview(value)[start:start + size]
+            return memoryview(value)[start : start + size]
         data = os.pread(self._file(), size, value.offset + start)
         if len(data) != size:
             raise ShardError(f"{self.where}: {member} is truncated")
@@ -46,7 +46,7 @@ class SampleReader:
         target = memoryview(dest).cast("B")
         value = self.sample[member]
         if not isinstance(value, TarRange):
-            target[:] = memoryview(value)[start:start + len(target)]
+            target[:] = memoryview(value)[start : start + len(target)]
             return
         done = 0
         while done < len(target):
@@ -94,8 +94,9 @@ def npy_layout(reader: SampleReader, member: str) -> NpyLayout:
         major = np.lib.format.read_magic(io.BytesIO(prefix))[0]
         if len(prefix) < 12:
             raise ValueError("the file is shorter than an .npy header")
-        header_end = 10 + int.from_bytes(prefix[8:10], "little") if major == 1 else \
-            12 + int.from_bytes(prefix[8:12], "little")
+        header_end = (
+            10 + int.from_bytes(prefix[8:10], "little") if major == 1 else 12 + int.from_bytes(prefix[8:12], "little")
+        )
         stream = io.BytesIO(bytes(reader.read(member, 0, min(total, header_end))))
         np.lib.format.read_magic(stream)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
@@ -103,8 +104,10 @@ def npy_layout(reader: SampleReader, member: str) -> NpyLayout:
     except ValueError as exc:
         raise ShardError(f"{reader.where}: {member}: {exc}") from None
     if fortran or dtype.hasobject:
-        raise ShardError(f"{reader.where}: {member}: {'Fortran-order' if fortran else 'object'} array; "
-                         "expected a C-order numeric array")
+        raise ShardError(
+            f"{reader.where}: {member}: {'Fortran-order' if fortran else 'object'} array; "
+            "expected a C-order numeric array"
+        )
     start = stream.tell()
     expected = start + int(np.prod(shape)) * dtype.itemsize
     if total != expected:

@@ -17,8 +17,9 @@ def git_sha(mark_dirty: bool = False) -> str:
             return "unknown"
         sha = head.stdout.strip()
         if mark_dirty:
-            status = subprocess.run(["git", "status", "--porcelain"], cwd=_HERE, capture_output=True, text=True,
-                                    timeout=30)
+            status = subprocess.run(
+                ["git", "status", "--porcelain"], cwd=_HERE, capture_output=True, text=True, timeout=30
+            )
             sha += "-dirty" if status.stdout.strip() else ""
         return sha
     except (OSError, subprocess.SubprocessError):

@@ -23,14 +23,45 @@ def run(*args: str) -> str:
 @pytest.mark.slow
 def test_synth_to_shards_to_training_to_report(synth_root: Path, tmp_path: Path):
     shards, run_dir, report = tmp_path / "shards", tmp_path / "run", tmp_path / "eval"
-    run("dataengine", "build", "--root", str(synth_root), "--out", str(shards), "--scenes", "synth_facade",
-        "--size", "56", "--frames", "4", "--stride", "2", "--samples-per-shard", "1", "--quiet")
+    run(
+        "dataengine",
+        "build",
+        "--root",
+        str(synth_root),
+        "--out",
+        str(shards),
+        "--scenes",
+        "synth_facade",
+        "--size",
+        "56",
+        "--frames",
+        "4",
+        "--stride",
+        "2",
+        "--samples-per-shard",
+        "1",
+        "--quiet",
+    )
     assert "OK" in run("dataengine", "verify", str(shards)).upper()
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] >= 2 and manifest["splits"]["val"]["samples"] >= 1
 
-    log = run("trainer", "train", "--config", "configs/demo.yaml", "--shards", str(shards), "--out", str(run_dir),
-              "--max-steps", "12", "--set", "val_every=12", "save_every=12", "log_every=4")
+    log = run(
+        "trainer",
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        "--shards",
+        str(shards),
+        "--out",
+        str(run_dir),
+        "--max-steps",
+        "12",
+        "--set",
+        "val_every=12",
+        "save_every=12",
+        "log_every=4",
+    )
     assert "trainable params: 198,176" in log
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/objective"] for r in records if "train/objective" in r]
@@ -39,8 +70,22 @@ def test_synth_to_shards_to_training_to_report(synth_root: Path, tmp_path: Path)
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
 
-    out = run("trainer", "eval", "--shards", str(shards), "--split", "val", "--run", str(run_dir),
-              "--device", "cpu", "--max-pictures", "1", "--out", str(report))
+    out = run(
+        "trainer",
+        "eval",
+        "--shards",
+        str(shards),
+        "--split",
+        "val",
+        "--run",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--max-pictures",
+        "1",
+        "--out",
+        str(report),
+    )
     assert "AbsRel base" in out
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["counts"]["frames"] == 4 * manifest["splits"]["val"]["samples"]

@@ -22,8 +22,12 @@ import math
 import numpy as np
 import torch
 
-EPS = {torch.float32: float(torch.finfo(torch.float32).eps), torch.float64: float(torch.finfo(torch.float64).eps),
-       np.dtype("float32"): float(np.finfo(np.float32).eps), np.dtype("float64"): float(np.finfo(np.float64).eps)}
+EPS = {
+    torch.float32: float(torch.finfo(torch.float32).eps),
+    torch.float64: float(torch.finfo(torch.float64).eps),
+    np.dtype("float32"): float(np.finfo(np.float32).eps),
+    np.dtype("float64"): float(np.finfo(np.float64).eps),
+}
 LAMBDA = 8.0  # probabilistic bound's confidence factor
 # A forward pass of the tiny VGGT (tests/assets): its longest reductions have 4·64 terms (MLP, attention over
 # <= 4 frames of 24 tokens sums fewer), and an output depends on ~32 rounding layers (DINO, frame/global
@@ -42,8 +46,9 @@ def _scale(reference) -> float:
     return float(np.abs(array).max()) if array.size else 0.0
 
 
-def rounding_bound(reference, ops: int, dtype=torch.float32, worst_case: bool = False, scale: float | None = None
-                   ) -> float:
+def rounding_bound(
+    reference, ops: int, dtype=torch.float32, worst_case: bool = False, scale: float | None = None
+) -> float:
     """Absolute tolerance for values of the magnitude of `reference` computed with `ops` roundings each:
     ops·u·scale (worst case) or λ·√ops·u·scale (probabilistic), u = eps/2."""
     u = _eps(dtype) / 2
@@ -51,14 +56,23 @@ def rounding_bound(reference, ops: int, dtype=torch.float32, worst_case: bool = 
     return growth * u * (_scale(reference) if scale is None else scale)
 
 
-def assert_within_rounding(actual, expected, ops: int, dtype=torch.float32, worst_case: bool = False,
-                           scale: float | None = None, what: str = "") -> None:
+def assert_within_rounding(
+    actual,
+    expected,
+    ops: int,
+    dtype=torch.float32,
+    worst_case: bool = False,
+    scale: float | None = None,
+    what: str = "",
+) -> None:
     """max |actual − expected| ≤ rounding_bound(expected, ops); the message shows both numbers."""
     if torch.is_tensor(actual):
         diff = float((actual.detach().double() - torch.as_tensor(expected).detach().double()).abs().max())
     else:
         diff = float(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64)).max())
     bound = rounding_bound(expected, ops, dtype, worst_case, scale)
-    assert diff <= bound, (f"{what}: max abs difference {diff:.3g} exceeds the rounding bound {bound:.3g} "
-                           f"({'worst case' if worst_case else 'probabilistic'}, {ops} ops, "
-                           f"scale {scale if scale is not None else _scale(expected):.3g})")
+    assert diff <= bound, (
+        f"{what}: max abs difference {diff:.3g} exceeds the rounding bound {bound:.3g} "
+        f"({'worst case' if worst_case else 'probabilistic'}, {ops} ops, "
+        f"scale {scale if scale is not None else _scale(expected):.3g})"
+    )

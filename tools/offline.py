@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 try:  # pip vendors packaging, so this works in any interpreter that has pip
     from packaging.markers import Marker
@@ -72,10 +71,19 @@ def target_environment(python_version: str, platform: str) -> dict[str, str]:
     else:
         system, sys_platform, os_name = "Windows", "win32", "nt"
     machine = {"amd64": "AMD64"}.get(machine, machine) or "x86_64"
-    return {"python_version": major_minor, "python_full_version": full, "implementation_name": "cpython",
-            "implementation_version": full, "platform_python_implementation": "CPython", "os_name": os_name,
-            "sys_platform": sys_platform, "platform_system": system, "platform_machine": machine,
-            "platform_release": "", "platform_version": ""}
+    return {
+        "python_version": major_minor,
+        "python_full_version": full,
+        "implementation_name": "cpython",
+        "implementation_version": full,
+        "platform_python_implementation": "CPython",
+        "os_name": os_name,
+        "sys_platform": sys_platform,
+        "platform_system": system,
+        "platform_machine": machine,
+        "platform_release": "",
+        "platform_version": "",
+    }
 
 
 def marker_holds(marker: Marker | None, env: dict[str, str] | None, extras: Iterable[str]) -> bool:
@@ -88,8 +96,12 @@ def marker_holds(marker: Marker | None, env: dict[str, str] | None, extras: Iter
 Lookup = Callable[[str], "tuple[str, list[str]] | None"]  # canonical name -> (version, Requires-Dist) or None
 
 
-def closure(roots: Iterable[str], lookup: Lookup, env: dict[str, str] | None,
-            exclude: Callable[[str], bool] = lambda name: bool(CUDA_STACK.match(name))) -> dict[str, str]:
+def closure(
+    roots: Iterable[str],
+    lookup: Lookup,
+    env: dict[str, str] | None,
+    exclude: Callable[[str], bool] = lambda name: bool(CUDA_STACK.match(name)),
+) -> dict[str, str]:
     """{canonical name: version} of every distribution reachable from the `roots` requirements.
 
     Edges follow Requires-Dist under `env` with the extras each node was reached with; excluded names
@@ -175,13 +187,17 @@ def run(cmd: list[str], quiet: bool = False) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, text=True, capture_output=quiet)
     if proc.returncode:
         tail = (proc.stderr or "").strip().splitlines()[-5:] if quiet else []
-        raise OfflineError(f"`{' '.join(cmd[:6])} ...` failed (exit {proc.returncode}){': ' if tail else ''}"
-                           + " | ".join(tail) + "; see the pip output above")
+        raise OfflineError(
+            f"`{' '.join(cmd[:6])} ...` failed (exit {proc.returncode}){': ' if tail else ''}"
+            + " | ".join(tail)
+            + "; see the pip output above"
+        )
     return proc
 
 
-def make_wheelhouse(out: Path, python_version: str, platform: str, extras: list[str], torch: str,
-                    pip: list[str]) -> list[str]:
+def make_wheelhouse(
+    out: Path, python_version: str, platform: str, extras: list[str], torch: str, pip: list[str]
+) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("vggt_eth3d_lora-*.whl"):
         old.unlink()
@@ -193,8 +209,20 @@ def make_wheelhouse(out: Path, python_version: str, platform: str, extras: list[
         target += ["--platform", tag]
     tag = wheel_tag(python_version, platform)
     report_path = out / f"resolution-{tag}.json"
-    run([*pip, "install", "--dry-run", "--ignore-installed", "--quiet", *target, "--report", str(report_path),
-         f"{project_wheel}[{','.join(extras)}]" if extras else str(project_wheel), torch])
+    run(
+        [
+            *pip,
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            *target,
+            "--report",
+            str(report_path),
+            f"{project_wheel}[{','.join(extras)}]" if extras else str(project_wheel),
+            torch,
+        ]
+    )
     report = json.loads(report_path.read_text())
     env = target_environment(python_version, platform)
     pins = closure([root], report_lookup(report), env)
@@ -207,9 +235,11 @@ def make_wheelhouse(out: Path, python_version: str, platform: str, extras: list[
     if bad:
         raise OfflineError(f"{out} holds CUDA-stack wheels {bad}: delete them; the target keeps its own torch")
     size = sum(p.stat().st_size for p in out.glob("*.whl"))
-    print(f"wheelhouse {out}: {project_wheel.name} + {len(requirements)} pinned wheels for {tag} "
-          f"({len(list(out.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in the folder), no torch / CUDA "
-          f"libraries; list in {req_file.name}")
+    print(
+        f"wheelhouse {out}: {project_wheel.name} + {len(requirements)} pinned wheels for {tag} "
+        f"({len(list(out.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in the folder), no torch / CUDA "
+        f"libraries; list in {req_file.name}"
+    )
     return requirements
 
 
@@ -240,41 +270,50 @@ def classify(needed: dict[str, str], before: dict[str, str], after: dict[str, st
 def setup_system(wheelhouse: Path, extras: list[str], pip_args: list[str], check_imports: bool = True) -> dict:
     wheels = sorted(wheelhouse.glob("vggt_eth3d_lora-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
-        raise OfflineError(f"{wheelhouse} holds no vggt_eth3d_lora-*.whl: run `make wheelhouse` on a machine "
-                           "with an index and copy the folder here")
+        raise OfflineError(
+            f"{wheelhouse} holds no vggt_eth3d_lora-*.whl: run `make wheelhouse` on a machine "
+            "with an index and copy the folder here"
+        )
     before = installed_versions()
     if "torch" not in before:
-        raise OfflineError(f"torch is not installed in {sys.executable}: setup-system installs the project around "
-                           "an existing (CUDA) torch; install torch first, or use `make setup` (a venv)")
+        raise OfflineError(
+            f"torch is not installed in {sys.executable}: setup-system installs the project around "
+            "an existing (CUDA) torch; install torch first, or use `make setup` (a venv)"
+        )
     pip = [sys.executable, "-m", "pip"]
     with tempfile.TemporaryDirectory() as tmp:
         constraints = Path(tmp) / "keep-torch.txt"
         constraints.write_text("\n".join(constraints_for(before)) + "\n")
         spec = f"{wheels[-1]}[{','.join(extras)}]" if extras else str(wheels[-1])
-        run([*pip, "install", "--no-index", "--find-links", str(wheelhouse), "-c", str(constraints),
-             *pip_args, spec])
+        run([*pip, "install", "--no-index", "--find-links", str(wheelhouse), "-c", str(constraints), *pip_args, spec])
     after = installed_versions()
     root = f"{PROJECT}[{','.join(extras)}]" if extras else PROJECT
     needed = closure([root], installed_lookup, None, exclude=lambda name: False)
     result = classify(needed, before, after)
     torch_ok = before["torch"] == after.get("torch")
-    lines = [f"setup-system into {sys.executable} (Python {sys.version.split()[0]}) from {wheelhouse}:",
-             f"  torch {before['torch']}: {'kept' if torch_ok else 'CHANGED to ' + str(after.get('torch'))}"]
+    lines = [
+        f"setup-system into {sys.executable} (Python {sys.version.split()[0]}) from {wheelhouse}:",
+        f"  torch {before['torch']}: {'kept' if torch_ok else 'CHANGED to ' + str(after.get('torch'))}",
+    ]
     for key, label in (("installed", "installed now"), ("changed", "changed"), ("kept", "already there")):
         items = [i for i in result[key] if not i.startswith("torch ")]
         lines.append(f"  {label} ({len(items)}): {', '.join(items) if items else '-'}")
     print("\n".join(lines), flush=True)
     if not torch_ok:
-        raise OfflineError(f"torch changed from {before['torch']} to {after.get('torch')}: reinstall the image's "
-                           "torch; report this as a bug")
+        raise OfflineError(
+            f"torch changed from {before['torch']} to {after.get('torch')}: reinstall the image's "
+            "torch; report this as a bug"
+        )
     if result["missing"]:
         raise OfflineError(f"still missing after the install: {', '.join(result['missing'])}")
     if check_imports:
-        modules = ["trainer.train", "trainer.data", "trainer.memory"] + (["dataengine.build", "dataengine.synth"]
-                                                                        if "engine" in extras else [])
+        modules = ["trainer.train", "trainer.data", "trainer.memory"] + (
+            ["dataengine.build", "dataengine.synth"] if "engine" in extras else []
+        )
         code = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]"
-        proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True,
-                              cwd=tempfile.gettempdir())  # the installed copy, not this checkout
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *modules], capture_output=True, text=True, cwd=tempfile.gettempdir()
+        )  # the installed copy, not this checkout
         if proc.returncode:
             raise OfflineError(f"installed, but importing {modules} fails: {proc.stderr.strip().splitlines()[-1]}")
         print(f"  imports ok: {', '.join(modules)}")

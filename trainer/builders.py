@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,12 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(
-    name: str, weights: str | None, heads: tuple[str, ...] = TRAIN_HEADS, activation_checkpointing: bool = False,
-    dpt_checkpoint_frames: int = 1, weights_revision: str | None = None,
+    name: str,
+    weights: str | None,
+    heads: tuple[str, ...] = TRAIN_HEADS,
+    activation_checkpointing: bool = False,
+    dpt_checkpoint_frames: int = 1,
+    weights_revision: str | None = None,
 ) -> nn.Module:
     """VGGT preset `name` ("vggt-1b" | "tiny") with pretrained `weights` (path, or hub id at
     `weights_revision`, default the pinned one) or random init."""
@@ -64,8 +69,13 @@ def build_peft_model(cfg: TrainConfig, ckpt: Path | None, device: torch.device) 
     when resuming. Returns the PeftModel on `device` and its parameter report."""
     from trainer.lora import apply_strategy, load_adapter_weights, param_report
 
-    model = build_model(cfg.model, cfg.weights, activation_checkpointing=cfg.activation_checkpointing,
-                        dpt_checkpoint_frames=cfg.dpt_checkpoint_frames, weights_revision=cfg.weights_revision)
+    model = build_model(
+        cfg.model,
+        cfg.weights,
+        activation_checkpointing=cfg.activation_checkpointing,
+        dpt_checkpoint_frames=cfg.dpt_checkpoint_frames,
+        weights_revision=cfg.weights_revision,
+    )
     peft_model = apply_strategy(model, cfg.lora)
     if ckpt is not None:
         load_adapter_weights(peft_model, ckpt)
@@ -75,8 +85,7 @@ def build_peft_model(cfg: TrainConfig, ckpt: Path | None, device: torch.device) 
 
 
 def build_optimizer(params: list[nn.Parameter], o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
-                             fused=device.type == "cuda")
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=device.type == "cuda")
 
 
 def wrap_model(peft_model: nn.Module, cfg: TrainConfig, d: Dist) -> nn.Module:
@@ -104,10 +113,19 @@ def autocast_for(precision: str, device: torch.device) -> tuple[bool, Callable[[
 
 def build_train_loader(cfg: TrainConfig) -> Loader:
     data = cfg.data
-    return make_loader(data.shards, data.train_split, data.batch_size, shuffle=True, num_workers=data.num_workers,
-                       seed=cfg.seed, shuffle_buffer=data.shuffle_buffer, frames=data.frames,
-                       pin_memory=data.pin_memory, prefetch_factor=data.prefetch_factor,
-                       decode_threads=data.decode_threads)
+    return make_loader(
+        data.shards,
+        data.train_split,
+        data.batch_size,
+        shuffle=True,
+        num_workers=data.num_workers,
+        seed=cfg.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        frames=data.frames,
+        pin_memory=data.pin_memory,
+        prefetch_factor=data.prefetch_factor,
+        decode_threads=data.decode_threads,
+    )
 
 
 @dataclass
@@ -122,9 +140,15 @@ class Position:
 
     def state(self, optimizer: torch.optim.Optimizer, d: Dist, identity: dict[str, Any]) -> dict[str, Any]:
         """The trainer_state.pt of a checkpoint at this position."""
-        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed,
-                "skipped_steps": self.skipped_steps, "world_size": d.world,
-                "optimizer": optimizer.state_dict(), "data": identity}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "skipped_steps": self.skipped_steps,
+            "world_size": d.world,
+            "optimizer": optimizer.state_dict(),
+            "data": identity,
+        }
 
 
 def restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, seed: int, d: Dist) -> Position:
@@ -134,8 +158,10 @@ def restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, seed: int, d: D
         return Position()
     state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
     if state["world_size"] != d.world:
-        raise RunSetupError(f"{ckpt}: saved with {state['world_size']} processes, resumed with {d.world}; "
-                            "the data position is per rank, so resume with the same process count")
+        raise RunSetupError(
+            f"{ckpt}: saved with {state['world_size']} processes, resumed with {d.world}; "
+            "the data position is per rank, so resume with the same process count"
+        )
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(torch.load(ckpt / f"rng_{d.rank}.pt", weights_only=False))
     pos = Position(state["step"], state["epoch"], state["consumed"], state["skipped_steps"])

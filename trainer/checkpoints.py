@@ -48,8 +48,9 @@ def checkpoint_step(ckpt: Path | None) -> int:
     return int(ckpt.name.removeprefix("step_")) if ckpt is not None else 0
 
 
-def save_checkpoint(run_dir: Path, peft_model: Any, state: dict[str, Any], info: dict[str, Any], d: Dist,
-                    keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, peft_model: Any, state: dict[str, Any], info: dict[str, Any], d: Dist, keep: int
+) -> Path:
     """Adapter + trainer state (rank 0) and every rank's RNG; written to a temp dir, then renamed, then
     `latest` pointed at it; only the newest `keep` checkpoints stay (keep <= 0: all)."""
     from trainer.lora import save_adapter

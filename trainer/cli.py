@@ -16,8 +16,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from trainer.train import NonFiniteLossError
     from trainer.vggt.loading import CheckpointMismatchError, PretrainedSourceError
 
-    return (ConfigError, ShardError, PretrainedSourceError, CheckpointMismatchError, ExportError, RunSetupError,
-            AdapterMismatchError, NonFiniteLossError, OSError)
+    return (
+        ConfigError,
+        ShardError,
+        PretrainedSourceError,
+        CheckpointMismatchError,
+        ExportError,
+        RunSetupError,
+        AdapterMismatchError,
+        NonFiniteLossError,
+        OSError,
+    )
 
 
 def one_line(exc: BaseException) -> str:
@@ -64,8 +73,10 @@ def _check_device(value: str | None) -> str | None:
     except RuntimeError:
         raise click.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} usable CUDA device(s) "
-                                 f"(torch {torch.__version__}); use --device cpu")
+        raise click.BadParameter(
+            f"{value!r}: this machine has {torch.cuda.device_count()} usable CUDA device(s) "
+            f"(torch {torch.__version__}); use --device cpu"
+        )
     return value
 
 
@@ -73,30 +84,78 @@ def _check_device(value: str | None) -> str | None:
 @main.command("eval")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False), help="Shard dataset directory.")
 @click.option("--split", default=None, help="Shard split to evaluate [default: val; test with --protocol].")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="Training run directory (its adapter/).")
+@click.option(
+    "--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="Training run directory (its adapter/)."
+)
 @click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False), help="PEFT adapter directory.")
-@click.option("--weights", default=None, help="Base weights (path or hub id); default: the one the adapter was trained on.")
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), default=None,
-              help="Model preset; default: the adapter's.")
+@click.option(
+    "--weights", default=None, help="Base weights (path or hub id); default: the one the adapter was trained on."
+)
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(["vggt-1b", "tiny"]),
+    default=None,
+    help="Model preset; default: the adapter's.",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
-@click.option("--alignment", type=click.Choice(["sequence", "median", "lsq", "none"]), default="sequence",
-              show_default=True, help="Depth scale alignment (sequence = one median scale per window).")
-@click.option("--max-pictures", default=4, type=click.IntRange(min=0), show_default=True,
-              help="Windows drawn as PNG grids.")
+@click.option(
+    "--alignment",
+    type=click.Choice(["sequence", "median", "lsq", "none"]),
+    default="sequence",
+    show_default=True,
+    help="Depth scale alignment (sequence = one median scale per window).",
+)
+@click.option(
+    "--max-pictures", default=4, type=click.IntRange(min=0), show_default=True, help="Windows drawn as PNG grids."
+)
 @click.option("--max-batches", default=None, type=click.IntRange(min=1), help="Stop after this many batches.")
 @click.option("--batch-size", default=1, type=click.IntRange(min=1), show_default=True)
-@click.option("--device", default=None, callback=lambda ctx, param, value: _check_device(value),
-              help="cuda, cuda:1, cpu; default: cuda if available.")
-@click.option("--protocol", default=None, metavar="NAME[,NAME]",
-              help="Published ETH3D protocols instead of the window report: eth3d-pose, eth3d-pointmap, "
-                   "eth3d-mvd or all (docs/evaluation.md). Without --run/--adapter: the base model alone.")
-@click.option("--pointmap-alignment", type=click.Choice(["umeyama", "ransac"]), default="umeyama",
-              show_default=True, help="--protocol eth3d-pointmap: Sim(3) fit (ransac = our robust variant).")
-@click.option("--align-conf-quantile", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
-              show_default=True, help="--protocol eth3d-pointmap: fit on valid pixels at or above this "
-                                      "confidence quantile (0 = all valid pixels, as published).")
-def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_dir, alignment, max_pictures,
-                 max_batches, batch_size, device, protocol, pointmap_alignment, align_conf_quantile) -> None:
+@click.option(
+    "--device",
+    default=None,
+    callback=lambda ctx, param, value: _check_device(value),
+    help="cuda, cuda:1, cpu; default: cuda if available.",
+)
+@click.option(
+    "--protocol",
+    default=None,
+    metavar="NAME[,NAME]",
+    help="Published ETH3D protocols instead of the window report: eth3d-pose, eth3d-pointmap, "
+    "eth3d-mvd or all (docs/evaluation.md). Without --run/--adapter: the base model alone.",
+)
+@click.option(
+    "--pointmap-alignment",
+    type=click.Choice(["umeyama", "ransac"]),
+    default="umeyama",
+    show_default=True,
+    help="--protocol eth3d-pointmap: Sim(3) fit (ransac = our robust variant).",
+)
+@click.option(
+    "--align-conf-quantile",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="--protocol eth3d-pointmap: fit on valid pixels at or above this "
+    "confidence quantile (0 = all valid pixels, as published).",
+)
+def eval_command(
+    shards,
+    split,
+    run_dir,
+    adapter_dir,
+    weights,
+    model_name,
+    out_dir,
+    alignment,
+    max_pictures,
+    max_batches,
+    batch_size,
+    device,
+    protocol,
+    pointmap_alignment,
+    align_conf_quantile,
+) -> None:
     """Base vs adapter on a shard split: metrics.json, report.md and PNGs in --out."""
     import logging
 
@@ -104,22 +163,60 @@ def eval_command(shards, split, run_dir, adapter_dir, weights, model_name, out_d
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if protocol is not None:
-        _protocol_eval(shards, split or "test", run_dir, adapter_dir, weights, model_name, out_dir, max_pictures,
-                       max_batches, device, protocol, pointmap_alignment, align_conf_quantile)
+        _protocol_eval(
+            shards,
+            split or "test",
+            run_dir,
+            adapter_dir,
+            weights,
+            model_name,
+            out_dir,
+            max_pictures,
+            max_batches,
+            device,
+            protocol,
+            pointmap_alignment,
+            align_conf_quantile,
+        )
         return
     split = split or "val"
     if (run_dir is None) == (adapter_dir is None):
         raise click.UsageError("give exactly one of --run or --adapter")
     cfg = EvalConfig(alignment=alignment, max_pictures=max_pictures, max_batches=max_batches)
-    metrics = evaluate_run(shards, out_dir, split=split, run=run_dir, adapter=adapter_dir, weights=weights,
-                           model_name=model_name, batch_size=batch_size, device=device, config=cfg)
+    metrics = evaluate_run(
+        shards,
+        out_dir,
+        split=split,
+        run=run_dir,
+        adapter=adapter_dir,
+        weights=weights,
+        model_name=model_name,
+        batch_size=batch_size,
+        device=device,
+        config=cfg,
+    )
     overall = metrics["overall"]
-    click.echo(f"{metrics['counts']['frames']} frames: AbsRel base {overall['base']['abs_rel']:.4f} -> adapter "
-               f"{overall['adapter']['abs_rel']:.4f} ({alignment}); report: {out_dir}/report.md")
+    click.echo(
+        f"{metrics['counts']['frames']} frames: AbsRel base {overall['base']['abs_rel']:.4f} -> adapter "
+        f"{overall['adapter']['abs_rel']:.4f} ({alignment}); report: {out_dir}/report.md"
+    )
 
 
-def _protocol_eval(shards, split, run_dir, adapter_dir, weights, model_name, out_dir, max_pictures, max_samples,
-                   device, protocol, pointmap_alignment, align_conf_quantile) -> None:
+def _protocol_eval(
+    shards,
+    split,
+    run_dir,
+    adapter_dir,
+    weights,
+    model_name,
+    out_dir,
+    max_pictures,
+    max_samples,
+    device,
+    protocol,
+    pointmap_alignment,
+    align_conf_quantile,
+) -> None:
     """`eval --protocol`: trainer.protocols on a shard split (base alone, or base vs adapter)."""
     from trainer.protocols import ProtocolConfig, evaluate_protocols_run, parse_protocols
 
@@ -129,16 +226,34 @@ def _protocol_eval(shards, split, run_dir, adapter_dir, weights, model_name, out
         protocols = parse_protocols(protocol)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--protocol") from None
-    cfg = ProtocolConfig(protocols=protocols, pointmap_alignment=pointmap_alignment,
-                         align_conf_quantile=align_conf_quantile, max_pictures=max_pictures, max_samples=max_samples)
-    metrics = evaluate_protocols_run(shards, out_dir, split=split, run=run_dir, adapter=adapter_dir, weights=weights,
-                                     model_name=model_name, device=device, config=cfg)
+    cfg = ProtocolConfig(
+        protocols=protocols,
+        pointmap_alignment=pointmap_alignment,
+        align_conf_quantile=align_conf_quantile,
+        max_pictures=max_pictures,
+        max_samples=max_samples,
+    )
+    metrics = evaluate_protocols_run(
+        shards,
+        out_dir,
+        split=split,
+        run=run_dir,
+        adapter=adapter_dir,
+        weights=weights,
+        model_name=model_name,
+        device=device,
+        config=cfg,
+    )
     mean = metrics["mean"]
     shown = [m for m in ("pose/auc@30", "pointmap/depth_camera/overall", "mvd/frame/abs_rel") if m in mean["base"]]
-    parts = [f"{m} " + " -> ".join("–" if mean[label][m] is None else f"{mean[label][m]:.4f}"
-                                   for label in metrics["labels"]) for m in shown]
-    click.echo(f"{metrics['counts']['samples']} samples, {metrics['counts']['scenes']} scenes "
-               f"({' -> '.join(metrics['labels'])}): {'; '.join(parts)}; report: {out_dir}/report.md")
+    parts = [
+        f"{m} " + " -> ".join("–" if mean[label][m] is None else f"{mean[label][m]:.4f}" for label in metrics["labels"])
+        for m in shown
+    ]
+    click.echo(
+        f"{metrics['counts']['samples']} samples, {metrics['counts']['scenes']} scenes "
+        f"({' -> '.join(metrics['labels'])}): {'; '.join(parts)}; report: {out_dir}/report.md"
+    )
 
 
 # --- train, params, export, push -------------------------------------------------------------------------
@@ -151,24 +266,48 @@ def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @main.command("train")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="Strategy YAML (configs/strategy_{a,b,c}.yaml). With --resume the run's config.yaml is used.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Strategy YAML (configs/strategy_{a,b,c}.yaml). With --resume the run's config.yaml is used.",
+)
 @click.option("--shards", help="Shard dataset directory (data.shards).")
 @click.option("--weights", help="Pretrained base: local .pt/.safetensors or hub id; 'none' = random init.")
 @click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
 @click.option("--out", "out_dir", help="Run directory (default from the config: runs/strategy_X).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Total optimizer steps of the run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--stop-after", type=click.IntRange(min=1),
-              help="Checkpoint and exit after this many steps (preemptible jobs).")
-@click.option("--verify-shards", is_flag=True,
-              help="Compare every shard's sha256 with manifest.json before training (sizes are always checked).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Config override, e.g. --set seed=5 lr=1e-4 data.batch_size=2 (repeatable; KEY=VALUE words "
-                   "after it are overrides too).")
+@click.option(
+    "--stop-after", type=click.IntRange(min=1), help="Checkpoint and exit after this many steps (preemptible jobs)."
+)
+@click.option(
+    "--verify-shards",
+    is_flag=True,
+    help="Compare every shard's sha256 with manifest.json before training (sizes are always checked).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Config override, e.g. --set seed=5 lr=1e-4 data.batch_size=2 (repeatable; KEY=VALUE words "
+    "after it are overrides too).",
+)
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def train_command(config_path, shards, weights, model_name, out_dir, max_steps, resume, stop_after, verify_shards,
-                  overrides, more_overrides) -> None:
+def train_command(
+    config_path,
+    shards,
+    weights,
+    model_name,
+    out_dir,
+    max_steps,
+    resume,
+    stop_after,
+    verify_shards,
+    overrides,
+    more_overrides,
+) -> None:
     """Train a LoRA adapter (one GPU/CPU, or torchrun --nproc_per_node=N -m trainer train ...)."""
     from pathlib import Path
 
@@ -176,8 +315,13 @@ def train_command(config_path, shards, weights, model_name, out_dir, max_steps, 
     from trainer.train import NonFiniteLossError, train
 
     sets = split_overrides(overrides + _key_values(more_overrides))
-    for key, value in (("data.shards", shards), ("weights", weights), ("model", model_name), ("out", out_dir),
-                       ("max_steps", max_steps)):
+    for key, value in (
+        ("data.shards", shards),
+        ("weights", weights),
+        ("model", model_name),
+        ("out", out_dir),
+        ("max_steps", max_steps),
+    ):
         if value is not None:
             sets.append(f"{key}={value}")
     try:
@@ -220,8 +364,13 @@ def params_command(config_path, model_name, overrides, more_overrides) -> None:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
 @click.option("--frames", default=8, type=click.IntRange(min=1), show_default=True, help="Frames per window.")
-@click.option("--size", default=518, type=click.IntRange(min=14), show_default=True,
-              help="Image side (square frames, multiple of 14).")
+@click.option(
+    "--size",
+    default=518,
+    type=click.IntRange(min=14),
+    show_default=True,
+    help="Image side (square frames, multiple of 14).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def memory_command(config_path, model_name, frames, size, overrides, more_overrides) -> None:
@@ -239,7 +388,9 @@ def memory_command(config_path, model_name, frames, size, overrides, more_overri
     report = estimate_step_memory(cfg, frames=frames, size=size)
     for line in report.lines():
         click.echo(line)
-    click.echo("  (+ CUDA context ~0.5 GB and allocator fragmentation; `perf/peak_mem_gb` in a run is the measured value)")
+    click.echo(
+        "  (+ CUDA context ~0.5 GB and allocator fragmentation; `perf/peak_mem_gb` in a run is the measured value)"
+    )
 
 
 @main.command("export")
@@ -254,8 +405,10 @@ def export_command(run_dir, out_file, weights) -> None:
         result = export_merged(run_dir, out_file, weights)
     except (ExportError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {result['file']}: {result['tensors']} tensors, strategy {result['strategy']}, adapter of "
-               f"step {result['step']} ({result['adapter']})")
+    click.echo(
+        f"wrote {result['file']}: {result['tensors']} tensors, strategy {result['strategy']}, adapter of "
+        f"step {result['step']} ({result['adapter']})"
+    )
 
 
 @main.command("push")

@@ -25,9 +25,10 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -111,7 +112,7 @@ class LossConfig:
     point_gradient_loss: str = "normal"
 
     @classmethod
-    def official(cls) -> "LossConfig":
+    def official(cls) -> LossConfig:
         return cls(camera=5.0, depth_conf=1.0, depth_reg=1.0, depth_grad=1.0)
 
     @property
@@ -184,14 +185,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError as exc:  # e.g. --set 'lora.targets=[a' (an unclosed list)
-                raise ConfigError(f"{where}: expected a YAML list such as [a, b], got {value!r} "
-                                  f"({' '.join(str(exc).split())})") from None
+                raise ConfigError(
+                    f"{where}: expected a YAML list such as [a, b], got {value!r} ({' '.join(str(exc).split())})"
+                ) from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
         item_type = args[0] if args else str
         return origin(_coerce(v, item_type, where) for v in value)
     raise ConfigError(f"{where}: unsupported field type {tp!r}")
@@ -364,8 +366,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row must be >= 1"),
         (cfg.save_every >= 0 and cfg.val_every >= 0, "save_every/val_every must be >= 0"),
         (loss.camera_loss_type in ("l1", "l2"), f"loss.camera_loss_type must be l1|l2, got {loss.camera_loss_type!r}"),
-        (loss.depth_gradient_loss in GRADIENT_LOSSES and loss.point_gradient_loss in GRADIENT_LOSSES,
-         f"loss.depth_gradient_loss / loss.point_gradient_loss must be one of {'|'.join(GRADIENT_LOSSES[:-1])}"),
+        (
+            loss.depth_gradient_loss in GRADIENT_LOSSES and loss.point_gradient_loss in GRADIENT_LOSSES,
+            f"loss.depth_gradient_loss / loss.point_gradient_loss must be one of {'|'.join(GRADIENT_LOSSES[:-1])}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -36,7 +36,9 @@ def init_distributed() -> Dist:
     if world > 1 and not dist.is_initialized():
         # Imported first: imported after the group exists (DDP does), its functions keep the group as a default
         # argument, so the gloo group outlives destroy_process_group and aborts the interpreter at exit.
-        importlib.import_module("torch.distributed.nn")  # not `import torch...`: that would make torch local here
+        # import_module, not `import torch.distributed.nn`: that statement would make `torch` a local name of this
+        # whole function, unbound at its first use above (UnboundLocalError, ruff F823).
+        importlib.import_module("torch.distributed.nn")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owns = True
     return Dist(rank, world, local_rank, device, owns)

@@ -19,9 +19,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -44,10 +45,30 @@ log = logging.getLogger(__name__)
 EVAL_FORMAT = "vggt-eth3d-eval/1"
 LABELS = ("base", "adapter")
 # Metrics where larger is better (everything else is an error).
-HIGHER_IS_BETTER = {"delta1", "delta2", "delta3", "rra@5", "rra@15", "rra@30", "rta@5", "rta@15", "rta@30",
-                    f"auc@{AUC_MAX_DEG}"}
-CAMERA_METRICS = ("rra@5", "rra@15", "rra@30", "rta@5", "rta@15", "rta@30", f"auc@{AUC_MAX_DEG}", "rot_err_deg",
-                  "trans_err_deg", "fov_err_deg")
+HIGHER_IS_BETTER = {
+    "delta1",
+    "delta2",
+    "delta3",
+    "rra@5",
+    "rra@15",
+    "rra@30",
+    "rta@5",
+    "rta@15",
+    "rta@30",
+    f"auc@{AUC_MAX_DEG}",
+}
+CAMERA_METRICS = (
+    "rra@5",
+    "rra@15",
+    "rra@30",
+    "rta@5",
+    "rta@15",
+    "rta@30",
+    f"auc@{AUC_MAX_DEG}",
+    "rot_err_deg",
+    "trans_err_deg",
+    "fov_err_deg",
+)
 
 
 @dataclass
@@ -98,8 +119,13 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------ per window
 
 
-def evaluate_window(pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any], item: int, alignment: str,
-                    translation_sign_ambiguity: bool = True) -> dict[str, Any]:
+def evaluate_window(
+    pred: Mapping[str, torch.Tensor],
+    prepared: Mapping[str, Any],
+    item: int,
+    alignment: str,
+    translation_sign_ambiguity: bool = True,
+) -> dict[str, Any]:
     """Metrics of one window (batch item) for one model; keeps the maps needed for pictures."""
     gt = prepared["metric_depths"][item]
     mask = prepared["point_masks"][item]
@@ -147,7 +173,9 @@ def _camera_summary(pairs: list[dict[str, torch.Tensor]]) -> dict[str, float | N
     rot = torch.cat([p["rot_err_deg"] for p in pairs])
     trans = torch.cat([p["trans_err_deg"] for p in pairs])
     fov = torch.cat([p["fov_err_deg"] for p in pairs])
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in camera_summary(rot, trans, fov).items()}
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in camera_summary(rot, trans, fov).items()
+    }
 
 
 def relative_change(base: float | None, adapter: float | None) -> float | None:
@@ -163,8 +191,10 @@ def aggregate(frames: list[dict[str, Any]], pairs: dict[str, list[dict[str, Any]
     def summarise(frame_subset, pair_subset):
         block: dict[str, Any] = {}
         for label in LABELS:
-            block[label] = {**_depth_summary(frame_subset, label),
-                            **_camera_summary([p[label] for p in pair_subset if label in p])}
+            block[label] = {
+                **_depth_summary(frame_subset, label),
+                **_camera_summary([p[label] for p in pair_subset if label in p]),
+            }
         metrics = [m for m in (*DEPTH_METRICS, *CAMERA_METRICS) if m in block["base"]]
         block["relative_change"] = {m: relative_change(block["base"].get(m), block["adapter"].get(m)) for m in metrics}
         return block
@@ -172,8 +202,10 @@ def aggregate(frames: list[dict[str, Any]], pairs: dict[str, list[dict[str, Any]
     scenes = sorted({f["scene"] for f in frames})
     return {
         "overall": summarise(frames, pairs["windows"]),
-        "scenes": {s: summarise([f for f in frames if f["scene"] == s], [p for p in pairs["windows"] if p["scene"] == s])
-                   for s in scenes},
+        "scenes": {
+            s: summarise([f for f in frames if f["scene"] == s], [p for p in pairs["windows"] if p["scene"] == s])
+            for s in scenes
+        },
     }
 
 
@@ -223,8 +255,12 @@ def evaluate(
             key = _meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
             scene = _meta(batch, "scenes", item, "unknown")
             names = _meta(batch, "names", item, [f"frame{i}" for i in range(num_frames)])
-            results = {label: evaluate_window(predictions[label], prepared, item, cfg.alignment,
-                                              cfg.translation_sign_ambiguity) for label in LABELS}
+            results = {
+                label: evaluate_window(
+                    predictions[label], prepared, item, cfg.alignment, cfg.translation_sign_ambiguity
+                )
+                for label in LABELS
+            }
             windows += 1
             pixels = results["base"]["depth"]["pixels"]
             for i in range(num_frames):
@@ -238,13 +274,28 @@ def evaluate(
                         record[label]["fov_err_deg"] = _json_float(r["fov_err_deg"][i].item())
                 frames.append(record)
             if "rot_err_deg" in results["base"]:
-                window_pairs.append({"key": key, "scene": scene, **{
-                    label: {k: results[label][k] for k in ("rot_err_deg", "trans_err_deg", "fov_err_deg")}
-                    for label in LABELS}})
+                window_pairs.append(
+                    {
+                        "key": key,
+                        "scene": scene,
+                        **{
+                            label: {k: results[label][k] for k in ("rot_err_deg", "trans_err_deg", "fov_err_deg")}
+                            for label in LABELS
+                        },
+                    }
+                )
             if len(pictures) < cfg.max_pictures:
                 name = f"window_{len(pictures):03d}_{_safe(key)}.png"
-                render_window(out_dir / name, key, scene, names, prepared["images"][item], prepared["metric_depths"][item],
-                              prepared["point_masks"][item], {label: results[label] for label in LABELS})
+                render_window(
+                    out_dir / name,
+                    key,
+                    scene,
+                    names,
+                    prepared["images"][item],
+                    prepared["metric_depths"][item],
+                    prepared["point_masks"][item],
+                    {label: results[label] for label in LABELS},
+                )
                 pictures.append(name)
         log.info("evaluated batch %d (%d windows so far)", batch_index, windows)
     if windows == 0:
@@ -258,10 +309,13 @@ def evaluate(
         "depth_units": "metres (prediction x GT normalisation scale, then aligned)",
         "translation_sign_ambiguity": cfg.translation_sign_ambiguity,
         "models": cfg.model_info,
-        "counts": {"windows": windows, "frames": len(frames),
-                   "frames_with_depth": sum(1 for f in frames if f["pixels"] > 0),
-                   "pixels": int(sum(f["pixels"] for f in frames)),
-                   "pairs": int(sum(p["base"]["rot_err_deg"].numel() for p in window_pairs))},
+        "counts": {
+            "windows": windows,
+            "frames": len(frames),
+            "frames_with_depth": sum(1 for f in frames if f["pixels"] > 0),
+            "pixels": int(sum(f["pixels"] for f in frames)),
+            "pairs": int(sum(p["base"]["rot_err_deg"].numel() for p in window_pairs)),
+        },
         **summary,
         "frames": frames,
         "pictures": pictures + ["summary_abs_rel.png"],
@@ -315,8 +369,16 @@ def _finite_percentile(tensors: list[torch.Tensor], q: float, default: float) ->
     return float(torch.quantile(values[: 1 << 24], q))
 
 
-def render_window(path: Path, key: str, scene: str, names: list[str], images: torch.Tensor, gt: torch.Tensor,
-                  mask: torch.Tensor, results: Mapping[str, Mapping[str, Any]]) -> None:
+def render_window(
+    path: Path,
+    key: str,
+    scene: str,
+    names: list[str],
+    images: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor,
+    results: Mapping[str, Mapping[str, Any]],
+) -> None:
     """One PNG per window: a row per frame, columns RGB | GT depth | base depth | adapter depth |
     base AbsRel | adapter AbsRel | base confidence | adapter confidence, with one colour bar per
     column and ranges shared by all depth columns (and by each error / confidence pair)."""
@@ -329,8 +391,10 @@ def render_window(path: Path, key: str, scene: str, names: list[str], images: to
     reference = [gt_shown] if bool(mask.any()) else list(depth_maps.values())
     depth_range = (_finite_percentile(reference, 0.02, 0.0), _finite_percentile(reference, 0.98, 1.0))
     error_max = max(_finite_percentile(list(error_maps.values()), 0.95, 0.1), 1e-3)
-    conf_range = (_finite_percentile(list(conf_maps.values()), 0.02, 1.0),
-                  _finite_percentile(list(conf_maps.values()), 0.98, 2.0))
+    conf_range = (
+        _finite_percentile(list(conf_maps.values()), 0.02, 1.0),
+        _finite_percentile(list(conf_maps.values()), 0.98, 2.0),
+    )
     columns = [
         ("RGB", None, None, None),
         ("GT depth [m]", lambda i: gt_shown[i], "turbo", depth_range),
@@ -342,8 +406,13 @@ def render_window(path: Path, key: str, scene: str, names: list[str], images: to
         ("adapter confidence", lambda i: conf_maps["adapter"][i], "viridis", conf_range),
     ]
     cell = 2.0
-    fig, axes = plt.subplots(frames, len(columns), squeeze=False, layout="constrained",
-                             figsize=(cell * len(columns), cell * height / width * frames + 1.2))
+    fig, axes = plt.subplots(
+        frames,
+        len(columns),
+        squeeze=False,
+        layout="constrained",
+        figsize=(cell * len(columns), cell * height / width * frames + 1.2),
+    )
     rgb = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
     for col, (title, getter, cmap, value_range) in enumerate(columns):
         image = None
@@ -357,8 +426,13 @@ def render_window(path: Path, key: str, scene: str, names: list[str], images: to
                 ax.set_ylabel(f"{names[i]}\nAbsRel {abs_rel['base']:.3f}→{abs_rel['adapter']:.3f}", fontsize=7)
             else:
                 colour_map = plt.get_cmap(cmap).with_extremes(bad="0.85")  # no GT / no value: light grey
-                image = ax.imshow(getter(i).numpy(), cmap=colour_map, vmin=value_range[0], vmax=value_range[1],
-                                  interpolation="nearest")
+                image = ax.imshow(
+                    getter(i).numpy(),
+                    cmap=colour_map,
+                    vmin=value_range[0],
+                    vmax=value_range[1],
+                    interpolation="nearest",
+                )
             if i == 0:
                 ax.set_title(title, fontsize=8)
         if image is not None:
@@ -372,8 +446,11 @@ def render_window(path: Path, key: str, scene: str, names: list[str], images: to
 def render_summary(path: Path, frames: list[dict[str, Any]], alignment: str) -> None:
     """Per-frame AbsRel, base vs adapter: scatter against y = x, and both along the evaluated frames."""
     plt = _pyplot()
-    valid = [f for f in frames if f["pixels"] > 0 and f["base"]["abs_rel"] is not None
-             and f["adapter"]["abs_rel"] is not None]
+    valid = [
+        f
+        for f in frames
+        if f["pixels"] > 0 and f["base"]["abs_rel"] is not None and f["adapter"]["abs_rel"] is not None
+    ]
     base = [f["base"]["abs_rel"] for f in valid]
     adapter = [f["adapter"]["abs_rel"] for f in valid]
     scenes = sorted({f["scene"] for f in valid})
@@ -427,9 +504,11 @@ def _table(block: Mapping[str, Any], metrics: list[str]) -> list[str]:
     for metric in metrics:
         if metric not in block["base"]:
             continue
-        lines.append(f"| {metric} | {_format_value(metric, block['base'][metric])} | "
-                     f"{_format_value(metric, block['adapter'][metric])} | "
-                     f"{_format_change(metric, block['relative_change'].get(metric))} |")
+        lines.append(
+            f"| {metric} | {_format_value(metric, block['base'][metric])} | "
+            f"{_format_value(metric, block['adapter'][metric])} | "
+            f"{_format_change(metric, block['relative_change'].get(metric))} |"
+        )
     return lines
 
 
@@ -450,7 +529,8 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
         f"{'on (VGGT paper convention)' if metrics['translation_sign_ambiguity'] else 'off'}; "
         f"AUC@{AUC_MAX_DEG} = mean accuracy of max(rot, trans) over thresholds 1..{AUC_MAX_DEG}°",
         f"- evaluated: {counts['windows']} windows, {counts['frames']} frames "
-        f"({counts['frames_with_depth']} with GT depth), {counts['pixels']:,} GT pixels, {counts['pairs']} camera pairs",
+        f"({counts['frames_with_depth']} with GT depth), {counts['pixels']:,} GT pixels, "
+        f"{counts['pairs']} camera pairs",
         "",
         "## Overall (depth: mean over frames; camera: pooled pairs)",
         "",
@@ -467,10 +547,12 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
     auc = f"auc@{AUC_MAX_DEG}"
     for scene, block in metrics["scenes"].items():
         b, a = block["base"], block["adapter"]
-        lines.append(f"| {scene} | {b['frames']} | {b['pixels']:,} | {_format_value('abs_rel', b['abs_rel'])} | "
-                     f"{_format_value('abs_rel', a['abs_rel'])} | {_format_value('delta1', b['delta1'])} | "
-                     f"{_format_value('delta1', a['delta1'])} | {_format_value(auc, b.get(auc))} | "
-                     f"{_format_value(auc, a.get(auc))} |")
+        lines.append(
+            f"| {scene} | {b['frames']} | {b['pixels']:,} | {_format_value('abs_rel', b['abs_rel'])} | "
+            f"{_format_value('abs_rel', a['abs_rel'])} | {_format_value('delta1', b['delta1'])} | "
+            f"{_format_value('delta1', a['delta1'])} | {_format_value(auc, b.get(auc))} | "
+            f"{_format_value(auc, a.get(auc))} |"
+        )
     lines += ["", "## Pictures", ""]
     for picture in metrics["pictures"]:
         lines.append(f"![{picture}]({picture})")
@@ -494,8 +576,10 @@ def resolve_adapter_dir(run: str | Path | None, adapter: str | Path | None) -> P
 
     adapter_dir = run_adapter_dir(run)
     if adapter_dir is None:
-        raise FileNotFoundError(f"{run}: neither {run / 'adapter'} nor {run / 'checkpoints' / 'latest'} exists; "
-                                "has the run saved an adapter yet?")
+        raise FileNotFoundError(
+            f"{run}: neither {run / 'adapter'} nor {run / 'checkpoints' / 'latest'} exists; "
+            "has the run saved an adapter yet?"
+        )
     return adapter_dir
 
 
@@ -517,10 +601,10 @@ def evaluate_run(
     adapter recorded, so the base is exactly the model the adapter was trained on. One model is
     built; the base runs with the adapter disabled (PEFT ``disable_adapter``).
     """
+    from trainer.builders import build_model, seed_everything
     from trainer.config import config_from_run
     from trainer.data import make_loader
     from trainer.lora import load_adapter, read_adapter_info
-    from trainer.builders import build_model, seed_everything
 
     adapter_dir = resolve_adapter_dir(run, adapter)
     info = read_adapter_info(adapter_dir)

@@ -44,8 +44,9 @@ def adapted_model(run_dir: Path, weights: str | None = None) -> torch.nn.Module:
     info = read_adapter_info(adapter_dir)
     if info and info.get("model") != cfg.model:
         raise ExportError(f"{adapter_dir}: adapter was trained on {info.get('model')!r}, config says {cfg.model!r}")
-    base = build_model(cfg.model, weights if weights is not None else cfg.weights,
-                       weights_revision=cfg.weights_revision)
+    base = build_model(
+        cfg.model, weights if weights is not None else cfg.weights, weights_revision=cfg.weights_revision
+    )
     model = apply_strategy(base, cfg.lora)
     load_adapter_weights(model, adapter_dir)
     return model.eval()
@@ -137,7 +138,7 @@ def _sort_metadata(path: Path) -> None:
             return
         text = header.decode("utf-8")
         metadata, end = json.JSONDecoder().raw_decode(text, len(prefix))
-        old = text[len(prefix):end].encode("utf-8")
+        old = text[len(prefix) : end].encode("utf-8")
         new = json.dumps(dict(sorted(metadata.items())), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         if len(new) == len(old) and json.loads(new) == metadata:
             f.seek(8 + len(prefix))
@@ -152,8 +153,7 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
 
     adapter_dir = run_adapter_dir(Path(run_dir))
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise ExportError("HF_HUB_OFFLINE is set: unset it to push, or copy the adapter folder by hand: "
-                          f"{adapter_dir}")
+        raise ExportError(f"HF_HUB_OFFLINE is set: unset it to push, or copy the adapter folder by hand: {adapter_dir}")
     token = token or huggingface_hub.get_token()
     if not token:
         raise ExportError("no Hugging Face token: run `hf auth login` or set HF_TOKEN")
@@ -171,8 +171,10 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
     except HfHubHTTPError as exc:
         raise ExportError(f"hub refused the push to {repo_id}: {exc}") from None
     except Exception as exc:  # the transport's errors (httpx in huggingface_hub 2.x, requests before): no network
-        raise ExportError(f"cannot reach the Hugging Face hub ({exc.__class__.__name__}: {exc}); are you offline? "
-                          f"Or copy the adapter folder by hand: {adapter_dir}") from None
+        raise ExportError(
+            f"cannot reach the Hugging Face hub ({exc.__class__.__name__}: {exc}); are you offline? "
+            f"Or copy the adapter folder by hand: {adapter_dir}"
+        ) from None
     return str(url)
 
 
@@ -207,18 +209,24 @@ def stage_for_hub(adapter_dir: Path, staging: Path) -> str | None:
 
 
 def _model_card(info: dict, base: str | None) -> str:
-    front = ["---", "library_name: peft"] + ([f"base_model: {base}"] if base else []) + \
-        ["tags:", "- vggt", "- lora", "- depth-estimation", "- eth3d", "---", ""]
+    front = (
+        ["---", "library_name: peft"]
+        + ([f"base_model: {base}"] if base else [])
+        + ["tags:", "- vggt", "- lora", "- depth-estimation", "- eth3d", "---", ""]
+    )
     if base:
         revision = info.get("weights_revision")
         source = f"[{base}](https://huggingface.co/{base})" + (f" at revision `{revision}`" if revision else "")
     elif info.get("weights"):
-        source = (f"a local checkpoint file (`{Path(str(info['weights'])).name}`) whose hub origin is unknown, so "
-                  "this card names no `base_model`; attach the adapter to the same weights")
+        source = (
+            f"a local checkpoint file (`{Path(str(info['weights'])).name}`) whose hub origin is unknown, so "
+            "this card names no `base_model`; attach the adapter to the same weights"
+        )
     else:
         source = f"a randomly initialised `{info.get('model')}` model (a test / demo run), so no `base_model`"
     body = [
-        f"# VGGT LoRA adapter (strategy {info.get('strategy', '?')})", "",
+        f"# VGGT LoRA adapter (strategy {info.get('strategy', '?')})",
+        "",
         f"PEFT LoRA adapter for VGGT fine-tuned on ETH3D multi-view scenes with vggt-eth3d-lora, trained on {source}.",
         "",
         f"- model preset: `{info.get('model', '?')}`; step {info.get('step', '?')}",
@@ -226,4 +234,3 @@ def _model_card(info: dict, base: str | None) -> str:
         "",
     ]
     return "\n".join(front + body)
-

@@ -55,7 +55,7 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Names of the modules a strategy adapts, in model order; every regex must match something."""
     patterns = expand_targets(cfg.targets, aggregator_depth(model))
     compiled = []
-    for raw, pattern in zip(cfg.targets, patterns):
+    for raw, pattern in zip(cfg.targets, patterns, strict=True):
         try:
             compiled.append((raw, re.compile(pattern)))
         except re.error as exc:
@@ -124,7 +124,7 @@ def param_report(model: nn.Module, cfg: LoraConfig) -> ParamReport:
     )
 
 
-def apply_strategy(model: nn.Module, cfg: LoraConfig) -> "PeftModel":
+def apply_strategy(model: nn.Module, cfg: LoraConfig) -> PeftModel:
     """Wrap `model` (base weights already loaded) with LoRA adapters; only LoRA params train."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -150,7 +150,7 @@ def apply_strategy(model: nn.Module, cfg: LoraConfig) -> "PeftModel":
     return peft_model
 
 
-def save_adapter(peft_model: "PeftModel", out_dir: Path, info: dict[str, Any]) -> None:
+def save_adapter(peft_model: PeftModel, out_dir: Path, info: dict[str, Any]) -> None:
     """PEFT's `adapter_config.json` + `adapter_model.safetensors`, plus `vggt_adapter.json`.
 
     `info` records the base model (preset + weights source), the strategy and the step.
@@ -176,7 +176,7 @@ class AdapterMismatchError(ValueError):
     """An adapter's weights do not fit its config / the model (missing or unexpected LoRA keys)."""
 
 
-def _check_adapter_keys(peft_model: "PeftModel", state: dict[str, torch.Tensor], adapter_dir: Path) -> None:
+def _check_adapter_keys(peft_model: PeftModel, state: dict[str, torch.Tensor], adapter_dir: Path) -> None:
     """The saved LoRA tensors must be exactly the model's adapter tensors, with the same shapes: PEFT only
     warns, and a model with half its adapter at the init value would be evaluated as if trained."""
     from peft import get_peft_model_state_dict
@@ -186,12 +186,16 @@ def _check_adapter_keys(peft_model: "PeftModel", state: dict[str, torch.Tensor],
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or shapes:
-        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        parts = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if v
+        ]
         raise AdapterMismatchError(
             f"{adapter_dir / 'adapter_model.safetensors'}: the weights do not fit "
             f"{adapter_dir / 'adapter_config.json'}: {', '.join(parts)} adapter keys; the two files come from "
-            "different runs: copy both from one run's adapter/ or checkpoints/step_N/")
+            "different runs: copy both from one run's adapter/ or checkpoints/step_N/"
+        )
 
 
 def check_adapter_dir(adapter_dir: Path) -> Path:
@@ -202,10 +206,9 @@ def check_adapter_dir(adapter_dir: Path) -> Path:
     return adapter_dir
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> "PeftModel":
+def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
     """Attach a saved adapter to a base model that already holds the base weights."""
     from peft import PeftModel
-
     from safetensors.torch import load_file
 
     adapter_dir = check_adapter_dir(Path(adapter_dir))
@@ -219,7 +222,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     return peft_model
 
 
-def load_adapter_weights(peft_model: "PeftModel", adapter_dir: Path) -> None:
+def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path) -> None:
     """Load saved LoRA weights into an already wrapped model (same strategy), e.g. on resume."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -235,7 +238,7 @@ def load_adapter_weights(peft_model: "PeftModel", adapter_dir: Path) -> None:
         )
 
 
-def merge(peft_model: "PeftModel") -> nn.Module:
+def merge(peft_model: PeftModel) -> nn.Module:
     """Fold the LoRA deltas into the base weights; returns the plain model (official key names)."""
     return peft_model.merge_and_unload()
 

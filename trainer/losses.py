@@ -1,6 +1,6 @@
 """GT normalisation and the VGGT training losses (camera, depth, point), numerically equal to the
 official ``training/loss.py`` and ``train_utils/normalization.py`` (spec §10; checked against the
-reference fixture's ``loss.*`` keys in tests/test_losses.py).
+reference fixture's ``loss.*`` keys in tests/trainer/test_losses.py).
 
 Deliberate differences from the official code, all identical on finite inputs:
 * masked-out pixels enter the gradient losses through ``torch.where`` instead of ``mask * diff``, so
@@ -12,7 +12,8 @@ Deliberate differences from the official code, all identical on finite inputs:
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,9 @@ QUANTILE_SUBSET = 1_000_000
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def check_and_fix_inf_nan(tensor: torch.Tensor, name: str = "tensor", hard_max: float | None = HARD_MAX) -> torch.Tensor:
+def check_and_fix_inf_nan(
+    tensor: torch.Tensor, name: str = "tensor", hard_max: float | None = HARD_MAX
+) -> torch.Tensor:
     """NaN/Inf -> 0, then clamp to [-hard_max, hard_max] (no clamp when hard_max is None)."""
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
@@ -166,7 +169,9 @@ def prepare_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
     }
     for key, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"{key}: expected shape {shape}, got {tuple(tensor.shape)} (samples: {_sample_names(batch)})")
+            raise ValueError(
+                f"{key}: expected shape {shape}, got {tuple(tensor.shape)} (samples: {_sample_names(batch)})"
+            )
 
     world_points, cam_points, depth_valid = depth_to_world_points(depths, intrinsics, extrinsics)
     supervised_without_depth = point_masks & ~depth_valid
@@ -250,7 +255,7 @@ def camera_loss(
 def _camera_loss_single(pred: torch.Tensor, gt: torch.Tensor, loss_type: str) -> tuple[torch.Tensor, ...]:
     slices = (slice(0, 3), slice(3, 7), slice(7, 9))
     terms = []
-    for part, name in zip(slices, ("loss_T", "loss_R", "loss_FL")):
+    for part, name in zip(slices, ("loss_T", "loss_R", "loss_FL"), strict=True):
         diff = pred[..., part] - gt[..., part]
         error = diff.abs() if loss_type == "l1" else diff.norm(dim=-1, keepdim=True)
         error = check_and_fix_inf_nan(error, name)
@@ -262,8 +267,14 @@ def _camera_loss_single(pred: torch.Tensor, gt: torch.Tensor, loss_type: str) ->
 # ------------------------------------------------------------------------------------ dense regression
 
 
-def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, conf: torch.Tensor | None = None,
-                  gamma: float = 1.0, alpha: float = 0.2) -> torch.Tensor:
+def gradient_loss(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor,
+    conf: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    alpha: float = 0.2,
+) -> torch.Tensor:
     """First-difference loss of the masked error map; ``pred``/``gt`` [N,H,W,C], ``mask`` [N,H,W]."""
     channels = pred.shape[-1]
     mask = mask[..., None].expand(-1, -1, -1, channels)
@@ -286,7 +297,9 @@ def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, conf
     return per_image.sum() / divisor
 
 
-def point_map_to_normals(points: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def point_map_to_normals(
+    points: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Four normals per pixel from neighbour cross products; ``points`` [N,H,W,3] -> ([4,N,H,W,3], [4,N,H,W])."""
     padded_mask = F.pad(mask, (1, 1, 1, 1), mode="constant", value=False)
     padded = F.pad(points.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="constant", value=0.0).permute(0, 2, 3, 1)
@@ -314,8 +327,15 @@ def point_map_to_normals(points: torch.Tensor, mask: torch.Tensor, eps: float = 
     return F.normalize(normals, p=2, dim=-1, eps=eps), valid
 
 
-def normal_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, conf: torch.Tensor | None = None,
-                cos_eps: float = 1e-8, gamma: float = 1.0, alpha: float = 0.2) -> torch.Tensor:
+def normal_loss(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor,
+    conf: torch.Tensor | None = None,
+    cos_eps: float = 1e-8,
+    gamma: float = 1.0,
+    alpha: float = 0.2,
+) -> torch.Tensor:
     """1 - cos between predicted and GT surface normals, over pixels valid in both."""
     pred_normals, pred_valid = point_map_to_normals(pred, mask, eps=cos_eps)
     gt_normals, gt_valid = point_map_to_normals(gt, mask, eps=cos_eps)
@@ -336,7 +356,9 @@ def gradient_loss_multi_scale(pred, gt, mask, loss_fn, scales: int, conf=None) -
     for scale in range(scales):
         step = 2**scale
         scaled_conf = conf[:, ::step, ::step] if conf is not None else None
-        total = total + loss_fn(pred[:, ::step, ::step], gt[:, ::step, ::step], mask[:, ::step, ::step], conf=scaled_conf)
+        total = total + loss_fn(
+            pred[:, ::step, ::step], gt[:, ::step, ::step], mask[:, ::step, ::step], conf=scaled_conf
+        )
     return total / scales
 
 
@@ -359,15 +381,29 @@ def regression_loss(
     flat = (batch * frames, height, width)
     grad_conf = conf.reshape(flat) if "conf" in gradient_loss_name else None
     if "normal" in gradient_loss_name:
-        grad = gradient_loss_multi_scale(pred.reshape(flat + (channels,)), gt.reshape(flat + (channels,)),
-                                         mask.reshape(flat), normal_loss, scales=3, conf=grad_conf)
+        grad = gradient_loss_multi_scale(
+            pred.reshape(flat + (channels,)),
+            gt.reshape(flat + (channels,)),
+            mask.reshape(flat),
+            normal_loss,
+            scales=3,
+            conf=grad_conf,
+        )
     elif "grad" in gradient_loss_name:
-        grad = gradient_loss_multi_scale(pred.reshape(flat + (channels,)), gt.reshape(flat + (channels,)),
-                                         mask.reshape(flat), gradient_loss, scales=4, conf=grad_conf)
+        grad = gradient_loss_multi_scale(
+            pred.reshape(flat + (channels,)),
+            gt.reshape(flat + (channels,)),
+            mask.reshape(flat),
+            gradient_loss,
+            scales=4,
+            conf=grad_conf,
+        )
     elif gradient_loss_name in ("", "none"):
         grad = zero_with_graph(pred)
     else:
-        raise ValueError(f"unknown gradient loss {gradient_loss_name!r} (use 'grad', 'normal', their 'conf' variants or 'none')")
+        raise ValueError(
+            f"unknown gradient loss {gradient_loss_name!r} (use 'grad', 'normal', their 'conf' variants or 'none')"
+        )
 
     def reduce(values: torch.Tensor, name: str) -> torch.Tensor:
         if values.numel() == 0:
@@ -383,7 +419,9 @@ def _check_dense(name: str, pred: torch.Tensor, conf: torch.Tensor, mask: torch.
     if pred.dim() != 5 or pred.shape[-1] != channels:
         raise ValueError(f"{name}: expected [B,S,H,W,{channels}], got {tuple(pred.shape)}")
     if tuple(conf.shape) != tuple(pred.shape[:-1]) or tuple(mask.shape) != tuple(pred.shape[:-1]):
-        raise ValueError(f"{name}: confidence {tuple(conf.shape)} / mask {tuple(mask.shape)} do not match {tuple(pred.shape[:-1])}")
+        raise ValueError(
+            f"{name}: confidence {tuple(conf.shape)} / mask {tuple(mask.shape)} do not match {tuple(pred.shape[:-1])}"
+        )
 
 
 def dense_loss(
@@ -406,22 +444,53 @@ def dense_loss(
         return dict.fromkeys(keys, zero)
     gt = check_and_fix_inf_nan(gt.to(pred.dtype), f"gt_{name}")
     conf_l, grad_l, reg_l = regression_loss(pred, gt, mask, conf, gradient_loss, gamma, alpha, valid_range)
-    return dict(zip(keys, (conf_l, reg_l, grad_l)))
+    return dict(zip(keys, (conf_l, reg_l, grad_l), strict=True))
 
 
-def depth_loss(depth: torch.Tensor, depth_conf: torch.Tensor, batch: Mapping[str, Any], gamma: float = 1.0,
-               alpha: float = 0.2, valid_range: float = 0.98, gradient_loss: str = "grad") -> dict[str, torch.Tensor]:
+def depth_loss(
+    depth: torch.Tensor,
+    depth_conf: torch.Tensor,
+    batch: Mapping[str, Any],
+    gamma: float = 1.0,
+    alpha: float = 0.2,
+    valid_range: float = 0.98,
+    gradient_loss: str = "grad",
+) -> dict[str, torch.Tensor]:
     """Depth losses against the normalised GT depths; depth [B,S,H,W,1]."""
-    return dense_loss(depth, depth_conf, batch["depths"][..., None], batch["point_masks"].bool(), "depth",
-                      gamma, alpha, valid_range, gradient_loss)
+    return dense_loss(
+        depth,
+        depth_conf,
+        batch["depths"][..., None],
+        batch["point_masks"].bool(),
+        "depth",
+        gamma,
+        alpha,
+        valid_range,
+        gradient_loss,
+    )
 
 
-def point_loss(world_points: torch.Tensor, world_points_conf: torch.Tensor, batch: Mapping[str, Any],
-               gamma: float = 1.0, alpha: float = 0.2, valid_range: float = 0.98,
-               gradient_loss: str = "normal") -> dict[str, torch.Tensor]:
+def point_loss(
+    world_points: torch.Tensor,
+    world_points_conf: torch.Tensor,
+    batch: Mapping[str, Any],
+    gamma: float = 1.0,
+    alpha: float = 0.2,
+    valid_range: float = 0.98,
+    gradient_loss: str = "normal",
+) -> dict[str, torch.Tensor]:
     """Point-map losses against the normalised GT world points (camera-0 frame); points [B,S,H,W,3]."""
-    return dense_loss(world_points, world_points_conf, batch["world_points"], batch["point_masks"].bool(), "point",
-                      gamma, alpha, valid_range, gradient_loss)
+    return dense_loss(
+        world_points,
+        world_points_conf,
+        batch["world_points"],
+        batch["point_masks"].bool(),
+        "point",
+        gamma,
+        alpha,
+        valid_range,
+        gradient_loss,
+    )
 
 
 # ------------------------------------------------------------------------------------------ objective
@@ -438,22 +507,49 @@ def compute_loss(
     terms: dict[str, torch.Tensor] = {}
     weighted: list[torch.Tensor] = []
     if "pose_enc_list" in predictions:
-        cam = camera_loss(predictions["pose_enc_list"], batch, cfg.camera_loss_type, cfg.camera_gamma,
-                          cfg.weight_trans, cfg.weight_rot, cfg.weight_focal)
+        cam = camera_loss(
+            predictions["pose_enc_list"],
+            batch,
+            cfg.camera_loss_type,
+            cfg.camera_gamma,
+            cfg.weight_trans,
+            cfg.weight_rot,
+            cfg.weight_focal,
+        )
         terms.update(cam)
         weighted.append(cam["loss_camera"] * cfg.camera)
     if "depth" in predictions:
-        dep = depth_loss(predictions["depth"], predictions["depth_conf"], batch, cfg.depth_gamma, cfg.depth_alpha,
-                         cfg.depth_valid_range, cfg.depth_gradient_loss)
+        dep = depth_loss(
+            predictions["depth"],
+            predictions["depth_conf"],
+            batch,
+            cfg.depth_gamma,
+            cfg.depth_alpha,
+            cfg.depth_valid_range,
+            cfg.depth_gradient_loss,
+        )
         terms.update(dep)
-        weighted.append(dep["loss_conf_depth"] * cfg.depth_conf + dep["loss_reg_depth"] * cfg.depth_reg
-                        + dep["loss_grad_depth"] * cfg.depth_grad)
+        weighted.append(
+            dep["loss_conf_depth"] * cfg.depth_conf
+            + dep["loss_reg_depth"] * cfg.depth_reg
+            + dep["loss_grad_depth"] * cfg.depth_grad
+        )
     if cfg.uses_points and "world_points" in predictions:
-        pts = point_loss(predictions["world_points"], predictions["world_points_conf"], batch, cfg.point_gamma,
-                         cfg.point_alpha, cfg.point_valid_range, cfg.point_gradient_loss)
+        pts = point_loss(
+            predictions["world_points"],
+            predictions["world_points_conf"],
+            batch,
+            cfg.point_gamma,
+            cfg.point_alpha,
+            cfg.point_valid_range,
+            cfg.point_gradient_loss,
+        )
         terms.update(pts)
-        weighted.append(pts["loss_conf_point"] * cfg.point_conf + pts["loss_reg_point"] * cfg.point_reg
-                        + pts["loss_grad_point"] * cfg.point_grad)
+        weighted.append(
+            pts["loss_conf_point"] * cfg.point_conf
+            + pts["loss_reg_point"] * cfg.point_reg
+            + pts["loss_grad_point"] * cfg.point_grad
+        )
     if not weighted:
         raise ValueError("predictions hold none of pose_enc_list, depth, world_points: nothing to supervise")
     total = weighted[0]

@@ -87,10 +87,13 @@ class StepMemory:
     total: int
 
     def lines(self) -> list[str]:
-        gib = lambda n: f"{n / GIB:6.2f} GiB ({n / 1e9:.2f} GB)"  # noqa: E731
+        def gib(n):
+            return f"{n / GIB:6.2f} GiB ({n / 1e9:.2f} GB)"
+
         return [
             f"{self.model}, strategy {self.strategy}, batch {self.batch_size} x {self.frames} frames x {self.size}², "
-            f"{'bf16 autocast' if self.bf16 else 'fp32'}, activation checkpointing {'on' if self.checkpointing else 'off'}",
+            f"{'bf16 autocast' if self.bf16 else 'fp32'}, "
+            f"activation checkpointing {'on' if self.checkpointing else 'off'}",
             f"  weights (frozen base + LoRA)   {gib(self.weights)}",
             f"  AdamW state ({self.trainable:,} trainable) {gib(self.persistent_state)}",
             f"  kept for backward             {gib(self.kept_after_forward - self.persistent_state)}",
@@ -100,8 +103,8 @@ class StepMemory:
 
 
 def _build(cfg: TrainConfig, device: str) -> torch.nn.Module:
-    from trainer.lora import apply_strategy
     from trainer.builders import TRAIN_HEADS
+    from trainer.lora import apply_strategy
     from trainer.vggt import VGGT, VGGTConfig
 
     with torch.device(device):
@@ -127,8 +130,9 @@ def _loss_working_set(predictions: dict[str, torch.Tensor], cfg: TrainConfig) ->
     extrinsics = torch.eye(3, 4).repeat(B, S, 1, 1)
     extrinsics[..., 3] = torch.rand(B, S, 3, generator=gen)
     intrinsics = torch.tensor([[W, 0, W / 2], [0, W, H / 2], [0, 0, 1]], dtype=torch.float32).repeat(B, S, 1, 1)
-    batch = prepare_batch({"depths": depths, "point_masks": depths > 0, "extrinsics": extrinsics,
-                           "intrinsics": intrinsics})
+    batch = prepare_batch(
+        {"depths": depths, "point_masks": depths > 0, "extrinsics": extrinsics, "intrinsics": intrinsics}
+    )
     tracker = LiveTensorBytes()
     tracker.ignore([t for t in tree_flatten((preds, batch))[0] if isinstance(t, torch.Tensor)])
     with tracker:
@@ -137,8 +141,9 @@ def _loss_working_set(predictions: dict[str, torch.Tensor], cfg: TrainConfig) ->
     return tracker.peak
 
 
-def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fake: bool = True,
-                         bf16: bool | None = None) -> StepMemory:
+def estimate_step_memory(
+    cfg: TrainConfig, frames: int = 8, size: int = 518, fake: bool = True, bf16: bool | None = None
+) -> StepMemory:
     """Peak tensor memory of a training step of `cfg` (model, strategy, checkpointing, batch size).
 
     `fake=False` runs the same trace on real tensors (slow for VGGT-1B; used to check the fake trace).
@@ -170,8 +175,11 @@ def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fak
                 with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
                     predictions = model(images)
                 kept = tracker.current
-                outputs = [o for o in (predictions["depth"], predictions["depth_conf"], *predictions["pose_enc_list"])
-                           if o.requires_grad]  # strategy A: nothing upstream of the camera head trains
+                outputs = [
+                    o
+                    for o in (predictions["depth"], predictions["depth_conf"], *predictions["pose_enc_list"])
+                    if o.requires_grad
+                ]  # strategy A: nothing upstream of the camera head trains
                 torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
                 del outputs
                 optimizer.step()
@@ -181,8 +189,18 @@ def estimate_step_memory(cfg: TrainConfig, frames: int = 8, size: int = 518, fak
             step_peak = tracker.peak
     loss = _loss_working_set(shapes, cfg)
     return StepMemory(
-        model=cfg.model, strategy=cfg.lora.strategy, frames=frames, size=size, batch_size=batch_size,
-        checkpointing=cfg.activation_checkpointing, bf16=bf16, trainable=sum(p.numel() for p in params),
-        weights=weights, persistent_state=persistent_state, kept_after_forward=kept, step_peak=step_peak,
-        loss_working_set=loss, total=weights + max(step_peak, kept + loss),
+        model=cfg.model,
+        strategy=cfg.lora.strategy,
+        frames=frames,
+        size=size,
+        batch_size=batch_size,
+        checkpointing=cfg.activation_checkpointing,
+        bf16=bf16,
+        trainable=sum(p.numel() for p in params),
+        weights=weights,
+        persistent_state=persistent_state,
+        kept_after_forward=kept,
+        step_peak=step_peak,
+        loss_working_set=loss,
+        total=weights + max(step_peak, kept + loss),
     )

@@ -18,7 +18,7 @@ field-of-view error per frame.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ def masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
 
 
-def align_depth(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, alignment: str = "sequence"
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def align_depth(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, alignment: str = "sequence"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Align a window's predicted depth ``[S,H,W]`` to GT; returns (aligned, scale [S], shift [S]).
 
     Fits use valid pixels only; frames without valid pixels keep scale NaN (their metrics are NaN
@@ -55,8 +56,10 @@ def align_depth(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, alignm
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     if pred.shape != gt.shape or gt.shape != mask.shape or pred.dim() != 3:
-        raise ValueError(f"expected pred, gt, mask [S,H,W] of one shape, got {tuple(pred.shape)}, "
-                         f"{tuple(gt.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected pred, gt, mask [S,H,W] of one shape, got {tuple(pred.shape)}, "
+            f"{tuple(gt.shape)}, {tuple(mask.shape)}"
+        )
     frames = pred.shape[0]
     pred64, gt64 = pred.double(), gt.double()
     scale = torch.ones(frames, dtype=torch.float64, device=pred.device)
@@ -126,8 +129,14 @@ def rotation_angle_deg(rotations: torch.Tensor) -> torch.Tensor:
     (a float32 identity would read as ~0.03 degrees), exactly where good models live.
     """
     cos_part = (rotations[..., 0, 0] + rotations[..., 1, 1] + rotations[..., 2, 2] - 1) / 2
-    axis = torch.stack([rotations[..., 2, 1] - rotations[..., 1, 2], rotations[..., 0, 2] - rotations[..., 2, 0],
-                        rotations[..., 1, 0] - rotations[..., 0, 1]], dim=-1)
+    axis = torch.stack(
+        [
+            rotations[..., 2, 1] - rotations[..., 1, 2],
+            rotations[..., 0, 2] - rotations[..., 2, 0],
+            rotations[..., 1, 0] - rotations[..., 0, 1],
+        ],
+        dim=-1,
+    )
     return torch.rad2deg(torch.atan2(axis.norm(dim=-1) / 2, cos_part))
 
 
@@ -137,8 +146,9 @@ def pair_indices(frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     return first, second
 
 
-def relative_pose_errors(pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Tensor,
-                         translation_sign_ambiguity: bool = True) -> dict[str, torch.Tensor]:
+def relative_pose_errors(
+    pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Tensor, translation_sign_ambiguity: bool = True
+) -> dict[str, torch.Tensor]:
     """Rotation and translation-direction errors (degrees) of every pair i < j of one window ``[S,3,4]``.
 
     The relative pose maps camera i to camera j: ``T_ij = E_j E_i^-1``. With
@@ -146,8 +156,9 @@ def relative_pose_errors(pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Ten
     error is ``min(theta, 180 - theta)``.
     """
     if pred_extrinsics.shape != gt_extrinsics.shape or pred_extrinsics.shape[-2:] != (3, 4):
-        raise ValueError(f"expected two [S,3,4] extrinsics, got {tuple(pred_extrinsics.shape)} and "
-                         f"{tuple(gt_extrinsics.shape)}")
+        raise ValueError(
+            f"expected two [S,3,4] extrinsics, got {tuple(pred_extrinsics.shape)} and {tuple(gt_extrinsics.shape)}"
+        )
     first, second = pair_indices(pred_extrinsics.shape[0])
 
     def relative(extrinsics: torch.Tensor) -> torch.Tensor:
@@ -188,7 +199,9 @@ def pose_accuracy(errors_deg: torch.Tensor, thresholds: Sequence[float] = POSE_T
     return {t: float((errors_deg < t).double().mean()) for t in thresholds}
 
 
-def camera_summary(rot_err_deg: torch.Tensor, trans_err_deg: torch.Tensor, fov_err_deg: torch.Tensor) -> dict[str, float]:
+def camera_summary(
+    rot_err_deg: torch.Tensor, trans_err_deg: torch.Tensor, fov_err_deg: torch.Tensor
+) -> dict[str, float]:
     """Pooled camera metrics of any set of pairs (a window, a scene, everything)."""
     summary: dict[str, float] = {}
     for t, value in pose_accuracy(rot_err_deg).items():
@@ -236,8 +249,9 @@ def _as_bool(values) -> np.ndarray:
     return np.asarray(values).astype(bool)
 
 
-def _umeyama_batched(src: np.ndarray, dst: np.ndarray, with_scale: bool
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _umeyama_batched(
+    src: np.ndarray, dst: np.ndarray, with_scale: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Closed-form Sim(3) of K point sets at once: src, dst [K,N,3] -> s [K], R [K,3,3], t [K,3], and
     the singular values [K,3] of the cross-covariance (to detect degenerate sets)."""
     n = src.shape[1]
@@ -279,9 +293,16 @@ def apply_similarity(points, scale: float, rotation: np.ndarray, translation: np
     return scale * as_float64(points) @ np.asarray(rotation).T + np.asarray(translation)
 
 
-def ransac_umeyama(src, dst, inlier_threshold: float, with_scale: bool = True, iterations: int = 256,
-                   seed: int = 0, score_points: int = 4096, refinements: int = 3
-                   ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+def ransac_umeyama(
+    src,
+    dst,
+    inlier_threshold: float,
+    with_scale: bool = True,
+    iterations: int = 256,
+    seed: int = 0,
+    score_points: int = 4096,
+    refinements: int = 3,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Robust variant of :func:`umeyama` (not part of any published protocol): RANSAC over minimal
     3-point samples, then least-squares refits on the inliers.
 
@@ -308,8 +329,10 @@ def ransac_umeyama(src, dst, inlier_threshold: float, with_scale: bool = True, i
     scores[~usable] = -1
     best = int(np.argmax(scores))
     if scores[best] < 3:
-        raise ValueError("ransac_umeyama: no hypothesis has 3 inliers; the threshold is too small or the "
-                         "correspondences are unrelated")
+        raise ValueError(
+            "ransac_umeyama: no hypothesis has 3 inliers; the threshold is too small or the "
+            "correspondences are unrelated"
+        )
     fit = (float(scale[best]), rotation[best], translation[best])
     inliers = np.linalg.norm(apply_similarity(src, *fit) - dst, axis=-1) < inlier_threshold
     for _ in range(refinements):
@@ -346,15 +369,17 @@ def pointmap_accuracy_completeness(pred, gt, workers: int = -1) -> tuple[float, 
     ``pred`` (N,3) must already be aligned to ``gt`` (M,3)."""
     pred, gt = as_float64(pred), as_float64(gt)
     if pred.shape[0] == 0 or gt.shape[0] == 0:
-        raise ValueError(f"pointmap_accuracy_completeness: empty point set ({pred.shape[0]} predicted, "
-                         f"{gt.shape[0]} GT points)")
+        raise ValueError(
+            f"pointmap_accuracy_completeness: empty point set ({pred.shape[0]} predicted, {gt.shape[0]} GT points)"
+        )
     accuracy = float(nearest_distances(pred, gt, workers).mean())
     completeness = float(nearest_distances(gt, pred, workers).mean())
     return accuracy, completeness, 0.5 * (accuracy + completeness)
 
 
-def relative_pose_angle_errors(pred_w2c, gt_w2c, translation_sign_ambiguity: bool = True
-                               ) -> tuple[np.ndarray, np.ndarray]:
+def relative_pose_angle_errors(
+    pred_w2c, gt_w2c, translation_sign_ambiguity: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(rotation, translation-direction) errors in degrees of the relative poses of all pairs i < j
     of (S,3,4) world-to-camera extrinsics (see :func:`relative_pose_errors`)."""
     pred = torch.as_tensor(as_float64(pred_w2c))
@@ -365,8 +390,9 @@ def relative_pose_angle_errors(pred_w2c, gt_w2c, translation_sign_ambiguity: boo
     return errors["rot_err_deg"].numpy(), errors["trans_err_deg"].numpy()
 
 
-def pose_auc(pred_w2c, gt_w2c, thresholds=PROTOCOL_AUC_THRESHOLDS_DEG,
-             translation_sign_ambiguity: bool = True) -> dict[str, float]:
+def pose_auc(
+    pred_w2c, gt_w2c, thresholds=PROTOCOL_AUC_THRESHOLDS_DEG, translation_sign_ambiguity: bool = True
+) -> dict[str, float]:
     """Camera-pose AUC of one scene in the VGGT / Depth Anything 3 convention.
 
     Every pair i < j of the S frames gives a relative rotation error (RRA) and a relative translation
@@ -384,8 +410,9 @@ def _depth_inputs(pred, gt, valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pred, gt = as_float64(pred), as_float64(gt)
     valid = _as_bool(valid) if valid is not None else np.ones(gt.shape, bool)
     if pred.shape != gt.shape or valid.shape != gt.shape or gt.ndim not in (2, 3):
-        raise ValueError(f"expected pred, gt, valid of one shape (H,W) or (S,H,W), got {pred.shape}, {gt.shape}, "
-                         f"{valid.shape}")
+        raise ValueError(
+            f"expected pred, gt, valid of one shape (H,W) or (S,H,W), got {pred.shape}, {gt.shape}, {valid.shape}"
+        )
     return pred, gt, valid & np.isfinite(gt) & (gt > 0)  # rmvd: gt <= 0 is no ground truth
 
 
@@ -438,8 +465,9 @@ def median_scales(pred, gt, valid=None, per: str = "frame") -> np.ndarray:
     return np.array([ratio(gt[i], pred[i], usable[i]) for i in range(gt.shape[0])])
 
 
-def mvd_depth_metrics(pred, gt, valid=None, per: str = "frame",
-                      threshold: float = MVD_INLIER_THRESHOLD) -> dict[str, np.ndarray]:
+def mvd_depth_metrics(
+    pred, gt, valid=None, per: str = "frame", threshold: float = MVD_INLIER_THRESHOLD
+) -> dict[str, np.ndarray]:
     """Multi-view depth metrics of one sequence (S,H,W) after median scaling (``per`` frame or
     sequence): per-frame ``abs_rel``, ``inlier`` (τ < threshold), the ``scale`` used and ``pixels``."""
     pred, gt, valid = _depth_inputs(pred, gt, valid)
@@ -447,6 +475,9 @@ def mvd_depth_metrics(pred, gt, valid=None, per: str = "frame",
         pred, gt, valid = pred[None], gt[None], valid[None]
     scale = median_scales(pred, gt, valid, per)
     scaled = pred * scale[:, None, None]
-    return {"abs_rel": np.atleast_1d(depth_abs_rel(scaled, gt, valid)),
-            "inlier": np.atleast_1d(depth_inlier_ratio(scaled, gt, valid, threshold)),
-            "scale": scale, "pixels": valid.sum((-2, -1))}
+    return {
+        "abs_rel": np.atleast_1d(depth_abs_rel(scaled, gt, valid)),
+        "inlier": np.atleast_1d(depth_inlier_ratio(scaled, gt, valid, threshold)),
+        "scale": scale,
+        "pixels": valid.sum((-2, -1)),
+    }

@@ -27,8 +27,9 @@ def check_out_dir(run_dir: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise RunSetupError(f"{existing}: not writable, so the run directory {run_dir} cannot be written; "
-                            "choose another --out")
+        raise RunSetupError(
+            f"{existing}: not writable, so the run directory {run_dir} cannot be written; choose another --out"
+        )
 
 
 def check_weights(weights: str | None) -> None:
@@ -41,9 +42,11 @@ def check_weights(weights: str | None) -> None:
     if path.is_file():
         return
     if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
-        raise RunSetupError(f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
-                            "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
-                            "(make train WEIGHTS=PATH)")
+        raise RunSetupError(
+            f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
+            "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
+            "(make train WEIGHTS=PATH)"
+        )
 
 
 def check_resume_data(ckpt: Path, identity: dict[str, Any], world: int = 1) -> None:
@@ -51,9 +54,11 @@ def check_resume_data(ckpt: Path, identity: dict[str, Any], world: int = 1) -> N
     of the saved dataset, per rank."""
     state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
     if state.get("world_size", world) != world:
-        raise RunSetupError(f"{ckpt / STATE_FILE}: saved with {state['world_size']} process(es), resumed with {world}; "
-                            "the data position is per rank, so resume with the same process count "
-                            f"(torchrun --nproc_per_node={state['world_size']}), or start a new --out")
+        raise RunSetupError(
+            f"{ckpt / STATE_FILE}: saved with {state['world_size']} process(es), resumed with {world}; "
+            "the data position is per rank, so resume with the same process count "
+            f"(torchrun --nproc_per_node={state['world_size']}), or start a new --out"
+        )
     saved = state.get("data")
     if saved is None:
         log.warning("%s records no data identity (older trainer); resuming on %s unchecked", ckpt, identity["shards"])
@@ -64,10 +69,13 @@ def check_resume_data(ckpt: Path, identity: dict[str, Any], world: int = 1) -> N
         what = "its manifest.json differs" if key == "manifest_sha256" else "another directory"
         raise RunSetupError(
             f"{ckpt / STATE_FILE}: the run was trained on {saved.get('shards')} but --resume got "
-            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out")
+            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out"
+        )
 
 
-def preflight(cfg: TrainConfig, resume: bool, verify_shards: bool = False, world: int = 1) -> tuple[Path | None, dict[str, Any]]:
+def preflight(
+    cfg: TrainConfig, resume: bool, verify_shards: bool = False, world: int = 1
+) -> tuple[Path | None, dict[str, Any]]:
     """Returns the checkpoint to resume from (None: start at step 0) and the data identity."""
     from trainer.data import check_dataset, data_identity
 

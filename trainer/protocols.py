@@ -23,9 +23,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,19 +58,24 @@ EVAL_HEADS = ("camera", "depth", "point")
 PUBLISHED = {
     "eth3d-pose": {
         "source": "Depth Anything 3 (Lin et al., arXiv 2511.10647) Tab. 2: VGGT on ETH3D, 11 scenes, "
-                  "<= 100 frames per scene",
+        "<= 100 frames per scene",
         "values": {"pose/auc@3": 0.263, "pose/auc@30": 0.808},
     },
     "eth3d-pointmap": {
         "source": "VGGT (Wang et al., CVPR 2025) Tab. 3: ETH3D, 10 random frames per scene, Umeyama Sim(3), "
-                  "official masks",
-        "values": {"pointmap/depth_camera/accuracy": 0.873, "pointmap/depth_camera/completeness": 0.482,
-                   "pointmap/depth_camera/overall": 0.677, "pointmap/point_head/accuracy": 0.901,
-                   "pointmap/point_head/completeness": 0.518, "pointmap/point_head/overall": 0.709},
+        "official masks",
+        "values": {
+            "pointmap/depth_camera/accuracy": 0.873,
+            "pointmap/depth_camera/completeness": 0.482,
+            "pointmap/depth_camera/overall": 0.677,
+            "pointmap/point_head/accuracy": 0.901,
+            "pointmap/point_head/completeness": 0.518,
+            "pointmap/point_head/overall": 0.709,
+        },
     },
     "eth3d-mvd": {
         "source": "no published VGGT figure on the Robust MVD ETH3D split; for scale: DUSt3R-512 2.91 % AbsRel / "
-                  "76.91 % tau<1.03 (DUSt3R paper Tab. 3, rmvd protocol, per-frame median scaling)",
+        "76.91 % tau<1.03 (DUSt3R paper Tab. 3, rmvd protocol, per-frame median scaling)",
         "values": {},
     },
 }
@@ -96,8 +102,9 @@ class ProtocolConfig:
         if unknown or not self.protocols:
             raise ValueError(f"unknown protocol(s) {unknown or '(none)'}; choose from {', '.join(PROTOCOLS)} or all")
         if self.pointmap_alignment not in POINTMAP_ALIGNMENTS:
-            raise ValueError(f"pointmap alignment must be one of {POINTMAP_ALIGNMENTS}, "
-                             f"got {self.pointmap_alignment!r}")
+            raise ValueError(
+                f"pointmap alignment must be one of {POINTMAP_ALIGNMENTS}, got {self.pointmap_alignment!r}"
+            )
         if not 0.0 <= self.align_conf_quantile < 1.0:
             raise ValueError(f"align_conf_quantile must be in [0, 1), got {self.align_conf_quantile}")
 
@@ -121,8 +128,11 @@ def predict_all(model: torch.nn.Module, images: torch.Tensor, autocast_bf16: boo
     """Eval-mode forward keeping every head's output in float32."""
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 and images.device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if autocast_bf16 and images.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
     try:
         with autocast:
             out = model(images)
@@ -132,8 +142,9 @@ def predict_all(model: torch.nn.Module, images: torch.Tensor, autocast_bf16: boo
     return {k: out[k].float() for k in keep if k in out}
 
 
-def _pointmap_scores(pred_points: np.ndarray, conf: np.ndarray, gt_points: np.ndarray, valid: np.ndarray,
-                     cfg: ProtocolConfig) -> tuple[dict[str, Any], np.ndarray | None]:
+def _pointmap_scores(
+    pred_points: np.ndarray, conf: np.ndarray, gt_points: np.ndarray, valid: np.ndarray, cfg: ProtocolConfig
+) -> tuple[dict[str, Any], np.ndarray | None]:
     """Align one sample's predicted points [S,H,W,3] to GT and score them; returns (record, aligned
     points at the valid pixels, or None if no fit was possible)."""
     usable = valid & np.isfinite(pred_points).all(-1)
@@ -159,13 +170,15 @@ def _pointmap_scores(pred_points: np.ndarray, conf: np.ndarray, gt_points: np.nd
         return record, None
     aligned = apply_similarity(pred_points[usable], s, r, t)
     accuracy, completeness, overall = pointmap_accuracy_completeness(aligned, gt_points[usable])
-    record.update(align_points=int(select.sum()), scale=s, accuracy=accuracy, completeness=completeness,
-                  overall=overall)
+    record.update(
+        align_points=int(select.sum()), scale=s, accuracy=accuracy, completeness=completeness, overall=overall
+    )
     return record, aligned
 
 
-def evaluate_sample(pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any], item: int,
-                    cfg: ProtocolConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate_sample(
+    pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any], item: int, cfg: ProtocolConfig
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every requested protocol on batch item ``item`` for one model's predictions.
 
     Returns (flat metric record, aligned point clouds by source for pictures)."""
@@ -192,8 +205,10 @@ def evaluate_sample(pred: Mapping[str, torch.Tensor], prepared: Mapping[str, Any
             points = depth_to_world_points(pred["depth"][item, ..., 0].double(), pred_k.double(), pred_w2c.double())[0]
             sources["depth_camera"] = (as_float64(points), as_float64(pred["depth_conf"][item]))
         if "world_points" in pred:
-            sources["point_head"] = (as_float64(pred["world_points"][item]),
-                                    as_float64(pred["world_points_conf"][item]))
+            sources["point_head"] = (
+                as_float64(pred["world_points"][item]),
+                as_float64(pred["world_points_conf"][item]),
+            )
         for source, (points, conf) in sources.items():
             scores, aligned = _pointmap_scores(points, conf, gt_points, valid, cfg)
             record.update({f"pointmap/{source}/{k}": v for k, v in scores.items()})
@@ -222,14 +237,16 @@ def _nanmean(values: np.ndarray) -> float | None:
 
 # ----------------------------------------------------------------------------------------- aggregation
 
+
 # Summary metrics (scalars per sample) and whether larger is better.
 def summary_metrics(cfg: ProtocolConfig) -> list[tuple[str, bool]]:
     names: list[tuple[str, bool]] = []
     if "eth3d-pose" in cfg.protocols:
         names += [(f"pose/auc@{t}", True) for t in cfg.auc_thresholds]
     if "eth3d-pointmap" in cfg.protocols:
-        names += [(f"pointmap/{s}/{m}", False) for s in POINTMAP_SOURCES
-                  for m in ("accuracy", "completeness", "overall")]
+        names += [
+            (f"pointmap/{s}/{m}", False) for s in POINTMAP_SOURCES for m in ("accuracy", "completeness", "overall")
+        ]
     if "eth3d-mvd" in cfg.protocols:
         names += [(f"mvd/{per}/{m}", m == "inlier") for per in ("frame", "sequence") for m in ("abs_rel", "inlier")]
     return names
@@ -248,9 +265,14 @@ def aggregate(samples: list[dict[str, Any]], labels: tuple[str, ...], cfg: Proto
             for name in names:
                 if name.startswith("mvd/"):  # frame-weighted: mean over all frames of the scene
                     per, metric = name.split("/")[1:]
-                    values = [v for s in subset for v, p in zip(_per_frame(s[label], per, metric),
-                                                                 s[label].get(f"mvd/{per}/frames_mask", []))
-                              if p]
+                    values = [
+                        v
+                        for s in subset
+                        for v, p in zip(
+                            _per_frame(s[label], per, metric), s[label].get(f"mvd/{per}/frames_mask", []), strict=False
+                        )
+                        if p
+                    ]
                     block[name] = _nanmean(np.array(values, dtype=np.float64)) if values else None
                 else:
                     block[name] = _nanmean(np.array([_num(s[label].get(name)) for s in subset], dtype=np.float64))
@@ -259,8 +281,13 @@ def aggregate(samples: list[dict[str, Any]], labels: tuple[str, ...], cfg: Proto
                 if counts:
                     block[extra] = int(sum(counts))
             per_scene[scene][label] = block
-    mean = {label: {name: _nanmean(np.array([_num(per_scene[s][label].get(name)) for s in scenes], dtype=np.float64))
-                    for name in names} for label in labels}
+    mean = {
+        label: {
+            name: _nanmean(np.array([_num(per_scene[s][label].get(name)) for s in scenes], dtype=np.float64))
+            for name in names
+        }
+        for label in labels
+    }
     return {"scenes": per_scene, "mean": mean}
 
 
@@ -314,8 +341,7 @@ def evaluate_protocols(
         for item in range(prepared["metric_depths"].shape[0]):
             key = _meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
             scene = _meta(batch, "scenes", item, "unknown")
-            record: dict[str, Any] = {"key": key, "scene": scene,
-                                      "names": list(_meta(batch, "names", item, []))}
+            record: dict[str, Any] = {"key": key, "scene": scene, "names": list(_meta(batch, "names", item, []))}
             clouds = {}
             for label in labels:
                 record[label], clouds[label] = evaluate_sample(predictions[label], prepared, item, cfg)
@@ -333,15 +359,22 @@ def evaluate_protocols(
         "format": PROTOCOLS_FORMAT,
         "protocols": list(cfg.protocols),
         "labels": list(labels),
-        "settings": {"auc_thresholds_deg": list(cfg.auc_thresholds),
-                     "translation_sign_ambiguity": cfg.translation_sign_ambiguity,
-                     "pointmap_alignment": cfg.pointmap_alignment, "align_conf_quantile": cfg.align_conf_quantile,
-                     "ransac_threshold": cfg.ransac_threshold if cfg.pointmap_alignment == "ransac" else None,
-                     "mvd_threshold": cfg.mvd_threshold, "units": "metres (point maps), fractions (AUC, AbsRel, tau)"},
+        "settings": {
+            "auc_thresholds_deg": list(cfg.auc_thresholds),
+            "translation_sign_ambiguity": cfg.translation_sign_ambiguity,
+            "pointmap_alignment": cfg.pointmap_alignment,
+            "align_conf_quantile": cfg.align_conf_quantile,
+            "ransac_threshold": cfg.ransac_threshold if cfg.pointmap_alignment == "ransac" else None,
+            "mvd_threshold": cfg.mvd_threshold,
+            "units": "metres (point maps), fractions (AUC, AbsRel, tau)",
+        },
         "models": cfg.model_info,
         "published": {p: PUBLISHED[p] for p in cfg.protocols},
-        "counts": {"samples": len(samples), "scenes": len(summary["scenes"]),
-                   "frames": int(sum(s["base"]["frames"] for s in samples))},
+        "counts": {
+            "samples": len(samples),
+            "scenes": len(summary["scenes"]),
+            "frames": int(sum(s["base"]["frames"] for s in samples)),
+        },
         **summary,
         "samples": [_strip(s) for s in samples],
         "pictures": pictures,
@@ -386,8 +419,13 @@ def _jsonable(obj: Any) -> Any:
 # -------------------------------------------------------------------------------------------- pictures
 
 
-def render_pointclouds(path: Path, title: str, clouds: Mapping[str, Mapping[str, np.ndarray]],
-                       labels: tuple[str, ...], max_points: int = 60_000) -> bool:
+def render_pointclouds(
+    path: Path,
+    title: str,
+    clouds: Mapping[str, Mapping[str, np.ndarray]],
+    labels: tuple[str, ...],
+    max_points: int = 60_000,
+) -> bool:
     """GT points and every aligned prediction seen from the same viewpoint (the GT's two principal
     axes, i.e. facing its dominant surface); predictions coloured by their distance to the nearest GT
     point (metres, one shared scale). Returns False when there is nothing to draw."""
@@ -409,8 +447,13 @@ def render_pointclouds(path: Path, title: str, clouds: Mapping[str, Mapping[str,
         for source in POINTMAP_SOURCES:
             if source in clouds[label]:
                 points = thin(clouds[label][source])
-                panels.append((f"{label} · {source.replace('_', ' + ' if source == 'depth_camera' else ' ')}",
-                               points, nearest_distances(points, gt)))
+                panels.append(
+                    (
+                        f"{label} · {source.replace('_', ' + ' if source == 'depth_camera' else ' ')}",
+                        points,
+                        nearest_distances(points, gt),
+                    )
+                )
     errors = np.concatenate([e for _, _, e in panels if e is not None]) if len(panels) > 1 else np.zeros(1)
     error_max = max(float(np.quantile(errors, 0.95)), 1e-6)
     gt_2d = (panels[0][1] - centre) @ axes[:2].T
@@ -419,14 +462,23 @@ def render_pointclouds(path: Path, title: str, clouds: Mapping[str, Mapping[str,
     fig, axs = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False, layout="constrained")
     depth_axis = (panels[0][1] - centre) @ axes[2]
     scatter = None
-    for ax, (name, points, error) in zip(axs[0], panels):
+    for ax, (name, points, error) in zip(axs[0], panels, strict=True):
         xy = (points - centre) @ axes[:2].T
         if error is None:
             ax.scatter(xy[:, 0], xy[:, 1], c=depth_axis, s=0.3, cmap="viridis", linewidths=0, rasterized=True)
         else:
             ax.scatter(gt_2d[:, 0], gt_2d[:, 1], c="0.85", s=0.3, linewidths=0, rasterized=True)
-            scatter = ax.scatter(xy[:, 0], xy[:, 1], c=error, s=0.3, cmap="magma_r", vmin=0, vmax=error_max,
-                                 linewidths=0, rasterized=True)
+            scatter = ax.scatter(
+                xy[:, 0],
+                xy[:, 1],
+                c=error,
+                s=0.3,
+                cmap="magma_r",
+                vmin=0,
+                vmax=error_max,
+                linewidths=0,
+                rasterized=True,
+            )
             name += f"\nmean NN error {error.mean():.3f} m"
         ax.set_title(name, fontsize=8)
         ax.set_xlim(lo[0] - pad, hi[0] + pad)
@@ -471,12 +523,16 @@ def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> No
     for key, value in metrics["models"].items():
         lines.append(f"- {key}: {value}")
     counts = metrics["counts"]
-    lines += [f"- {counts['samples']} samples, {counts['scenes']} scenes, {counts['frames']} frames",
-              f"- point-map alignment: **{cfg.pointmap_alignment}** Sim(3) per sample on valid GT pixels"
-              + (f" with confidence >= the {cfg.align_conf_quantile:.0%} quantile" if cfg.align_conf_quantile else ""),
-              "- pose AUC and MVD figures in %, point maps in metres; ↑ = higher is better", "",
-              "Published figures are for VGGT-1B under the protocol named; ours differ where docs/evaluation.md "
-              "says (resolution, frame choice, GT depth resampling). Compare only within one protocol.", ""]
+    lines += [
+        f"- {counts['samples']} samples, {counts['scenes']} scenes, {counts['frames']} frames",
+        f"- point-map alignment: **{cfg.pointmap_alignment}** Sim(3) per sample on valid GT pixels"
+        + (f" with confidence >= the {cfg.align_conf_quantile:.0%} quantile" if cfg.align_conf_quantile else ""),
+        "- pose AUC and MVD figures in %, point maps in metres; ↑ = higher is better",
+        "",
+        "Published figures are for VGGT-1B under the protocol named; ours differ where docs/evaluation.md "
+        "says (resolution, frame choice, GT depth resampling). Compare only within one protocol.",
+        "",
+    ]
     for protocol in cfg.protocols:
         lines += [f"## {protocol}", "", f"Published: {PUBLISHED[protocol]['source']}.", ""]
         header = "| metric | published VGGT |" + "".join(f" {label} |" for label in labels)
@@ -496,8 +552,11 @@ def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> No
         lines += ["", "Per scene:", ""]
         scene_names = [n for n, _ in names if n.startswith(prefix)]
         show = scene_names[:4] if protocol != "eth3d-pointmap" else [n for n in scene_names if n.endswith("overall")]
-        extra = [f"{s}/align_points" for s in ("pointmap/depth_camera", "pointmap/point_head")] \
-            if protocol == "eth3d-pointmap" else []
+        extra = (
+            [f"{s}/align_points" for s in ("pointmap/depth_camera", "pointmap/point_head")]
+            if protocol == "eth3d-pointmap"
+            else []
+        )
         lines.append("| scene | samples |" + "".join(f" {label} {n} |" for n in show + extra for label in labels))
         lines.append("|---|---:|" + "---:|" * (len(show + extra) * len(labels)))
         for scene, block in metrics["scenes"].items():
@@ -508,8 +567,13 @@ def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> No
                     row += f" {value:,} |" if n in extra and value is not None else f" {_fmt(n, value)} |"
             lines.append(row)
         lines.append("")
-    failures = [(s["key"], label, k, v) for s in metrics["samples"] for label in labels
-                for k, v in s[label].items() if k.endswith("/error")]
+    failures = [
+        (s["key"], label, k, v)
+        for s in metrics["samples"]
+        for label in labels
+        for k, v in s[label].items()
+        if k.endswith("/error")
+    ]
     if failures:
         lines += ["## Samples without a point-map fit", ""]
         lines += [f"- {key} ({label}, {k.split('/')[1]}): {v}" for key, label, k, v in failures] + [""]
@@ -539,11 +603,11 @@ def evaluate_protocols_run(
     number). The point head is built and loaded when the weights hold it; a random-init base (tiny
     demo) keeps the trained-on heads so that it is exactly the model the adapter was made on.
     """
+    from trainer.builders import TRAIN_HEADS, build_model, seed_everything
     from trainer.config import config_from_run
     from trainer.data import make_loader
     from trainer.evaluate import resolve_adapter_dir
     from trainer.lora import load_adapter, read_adapter_info
-    from trainer.builders import TRAIN_HEADS, build_model, seed_everything
 
     cfg = dataclasses.replace(config or ProtocolConfig())
     cfg.check()
@@ -572,8 +636,11 @@ def evaluate_protocols_run(
         "model": model_name,
         "base weights": weights or f"random init (seed {seed})",
         "heads": ", ".join(heads),
-        **({"adapter": str(adapter_dir), "strategy": info.get("strategy"), "adapter step": info.get("step")}
-           if adapter_dir is not None else {"adapter": "none (base model only)"}),
+        **(
+            {"adapter": str(adapter_dir), "strategy": info.get("strategy"), "adapter step": info.get("step")}
+            if adapter_dir is not None
+            else {"adapter": "none (base model only)"}
+        ),
         "shards": f"{shards} ({split})",
         "device": str(torch_device),
         **cfg.model_info,

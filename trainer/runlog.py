@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -101,18 +101,21 @@ class StepStats:
 
     def scalars(self, lr: float, skipped: int, d: Dist) -> dict[str, float]:
         names = sorted(self.sums)
-        values = torch.tensor([self.sums[k] for k in names] + [self.finite, self.seconds, self.wait],
-                              dtype=torch.float64)
+        values = torch.tensor(
+            [self.sums[k] for k in names] + [self.finite, self.seconds, self.wait], dtype=torch.float64
+        )
         *terms, finite, seconds, wait = mean_over_ranks(values, d).tolist()  # time and wait averaged too
         n = self.steps
-        scalars = {f"train/{k}": v / finite for k, v in zip(names, terms)} if finite else {}
-        scalars.update({
-            "train/lr": lr,
-            "train/skipped_steps": float(skipped),
-            "perf/step_time_s": seconds / max(n, 1),
-            "perf/samples_per_s": self.samples_per_step * n / max(seconds, 1e-9),
-            "perf/data_wait_pct": 100.0 * wait / max(seconds, 1e-9),
-        })
+        scalars = {f"train/{k}": v / finite for k, v in zip(names, terms, strict=True)} if finite else {}
+        scalars.update(
+            {
+                "train/lr": lr,
+                "train/skipped_steps": float(skipped),
+                "perf/step_time_s": seconds / max(n, 1),
+                "perf/samples_per_s": self.samples_per_step * n / max(seconds, 1e-9),
+                "perf/data_wait_pct": 100.0 * wait / max(seconds, 1e-9),
+            }
+        )
         if d.device.type == "cuda":
             scalars["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(d.device) / 1e9
         self._reset()
@@ -122,5 +125,6 @@ class StepStats:
 def progress_bar(step: int, total: int, main: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=step, disable=not main, dynamic_ncols=True, desc="train", file=sys.stderr,
-                mininterval=1.0)
+    return tqdm(
+        total=total, initial=step, disable=not main, dynamic_ncols=True, desc="train", file=sys.stderr, mininterval=1.0
+    )

@@ -26,7 +26,6 @@ preflight.py (cheap checks first), distributed.py, checkpoints.py, validation.py
 window statistics). This file is the loop.
 """
 
-
 from __future__ import annotations
 
 import gc
@@ -35,10 +34,11 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,8 +46,18 @@ from torch import nn
 
 from shardformat.provenance import git_sha
 from trainer.builders import (
-    Position, TRAIN_HEADS, autocast_for, build_model, build_optimizer, build_peft_model, build_train_loader, freeze_modes,
-    restore, seed_everything, weights_revision_used, wrap_model,
+    TRAIN_HEADS,
+    Position,
+    autocast_for,
+    build_model,
+    build_optimizer,
+    build_peft_model,
+    build_train_loader,
+    freeze_modes,
+    restore,
+    seed_everything,
+    weights_revision_used,
+    wrap_model,
 )
 from trainer.checkpoints import checkpoint_step, latest_checkpoint, save_checkpoint
 from trainer.config import OptimConfig, TrainConfig, dump_config
@@ -57,9 +67,21 @@ from trainer.preflight import RunSetupError, preflight
 from trainer.runlog import ScalarLog, StepStats, drop_records_after, progress_bar, run_logging
 from trainer.validation import validate, validation_depth_metrics
 
-__all__ = ["train", "train_step", "lr_factor", "RunResult", "StepResult", "NonFiniteLossError", "RunSetupError",
-           "TRAIN_HEADS", "build_model", "freeze_modes", "seed_everything", "init_distributed",
-           "validation_depth_metrics"]
+__all__ = [
+    "train",
+    "train_step",
+    "lr_factor",
+    "RunResult",
+    "StepResult",
+    "NonFiniteLossError",
+    "RunSetupError",
+    "TRAIN_HEADS",
+    "build_model",
+    "freeze_modes",
+    "seed_everything",
+    "init_distributed",
+    "validation_depth_metrics",
+]
 
 log = logging.getLogger("trainer")
 
@@ -99,8 +121,17 @@ def lr_factor(step: int, max_steps: int, warmup_frac: float, lr: float, min_lr: 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_step(net: nn.Module, batches: Iterator, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-               o: OptimConfig, loss_cfg: Any, lr: float, d: Dist, autocast: Callable[[], Any]) -> StepResult:
+def train_step(
+    net: nn.Module,
+    batches: Iterator,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    o: OptimConfig,
+    loss_cfg: Any,
+    lr: float,
+    d: Dist,
+    autocast: Callable[[], Any],
+) -> StepResult:
     """One optimizer step over `o.accum_steps` whole loader batches (no chunking, so no empty chunks).
     A non-finite loss or gradient on any rank skips the step on every rank; its batches are still
     consumed, so the data position does not depend on what happened."""
@@ -116,7 +147,7 @@ def train_step(net: nn.Module, batches: Iterator, optimizer: torch.optim.Optimiz
         if not finite:
             continue
         sync = micro == o.accum_steps - 1 or d.world == 1  # DDP all-reduces on the last micro-batch only
-        with (nullcontext() if sync else net.no_sync()):
+        with nullcontext() if sync else net.no_sync():
             with autocast():
                 preds = net(batch["images"])
             loss, micro_terms = compute_loss(preds, batch, loss_cfg)
@@ -135,8 +166,9 @@ def train_step(net: nn.Module, batches: Iterator, optimizer: torch.optim.Optimiz
     return StepResult(terms, float(grad_norm), finite, wait, epoch, consumed, batch["keys"])
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
-          verify_shards: bool = False) -> RunResult:
+def train(
+    cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, verify_shards: bool = False
+) -> RunResult:
     """Train until cfg.max_steps (or `stop_after` steps of this call, then checkpoint and return).
 
     `verify_shards`: also compare every shard's sha256 with the manifest before starting."""
@@ -166,8 +198,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             dist.destroy_process_group()
 
 
-def _run(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None,
-         identity: dict[str, Any]) -> RunResult:
+def _run(
+    cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after: int | None, identity: dict[str, Any]
+) -> RunResult:
     use_bf16, autocast = autocast_for(cfg.precision, d.device)
     seed_everything(cfg.seed)
     peft_model, report = build_peft_model(cfg, ckpt, d.device)
@@ -178,8 +211,14 @@ def _run(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after
     net = wrap_model(peft_model, cfg, d)
     pos = restore(ckpt, optimizer, cfg.seed, d)
     loader = build_train_loader(cfg)
-    info = {"model": cfg.model, "weights": cfg.weights, "weights_revision": weights_revision_used(cfg),
-            "strategy": cfg.lora.strategy, "targets": cfg.lora.targets, "git_sha": git_sha(mark_dirty=True)}
+    info = {
+        "model": cfg.model,
+        "weights": cfg.weights,
+        "weights_revision": weights_revision_used(cfg),
+        "strategy": cfg.lora.strategy,
+        "targets": cfg.lora.targets,
+        "git_sha": git_sha(mark_dirty=True),
+    }
     if d.main:
         _write_run_config(cfg, run_dir, d, report, info, use_bf16, loader.batches_per_epoch(pos.epoch))
 
@@ -209,8 +248,9 @@ def _run(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after
                 val = validate(peft_model, cfg, d, autocast)
                 scalar_log.write(pos.step, val)
             if (cfg.save_every and pos.step % cfg.save_every == 0) or pos.step == end_step:
-                path = save_checkpoint(run_dir, peft_model, pos.state(optimizer, d, identity), info, d,
-                                       cfg.keep_checkpoints)
+                path = save_checkpoint(
+                    run_dir, peft_model, pos.state(optimizer, d, identity), info, d, cfg.keep_checkpoints
+                )
                 log.info("checkpoint %s", path)
     finally:
         progress.close()
@@ -225,8 +265,13 @@ def _run(cfg: TrainConfig, d: Dist, run_dir: Path, ckpt: Path | None, stop_after
 
 def _on_skipped_step(out: StepResult, step: int, in_a_row: int, total: int, cfg: TrainConfig, run_dir: Path) -> None:
     bad_loss = "objective" not in out.terms or not math.isfinite(out.terms["objective"])
-    log.warning("step %d: non-finite %s, step skipped (%d in a row, %d total)", step,
-                "loss" if bad_loss else "gradient", in_a_row, total)
+    log.warning(
+        "step %d: non-finite %s, step skipped (%d in a row, %d total)",
+        step,
+        "loss" if bad_loss else "gradient",
+        in_a_row,
+        total,
+    )
     if in_a_row >= cfg.max_nonfinite_in_a_row:
         raise NonFiniteLossError(
             f"{in_a_row} consecutive steps had a non-finite loss or gradient (last: step {step}, samples "
@@ -238,23 +283,46 @@ def _on_skipped_step(out: StepResult, step: int, in_a_row: int, total: int, cfg:
 def _log_window(scalars: dict[str, float], pos: Position, cfg: TrainConfig, progress: Any) -> dict[str, float]:
     """The log line and progress-bar text of the steps since the last log line."""
     loss = scalars.get("train/objective", math.nan)
-    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}",
-                         wait=f"{scalars['perf/data_wait_pct']:.1f}%")
-    log.info("step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
-             pos.step, cfg.max_steps, loss, scalars["train/lr"], scalars.get("train/grad_norm", math.nan),
-             scalars["perf/samples_per_s"], scalars["perf/data_wait_pct"], pos.epoch)
+    progress.set_postfix(
+        loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}", wait=f"{scalars['perf/data_wait_pct']:.1f}%"
+    )
+    log.info(
+        "step %d/%d  loss %.4f  lr %.2e  grad %.3f  %.2f samples/s  data-wait %.1f%%  epoch %d",
+        pos.step,
+        cfg.max_steps,
+        loss,
+        scalars["train/lr"],
+        scalars.get("train/grad_norm", math.nan),
+        scalars["perf/samples_per_s"],
+        scalars["perf/data_wait_pct"],
+        pos.epoch,
+    )
     return scalars
 
 
-def _write_run_config(cfg: TrainConfig, run_dir: Path, d: Dist, report: Any, info: dict[str, Any], use_bf16: bool,
-                      batches_per_epoch: int) -> None:
-    meta = {"git_sha": info["git_sha"], "torch": str(torch.__version__), "world_size": d.world,
-            "device": str(d.device), "precision": "bf16" if use_bf16 else "fp32",
-            "trainable_params": report.trainable, "total_params": report.total,
-            "loss_resolved": asdict(cfg.loss), "batches_per_epoch": batches_per_epoch}
+def _write_run_config(
+    cfg: TrainConfig, run_dir: Path, d: Dist, report: Any, info: dict[str, Any], use_bf16: bool, batches_per_epoch: int
+) -> None:
+    meta = {
+        "git_sha": info["git_sha"],
+        "torch": str(torch.__version__),
+        "world_size": d.world,
+        "device": str(d.device),
+        "precision": "bf16" if use_bf16 else "fp32",
+        "trainable_params": report.trainable,
+        "total_params": report.total,
+        "loss_resolved": asdict(cfg.loss),
+        "batches_per_epoch": batches_per_epoch,
+    }
     dump_config(cfg, run_dir / "config.yaml", {"meta": meta})
-    log.info("run %s: %s, %d process(es), %s, %d batches per epoch per process", run_dir, cfg.model, d.world,
-             meta["precision"], batches_per_epoch)
+    log.info(
+        "run %s: %s, %d process(es), %s, %d batches per epoch per process",
+        run_dir,
+        cfg.model,
+        d.world,
+        meta["precision"],
+        batches_per_epoch,
+    )
 
 
 def _publish_adapter(run_dir: Path, pos: Position) -> None:

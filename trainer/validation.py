@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ def validation_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.T
     from trainer.metrics import align_depth, depth_metrics
 
     out = dict.fromkeys(("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n"), 0.0)
-    for p, g, m in zip(pred.float(), gt.float(), mask.bool()):
+    for p, g, m in zip(pred.float(), gt.float(), mask.bool(), strict=True):
         m = m & (g > 0) & torch.isfinite(p) & (p > 0)
         if not bool(m.any()):
             continue
@@ -41,8 +42,14 @@ def validation_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.T
 
 
 @torch.no_grad()
-def validation_scores(model: nn.Module, loader: Loader, loss_cfg: Any, device: torch.device,
-                      autocast: Callable[[], Any], max_batches: int | None) -> dict[str, float]:
+def validation_scores(
+    model: nn.Module,
+    loader: Loader,
+    loss_cfg: Any,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    max_batches: int | None,
+) -> dict[str, float]:
     """Loss terms averaged over batches and depth metrics averaged over windows, as `val/...` scalars."""
     from trainer.losses import compute_loss, prepare_batch
 
@@ -60,8 +67,9 @@ def validation_scores(model: nn.Module, loader: Loader, loss_cfg: Any, device: t
         _, terms = compute_loss(preds, batch, loss_cfg)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value)
-        for name, value in validation_depth_metrics(preds["depth"][..., 0], batch["depths"],
-                                                    batch["point_masks"]).items():
+        for name, value in validation_depth_metrics(
+            preds["depth"][..., 0], batch["depths"], batch["point_masks"]
+        ).items():
             depth[name] += value
         batches += 1
     if was_training:
@@ -78,8 +86,17 @@ def validate(peft_model: nn.Module, cfg: TrainConfig, d: Dist, autocast: Callabl
     if d.main:
         data = cfg.data
         try:
-            loader = make_loader(data.shards, data.val_split, 1, shuffle=False, num_workers=0,
-                                 frames=data.frames, rank=0, world_size=1, split_across_ranks=False)
+            loader = make_loader(
+                data.shards,
+                data.val_split,
+                1,
+                shuffle=False,
+                num_workers=0,
+                frames=data.frames,
+                rank=0,
+                world_size=1,
+                split_across_ranks=False,
+            )
         except ShardError as exc:  # a dataset without a val split still trains
             log.warning("validation skipped: %s", exc)
             loader = None

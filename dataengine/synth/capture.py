@@ -46,8 +46,9 @@ def simulate_laser_scan(geometry: SceneGeometry, scale: float, rng: np.random.Ge
             origins = np.ascontiguousarray(np.broadcast_to(position, dirs.shape))
             t = np.empty(len(dirs))
             mat = np.empty(len(dirs), dtype=np.int64)
-            cast_kernel(origins, np.ascontiguousarray(dirs), False, *geometry._arrays(), t, mat,
-                         np.zeros((0, 3), np.float32))
+            cast_kernel(
+                origins, np.ascontiguousarray(dirs), False, *geometry._arrays(), t, mat, np.zeros((0, 3), np.float32)
+            )
             keep = t < _SCAN_MAX_RANGE_M
             points.append(position + t[keep, None] * dirs[keep])
     return geometry.to_world(np.concatenate(points))
@@ -101,8 +102,9 @@ def splat_depth(splats: Splats, width: int, height: int, mask: np.ndarray | None
 # ==================================================================================================
 # Masks (distorted geometry)
 # ==================================================================================================
-def make_mask(geometry: SceneGeometry, camera: Camera, R, t, rays_cam: np.ndarray,
-              rng: np.random.Generator) -> np.ndarray:
+def make_mask(
+    geometry: SceneGeometry, camera: Camera, R, t, rays_cam: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     # rays_cam: pixel_centre_rays(camera), shared by all images of the camera
     """uint8 mask: 1 (kObs) on window glass (reflections: geometry right, colour unreliable),
     2 (kEvalObs) on a transient object region (e.g. a passer-by), 0 elsewhere."""
@@ -154,9 +156,15 @@ class SparseModel:
     tracks: list  # per point [(image_id, point2D_idx), ...]
 
 
-def build_sparse_model(geometry: SceneGeometry, images: list[CaptureImage], undistorted: list[Camera],
-                       distorted: list[Camera], rng: np.random.Generator, empty_image: int,
-                       scale: float) -> SparseModel:
+def build_sparse_model(
+    geometry: SceneGeometry,
+    images: list[CaptureImage],
+    undistorted: list[Camera],
+    distorted: list[Camera],
+    rng: np.random.Generator,
+    empty_image: int,
+    scale: float,
+) -> SparseModel:
     """Keypoints on the true surfaces seen by >= 2 images, with noisy POINTS2D, -1 keypoints and
     one image without any keypoint (an EMPTY POINTS2D line, which breaks naive parsers)."""
     pool, pool_colours = [], []

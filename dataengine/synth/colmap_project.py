@@ -72,8 +72,18 @@ def _camera(model: str, camera_id: int, width: int, height: int, rng: np.random.
     return SourceCamera(camera_id, model, width, height, tuple(float(p) for p in params))
 
 
-_SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
-              "OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "THIN_PRISM_FISHEYE", "FOV")
+_SUPPORTED = (
+    "SIMPLE_PINHOLE",
+    "PINHOLE",
+    "SIMPLE_RADIAL",
+    "RADIAL",
+    "OPENCV",
+    "FULL_OPENCV",
+    "OPENCV_FISHEYE",
+    "SIMPLE_RADIAL_FISHEYE",
+    "THIN_PRISM_FISHEYE",
+    "FOV",
+)
 
 
 def _focal(cam: SourceCamera) -> float:
@@ -103,8 +113,11 @@ def dense_camera(cam: SourceCamera, camera_id: int) -> SourceCamera:
     blank-free field of the photo."""
     x0, x1, y0, y1 = undistorted_field(cam, "valid")
     fx = cam.params[0]
-    fy = cam.params[0] if cam.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL",
-                                        "SIMPLE_RADIAL_FISHEYE") else cam.params[1]
+    fy = (
+        cam.params[0]
+        if cam.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE")
+        else cam.params[1]
+    )
     width, height = int(np.floor((x1 - x0) * fx)), int(np.floor((y1 - y0) * fy))
     return SourceCamera(camera_id, "PINHOLE", width, height, (fx, fy, -x0 * fx, -y0 * fy))
 
@@ -115,22 +128,35 @@ def _write_text_model(model_dir: Path, cameras, images, points) -> None:
     with open(model_dir / "cameras.txt", "w") as fh:
         fh.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
         for cam in cameras:
-            fh.write(f"{cam.camera_id} {cam.model} {cam.width} {cam.height} "
-                     + " ".join(repr(float(p)) for p in cam.params) + "\n")
+            fh.write(
+                f"{cam.camera_id} {cam.model} {cam.width} {cam.height} "
+                + " ".join(repr(float(p)) for p in cam.params)
+                + "\n"
+            )
     with open(model_dir / "images.txt", "w") as fh:
-        fh.write("# Image list with two lines of data per image:\n"
-                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
+        fh.write(
+            "# Image list with two lines of data per image:\n"
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+        )
         for im in sorted(images, key=lambda m: m["image_id"]):
             fh.write(f"{im['image_id']} {im['pose_text']} {im['camera_id']} {im['name']}\n")
-            fh.write(" ".join(f"{x!r} {y!r} {pid}" for (x, y), pid in zip(im["xy"].tolist(), im["pids"]))
-                     + "\n")
+            fh.write(
+                " ".join(f"{x!r} {y!r} {pid}" for (x, y), pid in zip(im["xy"].tolist(), im["pids"], strict=True)) + "\n"
+            )
     with open(model_dir / "points3D.txt", "w") as fh:
-        fh.write("# 3D point list with one line of data per point:\n"
-                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
+        fh.write(
+            "# 3D point list with one line of data per point:\n"
+            "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
+        )
         for pid, xyz, rgb, track in points:
             colour = " ".join(str(int(c)) for c in rgb)
-            fh.write(f"{pid} " + " ".join(repr(float(v)) for v in xyz) + f" {colour} 0.5 "
-                     + " ".join(f"{i} {k}" for i, k in track) + "\n")
+            fh.write(
+                f"{pid} "
+                + " ".join(repr(float(v)) for v in xyz)
+                + f" {colour} 0.5 "
+                + " ".join(f"{i} {k}" for i, k in track)
+                + "\n"
+            )
 
 
 def convert_model(model_dir: Path, fmt: str) -> None:
@@ -149,15 +175,27 @@ def _pose_text(R_text: str, scale: float) -> tuple[str, np.ndarray, np.ndarray]:
     q, t = np.array(values[:4]), np.array(values[4:])
     text = " ".join(repr(float(v)) for v in [*q, *(t * scale)])  # the model's units
     w, x, y, z = q / np.linalg.norm(q)
-    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     return text, R, t  # t in metres (rendering); the text in model units
 
 
-def generate_colmap_project(root: str | Path, scene: str = "synth_colmap", images: int = 10,
-                            scale: float = 0.25, seed: int = 0, models=DEFAULT_MODELS,
-                            model_format: str = "binary", dense: bool = True, log=None) -> Path:
+def generate_colmap_project(
+    root: str | Path,
+    scene: str = "synth_colmap",
+    images: int = 10,
+    scale: float = 0.25,
+    seed: int = 0,
+    models=DEFAULT_MODELS,
+    model_format: str = "binary",
+    dense: bool = True,
+    log=None,
+) -> Path:
     """Write a synthetic COLMAP project under <root>/<scene>; deterministic for the arguments."""
     if not scene or "/" in scene or scene in (".", ".."):
         raise ValueError(f"scene name must be a plain folder name, got {scene!r}")
@@ -188,8 +226,18 @@ def generate_colmap_project(root: str | Path, scene: str = "synth_colmap", image
         cam = cameras[int(camera_of[i])]
         name = f"{cam.model.lower()}/{rng.integers(0, 16**6):06x}.jpg"
         text, R, t = _pose_text(poses[i][2], unit)
-        frames.append({"name": name, "image_id": int(ids[i]), "camera_id": cam.camera_id, "cam": cam,
-                       "pose_text": text, "R": R, "t": t, "order": i})
+        frames.append(
+            {
+                "name": name,
+                "image_id": int(ids[i]),
+                "camera_id": cam.camera_id,
+                "cam": cam,
+                "pose_text": text,
+                "R": R,
+                "t": t,
+                "order": i,
+            }
+        )
     if len({f["name"] for f in frames}) != images:
         raise RuntimeError("image name collision; use another seed")
     world_geometry = geometry  # metres; the written model is in metres x unit
@@ -228,19 +276,22 @@ def generate_colmap_project(root: str | Path, scene: str = "synth_colmap", image
     point_id = np.full(len(xyz), -1)
     point_id[tracked] = np.arange(1, len(tracked) + 1) * 3  # sparse ids, as after COLMAP's filtering
     tracks = {int(point_id[p]): [] for p in tracked}
-    for f, (idx, px) in zip(frames, obs):
+    for f, (idx, px) in zip(frames, obs, strict=True):
         keep = point_id[idx] > 0
         n_free = 5
-        xy = np.concatenate([px[keep] + rng.normal(0, 0.3, px[keep].shape),
-                             rng.uniform([0, 0], [width, height], (n_free, 2))])
+        xy = np.concatenate(
+            [px[keep] + rng.normal(0, 0.3, px[keep].shape), rng.uniform([0, 0], [width, height], (n_free, 2))]
+        )
         pids = np.concatenate([point_id[idx[keep]], np.full(n_free, -1)])
         order = rng.permutation(len(pids))
         f["xy"], f["pids"] = xy[order], pids[order].tolist()
         for k, pid in enumerate(f["pids"]):
             if pid > 0:
                 tracks[pid].append((f["image_id"], k))
-    points = [(int(point_id[p]), (xyz[p] + rng.normal(0, 0.002, 3)) * unit, colours[p],
-               sorted(tracks[int(point_id[p])])) for p in tracked]
+    points = [
+        (int(point_id[p]), (xyz[p] + rng.normal(0, 0.002, 3)) * unit, colours[p], sorted(tracks[int(point_id[p])]))
+        for p in tracked
+    ]
     model_dir = out / "sparse" / "0"
     _write_text_model(model_dir, cameras, frames, points)
     if model_format == "binary":
@@ -251,27 +302,40 @@ def generate_colmap_project(root: str | Path, scene: str = "synth_colmap", image
     masked = sorted(rng.choice(images, size=min(2, images), replace=False).tolist())
     for i in masked:
         mask = np.full((height, width), 255, dtype=np.uint8)
-        mask[int(0.8 * height):] = 0
+        mask[int(0.8 * height) :] = 0
         path = out / "masks" / f"{frames[i]['name']}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(mask).save(path)
 
     if dense:
         _write_dense(out, frames, cameras, world_geometry, rng, model_format, unit)
-        log(f"dense workspace: {images} geometric depth maps (noise {_NOISE:.1%}, holes, "
-            f"{_OUTLIER_FRACTION:.0%} outliers)")
-    truth = {"format": TRUTH_FORMAT, "note": "synthetic COLMAP project written by dataengine.synth.colmap_project",
-             "generator": {"scene": scene, "images": images, "scale": scale, "seed": seed,
-                           "models": list(models), "model_format": model_format, "dense": dense},
-             "units_per_metre": unit, "facade": facade, "geometry": world_geometry.to_dict(),
-             "capture_order": [f["name"] for f in sorted(frames, key=lambda f: f["order"])],
-             "masked": [frames[i]["name"] for i in masked]}
+        log(
+            f"dense workspace: {images} geometric depth maps (noise {_NOISE:.1%}, holes, "
+            f"{_OUTLIER_FRACTION:.0%} outliers)"
+        )
+    truth = {
+        "format": TRUTH_FORMAT,
+        "note": "synthetic COLMAP project written by dataengine.synth.colmap_project",
+        "generator": {
+            "scene": scene,
+            "images": images,
+            "scale": scale,
+            "seed": seed,
+            "models": list(models),
+            "model_format": model_format,
+            "dense": dense,
+        },
+        "units_per_metre": unit,
+        "facade": facade,
+        "geometry": world_geometry.to_dict(),
+        "capture_order": [f["name"] for f in sorted(frames, key=lambda f: f["order"])],
+        "masked": [frames[i]["name"] for i in masked],
+    }
     (out / TRUTH_FILE).write_text(json.dumps(truth, indent=1) + "\n")
     return out
 
 
-def _write_dense(out: Path, frames, cameras, geometry: SceneGeometry, rng, model_format: str,
-                 unit: float) -> None:
+def _write_dense(out: Path, frames, cameras, geometry: SceneGeometry, rng, model_format: str, unit: float) -> None:
     dense_cams = {c.camera_id: dense_camera(c, c.camera_id) for c in cameras}
     model_dir = out / "dense" / "sparse"
     pinhole_frames = [{**f, "xy": np.zeros((0, 2)), "pids": []} for f in frames]
@@ -290,7 +354,7 @@ def _write_dense(out: Path, frames, cameras, geometry: SceneGeometry, rng, model
         for _ in range(6):  # holes: textureless or occluded patches PatchMatch leaves empty
             hw, hh = int(rng.integers(w // 20, w // 6)), int(rng.integers(h // 20, h // 6))
             x0, y0 = int(rng.integers(0, w - hw)), int(rng.integers(0, h - hh))
-            depth[y0:y0 + hh, x0:x0 + hw] = 0.0
+            depth[y0 : y0 + hh, x0 : x0 + hw] = 0.0
         outliers = rng.random(depth.shape) < _OUTLIER_FRACTION
         depth[outliers] *= rng.uniform(0.5, 0.8, int(outliers.sum()))
         path = maps / f"{f['name']}.geometric.bin"

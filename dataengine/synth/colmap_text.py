@@ -41,15 +41,20 @@ def write_images(path: Path, images: list[CaptureImage], folder: str, keypoints:
     for i in sorted(range(len(images)), key=lambda i: images[i].image_id):
         im = images[i]
         lines.append(f"{im.image_id} {im.pose_text} {im.camera_id} {folder}/{im.name}\n")
-        lines.append(" ".join(f"{format_float(x)} {format_float(y)} {int(p)}"
-                              for (x, y), p in zip(keypoints[i], point_ids[i])) + "\n")
+        lines.append(
+            " ".join(
+                f"{format_float(x)} {format_float(y)} {int(p)}"
+                for (x, y), p in zip(keypoints[i], point_ids[i], strict=True)
+            )
+            + "\n"
+        )
     path.write_text("".join(lines))
 
 
 def write_points3d(path: Path, model: SparseModel) -> None:
     mean_track = np.mean([len(t) for t in model.tracks]) if model.tracks else 0.0
     lines = [_POINTS_HEADER.format(n=len(model.ids), mean=format_float(mean_track))]
-    for pid, xyz, rgb, err, track in zip(model.ids, model.xyz, model.colours, model.errors, model.tracks):
+    for pid, xyz, rgb, err, track in zip(model.ids, model.xyz, model.colours, model.errors, model.tracks, strict=True):
         coords = " ".join(format_float(v) for v in xyz)
         track_text = " ".join(f"{image_id} {idx}" for image_id, idx in track)
         lines.append(f"{pid} {coords} {rgb[0]} {rgb[1]} {rgb[2]} {format_float(err)} {track_text}\n")

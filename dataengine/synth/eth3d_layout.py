@@ -20,8 +20,7 @@ UNDISTORTED_FOLDER = "dslr_images_undistorted"
 DISTORTED_FOLDER = "dslr_images"
 UNDISTORTED_CALIBRATION = "dslr_calibration_undistorted"
 DISTORTED_CALIBRATION = "dslr_calibration_jpg"
-_SCENE_SUBDIRS = ("images", UNDISTORTED_CALIBRATION, DISTORTED_CALIBRATION, "ground_truth_depth",
-                  "masks_for_images")
+_SCENE_SUBDIRS = ("images", UNDISTORTED_CALIBRATION, DISTORTED_CALIBRATION, "ground_truth_depth", "masks_for_images")
 _JPEG_QUALITY = 95
 
 
@@ -29,18 +28,31 @@ def prepare_scene_dir(scene_dir: Path) -> None:
     """Create the scene folder; a previous synthetic scene there is replaced, anything else kept."""
     if scene_dir.exists() and any(scene_dir.iterdir()):
         if not (scene_dir / TRUTH_FILE).is_file():
-            raise FileExistsError(f"{scene_dir}: exists, is not empty and is not a synthetic scene; "
-                                  f"refusing to write into it")
+            raise FileExistsError(
+                f"{scene_dir}: exists, is not empty and is not a synthetic scene; refusing to write into it"
+            )
         for sub in _SCENE_SUBDIRS:
             shutil.rmtree(scene_dir / sub, ignore_errors=True)
         (scene_dir / TRUTH_FILE).unlink()
-    for sub in ("images/" + UNDISTORTED_FOLDER, UNDISTORTED_CALIBRATION, DISTORTED_CALIBRATION,
-                "ground_truth_depth/" + DISTORTED_FOLDER, "masks_for_images/" + DISTORTED_FOLDER):
+    for sub in (
+        "images/" + UNDISTORTED_FOLDER,
+        UNDISTORTED_CALIBRATION,
+        DISTORTED_CALIBRATION,
+        "ground_truth_depth/" + DISTORTED_FOLDER,
+        "masks_for_images/" + DISTORTED_FOLDER,
+    ):
         (scene_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
-def write_calibration(scene_dir: Path, calibration: str, folder: str, cameras: list[Camera],
-                      images: list[CaptureImage], keypoints: list, model: SparseModel) -> None:
+def write_calibration(
+    scene_dir: Path,
+    calibration: str,
+    folder: str,
+    cameras: list[Camera],
+    images: list[CaptureImage],
+    keypoints: list,
+    model: SparseModel,
+) -> None:
     """cameras.txt, images.txt (image names under `folder`) and points3D.txt of one calibration."""
     write_cameras(scene_dir / calibration / "cameras.txt", cameras)
     write_images(scene_dir / calibration / "images.txt", images, folder, keypoints, model.point_ids)
@@ -48,8 +60,9 @@ def write_calibration(scene_dir: Path, calibration: str, folder: str, cameras: l
 
 
 def encode_jpeg(rgb: np.ndarray) -> bytes:
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=_JPEG_QUALITY, colorspace="RGB",
-                                  colorsubsampling="422")
+    return simplejpeg.encode_jpeg(
+        np.ascontiguousarray(rgb), quality=_JPEG_QUALITY, colorspace="RGB", colorsubsampling="422"
+    )
 
 
 def write_image(scene_dir: Path, folder: str, name: str, rgb: np.ndarray) -> None:
@@ -77,9 +90,14 @@ def describe_scene(scene_dir: str | Path) -> list[str]:
     """One line per ETH3D folder of a scene: file count and total size."""
     scene_dir = Path(scene_dir)
     lines = [f"wrote {scene_dir}"]
-    for sub in ("images/" + UNDISTORTED_FOLDER, "images/" + DISTORTED_FOLDER,
-                UNDISTORTED_CALIBRATION, DISTORTED_CALIBRATION,
-                "ground_truth_depth/" + DISTORTED_FOLDER, "masks_for_images/" + DISTORTED_FOLDER):
+    for sub in (
+        "images/" + UNDISTORTED_FOLDER,
+        "images/" + DISTORTED_FOLDER,
+        UNDISTORTED_CALIBRATION,
+        DISTORTED_CALIBRATION,
+        "ground_truth_depth/" + DISTORTED_FOLDER,
+        "masks_for_images/" + DISTORTED_FOLDER,
+    ):
         folder = scene_dir / sub
         if folder.is_dir():
             files = sorted(p for p in folder.iterdir() if p.is_file())

@@ -55,8 +55,15 @@ def _image_ids(rng: np.random.Generator, count: int) -> np.ndarray:
     return ids
 
 
-def generate_scene(root: str | Path, scene: str = "synth_facade", images: int = 8, scale: float = 0.25,
-                   seed: int = 0, distorted_images: bool = False, log=None) -> Path:
+def generate_scene(
+    root: str | Path,
+    scene: str = "synth_facade",
+    images: int = 8,
+    scale: float = 0.25,
+    seed: int = 0,
+    distorted_images: bool = False,
+    log=None,
+) -> Path:
     """Write a synthetic scene in the exact ETH3D layout under ``<root>/<scene>`` and return its path.
 
     Deterministic for a given (images, scale, seed): byte-identical files. ``distorted_images`` also
@@ -83,17 +90,18 @@ def generate_scene(root: str | Path, scene: str = "synth_facade", images: int = 
 
     # Calibration and sparse model (both calibrations share ids, poses and POINTS2D order).
     model = build_sparse_model(geometry, frames, undistorted, distorted, rng, empty_image, scale)
-    write_calibration(scene_dir, UNDISTORTED_CALIBRATION, UNDISTORTED_FOLDER, undistorted, frames,
-                      model.keypoints_u, model)
-    write_calibration(scene_dir, DISTORTED_CALIBRATION, DISTORTED_FOLDER, distorted, frames,
-                      model.keypoints_d, model)
+    write_calibration(
+        scene_dir, UNDISTORTED_CALIBRATION, UNDISTORTED_FOLDER, undistorted, frames, model.keypoints_u, model
+    )
+    write_calibration(scene_dir, DISTORTED_CALIBRATION, DISTORTED_FOLDER, distorted, frames, model.keypoints_d, model)
     log(f"calibrations: {len(distorted)} cameras, {images} images, {len(model.ids)} points3D")
 
     # Images.
     for im in frames:
         cam = undistorted[im.camera_id]
-        write_image(scene_dir, UNDISTORTED_FOLDER, im.name,
-                    geometry.render(cam.K_opencv(), im.R, im.t, cam.width, cam.height))
+        write_image(
+            scene_dir, UNDISTORTED_FOLDER, im.name, geometry.render(cam.K_opencv(), im.R, im.t, cam.width, cam.height)
+        )
         if distorted_images:
             rays = pixel_centre_rays(distorted[im.camera_id])
             write_image(scene_dir, DISTORTED_FOLDER, im.name, geometry.cast_camera_rays(rays, im.R, im.t)[2])
@@ -107,7 +115,7 @@ def generate_scene(root: str | Path, scene: str = "synth_facade", images: int = 
         seen[s.point_index] += 1
     ray_cache: dict[int, np.ndarray] = {}
     coverage = []
-    for i, (im, s) in enumerate(zip(frames, splats)):
+    for i, (im, s) in enumerate(zip(frames, splats, strict=True)):
         cam = distorted[im.camera_id]
         keep = seen[s.point_index] >= 2  # the pipeline only uses points seen in >= 2 images
         s = Splats(s.point_index[keep], s.pixel[keep], s.z[keep])
@@ -120,20 +128,35 @@ def generate_scene(root: str | Path, scene: str = "synth_facade", images: int = 
         depth = splat_depth(s, cam.width, cam.height, mask)
         write_gt_depth(scene_dir, im.name, depth)
         coverage.append(float(np.isfinite(depth).mean()))
-    log(f"ground truth: {len(scan)} laser points, GT coverage {min(coverage):.1%}-{max(coverage):.1%}, "
-        f"{int(has_mask.sum())} masks")
+    log(
+        f"ground truth: {len(scan)} laser points, GT coverage {min(coverage):.1%}-{max(coverage):.1%}, "
+        f"{int(has_mask.sum())} masks"
+    )
 
     truth = {
         "format": TRUTH_FORMAT,
         "note": "synthetic scene written by dataengine.synth; not an ETH3D file",
-        "generator": {"scene": scene, "images": images, "scale": scale, "seed": seed,
-                      "distorted_images": distorted_images},
+        "generator": {
+            "scene": scene,
+            "images": images,
+            "scale": scale,
+            "seed": seed,
+            "distorted_images": distorted_images,
+        },
         "facade": facade_params,
         "geometry": geometry.to_dict(),
         "laser_points": int(len(scan)),
-        "frames": [{"name": im.name, "image_id": im.image_id, "camera_id": im.camera_id,
-                    "has_mask": bool(has_mask[i]), "empty_points2d": i == empty_image,
-                    "gt_coverage": round(coverage[i], 6)} for i, im in enumerate(frames)],
+        "frames": [
+            {
+                "name": im.name,
+                "image_id": im.image_id,
+                "camera_id": im.camera_id,
+                "has_mask": bool(has_mask[i]),
+                "empty_points2d": i == empty_image,
+                "gt_coverage": round(coverage[i], 6),
+            }
+            for i, im in enumerate(frames)
+        ],
     }
     write_truth(scene_dir, truth)
     return scene_dir

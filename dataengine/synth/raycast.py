@@ -94,8 +94,9 @@ def _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, ope
         if ground[0] <= gx <= ground[1] and ground[2] <= gy <= ground[3]:
             t_best, mat, axis, sign, prim = tg, GROUND, 2, 1.0, -1
     # Building block, with recessed openings in its front face.
-    tb, ab, sb = _slab_enter(ox, oy, oz, dx, dy, dz, building[0], building[1], building[2],
-                             building[3], building[4], building[5])
+    tb, ab, sb = _slab_enter(
+        ox, oy, oz, dx, dy, dz, building[0], building[1], building[2], building[3], building[4], building[5]
+    )
     if tb < t_best:
         if ab == 1 and sb < 0.0:
             hx = ox + tb * dx
@@ -118,16 +119,16 @@ def _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, ope
             t_best, mat, axis, sign, prim = tb, WALL, ab, sb, -1
     # Free-standing and protruding boxes (balcony, cornice, plinth, lamp post, ...).
     for k in range(boxes.shape[0]):
-        tk, ak, sk = _slab_enter(ox, oy, oz, dx, dy, dz, boxes[k, 0], boxes[k, 1], boxes[k, 2],
-                                 boxes[k, 3], boxes[k, 4], boxes[k, 5])
+        tk, ak, sk = _slab_enter(
+            ox, oy, oz, dx, dy, dz, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], boxes[k, 4], boxes[k, 5]
+        )
         if tk < t_best:
             t_best, mat, axis, sign, prim = tk, box_mat[k], ak, sk, k
     return t_best, mat, axis, sign, prim
 
 
 @njit(cache=True)
-def _in_sunlight(px, py, pz, mat, prim, boxes, box_mat, building, openings, opening_mat, ground,
-                 light):
+def _in_sunlight(px, py, pz, mat, prim, boxes, box_mat, building, openings, opening_mat, ground, light):
     """Shadow ray towards the sun from a surface point (already offset along its normal)."""
     sx, sy, sz = light[0], light[1], light[2]
     if mat == GLASS or mat == DOOR or mat == REVEAL:
@@ -140,8 +141,7 @@ def _in_sunlight(px, py, pz, mat, prim, boxes, box_mat, building, openings, open
         if ar == 0 or ar == 2:
             if tr < t_front:
                 return False
-    t, m, a, s, k = _nearest_hit(px, py, pz, sx, sy, sz, boxes, box_mat, building, openings,
-                                 opening_mat, ground)
+    t, m, a, s, k = _nearest_hit(px, py, pz, sx, sy, sz, boxes, box_mat, building, openings, opening_mat, ground)
     return not np.isfinite(t)
 
 
@@ -183,8 +183,7 @@ def _fbm(x, y, wl_max, wl_min, gain, salt):
     octave = 0
     while wl > 0.5 * wl_min and octave < 24:
         fade = min(1.0, (wl - 0.5 * wl_min) / (0.5 * wl_min))
-        total += amp * fade * (_value_noise(x / wl + 17.31 * octave, y / wl + 31.77 * octave,
-                                            salt + octave) - 0.5)
+        total += amp * fade * (_value_noise(x / wl + 17.31 * octave, y / wl + 31.77 * octave, salt + octave) - 0.5)
         amp *= gain
         wl *= 0.5
         octave += 1
@@ -253,10 +252,13 @@ def _albedo(px, py, pz, axis, mat, prim, openings, light):
         lv = pz - op[2]
         w_open = op[1] - op[0]
         h_open = op[3] - op[2]
-        edge = max(_filtered_lines(lu + frame, w_open, 2 * frame, wl),
-                   _filtered_lines(lv + frame, h_open, 2 * frame, wl))
-        mullion = max(_filtered_lines(lu - 0.5 * w_open + 0.03, 1e6, 0.06, wl),
-                      _filtered_lines(lv - 0.62 * h_open + 0.03, 1e6, 0.06, wl))
+        edge = max(
+            _filtered_lines(lu + frame, w_open, 2 * frame, wl), _filtered_lines(lv + frame, h_open, 2 * frame, wl)
+        )
+        mullion = max(
+            _filtered_lines(lu - 0.5 * w_open + 0.03, 1e6, 0.06, wl),
+            _filtered_lines(lv - 0.62 * h_open + 0.03, 1e6, 0.06, wl),
+        )
         cov = max(edge, mullion)
         refl = _fbm(px, pz, 3.0, max(wl, 0.1), 0.6, seed + 5)
         r, g, b = 0.14 + 0.25 * refl, 0.19 + 0.28 * refl, 0.25 + 0.30 * refl
@@ -281,8 +283,9 @@ def _albedo(px, py, pz, axis, mat, prim, openings, light):
 
 
 @njit(cache=True)
-def _shade(px, py, pz, axis, sign, mat, prim, dx, dy, dz, boxes, box_mat, building, openings,
-           opening_mat, ground, light):
+def _shade(
+    px, py, pz, axis, sign, mat, prim, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground, light
+):
     """Lambertian colour (RGB in [0,1]) under sun + sky light with cast shadows; sky if no hit."""
     if mat == SKY:
         norm = math.sqrt(dx * dx + dy * dy + dz * dz)
@@ -296,8 +299,7 @@ def _shade(px, py, pz, axis, sign, mat, prim, dx, dy, dz, boxes, box_mat, buildi
         ox = px + (off * sign if axis == 0 else 0.0)
         oy = py + (off * sign if axis == 1 else 0.0)
         oz = pz + (off * sign if axis == 2 else 0.0)
-        if _in_sunlight(ox, oy, oz, mat, prim, boxes, box_mat, building, openings, opening_mat,
-                        ground, light):
+        if _in_sunlight(ox, oy, oz, mat, prim, boxes, box_mat, building, openings, opening_mat, ground, light):
             shade += light[4] * n_dot_l
     return r * shade, g * shade, b * shade
 
@@ -315,23 +317,56 @@ def _pixel_ray(K_inv, R_fc, fu, fv):
 
 
 @njit(cache=True, parallel=True)
-def render_pinhole_kernel(K_inv, R_fc, C_f, width, height, supersample, want_colour, boxes,
-                           box_mat, building, openings, opening_mat, ground, light, depth, rgb):
+def render_pinhole_kernel(
+    K_inv,
+    R_fc,
+    C_f,
+    width,
+    height,
+    supersample,
+    want_colour,
+    boxes,
+    box_mat,
+    building,
+    openings,
+    opening_mat,
+    ground,
+    light,
+    depth,
+    rgb,
+):
     """Per pixel: z-depth at the pixel centre and (optionally) the colour, box-filtered over
     supersample x supersample sub-pixel rays."""
     ox, oy, oz = C_f[0], C_f[1], C_f[2]
     for v in prange(height):
         for u in range(width):
             dx, dy, dz, cz = _pixel_ray(K_inv, R_fc, float(u), float(v))
-            t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat,
-                                                    building, openings, opening_mat, ground)
+            t, mat, axis, sign, prim = _nearest_hit(
+                ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground
+            )
             depth[v, u] = t * cz
             if not want_colour:
                 continue
             if supersample == 1:
-                r, g, b = _shade(ox + t * dx, oy + t * dy, oz + t * dz, axis, sign, mat, prim, dx,
-                                 dy, dz, boxes, box_mat, building, openings, opening_mat, ground,
-                                 light)
+                r, g, b = _shade(
+                    ox + t * dx,
+                    oy + t * dy,
+                    oz + t * dz,
+                    axis,
+                    sign,
+                    mat,
+                    prim,
+                    dx,
+                    dy,
+                    dz,
+                    boxes,
+                    box_mat,
+                    building,
+                    openings,
+                    opening_mat,
+                    ground,
+                    light,
+                )
                 rgb[v, u, 0], rgb[v, u, 1], rgb[v, u, 2] = r, g, b
                 continue
             for sv in range(supersample):
@@ -339,11 +374,28 @@ def render_pinhole_kernel(K_inv, R_fc, C_f, width, height, supersample, want_col
                     fu = u + (su + 0.5) / supersample - 0.5
                     fv = v + (sv + 0.5) / supersample - 0.5
                     dx, dy, dz, cz = _pixel_ray(K_inv, R_fc, fu, fv)
-                    t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat,
-                                                            building, openings, opening_mat, ground)
-                    r, g, b = _shade(ox + t * dx, oy + t * dy, oz + t * dz, axis, sign, mat, prim,
-                                     dx, dy, dz, boxes, box_mat, building, openings, opening_mat,
-                                     ground, light)
+                    t, mat, axis, sign, prim = _nearest_hit(
+                        ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground
+                    )
+                    r, g, b = _shade(
+                        ox + t * dx,
+                        oy + t * dy,
+                        oz + t * dz,
+                        axis,
+                        sign,
+                        mat,
+                        prim,
+                        dx,
+                        dy,
+                        dz,
+                        boxes,
+                        box_mat,
+                        building,
+                        openings,
+                        opening_mat,
+                        ground,
+                        light,
+                    )
                     rgb[v, u, 0] += r
                     rgb[v, u, 1] += g
                     rgb[v, u, 2] += b
@@ -354,34 +406,103 @@ def render_pinhole_kernel(K_inv, R_fc, C_f, width, height, supersample, want_col
 
 
 @njit(cache=True)
-def _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, boxes, box_mat, building, openings,
-                opening_mat, ground, light, t_out, mat_out, rgb_out):
+def _trace_into(
+    i,
+    ox,
+    oy,
+    oz,
+    dx,
+    dy,
+    dz,
+    want_colour,
+    boxes,
+    box_mat,
+    building,
+    openings,
+    opening_mat,
+    ground,
+    light,
+    t_out,
+    mat_out,
+    rgb_out,
+):
     """Nearest hit of one ray (and its shaded colour if wanted) written to slot i of the outputs."""
-    t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building,
-                                            openings, opening_mat, ground)
+    t, mat, axis, sign, prim = _nearest_hit(
+        ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground
+    )
     t_out[i] = t
     mat_out[i] = mat
     if want_colour:
-        r, g, b = _shade(ox + t * dx, oy + t * dy, oz + t * dz, axis, sign, mat, prim, dx, dy,
-                         dz, boxes, box_mat, building, openings, opening_mat, ground, light)
+        r, g, b = _shade(
+            ox + t * dx,
+            oy + t * dy,
+            oz + t * dz,
+            axis,
+            sign,
+            mat,
+            prim,
+            dx,
+            dy,
+            dz,
+            boxes,
+            box_mat,
+            building,
+            openings,
+            opening_mat,
+            ground,
+            light,
+        )
         rgb_out[i, 0] = r
         rgb_out[i, 1] = g
         rgb_out[i, 2] = b
 
 
 @njit(cache=True, parallel=True)
-def cast_kernel(origins, dirs, want_colour, boxes, box_mat, building, openings, opening_mat,
-                 ground, light, t_out, mat_out, rgb_out):
+def cast_kernel(
+    origins, dirs, want_colour, boxes, box_mat, building, openings, opening_mat, ground, light, t_out, mat_out, rgb_out
+):
     for i in prange(origins.shape[0]):
         ox, oy, oz = origins[i, 0], origins[i, 1], origins[i, 2]
         dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
-        _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, boxes, box_mat, building, openings,
-                    opening_mat, ground, light, t_out, mat_out, rgb_out)
+        _trace_into(
+            i,
+            ox,
+            oy,
+            oz,
+            dx,
+            dy,
+            dz,
+            want_colour,
+            boxes,
+            box_mat,
+            building,
+            openings,
+            opening_mat,
+            ground,
+            light,
+            t_out,
+            mat_out,
+            rgb_out,
+        )
 
 
 @njit(cache=True, parallel=True)
-def cast_camera_kernel(rays_n, R_fc, C_f, want_colour, boxes, box_mat, building, openings,
-                        opening_mat, ground, light, t_out, mat_out, rgb_out):
+def cast_camera_kernel(
+    rays_n,
+    R_fc,
+    C_f,
+    want_colour,
+    boxes,
+    box_mat,
+    building,
+    openings,
+    opening_mat,
+    ground,
+    light,
+    t_out,
+    mat_out,
+    rgb_out,
+):
     """Cast camera rays given as pinhole-normalized (x/z, y/z) (N,2); t_out is the z-depth."""
     ox, oy, oz = C_f[0], C_f[1], C_f[2]
     for i in prange(rays_n.shape[0]):
@@ -389,8 +510,26 @@ def cast_camera_kernel(rays_n, R_fc, C_f, want_colour, boxes, box_mat, building,
         dx = R_fc[0, 0] * cx + R_fc[0, 1] * cy + R_fc[0, 2]
         dy = R_fc[1, 0] * cx + R_fc[1, 1] * cy + R_fc[1, 2]
         dz = R_fc[2, 0] * cx + R_fc[2, 1] * cy + R_fc[2, 2]
-        _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, boxes, box_mat, building, openings,
-                    opening_mat, ground, light, t_out, mat_out, rgb_out)
+        _trace_into(
+            i,
+            ox,
+            oy,
+            oz,
+            dx,
+            dy,
+            dz,
+            want_colour,
+            boxes,
+            box_mat,
+            building,
+            openings,
+            opening_mat,
+            ground,
+            light,
+            t_out,
+            mat_out,
+            rgb_out,
+        )
 
 
 @njit(cache=True, parallel=True)
@@ -398,8 +537,16 @@ def _thin_prism_pixel_rays_kernel(params, width, height, out):
     """Pinhole-normalized rays (H,W,2) through the COLMAP pixel centres of a THIN_PRISM_FISHEYE
     camera: per-pixel Newton inversion, the scalar twin of camera.thin_prism_unproject."""
     fx, fy, cx, cy = params[0], params[1], params[2], params[3]
-    k1, k2, p1, p2, k3, k4, sx1, sy1 = (params[4], params[5], params[6], params[7], params[8],
-                                        params[9], params[10], params[11])
+    k1, k2, p1, p2, k3, k4, sx1, sy1 = (
+        params[4],
+        params[5],
+        params[6],
+        params[7],
+        params[8],
+        params[9],
+        params[10],
+        params[11],
+    )
     for v in prange(height):
         for u in range(width):
             tu = (u + 0.5 - cx) / fx

@@ -27,8 +27,20 @@ TRUTH_FORMAT = "dataengine.synth/1"
 # Full-resolution ETH3D DSLR (Nikon D3X) and a real THIN_PRISM_FISHEYE calibration (courtyard).
 FULL_WIDTH, FULL_HEIGHT = 6048, 4032
 REFERENCE_THIN_PRISM = np.array(
-    [3411.42, 3410.02, 3041.29, 2014.07, 0.21047, 0.21102, -5.36231e-06, 0.00051541,
-     -0.158023, 0.406856, -8.46499e-05, 0.000861313]
+    [
+        3411.42,
+        3410.02,
+        3041.29,
+        2014.07,
+        0.21047,
+        0.21102,
+        -5.36231e-06,
+        0.00051541,
+        -0.158023,
+        0.406856,
+        -8.46499e-05,
+        0.000861313,
+    ]
 )
 
 
@@ -72,26 +84,46 @@ class SceneGeometry:
 
     def to_dict(self) -> dict:
         return {
-            "boxes": self.boxes.tolist(), "box_materials": self.box_mat.tolist(),
-            "building": self.building.tolist(), "openings": self.openings.tolist(),
-            "opening_materials": self.opening_mat.tolist(), "ground": self.ground.tolist(),
-            "sun_direction": self.light[:3].tolist(), "ambient": float(self.light[3]),
-            "diffuse": float(self.light[4]), "texture_min_wavelength": float(self.light[5]),
-            "ground_floor_height": float(self.light[6]), "texture_seed": int(self.light[7]),
+            "boxes": self.boxes.tolist(),
+            "box_materials": self.box_mat.tolist(),
+            "building": self.building.tolist(),
+            "openings": self.openings.tolist(),
+            "opening_materials": self.opening_mat.tolist(),
+            "ground": self.ground.tolist(),
+            "sun_direction": self.light[:3].tolist(),
+            "ambient": float(self.light[3]),
+            "diffuse": float(self.light[4]),
+            "texture_min_wavelength": float(self.light[5]),
+            "ground_floor_height": float(self.light[6]),
+            "texture_seed": int(self.light[7]),
             "facade_from_world_R": self.facade_from_world_R.tolist(),
             "facade_from_world_t": self.facade_from_world_t.tolist(),
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SceneGeometry":
-        light = [*d["sun_direction"], d["ambient"], d["diffuse"], d["texture_min_wavelength"],
-                 d["ground_floor_height"], d["texture_seed"]]
-        return cls(d["boxes"], d["box_materials"], d["building"], d["openings"],
-                   d["opening_materials"], d["ground"], light, d["facade_from_world_R"],
-                   d["facade_from_world_t"])
+    def from_dict(cls, d: dict) -> SceneGeometry:
+        light = [
+            *d["sun_direction"],
+            d["ambient"],
+            d["diffuse"],
+            d["texture_min_wavelength"],
+            d["ground_floor_height"],
+            d["texture_seed"],
+        ]
+        return cls(
+            d["boxes"],
+            d["box_materials"],
+            d["building"],
+            d["openings"],
+            d["opening_materials"],
+            d["ground"],
+            light,
+            d["facade_from_world_R"],
+            d["facade_from_world_t"],
+        )
 
     @classmethod
-    def from_scene_dir(cls, scene_dir: str | Path) -> "SceneGeometry":
+    def from_scene_dir(cls, scene_dir: str | Path) -> SceneGeometry:
         """Load the truth of a scene written by ``generate_scene`` (reads ``synth_truth.json``)."""
         path = Path(scene_dir) / TRUTH_FILE
         if not path.is_file():
@@ -106,8 +138,7 @@ class SceneGeometry:
 
     # ---------------------------------------------------------------- frames
     def _arrays(self):
-        return (self.boxes, self.box_mat, self.building, self.openings, self.opening_mat,
-                self.ground, self.light)
+        return (self.boxes, self.box_mat, self.building, self.openings, self.opening_mat, self.ground, self.light)
 
     def _to_facade(self, points_w: np.ndarray) -> np.ndarray:
         return points_w @ self.facade_from_world_R.T + self.facade_from_world_t
@@ -175,8 +206,18 @@ class SceneGeometry:
         R_fc, C_f = self._camera_in_facade(R, t)
         depth = np.empty((int(height), int(width)))
         rgb = np.zeros((int(height), int(width), 3) if want_colour else (0, 0, 3), dtype=np.float32)
-        render_pinhole_kernel(np.linalg.inv(K), R_fc, C_f, int(width), int(height),
-                               int(supersample), want_colour, *self._arrays(), depth, rgb)
+        render_pinhole_kernel(
+            np.linalg.inv(K),
+            R_fc,
+            C_f,
+            int(width),
+            int(height),
+            int(supersample),
+            want_colour,
+            *self._arrays(),
+            depth,
+            rgb,
+        )
         return depth, rgb
 
     def zdepth(self, K, R, t, width: int, height: int) -> np.ndarray:
@@ -279,10 +320,12 @@ def build_facade(rng: np.random.Generator, scale: float) -> tuple[SceneGeometry,
 
     sun_azimuth = np.radians(rng.uniform(-50.0, 50.0))
     sun_elevation = np.radians(rng.uniform(30.0, 50.0))
-    sun = [np.sin(sun_azimuth) * np.cos(sun_elevation), -np.cos(sun_azimuth) * np.cos(sun_elevation),
-           np.sin(sun_elevation)]
-    min_wavelength = (_TEXTURE_MIN_WAVELENGTH_PX * _TEXTURE_REFERENCE_DISTANCE_M
-                      / (REFERENCE_THIN_PRISM[0] * scale))
+    sun = [
+        np.sin(sun_azimuth) * np.cos(sun_elevation),
+        -np.cos(sun_azimuth) * np.cos(sun_elevation),
+        np.sin(sun_elevation),
+    ]
+    min_wavelength = _TEXTURE_MIN_WAVELENGTH_PX * _TEXTURE_REFERENCE_DISTANCE_M / (REFERENCE_THIN_PRISM[0] * scale)
     light = [*sun, 0.38, 0.72, min_wavelength, ground_floor, int(rng.integers(0, 2**20))]
 
     yaw = rng.uniform(-np.pi, np.pi)
@@ -290,15 +333,25 @@ def build_facade(rng: np.random.Generator, scale: float) -> tuple[SceneGeometry,
     facade_from_world_R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     facade_from_world_t = np.array([rng.uniform(-40, 40), rng.uniform(-40, 40), rng.uniform(-3, 3)])
     geometry = SceneGeometry(
-        boxes=np.array(boxes), box_mat=np.array(box_mat),
+        boxes=np.array(boxes),
+        box_mat=np.array(box_mat),
         building=np.array([-width / 2, 0.0, 0.0, width / 2, 14.0, height]),
-        openings=np.array(openings), opening_mat=np.array(opening_mat),
-        ground=np.array([-50.0, 50.0, -50.0, 30.0]), light=np.array(light, dtype=np.float64),
-        facade_from_world_R=facade_from_world_R, facade_from_world_t=facade_from_world_t,
+        openings=np.array(openings),
+        opening_mat=np.array(opening_mat),
+        ground=np.array([-50.0, 50.0, -50.0, 30.0]),
+        light=np.array(light, dtype=np.float64),
+        facade_from_world_R=facade_from_world_R,
+        facade_from_world_t=facade_from_world_t,
     )
-    params = {"width_m": width, "height_m": height, "upper_floors": upper_floors,
-              "window_columns": columns, "recess_depth_m": recess, "lamp_post_x_m": x_lamp,
-              "balconies": [{"floor": f, "column": c} for f, c in sorted(balcony_floors.items())]}
+    params = {
+        "width_m": width,
+        "height_m": height,
+        "upper_floors": upper_floors,
+        "window_columns": columns,
+        "recess_depth_m": recess,
+        "lamp_post_x_m": x_lamp,
+        "balconies": [{"floor": f, "column": c} for f, c in sorted(balcony_floors.items())],
+    }
     return geometry, params
 
 
@@ -318,8 +371,7 @@ def distorted_cameras(rng: np.random.Generator, count: int, scale: float) -> lis
         k3, k4 = ref[8] + rng.normal(0, 0.008), ref[9] + rng.normal(0, 0.015)
         sx1, sy1 = ref[10] + rng.normal(0, 5e-5), ref[11] + rng.normal(0, 1e-4)
         params = [fx, fy, cx, cy, k1, k2, p1, p2, k3, k4, sx1, sy1]
-        cameras.append(Camera(camera_id, THIN_PRISM_FISHEYE, width, height,
-                              [float(format_float(p)) for p in params]))
+        cameras.append(Camera(camera_id, THIN_PRISM_FISHEYE, width, height, [float(format_float(p)) for p in params]))
     return cameras
 
 
@@ -358,14 +410,21 @@ def undistorted_to_distorted(xy_undistorted: np.ndarray, undistorted: Camera, di
 def _maps_inside(undistorted: Camera, distorted: Camera) -> bool:
     W, H = undistorted.width, undistorted.height
     xs, ys = np.arange(W) + 0.5, np.arange(H) + 0.5
-    border = np.concatenate([np.c_[xs, np.full(W, 0.5)], np.c_[xs, np.full(W, H - 0.5)],
-                             np.c_[np.full(H, 0.5), ys], np.c_[np.full(H, W - 0.5), ys]])
+    border = np.concatenate(
+        [
+            np.c_[xs, np.full(W, 0.5)],
+            np.c_[xs, np.full(W, H - 0.5)],
+            np.c_[np.full(H, 0.5), ys],
+            np.c_[np.full(H, W - 0.5), ys],
+        ]
+    )
     xy = undistorted_to_distorted(border, undistorted, distorted)
     return bool(np.all((xy >= 0.5) & (xy <= [distorted.width - 0.5, distorted.height - 0.5])))
 
 
-def capture_poses(rng: np.random.Generator, count: int,
-                  geometry: SceneGeometry) -> list[tuple[np.ndarray, np.ndarray, str]]:
+def capture_poses(
+    rng: np.random.Generator, count: int, geometry: SceneGeometry
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """World-to-camera poses along a hand-held capture arc in front of the facade, in name order:
     consecutive views overlap strongly; modest pitch, yaw and roll. Each pose is (R, t, text) with
     R, t exactly what a reader reconstructs from ``text`` (the images.txt "QW QX QY QZ TX TY TZ")."""

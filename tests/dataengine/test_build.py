@@ -10,8 +10,7 @@ def test_build_cli_pooling_option_reaches_the_build_config(monkeypatch, tmp_path
     from dataengine.cli import build_command
 
     seen = []
-    monkeypatch.setattr(dataengine.build, "build_shards",
-                        lambda cfg: seen.append(cfg) or {"splits": {}, "skipped": []})
+    monkeypatch.setattr(dataengine.build, "build_shards", lambda cfg: seen.append(cfg) or {"splits": {}, "skipped": []})
     args = ["--root", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]
     for extra, pooling in [([], "plane"), (["--pooling", "median", "--depth-samples", "4"], "median")]:
         result = CliRunner().invoke(build_command, args + extra)

@@ -9,7 +9,6 @@ import pytest
 
 from dataengine.colmap import BadInputError, read_model, read_model_pycolmap
 
-
 CAMERAS_TXT = """# Camera list with one line of data per camera:
 #   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]
 # Number of cameras: 2
@@ -53,8 +52,7 @@ def test_colmap_parses_eth3d_pitfalls_and_matches_pycolmap(tmp_path):
     assert model.images[9].point3d_ids.tolist() == [7, 9]  # not shifted by the empty line
     assert model.images[14].point3d_ids.tolist() == [7, -1]
     c = math.sqrt(0.5)
-    np.testing.assert_allclose(model.images[9].rotation,
-                               [[c, 0, c], [0, 1, 0], [-c, 0, c]], atol=1e-6)  # 45° about y
+    np.testing.assert_allclose(model.images[9].rotation, [[c, 0, c], [0, 1, 0], [-c, 0, c]], atol=1e-6)  # 45° about y
     ref = read_model_pycolmap(d)
     for img in model.images.values():
         cam_id, rt = ref[img.name]
@@ -67,20 +65,32 @@ def test_colmap_parses_eth3d_pitfalls_and_matches_pycolmap(tmp_path):
     assert [t.tolist() for t in model.points3d.track_image_ids] == [[14, 9], [9]]
 
 
-@pytest.mark.parametrize("which, text, message", [
-    ("images", IMAGES_TXT.replace("0 dslr_images_undistorted/DSC_0647.JPG",
-                                  "dslr_images_undistorted/DSC_0647.JPG"),
-     "images.txt:5: expected 10 fields"),
-    ("images", IMAGES_TXT.replace("892.3 234.1 -1", "892.3 234.1"), "images.txt:6: POINTS2D needs"),
-    ("images", IMAGES_TXT.replace("1234.5 567.8", "1234.5 abc"), "images.txt:6: POINTS2D: 'abc'"),
-    ("images", IMAGES_TXT.replace(" 3 dslr_images_undistorted/DSC_0640", " 5 dslr_images_undistorted/DSC_0640"),
-     "images.txt:7: CAMERA_ID 5 is not in cameras.txt"),
-    ("cameras", CAMERAS_TXT.replace("3119.2 2057.75", "3119.2"), "cameras.txt:4: PINHOLE expects 4"),
-    ("cameras", CAMERAS_TXT.replace("6205 4135", "6205 x"), "cameras.txt:5: WIDTH/HEIGHT: 'x'"),
-    ("cameras", CAMERAS_TXT.replace("PINHOLE 6205", "PINHOLEX 6205"), "cameras.txt:5: unknown camera model"),
-    ("points", POINTS3D_TXT.replace("9 -0.4 0.1 4.0", "9 -0.4 nan 4.0"), "points3D.txt:4: XYZ: 'nan' is not finite"),
-    ("points", POINTS3D_TXT.replace("14 0 9 0", "14 0 9"), "points3D.txt:3: expected 'POINT3D_ID"),
-])
+@pytest.mark.parametrize(
+    "which, text, message",
+    [
+        (
+            "images",
+            IMAGES_TXT.replace("0 dslr_images_undistorted/DSC_0647.JPG", "dslr_images_undistorted/DSC_0647.JPG"),
+            "images.txt:5: expected 10 fields",
+        ),
+        ("images", IMAGES_TXT.replace("892.3 234.1 -1", "892.3 234.1"), "images.txt:6: POINTS2D needs"),
+        ("images", IMAGES_TXT.replace("1234.5 567.8", "1234.5 abc"), "images.txt:6: POINTS2D: 'abc'"),
+        (
+            "images",
+            IMAGES_TXT.replace(" 3 dslr_images_undistorted/DSC_0640", " 5 dslr_images_undistorted/DSC_0640"),
+            "images.txt:7: CAMERA_ID 5 is not in cameras.txt",
+        ),
+        ("cameras", CAMERAS_TXT.replace("3119.2 2057.75", "3119.2"), "cameras.txt:4: PINHOLE expects 4"),
+        ("cameras", CAMERAS_TXT.replace("6205 4135", "6205 x"), "cameras.txt:5: WIDTH/HEIGHT: 'x'"),
+        ("cameras", CAMERAS_TXT.replace("PINHOLE 6205", "PINHOLEX 6205"), "cameras.txt:5: unknown camera model"),
+        (
+            "points",
+            POINTS3D_TXT.replace("9 -0.4 0.1 4.0", "9 -0.4 nan 4.0"),
+            "points3D.txt:4: XYZ: 'nan' is not finite",
+        ),
+        ("points", POINTS3D_TXT.replace("14 0 9 0", "14 0 9"), "points3D.txt:3: expected 'POINT3D_ID"),
+    ],
+)
 def test_colmap_errors_name_file_and_line(tmp_path, which, text, message):
     d = write_model(tmp_path, **{which: text})
     with pytest.raises(BadInputError) as info:

@@ -9,7 +9,6 @@ import pytest
 from dataengine import kernels
 from dataengine.colmap import BadInputError
 from dataengine.images import fit_geometry
-
 from tests.dataengine.laser_fixtures import (
     PLANE,
     SMALL_CAMS,
@@ -21,9 +20,13 @@ from tests.dataengine.laser_fixtures import (
 )
 
 
+def inv_depth(u, v):
+    """Inverse depth of the slanted plane PLANE at normalised image coordinates (u, v)."""
+    return PLANE[2] + PLANE[0] * u + PLANE[1] * v
+
+
 def test_plane_pooling_is_exact_on_a_slanted_plane_where_nearest_is_not():
     geom = fit_geometry(124, 83, 31, 20, "crop")  # ~4 source px per output px
-    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
     depth = gt_of_inverse_depth(inv_depth, 0.4, seed=3)
     truth = truth_at_output_centres(geom, inv_depth)
     out, status = small_plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
@@ -40,8 +43,11 @@ def test_plane_pooling_is_exact_on_a_slanted_plane_where_nearest_is_not():
 
 def test_plane_pooling_never_blends_two_surfaces_or_fills_holes():
     geom = fit_geometry(124, 83, 31, 20, "crop")
+
     # A wall at 4 m left of u = 0.1 and a slanted plane behind it: a depth step through the image.
-    step = lambda u, v: np.where(u < 0.1, 0.25, PLANE[2] + PLANE[0] * u + PLANE[1] * v)
+    def step(u, v):
+        return np.where(u < 0.1, 0.25, PLANE[2] + PLANE[0] * u + PLANE[1] * v)
+
     depth = gt_of_inverse_depth(step, 0.5, seed=4)
     full, _ = small_plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
     depth[:, 95:] = np.inf  # a hole wider than a footprint on the right
@@ -66,7 +72,6 @@ def test_plane_pooling_never_blends_two_surfaces_or_fills_holes():
 
 def test_plane_pooling_excludes_masked_gt():
     geom = fit_geometry(124, 83, 31, 20, "crop")
-    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
     depth = gt_of_inverse_depth(inv_depth, 0.5, seed=5)
     mask = np.zeros(depth.shape, np.uint8)
     mask[10:40, 20:60] = 1
@@ -88,7 +93,6 @@ def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp
     from tests.dataengine.test_png import _mask_like, _png
 
     geom = fit_geometry(124, 83, 31, 20, "crop")
-    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
     depth = gt_of_inverse_depth(inv_depth, 0.5, seed=6)
     mask = _mask_like(80, 120, seed=7) % 3
     path = tmp_path / "mask.png"
@@ -96,8 +100,7 @@ def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp
     scanlines = read_mask_scanlines(path, 120, 80)
     assert scanlines.shape == (80, 121) and set(scanlines[:, 0]) == {0, 1, 2, 3, 4}
     cfg = LaserDepthConfig(grid_spacing=1.0)
-    fused = plane_depth(depth, scanlines, *SMALL_CAMS, geom, cfg, mask_filtered=True,
-                        mask_path=path)
+    fused = plane_depth(depth, scanlines, *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path)
     decoded = plane_depth(depth, read_mask(path, 120, 80), *SMALL_CAMS, geom, cfg)
     np.testing.assert_array_equal(fused.depth.view(np.uint32), decoded.depth.view(np.uint32))
     np.testing.assert_array_equal(fused.status, decoded.status)
@@ -105,14 +108,14 @@ def test_mask_scanlines_unfiltered_inside_the_gt_pass_match_the_decoded_mask(tmp
     assert (fused.depth > 0).any()
     bad = scanlines.copy()
     bad[41, 0] = 7
-    with pytest.raises(BadInputError, match="mask.png: PNG scanline 41 has the invalid filter "
-                                            "type 7"):
+    with pytest.raises(BadInputError, match="mask.png: PNG scanline 41 has the invalid filter type 7"):
         plane_depth(depth, bad, *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path)
     mask[60, 100] = 3
     path.write_bytes(_png(mask, [4, 1]))
     with pytest.raises(BadInputError, match="mask.png: mask values must be 0, 1 or 2, found 3"):
-        plane_depth(depth, read_mask_scanlines(path, 120, 80), *SMALL_CAMS, geom, cfg,
-                    mask_filtered=True, mask_path=path)
+        plane_depth(
+            depth, read_mask_scanlines(path, 120, 80), *SMALL_CAMS, geom, cfg, mask_filtered=True, mask_path=path
+        )
     with pytest.raises(BadInputError, match=r"mask.png: mask is 120x80, expected 121x80"):
         read_mask_scanlines(path, 121, 80)
     assert read_mask_scanlines(None, 120, 80).shape == (0, 0)
@@ -124,7 +127,6 @@ def test_plane_points_buffers_grow_and_nan_outside_the_crop_is_reported(tmp_path
     from dataengine import depth as depth_mod
 
     geom = fit_geometry(124, 83, 20, 20, "crop")  # a square crop: the outer columns are skipped
-    inv_depth = lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v
     depth = gt_of_inverse_depth(inv_depth, 0.5, seed=6)
     ref, ref_status = small_plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
 

@@ -107,12 +107,18 @@ def test_download_resumes_extracts_and_is_idempotent(tmp_path, server):
 
     report = download_scenes(DownloadConfig(root=root, scenes=("mini",), base_url=url, progress=False))
     assert [r["status"] for r in report] == ["downloaded"] * 4
-    for rel in ["images/dslr_images_undistorted/DSC_0001.JPG", "dslr_calibration_undistorted/cameras.txt",
-                "dslr_calibration_jpg/cameras.txt", "ground_truth_depth/dslr_images/DSC_0001.JPG",
-                "masks_for_images/dslr_images/DSC_0001.png"]:
+    for rel in [
+        "images/dslr_images_undistorted/DSC_0001.JPG",
+        "dslr_calibration_undistorted/cameras.txt",
+        "dslr_calibration_jpg/cameras.txt",
+        "ground_truth_depth/dslr_images/DSC_0001.JPG",
+        "masks_for_images/dslr_images/DSC_0001.png",
+    ]:
         assert (root / "mini" / rel).read_bytes() == (scene / rel).read_bytes(), rel
     assert not (root / "mini" / "images" / "dslr_images").exists()  # distorted JPEGs not extracted
-    assert not [p for p in (root / ".downloads").iterdir() if not p.name.endswith(".done")]  # archives removed after extraction
+    assert not [
+        p for p in (root / ".downloads").iterdir() if not p.name.endswith(".done")
+    ]  # archives removed after extraction
     hits_after_first = dict(RangeHandler.hits)
     assert hits_after_first["/mini_dslr_depth.7z"] == 1
 

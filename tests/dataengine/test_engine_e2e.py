@@ -16,7 +16,6 @@ import simplejpeg
 from dataengine import build as build_mod
 from dataengine.build import BuildConfig, build_shards, process_frame
 from dataengine.colmap import BadInputError, Camera
-from dataengine.depth import LaserDepthConfig, SparseDepthConfig, sparse_depth
 from dataengine.eth3d import load_scene
 from dataengine.images import fit_geometry, output_intrinsics
 from dataengine.windows import WindowConfig
@@ -41,8 +40,16 @@ def geometry(eth3d_root):
 
 
 def small_config(root, out, **kw) -> BuildConfig:
-    base = dict(root=root, out=out, scenes=(SCENE,), width=64, height=56,
-                windows=WindowConfig(frames=4, stride=2), samples_per_shard=2, progress=False)
+    base = dict(
+        root=root,
+        out=out,
+        scenes=(SCENE,),
+        width=64,
+        height=56,
+        windows=WindowConfig(frames=4, stride=2),
+        samples_per_shard=2,
+        progress=False,
+    )
     base.update(kw)
     return BuildConfig(**base)
 
@@ -62,7 +69,10 @@ def read_split(out: Path, split: str) -> list[dict]:
 
 def same_manifest(a: dict, b: dict) -> bool:
     """Equal apart from the git sha (other commits may land while the suite runs)."""
-    strip = lambda m: {**m, "engine": {**m["engine"], "git_sha": None}}
+
+    def strip(m):
+        return {**m, "engine": {**m["engine"], "git_sha": None}}
+
     return strip(a) == strip(b)
 
 
@@ -85,8 +95,7 @@ def test_laser_depth_matches_analytic_truth_and_catches_thin_prism_mistakes(eth3
             if transform is not None:
                 frame = replace(frame, prism=transform(frame.prism))
             r = process_frame(frame, scene, cfg)
-            out.append(relative_errors(r.depth, geometry.zdepth(r.K, frame.rotation, frame.translation,
-                                                                224, 160)))
+            out.append(relative_errors(r.depth, geometry.zdepth(r.K, frame.rotation, frame.translation, 224, 160)))
             plane_fractions.append(r.meta["plane_fraction"])
         return np.concatenate(out)
 
@@ -154,22 +163,22 @@ def test_sparse_depth_equals_truth_and_drops_occluded_points(eth3d_root, geometr
 def test_output_image_matches_analytic_render_with_stored_K(eth3d_root, geometry, fit):
     scene = load_scene(eth3d_root / SCENE)
     cfg = small_config(eth3d_root, eth3d_root / "unused", width=96, height=80, fit=fit)
+
+    def diff(frame, img, inner, K):
+        ren = geometry.render(K, frame.rotation, frame.translation, 96, 80, supersample=4)
+        return np.abs(img[inner] - ren[inner]).mean()
+
     for frame in scene.frames[:2]:
         r = process_frame(frame, scene, cfg)
         img = simplejpeg.decode_jpeg(r.jpeg).astype(float)
         geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, 96, 80, fit)
         x0, y0, x1, y1 = geom.content_rect
         inner = (slice(int(np.ceil(y0)), int(y1)), slice(int(np.ceil(x0)), int(x1)))
-
-        def diff(K):
-            ren = geometry.render(K, frame.rotation, frame.translation, 96, 80, supersample=4)
-            return np.abs(img[inner] - ren[inner]).mean()
-
-        good = diff(r.K)
+        good = diff(frame, img, inner, r.K)
         shifted = r.K.copy()
         shifted[0, 2] += 0.5
         assert good < 6.0
-        assert diff(shifted) > 1.5 * good  # half a pixel of K error is clearly visible
+        assert diff(frame, img, inner, shifted) > 1.5 * good  # half a pixel of K error is clearly visible
         if fit == "pad":
             assert y0 > 0 and img[: int(y0)].mean() < 2.0  # padding is black (up to JPEG ringing)
 
@@ -212,8 +221,10 @@ def test_shards_decode_with_stock_webdataset_and_reproject_consistently(built):
 
 def test_split_is_frame_disjoint_and_manifest_complete(built):
     out, manifest = built
-    names = {split: {f["name"] for s in read_split(out, split) for f in s["cameras.json"]["frames"]}
-             for split in ("train", "val")}
+    names = {
+        split: {f["name"] for s in read_split(out, split) for f in s["cameras.json"]["frames"]}
+        for split in ("train", "val")
+    }
     assert names["train"].isdisjoint(names["val"])
     assert max(names["train"]) < min(names["val"])  # val = the last frames in capture order
     stats = manifest["per_scene"][SCENE]
@@ -222,7 +233,7 @@ def test_split_is_frame_disjoint_and_manifest_complete(built):
     assert manifest["options"]["laser"]["pooling"] == "plane"  # the depth estimator is recorded
     assert len(manifest["engine"]["git_sha"]) in (40, 7) or manifest["engine"]["git_sha"] == "unknown"
     assert "CC BY-NC-SA 4.0" in (out / "README.md").read_text()
-    assert "Schöps" in (out / "README.md").read_text() or "Sch\\\"ops" in (out / "README.md").read_text()
+    assert "Schöps" in (out / "README.md").read_text() or 'Sch\\"ops' in (out / "README.md").read_text()
 
 
 def test_byte_reproducible_and_resumes_after_interruption(built, eth3d_root, tmp_path, monkeypatch):
@@ -256,8 +267,9 @@ def test_byte_reproducible_and_resumes_after_interruption(built, eth3d_root, tmp
 def test_scene_disjoint_split_and_cli_inspect_verify(built, eth3d_root, tmp_path):
     out, _ = built
     env_cmd = [sys.executable, "-m", "dataengine"]
-    res = subprocess.run(env_cmd + ["inspect", str(out), "--png", str(tmp_path / "sheet.png")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        env_cmd + ["inspect", str(out), "--png", str(tmp_path / "sheet.png")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     assert "depth: shape (4, 56, 64) dtype float32" in res.stdout
     from PIL import Image
@@ -274,14 +286,23 @@ def test_scene_disjoint_split_and_cli_inspect_verify(built, eth3d_root, tmp_path
     res = subprocess.run(env_cmd + ["verify", str(broken)], capture_output=True, text=True)
     assert res.returncode == 1 and "sha256" in res.stderr
     with pytest.raises(BadInputError, match="the train split would be empty"):  # all scenes held out
-        build_shards(small_config(eth3d_root, tmp_path / "scene_split",
-                                  windows=WindowConfig(frames=4, stride=2, val_scenes=(SCENE,))))
+        build_shards(
+            small_config(
+                eth3d_root, tmp_path / "scene_split", windows=WindowConfig(frames=4, stride=2, val_scenes=(SCENE,))
+            )
+        )
     assert not (tmp_path / "scene_split" / ".frame-cache").exists()  # refused before rendering
     two = tmp_path / "two_scenes"
     shutil.copytree(eth3d_root / SCENE, two / SCENE)
     shutil.copytree(eth3d_root / SCENE, two / "synth_other")
-    m = build_shards(small_config(two, tmp_path / "scene_split", scenes=(SCENE, "synth_other"),
-                                  windows=WindowConfig(frames=4, stride=2, val_scenes=("synth_other",))))
+    m = build_shards(
+        small_config(
+            two,
+            tmp_path / "scene_split",
+            scenes=(SCENE, "synth_other"),
+            windows=WindowConfig(frames=4, stride=2, val_scenes=("synth_other",)),
+        )
+    )
     assert m["splits"]["train"]["samples"] == 5 and m["splits"]["val"]["samples"] == 5
 
 
@@ -354,8 +375,7 @@ def test_missing_mask_missing_gt_and_empty_points2d(scene_copy, tmp_path, eth3d_
     masks[0].unlink()  # missing mask = all zeros: the frame still builds, with more GT
     gt = first_image(scene, "ground_truth_depth/dslr_images")
     gt.unlink()  # missing GT → sparse for this frame, with a warning in the manifest
-    m = build_shards(small_config(root, tmp_path / "out",
-                                  windows=WindowConfig(frames=4, stride=2, val_fraction=0.0)))
+    m = build_shards(small_config(root, tmp_path / "out", windows=WindowConfig(frames=4, stride=2, val_fraction=0.0)))
     assert m["per_scene"][SCENE]["sparse_frames"] == 1 and m["per_scene"][SCENE]["laser_frames"] == 11
     assert any(gt.name in w and "sparse" in w for w in m["warnings"])
     samples = read_split(tmp_path / "out", "train")

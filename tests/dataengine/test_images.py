@@ -9,10 +9,8 @@ import pytest
 import simplejpeg
 
 from dataengine import camera
-from dataengine.colmap import BadInputError
-from dataengine.images import (choose_reduction, decode_reduced, fit_geometry, output_intrinsics,
-                               render_frame)
-from dataengine.colmap import Camera
+from dataengine.colmap import BadInputError, Camera
+from dataengine.images import choose_reduction, decode_reduced, fit_geometry, output_intrinsics, render_frame
 
 
 @pytest.mark.parametrize("fit", ["crop", "pad", "stretch"])

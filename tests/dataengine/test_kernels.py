@@ -8,7 +8,6 @@ import pytest
 
 from dataengine import camera, kernels
 from dataengine.images import fit_geometry
-
 from tests.dataengine.laser_fixtures import PRISM, SMALL_CAMS
 
 
@@ -34,10 +33,15 @@ def test_distortion_grid_bilinear_error_is_negligible():
     fx, fy = pts[:, 0] / spacing, pts[:, 1] / spacing
     x0, y0 = fx.astype(int), fy.astype(int)
     wx, wy = fx - x0, fy - y0
-    interp = lambda g: ((g[y0, x0] * (1 - wx) + g[y0, x0 + 1] * wx) * (1 - wy)
-                        + (g[y0 + 1, x0] * (1 - wx) + g[y0 + 1, x0 + 1] * wx) * wy)
-    exact = camera.thin_prism_project(np.c_[(pts[:, 0] - pin[2]) / pin[0], (pts[:, 1] - pin[3]) / pin[1],
-                                            np.ones(len(pts))], PRISM)
+
+    def interp(g):
+        top = g[y0, x0] * (1 - wx) + g[y0, x0 + 1] * wx
+        bottom = g[y0 + 1, x0] * (1 - wx) + g[y0 + 1, x0 + 1] * wx
+        return top * (1 - wy) + bottom * wy
+
+    exact = camera.thin_prism_project(
+        np.c_[(pts[:, 0] - pin[2]) / pin[0], (pts[:, 1] - pin[3]) / pin[1], np.ones(len(pts))], PRISM
+    )
     err = np.hypot(interp(gx) - exact[:, 0], interp(gy) - exact[:, 1])
     assert err.max() < 5e-3, err.max()  # px, at a 6048-px-wide distortion of up to ~116 px
 
@@ -52,11 +56,12 @@ def _laser_reference(depth, mask, pin, prism, affine, src_size, k, pooling, min_
             ys = ay * (i + (np.arange(k) + 0.5) / k) + by
             xs = ax * (j + (np.arange(k) + 0.5) / k) + bx
             gx, gy = np.meshgrid(xs, ys)
-            centre_dist = (gx - (ax * (j + 0.5) + bx)) ** 2 / ax ** 2 + (gy - (ay * (i + 0.5) + by)) ** 2 / ay ** 2
+            centre_dist = (gx - (ax * (j + 0.5) + bx)) ** 2 / ax**2 + (gy - (ay * (i + 0.5) + by)) ** 2 / ay**2
             ok = (gx >= 0) & (gx < src_size[0]) & (gy >= 0) & (gy < src_size[1])
             gx, gy, centre_dist = gx[ok], gy[ok], centre_dist[ok]
-            d = camera.thin_prism_project(np.c_[(gx - pin[2]) / pin[0], (gy - pin[3]) / pin[1],
-                                                np.ones(len(gx))], prism)
+            d = camera.thin_prism_project(
+                np.c_[(gx - pin[2]) / pin[0], (gy - pin[3]) / pin[1], np.ones(len(gx))], prism
+            )
             ix, iy = np.floor(d[:, 0]).astype(int), np.floor(d[:, 1]).astype(int)
             inside = (ix >= 0) & (iy >= 0) & (ix < depth.shape[1]) & (iy < depth.shape[0])
             vals = depth[iy[inside], ix[inside]]
@@ -64,9 +69,11 @@ def _laser_reference(depth, mask, pin, prism, affine, src_size, k, pooling, min_
             good = np.isfinite(vals) & (vals > 0) & (m == 0)
             vals, dist = vals[good], centre_dist[inside][good]
             if len(vals) >= max(min_count, 1):
-                out[i, j] = {"nearest": vals[np.argsort(dist, kind="stable")[0]] if len(vals) else 0,
-                             "median": np.sort(vals)[(len(vals) - 1) // 2],
-                             "min": vals.min()}[pooling]
+                out[i, j] = {
+                    "nearest": vals[np.argsort(dist, kind="stable")[0]] if len(vals) else 0,
+                    "median": np.sort(vals)[(len(vals) - 1) // 2],
+                    "min": vals.min(),
+                }[pooling]
     return out
 
 
@@ -88,8 +95,20 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
     kernels.distortion_grid(pin, prism, 1.0, gx, gy)
     out = np.empty((16, 20), np.float32)
     count = np.empty((16, 20), np.uint16)
-    n_nan = kernels.laser_depth_pool(depth, mask, gx, gy, 1.0, geom.affine, np.array([124.0, 83.0]), 4,
-                                     ["nearest", "median", "min"].index(pooling), 2, out, count)
+    n_nan = kernels.laser_depth_pool(
+        depth,
+        mask,
+        gx,
+        gy,
+        1.0,
+        geom.affine,
+        np.array([124.0, 83.0]),
+        4,
+        ["nearest", "median", "min"].index(pooling),
+        2,
+        out,
+        count,
+    )
     ref = _laser_reference(depth, mask, pin, prism, geom.affine, (124, 83), 4, pooling, 2, (16, 20))
     assert n_nan == 0
     assert (out > 0).mean() > 0.5
@@ -98,8 +117,12 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
     assert set(np.unique(out[out > 0])) <= set(np.unique(depth[np.isfinite(depth)]))  # never blends
     nan_depth = depth.copy()
     nan_depth[:, :] = np.nan
-    assert kernels.laser_depth_pool(nan_depth, mask[:0, :0], gx, gy, 1.0, geom.affine,
-                                    np.array([124.0, 83.0]), 2, 1, 1, out, count) > 0
+    assert (
+        kernels.laser_depth_pool(
+            nan_depth, mask[:0, :0], gx, gy, 1.0, geom.affine, np.array([124.0, 83.0]), 2, 1, 1, out, count
+        )
+        > 0
+    )
     assert kernels.scan_depth(nan_depth) == (nan_depth.size, 0)
 
 
@@ -123,7 +146,7 @@ def test_flag_word_packs_every_byte_pattern():
     bits = (patterns[:, None] >> np.arange(8)) & 1  # (256, 8) flag bytes, bit k = byte k
     for position in range(8):
         flags = np.zeros((256, 64), np.uint8)
-        flags[:, 8 * position:8 * position + 8] = bits
+        flags[:, 8 * position : 8 * position + 8] = bits
         octets = flags.reshape(-1).view(np.uint64)
         words = [int(kernels._flag_word(octets, w)) for w in range(256)]
         assert words == [int(p) << (8 * position) for p in patterns]
@@ -171,21 +194,25 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     depth = rng.uniform(1, 10, (height, width)).astype(np.float32)
     depth[rng.random(depth.shape) < 0.7] = np.inf
     depth[rng.random(depth.shape) < 0.02] = 0.0
-    mask = ((rng.random(depth.shape) < 0.1).astype(np.uint8) * 2 if masked
-            else np.zeros((0, 0), np.uint8))
+    mask = (rng.random(depth.shape) < 0.1).astype(np.uint8) * 2 if masked else np.zeros((0, 0), np.uint8)
     geom = fit_geometry(width + 4, 83, 20, 20, "crop")
     spacing = 4.0
     inv_x = np.empty((int(height // spacing) + 2, int(width // spacing) + 2))
     inv_y = np.empty_like(inv_x)
     kernels.undistortion_grid(pin, prism, spacing, inv_x, inv_y)
-    buffers = kernels.PointBuffers(np.empty(depth.size, np.int32), np.empty(depth.size, np.float32),
-                                   np.empty(depth.size, np.float32), np.empty(depth.size, np.float32))
-    found = kernels.laser_points(depth, mask, inv_x, inv_y, buffers, spacing=spacing,
-                                 affine=geom.affine, src_size=src_size, out_shape=(20, 20))
+    buffers = kernels.PointBuffers(
+        np.empty(depth.size, np.int32),
+        np.empty(depth.size, np.float32),
+        np.empty(depth.size, np.float32),
+        np.empty(depth.size, np.float32),
+    )
+    found = kernels.laser_points(
+        depth, mask, inv_x, inv_y, buffers, spacing=spacing, affine=geom.affine, src_size=src_size, out_shape=(20, 20)
+    )
     ref = _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size)
     n = found.n_points
     assert 100 < n < np.count_nonzero(np.isfinite(depth) & (depth > 0))  # the crop drops some
-    for got, want in zip(buffers, ref):
+    for got, want in zip(buffers, ref, strict=True):
         np.testing.assert_array_equal(got[:n], want)
     assert found.n_valid == np.count_nonzero(np.isfinite(depth) & (depth > 0))
     # zeros are bad GT values ("no GT" is +inf): counted where the crop's row spans read them
@@ -214,8 +241,7 @@ def test_plane_window_gathers_exactly_the_points_inside_in_half_cell_order(radiu
     wx, wy, ww = np.empty(n), np.empty(n), np.empty(n)
     for ci in range(height):
         for cj in range(width):
-            got = kernels._gather_window(ci, cj, start, px, py, pw, height, width, radius,
-                                         wx, wy, ww)
+            got = kernels._gather_window(ci, cj, start, px, py, pw, height, width, radius, wx, wy, ww)
             x = (qx[order] + (j[order] - cj)).astype(np.float64)
             y = (qy[order] + (i[order] - ci)).astype(np.float64)
             x32 = qx[order] + np.float32(1) * (j[order] - cj)  # the kernel adds in float32
@@ -235,8 +261,26 @@ def test_gt_scans_classify_every_special_float_like_numpy():
     # (0 < z <= MAX_GT_DEPTH) nor the +inf "no GT" marker (NaN of either sign and any payload,
     # -inf, zeros, negatives, implausibly far).
     top = np.float32(kernels.MAX_GT_DEPTH)
-    special = np.array([0.0, -0.0, -1.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, np.inf, -np.inf, np.nan,
-                        -np.nan, 1.0, 2.5, top, np.nextafter(top, np.float32(np.inf))], np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            -1.0,
+            1e-45,
+            -1e-45,
+            1.17e-38,
+            3.4e38,
+            np.inf,
+            -np.inf,
+            np.nan,
+            -np.nan,
+            1.0,
+            2.5,
+            top,
+            np.nextafter(top, np.float32(np.inf)),
+        ],
+        np.float32,
+    )
     payload_nan = np.array([0x7FC00001, 0xFF800001, 0x7F800001], np.uint32).view(np.float32)
     values = np.r_[special, payload_nan]
     assert np.float32(kernels.MAX_GT_DEPTH).view(np.int32) == kernels._MAX_GT_BITS
@@ -249,9 +293,14 @@ def test_gt_scans_classify_every_special_float_like_numpy():
     from dataengine.depth import LaserDepthConfig, plane_depth
 
     depth = np.full((80, 120), np.inf, np.float32)
-    depth[40, 30:30 + values.size] = values
-    plane = plane_depth(depth, np.zeros((0, 0), np.uint8), *SMALL_CAMS,
-                        fit_geometry(124, 83, 31, 20, "crop"), LaserDepthConfig(grid_spacing=1.0))
+    depth[40, 30 : 30 + values.size] = values
+    plane = plane_depth(
+        depth,
+        np.zeros((0, 0), np.uint8),
+        *SMALL_CAMS,
+        fit_geometry(124, 83, 31, 20, "crop"),
+        LaserDepthConfig(grid_spacing=1.0),
+    )
     assert (plane.n_valid, plane.n_nan) == (expect_valid, expect_bad)
 
 
@@ -260,11 +309,15 @@ def test_sparse_zbuffer_drops_points_behind_the_surface():
     R, t = np.eye(3), np.zeros(3)
     rect = np.array([0.0, 0.0, 10.0, 10.0])
     front = np.array([[0.0, 0.0, 2.0], [0.2, 0.0, 2.0]])  # pixels (4,4)/(5,4) at z=2
-    behind = np.array([[0.0, 0.0, 5.0],  # same pixel as a front point: occluded
-                       [0.6, 0.0, 3.0],  # pixel (4,6), next to a front point, z > 2*1.05: occluded
-                       [0.2, 0.2, 2.05],  # pixel (5,5), beside front points but within tolerance: kept
-                       [-0.8, -0.8, 4.0],  # pixel (2,2), nobody in front: kept
-                       [0.0, 0.0, -1.0]])  # behind the camera: ignored
+    behind = np.array(
+        [
+            [0.0, 0.0, 5.0],  # same pixel as a front point: occluded
+            [0.6, 0.0, 3.0],  # pixel (4,6), next to a front point, z > 2*1.05: occluded
+            [0.2, 0.2, 2.05],  # pixel (5,5), beside front points but within tolerance: kept
+            [-0.8, -0.8, 4.0],  # pixel (2,2), nobody in front: kept
+            [0.0, 0.0, -1.0],
+        ]
+    )  # behind the camera: ignored
     everything = np.vstack([front, behind])
     zbuf = np.full((10, 10), np.inf)
     kernels.splat_min_depth(everything, R, t, K, rect, zbuf)

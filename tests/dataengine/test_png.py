@@ -52,8 +52,7 @@ def _filter_row(kind: int, row: np.ndarray, up: np.ndarray) -> bytes:
     return bytes([kind]) + ((x - pred) & 0xFF).astype(np.uint8).tobytes()
 
 
-def _png(pixels: np.ndarray, filters, *, bit_depth=8, colour_type=0, interlace=0, extra=b"",
-         chunk_size=None) -> bytes:
+def _png(pixels: np.ndarray, filters, *, bit_depth=8, colour_type=0, interlace=0, extra=b"", chunk_size=None) -> bytes:
     """A greyscale PNG with the given filter type per scanline (cycled), IDAT split in pieces."""
     h, w = pixels.shape
     up = np.zeros(w, np.uint8)
@@ -63,7 +62,7 @@ def _png(pixels: np.ndarray, filters, *, bit_depth=8, colour_type=0, interlace=0
         up = pixels[y]
     stream = zlib.compress(bytes(raw), 9)
     step = chunk_size or len(stream)
-    idat = b"".join(_chunk(b"IDAT", stream[i:i + step]) for i in range(0, len(stream), step))
+    idat = b"".join(_chunk(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step))
     ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, interlace)
     return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + extra + idat + _chunk(b"IEND", b"")
 
@@ -112,7 +111,7 @@ def test_images_of_many_idat_chunks_and_a_reused_buffer(tmp_path, entry):
 def test_pillow_written_masks_decode_identically(tmp_path):
     for seed, (h, w) in enumerate([(1, 1), (1, 300), (300, 1), (120, 181)]):
         m = np.random.default_rng(seed).integers(0, 3, (h, w), dtype=np.uint8)
-        m[h // 3:, : w // 2] = 2  # long runs, like real masks
+        m[h // 3 :, : w // 2] = 2  # long runs, like real masks
         for optimize in (False, True):
             path = tmp_path / f"m{seed}{optimize}.png"
             Image.fromarray(m).save(path, optimize=optimize)
@@ -161,8 +160,7 @@ def test_interlaced_png_is_declined(tmp_path):
         raw += (b"\x00" + bytes([2]) * pw) * ph
     ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 1)
     path = tmp_path / "adam7.png"
-    path.write_bytes(PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
-                     + _chunk(b"IEND", b""))
+    path.write_bytes(PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
     assert read_png_gray8(path) is None
     np.testing.assert_array_equal(read_mask(path, 8, 8), np.full((8, 8), 2, np.uint8))
 
@@ -171,8 +169,11 @@ def test_values_above_two_and_wrong_size_name_the_file(tmp_path):
     pixels = _mask_like(seed=3)  # has values > 2
     path = tmp_path / "bad_values.png"
     path.write_bytes(_png(pixels, [1]))
-    with pytest.raises(BadInputError, match=r"bad_values.png: mask values must be 0, 1 or 2, "
-                                            rf"found {pixels.max()}"):
+    with pytest.raises(
+        BadInputError,
+        match=r"bad_values.png: mask values must be 0, 1 or 2, "
+        rf"found {pixels.max()}",
+    ):
         read_mask(path, pixels.shape[1], pixels.shape[0])
     with pytest.raises(BadInputError, match=r"bad_values.png: mask is 53x37, expected 54x37"):
         read_mask(path, 54, 37)
@@ -180,27 +181,28 @@ def test_values_above_two_and_wrong_size_name_the_file(tmp_path):
 
 def _corrupt_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
     idat_at = good.index(b"IDAT") - 4
-    (idat_len,) = struct.unpack(">I", good[idat_at:idat_at + 4])
+    (idat_len,) = struct.unpack(">I", good[idat_at : idat_at + 4])
     flipped = bytearray(good)
     flipped[idat_at + 8 + idat_len // 2] ^= 0x40  # payload byte: the chunk CRC no longer matches
     bad_filter = _png(np.zeros((4, 5), np.uint8), [0])
     raw = bytes([0, 0, 0, 0, 0, 0] * 2 + [7, 0, 0, 0, 0, 0] + [0] * 6)  # row 2: filter type 7
-    bad_filter = bad_filter.replace(bad_filter[bad_filter.index(b"IDAT") - 4:
-                                               bad_filter.index(b"IEND") - 4],
-                                    _chunk(b"IDAT", zlib.compress(raw)))
+    bad_filter = bad_filter.replace(
+        bad_filter[bad_filter.index(b"IDAT") - 4 : bad_filter.index(b"IEND") - 4], _chunk(b"IDAT", zlib.compress(raw))
+    )
     short = _png(np.zeros((4, 5), np.uint8), [0])
-    short = short.replace(short[short.index(b"IDAT") - 4:short.index(b"IEND") - 4],
-                          _chunk(b"IDAT", zlib.compress(bytes(6 * 3))))  # 3 of 4 scanlines
+    short = short.replace(
+        short[short.index(b"IDAT") - 4 : short.index(b"IEND") - 4], _chunk(b"IDAT", zlib.compress(bytes(6 * 3)))
+    )  # 3 of 4 scanlines
+
     def with_stream(stream: bytes) -> bytes:  # a 5x4 image whose IDAT holds `stream`
         png = _png(np.zeros((4, 5), np.uint8), [0])
-        return png.replace(png[png.index(b"IDAT") - 4:png.index(b"IEND") - 4],
-                           _chunk(b"IDAT", stream))
+        return png.replace(png[png.index(b"IDAT") - 4 : png.index(b"IEND") - 4], _chunk(b"IDAT", stream))
 
     full = zlib.compress(bytes(24))
     bad_adler = full[:-1] + bytes([full[-1] ^ 1])
     return {
-        "truncated_mid_idat": (good[:idat_at + 8 + idat_len // 2], "truncated PNG"),
-        "no_iend": (good[:good.index(b"IEND") - 4], "truncated PNG"),
+        "truncated_mid_idat": (good[: idat_at + 8 + idat_len // 2], "truncated PNG"),
+        "no_iend": (good[: good.index(b"IEND") - 4], "truncated PNG"),
         "crc": (bytes(flipped), "CRC mismatch in the b'IDAT' chunk"),
         "signature": (b"GIF89a" + good[6:], "not a PNG file"),
         "filter_type": (bad_filter, "scanline 2 has the invalid filter type 7"),
@@ -211,9 +213,20 @@ def _corrupt_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["truncated_mid_idat", "no_iend", "crc", "signature",
-                                  "filter_type", "too_few_rows", "no_adler32", "bad_adler32",
-                                  "too_many_rows"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated_mid_idat",
+        "no_iend",
+        "crc",
+        "signature",
+        "filter_type",
+        "too_few_rows",
+        "no_adler32",
+        "bad_adler32",
+        "too_many_rows",
+    ],
+)
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_corrupt_png_gives_a_clear_error_naming_the_file(tmp_path, case, entry):
     pixels = _mask_like(seed=4) % 3

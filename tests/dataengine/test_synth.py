@@ -108,10 +108,16 @@ def test_both_calibrations_parse_and_follow_eth3d_conventions(scene):
     assert names != sorted(names)
     assert sum(line == "" for line in data[1::2]) == 1
     assert any(" -1" in line for line in data[1::2])
-    assert (scene / "dslr_calibration_jpg" / "cameras.txt").read_text().startswith(
-        "# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
-    assert (scene / "dslr_calibration_jpg" / "points3D.txt").read_text().startswith(
-        "# 3D point list with one line of data per point:\n")
+    assert (
+        (scene / "dslr_calibration_jpg" / "cameras.txt")
+        .read_text()
+        .startswith("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
+    )
+    assert (
+        (scene / "dslr_calibration_jpg" / "points3D.txt")
+        .read_text()
+        .startswith("# 3D point list with one line of data per point:\n")
+    )
 
 
 def test_tracks_are_consistent_with_points2d_in_both_calibrations(scene):
@@ -143,8 +149,13 @@ def test_every_undistorted_pixel_maps_inside_the_distorted_image(scene):
         # ... and the image is (nearly) the largest such: 1% wider or taller leaves the image.
         for grow in ([1.01, 1.0], [1.0, 1.01]):
             w, h = int(pin.width * grow[0]), int(pin.height * grow[1])
-            big = Camera(pin.camera_id, PINHOLE, w, h, [*pin.params[:2], pin.params[2] + (w - pin.width) / 2,
-                                                        pin.params[3] + (h - pin.height) / 2])
+            big = Camera(
+                pin.camera_id,
+                PINHOLE,
+                w,
+                h,
+                [*pin.params[:2], pin.params[2] + (w - pin.width) / 2, pin.params[3] + (h - pin.height) / 2],
+            )
             xy = dist.img_from_cam(big.pixel_centre_rays().reshape(-1, 3))
             assert xy.min() < 0 or np.any(xy.max(0) >= [dist.width, dist.height])
 
@@ -225,7 +236,7 @@ def test_gt_only_contains_visible_points(scene, geometry):
         near_surface = np.zeros_like(sky)
         for dy in range(3):
             for dx in range(3):
-                near_surface |= padded[dy:dy + sky.shape[0], dx:dx + sky.shape[1]]
+                near_surface |= padded[dy : dy + sky.shape[0], dx : dx + sky.shape[1]]
         assert not (valid & sky & ~near_surface).any()
         sky_pixels += sky.sum()
     assert sky_pixels > 0
@@ -254,13 +265,18 @@ def test_zdepth_and_rays_match_hand_calculations(scene, geometry):
     # A pixel 10 columns right: same z-depth on the fronto-parallel wall (z-depth, not distance).
     assert z[15, 30] == pytest.approx(7.0, abs=1e-9)
     # Through the middle of a ground-floor window: glass at the recess depth behind the wall.
-    window = next(o for o, m in zip(geometry.openings, geometry.opening_mat)
-                  if m == GLASS and o[2] < 1.0 and abs((o[0] + o[1]) / 2 - lamp_x) > 1.0)
+    window = next(
+        o
+        for o, m in zip(geometry.openings, geometry.opening_mat, strict=True)
+        if m == GLASS and o[2] < 1.0 and abs((o[0] + o[1]) / 2 - lamp_x) > 1.0
+    )
     K, R, t = _facade_camera(geometry, [(window[0] + window[1]) / 2, -7.0, 2.0])
     assert geometry.zdepth(K, R, t, 41, 31)[15, 20] == pytest.approx(7.0 + window[4], abs=1e-9)
 
     # Ray level, world frame: down at 45 degrees onto the ground, up into the sky.
-    to_world = lambda p: geometry.facade_from_world_R.T @ (np.asarray(p, float) - geometry.facade_from_world_t)
+    def to_world(p):
+        return geometry.facade_from_world_R.T @ (np.asarray(p, float) - geometry.facade_from_world_t)
+
     origin = to_world([0.0, -20.0, 2.0])
     dirs = geometry.facade_from_world_R.T @ np.array([[0.0, 1.0, -1.0], [0.0, -1.0, 1.0], [0.0, 1.0, 0.0]]).T
     t_hit, points, colours = geometry.cast_rays(np.tile(origin, (3, 1)), dirs.T)
@@ -323,13 +339,16 @@ def test_views_are_photometrically_consistent_at_shared_surface_points(scene, ge
     def bilinear(img, p):
         x0, y0 = np.floor(p[:, 0]).astype(int), np.floor(p[:, 1]).astype(int)
         fx, fy = (p[:, 0] - x0)[:, None], (p[:, 1] - y0)[:, None]
-        return (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
-                + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+        return (
+            img[y0, x0] * (1 - fx) * (1 - fy)
+            + img[y0, x0 + 1] * fx * (1 - fy)
+            + img[y0 + 1, x0] * (1 - fx) * fy
+            + img[y0 + 1, x0 + 1] * fx * fy
+        )
 
     diff = np.abs(bilinear(img_b, xy) - img_a[v, u]).mean(axis=1)
     shifted = np.abs(bilinear(img_b, np.clip(xy + [6, 0], 0, [Wb - 2, Hb - 2])) - img_a[v, u]).mean(axis=1)
-    assert np.median(diff) < 4.0 and np.median(shifted) > 2.5 * np.median(diff), (
-        np.median(diff), np.median(shifted))
+    assert np.median(diff) < 4.0 and np.median(shifted) > 2.5 * np.median(diff), (np.median(diff), np.median(shifted))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,8 +391,22 @@ def test_bad_arguments_and_foreign_folders_are_refused(tmp_path):
 
 def test_cli_synth_writes_and_reports(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["synth", str(tmp_path), "--scene", "demo", "--images", "3",
-                                  "--scale", "0.04", "--seed", "2", "--distorted-images"])
+    result = runner.invoke(
+        main,
+        [
+            "synth",
+            str(tmp_path),
+            "--scene",
+            "demo",
+            "--images",
+            "3",
+            "--scale",
+            "0.04",
+            "--seed",
+            "2",
+            "--distorted-images",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "ground_truth_depth/dslr_images/: 3 files" in result.output
     assert (tmp_path / "demo" / "dslr_calibration_jpg" / "images.txt").is_file()

@@ -8,7 +8,7 @@ block (attention over all frames of a sequence); layer ``i``'s output is ``cat(f
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -32,9 +32,15 @@ class Aggregator(nn.Module):
         self.register_token = nn.Parameter(torch.randn(1, 2, c.num_register_tokens, c.embed_dim) * 1e-6)
         if c.patch_embed == "dinov2":
             self.patch_embed = DinoVisionTransformer(
-                img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.dino_depth,
-                num_heads=c.dino_num_heads, mlp_ratio=c.mlp_ratio, num_register_tokens=c.num_register_tokens,
-                init_values=1.0)
+                img_size=c.img_size,
+                patch_size=c.patch_size,
+                embed_dim=c.embed_dim,
+                depth=c.dino_depth,
+                num_heads=c.dino_num_heads,
+                mlp_ratio=c.mlp_ratio,
+                num_register_tokens=c.num_register_tokens,
+                init_values=1.0,
+            )
         else:
             # A plain Conv2d (not a subclass) so LoRA targeting by type still sees it.
             self.patch_embed = nn.Conv2d(3, c.embed_dim, kernel_size=c.patch_size, stride=c.patch_size)
@@ -75,8 +81,9 @@ class Aggregator(nn.Module):
         special = torch.zeros(self.patch_start_idx, 2, dtype=patches.dtype, device=device)
         return torch.cat((special, patches), dim=0)
 
-    def forward(self, images: torch.Tensor, keep_layers: Iterable[int] | None = None
-                ) -> tuple[list[torch.Tensor | None], int]:
+    def forward(
+        self, images: torch.Tensor, keep_layers: Iterable[int] | None = None
+    ) -> tuple[list[torch.Tensor | None], int]:
         """``images [B,S,3,H,W]`` in [0,1] -> (per-layer ``[B,S,P,2C]`` outputs, patch_start_idx).
 
         Only the layers in ``keep_layers`` (default: all) are kept; the others are ``None``, so a
@@ -91,16 +98,23 @@ class Aggregator(nn.Module):
         if patch_tokens.ndim == 4:  # "conv" patch embed: [N,C,h,w] -> row-major tokens
             patch_tokens = patch_tokens.flatten(2).transpose(1, 2)
         C = patch_tokens.shape[-1]
-        tokens = torch.cat((self._special_tokens(self.camera_token, B, S),
-                            self._special_tokens(self.register_token, B, S), patch_tokens), dim=1)
+        tokens = torch.cat(
+            (
+                self._special_tokens(self.camera_token, B, S),
+                self._special_tokens(self.register_token, B, S),
+                patch_tokens,
+            ),
+            dim=1,
+        )
         P = tokens.shape[1]
         rope_frame = rope_global = (None, None)
         if self.rope is not None:
             head_dim = self.frame_blocks[0].attn.head_dim
             grid_h, grid_w = H // self.patch_size, W // self.patch_size
             # Patch positions are shifted by one, so they run up to max(grid_h, grid_w).
-            cos, sin = self.rope.tables(self._positions(grid_h, grid_w, images.device), head_dim,
-                                        num_positions=max(grid_h, grid_w) + 1)
+            cos, sin = self.rope.tables(
+                self._positions(grid_h, grid_w, images.device), head_dim, num_positions=max(grid_h, grid_w) + 1
+            )
             rope_frame = (cos, sin)
             # Global attention reuses each frame's positions for all S frames of a sequence.
             rope_global = (cos.repeat(S, 1), sin.repeat(S, 1))

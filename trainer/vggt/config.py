@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 HEAD_NAMES = ("camera", "depth", "point")
 
@@ -56,29 +56,39 @@ class VGGTConfig:
                 raise ValueError(f"intermediate_layer_idx {idx} is outside the aggregator depth {self.depth}")
 
     @classmethod
-    def tiny(cls, **overrides) -> "VGGTConfig":
+    def tiny(cls, **overrides) -> VGGTConfig:
         """The CPU test / demo model of ``tests/assets/vggt_tiny_reference.safetensors`` (1.6 M params)."""
-        values = dict(embed_dim=64, depth=4, num_heads=4, dino_depth=2, dino_num_heads=4,
-                      intermediate_layer_idx=(0, 1, 2, 3), camera_trunk_depth=2, camera_num_heads=4,
-                      dpt_features=32, dpt_out_channels=(16, 32, 64, 64))
+        values = dict(
+            embed_dim=64,
+            depth=4,
+            num_heads=4,
+            dino_depth=2,
+            dino_num_heads=4,
+            intermediate_layer_idx=(0, 1, 2, 3),
+            camera_trunk_depth=2,
+            camera_num_heads=4,
+            dpt_features=32,
+            dpt_out_channels=(16, 32, 64, 64),
+        )
         values.update(overrides)
         return cls(**values)
 
     @classmethod
-    def preset(cls, name: str) -> "VGGTConfig":
+    def preset(cls, name: str) -> VGGTConfig:
         presets = {"vggt-1b": cls, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown VGGT preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
 
-    def with_heads(self, heads: Iterable[str]) -> "VGGTConfig":
+    def with_heads(self, heads: Iterable[str]) -> VGGTConfig:
         """Copy with exactly the named heads enabled (subset of 'camera', 'depth', 'point')."""
         heads = set(heads)
         unknown = heads - set(HEAD_NAMES)
         if unknown:
             raise ValueError(f"unknown head(s) {sorted(unknown)}; choose from {list(HEAD_NAMES)}")
-        return dataclasses.replace(self, enable_camera="camera" in heads, enable_depth="depth" in heads,
-                                   enable_point="point" in heads)
+        return dataclasses.replace(
+            self, enable_camera="camera" in heads, enable_depth="depth" in heads, enable_point="point" in heads
+        )
 
     @property
     def enabled_heads(self) -> tuple[str, ...]:

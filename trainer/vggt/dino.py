@@ -34,9 +34,17 @@ class PatchEmbed(nn.Module):
 class DinoVisionTransformer(nn.Module):
     """ViT with cls + register tokens, LayerNorm eps 1e-6, LayerScale, bicubic-antialiased pos embed."""
 
-    def __init__(self, img_size: int = 518, patch_size: int = 14, embed_dim: int = 1024, depth: int = 24,
-                 num_heads: int = 16, mlp_ratio: float = 4.0, num_register_tokens: int = 4,
-                 init_values: float = 1.0) -> None:
+    def __init__(
+        self,
+        img_size: int = 518,
+        patch_size: int = 14,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_register_tokens: int = 4,
+        init_values: float = 1.0,
+    ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.num_register_tokens = num_register_tokens
@@ -49,7 +57,8 @@ class DinoVisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, init_values=init_values, norm_eps=DINO_NORM_EPS)
-            for _ in range(depth))
+            for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=DINO_NORM_EPS)
         self.activation_checkpointing = False
         self._init_weights()
@@ -67,7 +76,7 @@ class DinoVisionTransformer(nn.Module):
         its patch part is resized in fp32 with bicubic + antialias to an explicit size.
         """
         stored = self.pos_embed.shape[1] - 1
-        side = int(round(stored ** 0.5))
+        side = int(round(stored**0.5))
         if grid_h * grid_w == stored and grid_h == grid_w:
             return self.pos_embed.to(dtype)
         pos_embed = self.pos_embed.float()
@@ -87,4 +96,4 @@ class DinoVisionTransformer(nn.Module):
         checkpointed = self.activation_checkpointing and self.training
         for block in self.blocks:
             x = run_block(block, checkpointed, x)
-        return self.norm(x)[:, 1 + self.num_register_tokens:]
+        return self.norm(x)[:, 1 + self.num_register_tokens :]

@@ -19,8 +19,9 @@ _INTERPOLATE_MAX_ELEMENTS = 1_610_612_736
 _HEAD_FEATURES_2 = 32  # fixed width of output_conv2's hidden layer
 
 
-def interpolate_bilinear(x: torch.Tensor, size: tuple[int, int] | None = None,
-                         scale_factor: float | None = None) -> torch.Tensor:
+def interpolate_bilinear(
+    x: torch.Tensor, size: tuple[int, int] | None = None, scale_factor: float | None = None
+) -> torch.Tensor:
     """``F.interpolate(bilinear, align_corners=True)``, split over the batch when the output is huge."""
     kwargs = dict(size=size, scale_factor=scale_factor, mode="bilinear", align_corners=True)
     out_h, out_w = size if size is not None else (int(x.shape[-2] * scale_factor), int(x.shape[-1] * scale_factor))
@@ -31,10 +32,11 @@ def interpolate_bilinear(x: torch.Tensor, size: tuple[int, int] | None = None,
     return torch.cat([F.interpolate(chunk, **kwargs) for chunk in x.split(step)], dim=0)
 
 
-def uv_sincos_embedding(height: int, width: int, channels: int, aspect_ratio: float,
-                        device: torch.device) -> torch.Tensor:
+def uv_sincos_embedding(
+    height: int, width: int, channels: int, aspect_ratio: float, device: torch.device
+) -> torch.Tensor:
     """``[channels, height, width]`` sin-cos embedding of a centred UV grid spanning the image diagonal."""
-    diag = (aspect_ratio ** 2 + 1.0) ** 0.5
+    diag = (aspect_ratio**2 + 1.0) ** 0.5
     span_x, span_y = aspect_ratio / diag, 1.0 / diag
     u = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, device=device)
     v = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height, device=device)
@@ -42,7 +44,7 @@ def uv_sincos_embedding(height: int, width: int, channels: int, aspect_ratio: fl
 
     def sincos(coord: torch.Tensor, dim: int) -> torch.Tensor:
         omega = torch.arange(dim // 2, dtype=torch.float64, device=device) / (dim / 2.0)
-        omega = 1.0 / 100.0 ** omega
+        omega = 1.0 / 100.0**omega
         angles = coord.reshape(-1).double()[:, None] * omega[None]
         return torch.cat((angles.sin(), angles.cos()), dim=1).float()
 
@@ -74,8 +76,9 @@ class FeatureFusionBlock(nn.Module):
         self.has_residual = has_residual
         self.resConfUnit2 = ResidualConvUnit(features)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
-                size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         if self.has_residual:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
@@ -84,11 +87,20 @@ class FeatureFusionBlock(nn.Module):
 
 
 class DPTHead(nn.Module):
-    def __init__(self, dim_in: int, patch_size: int = 14, output_dim: int = 4, activation: str = "inv_log",
-                 conf_activation: str = "expp1", features: int = 256,
-                 out_channels: tuple[int, ...] = (256, 512, 1024, 1024),
-                 intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23), pos_embed: bool = True,
-                 feature_only: bool = False, down_ratio: int = 1) -> None:
+    def __init__(
+        self,
+        dim_in: int,
+        patch_size: int = 14,
+        output_dim: int = 4,
+        activation: str = "inv_log",
+        conf_activation: str = "expp1",
+        features: int = 256,
+        out_channels: tuple[int, ...] = (256, 512, 1024, 1024),
+        intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23),
+        pos_embed: bool = True,
+        feature_only: bool = False,
+        down_ratio: int = 1,
+    ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.activation = activation
@@ -101,12 +113,14 @@ class DPTHead(nn.Module):
         self.checkpoint_frames: int | None = None
         self.norm = nn.LayerNorm(dim_in)
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, oc, 1) for oc in out_channels)
-        self.resize_layers = nn.ModuleList([
-            nn.ConvTranspose2d(out_channels[0], out_channels[0], kernel_size=4, stride=4),
-            nn.ConvTranspose2d(out_channels[1], out_channels[1], kernel_size=2, stride=2),
-            nn.Identity(),
-            nn.Conv2d(out_channels[3], out_channels[3], kernel_size=3, stride=2, padding=1),
-        ])
+        self.resize_layers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(out_channels[0], out_channels[0], kernel_size=4, stride=4),
+                nn.ConvTranspose2d(out_channels[1], out_channels[1], kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.Conv2d(out_channels[3], out_channels[3], kernel_size=3, stride=2, padding=1),
+            ]
+        )
         self.scratch = nn.Module()
         for k, oc in enumerate(out_channels, start=1):
             setattr(self.scratch, f"layer{k}_rn", nn.Conv2d(oc, features, 3, padding=1, bias=False))
@@ -119,11 +133,18 @@ class DPTHead(nn.Module):
         else:
             self.scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
             self.scratch.output_conv2 = nn.Sequential(
-                nn.Conv2d(features // 2, _HEAD_FEATURES_2, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(_HEAD_FEATURES_2, output_dim, 1))
+                nn.Conv2d(features // 2, _HEAD_FEATURES_2, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(_HEAD_FEATURES_2, output_dim, 1),
+            )
 
-    def forward(self, aggregated: list[torch.Tensor | None], images: torch.Tensor, patch_start_idx: int,
-                frames_chunk_size: int | None = 8):
+    def forward(
+        self,
+        aggregated: list[torch.Tensor | None],
+        images: torch.Tensor,
+        patch_start_idx: int,
+        frames_chunk_size: int | None = 8,
+    ):
         """-> (values ``[B,S,H,W,C]``, conf ``[B,S,H,W]``), or features ``[B,S,C,H',W']`` if feature_only.
 
         Frames are independent here, so they are processed ``frames_chunk_size`` at a time to bound
@@ -138,10 +159,13 @@ class DPTHead(nn.Module):
 
             def forward(*args):
                 return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
+
         if not frames_chunk_size or frames_chunk_size >= S:
             return forward(aggregated, images, patch_start_idx, 0, S)
-        chunks = [forward(aggregated, images, patch_start_idx, start, min(start + frames_chunk_size, S))
-                  for start in range(0, S, frames_chunk_size)]
+        chunks = [
+            forward(aggregated, images, patch_start_idx, start, min(start + frames_chunk_size, S))
+            for start in range(0, S, frames_chunk_size)
+        ]
         if self.feature_only:
             return torch.cat(chunks, dim=1)
         return torch.cat([c[0] for c in chunks], dim=1), torch.cat([c[1] for c in chunks], dim=1)
@@ -164,8 +188,9 @@ class DPTHead(nn.Module):
                 x = self._with_pos_embed(x, W / H)
             maps.append(self.resize_layers[k](x))
         out = self._fuse(maps)
-        out = interpolate_bilinear(out, size=(int(grid_h * self.patch_size / self.down_ratio),
-                                              int(grid_w * self.patch_size / self.down_ratio)))
+        out = interpolate_bilinear(
+            out, size=(int(grid_h * self.patch_size / self.down_ratio), int(grid_w * self.patch_size / self.down_ratio))
+        )
         if self.pos_embed:
             out = self._with_pos_embed(out, W / H)
         if self.feature_only:

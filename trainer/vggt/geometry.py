@@ -12,7 +12,7 @@ Conventions (the official VGGT ones, spec §6):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ _QUAT_CANDIDATE_FLOOR = 0.1
 
 
 def _check_last_dims(name: str, tensor: torch.Tensor, dims: tuple[int, ...]) -> None:
-    if tuple(tensor.shape[-len(dims):]) != dims:
+    if tuple(tensor.shape[-len(dims) :]) != dims:
         raise ValueError(f"{name}: expected shape [..., {', '.join(map(str, dims))}], got {tuple(tensor.shape)}")
 
 
@@ -159,7 +159,9 @@ def depth_to_cam_points(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.
     """
     _check_last_dims("intrinsics", intrinsics, (3, 3))
     if depth.shape[:-2] != intrinsics.shape[:-2]:
-        raise ValueError(f"depth {tuple(depth.shape)} and intrinsics {tuple(intrinsics.shape)} disagree on leading dims")
+        raise ValueError(
+            f"depth {tuple(depth.shape)} and intrinsics {tuple(intrinsics.shape)} disagree on leading dims"
+        )
     height, width = depth.shape[-2:]
     v, u = torch.meshgrid(
         torch.arange(height, dtype=depth.dtype, device=depth.device),

@@ -16,13 +16,17 @@ def inverse_log_transform(y: torch.Tensor) -> torch.Tensor:
     return torch.sign(y) * torch.expm1(torch.abs(y))
 
 
-def activate_head(fmap: torch.Tensor, activation: str, conf_activation: str
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def activate_head(fmap: torch.Tensor, activation: str, conf_activation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N,C,H,W]`` head map -> (values ``[N,H,W,C-1]``, confidence ``[N,H,W]``), channels-last."""
     fmap = fmap.permute(0, 2, 3, 1)
     values, conf = fmap[..., :-1], fmap[..., -1]
-    value_acts = {"exp": torch.exp, "inv_log": inverse_log_transform, "linear": lambda t: t,
-                  "relu": F.relu, "sigmoid": torch.sigmoid}
+    value_acts = {
+        "exp": torch.exp,
+        "inv_log": inverse_log_transform,
+        "linear": lambda t: t,
+        "relu": F.relu,
+        "sigmoid": torch.sigmoid,
+    }
     conf_acts = {"expp1": lambda t: 1 + t.exp(), "expp0": torch.exp, "sigmoid": torch.sigmoid}
     if activation not in value_acts:
         raise ValueError(f"unknown head activation {activation!r}; choose from {sorted(value_acts)}")
@@ -44,13 +48,20 @@ class CameraHead(nn.Module):
     trunk (attention across the frames of a sequence) and adds a predicted delta.
     """
 
-    def __init__(self, dim_in: int = 2048, trunk_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4.0,
-                 init_values: float = 0.01) -> None:
+    def __init__(
+        self,
+        dim_in: int = 2048,
+        trunk_depth: int = 4,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        init_values: float = 0.01,
+    ) -> None:
         super().__init__()
         target = POSE_ENCODING_DIM
         self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, target))
-        self.trunk = nn.Sequential(*(Block(dim_in, num_heads, mlp_ratio, init_values=init_values)
-                                     for _ in range(trunk_depth)))
+        self.trunk = nn.Sequential(
+            *(Block(dim_in, num_heads, mlp_ratio, init_values=init_values) for _ in range(trunk_depth))
+        )
         self.token_norm = nn.LayerNorm(dim_in)
         self.trunk_norm = nn.LayerNorm(dim_in)
         self.embed_pose = nn.Linear(target, dim_in)

@@ -8,8 +8,8 @@ LoRA-able projection is a plain ``nn.Linear``.
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -27,8 +27,9 @@ class LayerScale(nn.Module):
 class Mlp(nn.Module):
     """``fc1 -> GELU (exact erf) -> fc2``."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, hidden_features: int, out_features: int | None = None, bias: bool = True
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.act = nn.GELU()
@@ -49,15 +50,16 @@ class RotaryEmbedding2D:
     def __init__(self, base: float = 100.0) -> None:
         self.base = float(base)
 
-    def tables(self, positions: torch.Tensor, head_dim: int, num_positions: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(
+        self, positions: torch.Tensor, head_dim: int, num_positions: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape ``[N, head_dim]`` for integer ``positions`` ``[N, 2]`` = (y, x).
 
         ``num_positions`` (> every position) avoids reading ``positions.max()`` back from the device.
         """
         half = head_dim // 2
         exponents = torch.arange(0, half, 2, device=positions.device).float() / half
-        inv_freq = 1.0 / (self.base ** exponents)
+        inv_freq = 1.0 / (self.base**exponents)
         if num_positions is None:
             num_positions = int(positions.max()) + 1
         angles = torch.arange(num_positions, device=positions.device, dtype=torch.float32)[:, None] * inv_freq[None]
@@ -80,8 +82,15 @@ def apply_rope_2d(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 class Attention(nn.Module):
     """Multi-head self-attention with optional per-head qk LayerNorm and 2-D RoPE, via SDPA."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
-                 qk_norm: bool = False, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -92,8 +101,9 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor | None = None,
-                rope_sin: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -110,9 +120,18 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with LayerScale: ``x += ls1(attn(norm1 x)); x += ls2(mlp(norm2 x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, init_values: float = 0.01,
-                 qk_norm: bool = False, norm_eps: float = 1e-5, qkv_bias: bool = True,
-                 proj_bias: bool = True, ffn_bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        init_values: float = 0.01,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         # qk_norm LayerNorms keep torch's default eps (1e-5) in both DINO and the aggregator.
@@ -122,8 +141,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values)
 
-    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor | None = None,
-                rope_sin: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), rope_cos, rope_sin))
         return x + self.ls2(self.mlp(self.norm2(x)))
 

@@ -27,9 +27,9 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -47,8 +47,7 @@ DEFAULT_REVISION = "860abec7937da0a4c03c41d3c269c366e82abdf9"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 _REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FIXTURE_PREFIX = "model."
-_HEAD_PREFIXES = {"camera": "camera_head.", "depth": "depth_head.", "point": "point_head.",
-                  "track": "track_head."}
+_HEAD_PREFIXES = {"camera": "camera_head.", "depth": "depth_head.", "point": "point_head.", "track": "track_head."}
 
 
 class PretrainedSourceError(RuntimeError):
@@ -78,8 +77,11 @@ class LoadReport:
 def is_hub_id(source: str | os.PathLike) -> bool:
     """True when ``source`` names a Hugging Face repo (``org/name``) rather than a local file."""
     text = str(source)
-    return not Path(text).expanduser().exists() and Path(text).suffix not in _CHECKPOINT_SUFFIXES \
+    return (
+        not Path(text).expanduser().exists()
+        and Path(text).suffix not in _CHECKPOINT_SUFFIXES
         and bool(_REPO_ID_PATTERN.match(text))
+    )
 
 
 def hub_revision(repo_id: str, revision: str | None = None) -> str | None:
@@ -87,8 +89,9 @@ def hub_revision(repo_id: str, revision: str | None = None) -> str | None:
     return revision or (DEFAULT_REVISION if repo_id == DEFAULT_REPO_ID else None)
 
 
-def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENAME,
-                       revision: str | None = None) -> Path:
+def resolve_checkpoint(
+    source: str | os.PathLike, filename: str = DEFAULT_FILENAME, revision: str | None = None
+) -> Path:
     """Local path as is; otherwise a Hugging Face repo id downloaded (or found) in the hub cache."""
     path = Path(source).expanduser()
     if path.is_file():
@@ -97,9 +100,11 @@ def resolve_checkpoint(source: str | os.PathLike, filename: str = DEFAULT_FILENA
     if path.exists():
         raise PretrainedSourceError(f"checkpoint path {text} is not a file")
     if not is_hub_id(text):
-        raise PretrainedSourceError(f"checkpoint file {text} does not exist (expected a local "
-                                    f"{'/'.join(_CHECKPOINT_SUFFIXES)} file or a Hugging Face repo id "
-                                    f"such as {DEFAULT_REPO_ID})")
+        raise PretrainedSourceError(
+            f"checkpoint file {text} does not exist (expected a local "
+            f"{'/'.join(_CHECKPOINT_SUFFIXES)} file or a Hugging Face repo id "
+            f"such as {DEFAULT_REPO_ID})"
+        )
     from huggingface_hub import hf_hub_download
 
     revision = hub_revision(text, revision)
@@ -127,51 +132,68 @@ def explain_hub_error(exc: BaseException, repo_id: str, filename: str, revision:
     response = getattr(cause, "response", None) if isinstance(cause, HfHubHTTPError) else None
     status = getattr(response, "status_code", None)
     at = f"{repo_id}@{revision or 'main'}"
-    local = (f"download it once and pass its local path: --weights /path/to/{filename} "
-             f"(make train WEIGHTS=/path/to/{filename}; in Python load_pretrained('/path/to/{filename}'))")
+    local = (
+        f"download it once and pass its local path: --weights /path/to/{filename} "
+        f"(make train WEIGHTS=/path/to/{filename}; in Python load_pretrained('/path/to/{filename}'))"
+    )
     if isinstance(cause, GatedRepoError):
-        return "gated", (f"{repo_id} is a gated repo: accept its terms on the model page, log in (`hf auth login` "
-                         f"or HF_TOKEN) and retry, or {local}")
+        return "gated", (
+            f"{repo_id} is a gated repo: accept its terms on the model page, log in (`hf auth login` "
+            f"or HF_TOKEN) and retry, or {local}"
+        )
     if isinstance(cause, RepositoryNotFoundError):
-        return "not_found", (f"no Hugging Face repo {repo_id} (HTTP {status}), or it is private and this token "
-                             f"cannot see it: check the id, log in (`hf auth login` or HF_TOKEN), or {local}")
+        return "not_found", (
+            f"no Hugging Face repo {repo_id} (HTTP {status}), or it is private and this token "
+            f"cannot see it: check the id, log in (`hf auth login` or HF_TOKEN), or {local}"
+        )
     if isinstance(cause, RevisionNotFoundError):
-        return "revision", (f"{repo_id} has no revision {revision!r}: set weights_revision to an existing "
-                            f"commit, branch or tag (e.g. --set weights_revision=main), or {local}")
+        return "revision", (
+            f"{repo_id} has no revision {revision!r}: set weights_revision to an existing "
+            f"commit, branch or tag (e.g. --set weights_revision=main), or {local}"
+        )
     if isinstance(cause, EntryNotFoundError) and not isinstance(cause, LocalEntryNotFoundError):
         return "no_file", f"{at} has no file {filename}: check weights_revision and the file name, or {local}"
     if status in (401, 403):
-        return "unauthorised", (f"the hub refused {filename} of {at} (HTTP {status}): log in with a token that "
-                                f"can read it (`hf auth login` or HF_TOKEN), or {local}")
+        return "unauthorised", (
+            f"the hub refused {filename} of {at} (HTTP {status}): log in with a token that "
+            f"can read it (`hf auth login` or HF_TOKEN), or {local}"
+        )
     if status is not None:
         return "http", f"the hub answered HTTP {status} for {filename} of {at}; retry later, or {local}"
     offline = os.environ.get("HF_HUB_OFFLINE", "unset")
-    return "offline", (f"could not fetch {filename} from the Hugging Face repo {at}: the hub is offline or "
-                       f"unreachable (HF_HUB_OFFLINE={offline}, {type(cause).__name__}); {local}")
+    return "offline", (
+        f"could not fetch {filename} from the Hugging Face repo {at}: the hub is offline or "
+        f"unreachable (HF_HUB_OFFLINE={offline}, {type(cause).__name__}); {local}"
+    )
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pt``/``.pth`` file (weights only, memory-mapped)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return load_file(str(path))
     if path.suffix not in (".pt", ".pth"):
-        raise PretrainedSourceError(f"{path}: unsupported checkpoint type {path.suffix!r}; "
-                                    f"use one of {', '.join(_CHECKPOINT_SUFFIXES)}")
+        raise PretrainedSourceError(
+            f"{path}: unsupported checkpoint type {path.suffix!r}; use one of {', '.join(_CHECKPOINT_SUFFIXES)}"
+        )
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointMismatchError(f"{path}: not a weights-only checkpoint (it pickles arbitrary objects, "
-                                      f"which torch.load(weights_only=True) refuses): {exc}") from exc
+        raise CheckpointMismatchError(
+            f"{path}: not a weights-only checkpoint (it pickles arbitrary objects, "
+            f"which torch.load(weights_only=True) refuses): {exc}"
+        ) from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatchError(f"{path}: expected a state dict of tensors (or {{'model': state_dict}}), "
-                                      f"got {type(obj).__name__}")
+        raise CheckpointMismatchError(
+            f"{path}: expected a state dict of tensors (or {{'model': state_dict}}), got {type(obj).__name__}"
+        )
     return obj
 
 
@@ -183,11 +205,12 @@ def _strip_fixture_prefix(state_dict: dict[str, torch.Tensor], report: LoadRepor
     other = sorted(k for k in state_dict if not k.startswith(_FIXTURE_PREFIX))
     if other:
         report.ignored["non-model fixture"] = other
-    return {k[len(_FIXTURE_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_FIXTURE_PREFIX)}
+    return {k[len(_FIXTURE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(_FIXTURE_PREFIX)}
 
 
-def load_state_dict_checked(model: VGGT, state_dict: dict[str, torch.Tensor], path: str = "<state dict>",
-                            assign: bool = False) -> LoadReport:
+def load_state_dict_checked(
+    model: VGGT, state_dict: dict[str, torch.Tensor], path: str = "<state dict>", assign: bool = False
+) -> LoadReport:
     """Load ``state_dict`` into ``model`` under the key policy of this module; returns what was ignored."""
     report = LoadReport(path=path)
     state_dict = _strip_fixture_prefix(state_dict, report)
@@ -205,19 +228,24 @@ def load_state_dict_checked(model: VGGT, state_dict: dict[str, torch.Tensor], pa
         else:
             report.ignored.setdefault(f"{head}_head (not built)", []).append(key)
     missing = [k for k in expected if k not in usable]
-    mismatched = [f"{k}: checkpoint {tuple(usable[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in usable if usable[k].shape != expected[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(usable[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in usable
+        if usable[k].shape != expected[k].shape
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_preview(missing)}")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches (wrong config? e.g. config='tiny'): "
-                        f"{_preview(mismatched)}")
+        problems.append(
+            f"{len(mismatched)} shape mismatches (wrong config? e.g. config='tiny'): {_preview(mismatched)}"
+        )
     if problems:
-        raise CheckpointMismatchError(f"{path} does not fit VGGT(enabled heads {list(model.config.enabled_heads)}): "
-                                      + "; ".join(problems))
+        raise CheckpointMismatchError(
+            f"{path} does not fit VGGT(enabled heads {list(model.config.enabled_heads)}): " + "; ".join(problems)
+        )
     model.load_state_dict(usable, strict=True, assign=assign)
     report.loaded = len(usable)
     return report
@@ -228,10 +256,15 @@ def _preview(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_pretrained(source: str | os.PathLike = DEFAULT_REPO_ID, config: VGGTConfig | str | None = None,
-                    heads: Iterable[str] | None = None, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = torch.float32, filename: str = DEFAULT_FILENAME,
-                    revision: str | None = None) -> VGGT:
+def load_pretrained(
+    source: str | os.PathLike = DEFAULT_REPO_ID,
+    config: VGGTConfig | str | None = None,
+    heads: Iterable[str] | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = torch.float32,
+    filename: str = DEFAULT_FILENAME,
+    revision: str | None = None,
+) -> VGGT:
     """Build a VGGT and load pretrained weights into it (see the module docstring for the rules).
 
     ``config``: a ``VGGTConfig``, a preset name (``"vggt-1b"``, ``"tiny"``) or None (VGGT-1B).

@@ -5,7 +5,7 @@ The track head is not built; its checkpoint keys are reported as ignored by ``lo
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -26,17 +26,27 @@ class VGGT(nn.Module):
         c = config
         self.aggregator = Aggregator(c)
         # Registration order (camera, point, depth) = official state_dict order.
-        self.camera_head = CameraHead(c.head_dim_in, c.camera_trunk_depth, c.camera_num_heads, c.mlp_ratio,
-                                      init_values=c.init_values) if c.enable_camera else None
+        self.camera_head = (
+            CameraHead(c.head_dim_in, c.camera_trunk_depth, c.camera_num_heads, c.mlp_ratio, init_values=c.init_values)
+            if c.enable_camera
+            else None
+        )
         self.point_head = self._dpt(c, output_dim=4, activation="inv_log") if c.enable_point else None
         self.depth_head = self._dpt(c, output_dim=2, activation="exp") if c.enable_depth else None
         self.set_activation_checkpointing(c.activation_checkpointing)
 
     @staticmethod
     def _dpt(c: VGGTConfig, output_dim: int, activation: str) -> DPTHead:
-        return DPTHead(c.head_dim_in, c.patch_size, output_dim=output_dim, activation=activation,
-                       conf_activation="expp1", features=c.dpt_features, out_channels=c.dpt_out_channels,
-                       intermediate_layer_idx=c.intermediate_layer_idx)
+        return DPTHead(
+            c.head_dim_in,
+            c.patch_size,
+            output_dim=output_dim,
+            activation=activation,
+            conf_activation="expp1",
+            features=c.dpt_features,
+            out_channels=c.dpt_out_channels,
+            intermediate_layer_idx=c.intermediate_layer_idx,
+        )
 
     def set_activation_checkpointing(self, enabled: bool, dpt_checkpoint_frames: int = 1) -> None:
         """Recompute in backward instead of storing: every DINO / frame / global block (train mode)
@@ -73,12 +83,14 @@ class VGGT(nn.Module):
                 predictions["pose_enc"] = pose_enc_list[-1]
                 predictions["pose_enc_list"] = pose_enc_list
             if self.depth_head is not None:
-                depth, depth_conf = self.depth_head(aggregated, head_images, patch_start_idx,
-                                                    frames_chunk_size=c.dpt_frames_chunk_size)
+                depth, depth_conf = self.depth_head(
+                    aggregated, head_images, patch_start_idx, frames_chunk_size=c.dpt_frames_chunk_size
+                )
                 predictions["depth"], predictions["depth_conf"] = depth, depth_conf
             if self.point_head is not None:
-                points, points_conf = self.point_head(aggregated, head_images, patch_start_idx,
-                                                      frames_chunk_size=c.dpt_frames_chunk_size)
+                points, points_conf = self.point_head(
+                    aggregated, head_images, patch_start_idx, frames_chunk_size=c.dpt_frames_chunk_size
+                )
                 predictions["world_points"], predictions["world_points_conf"] = points, points_conf
         if not self.training:
             predictions["images"] = images

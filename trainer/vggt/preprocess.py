@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -61,20 +61,21 @@ def preprocess_image(image: ImageLike, mode: str = "crop", target_size: int = 51
     rgb = _open_rgb(image)
     new_w, new_h = resized_size(*rgb.size, mode=mode, target_size=target_size)
     if new_w <= 0 or new_h <= 0:
-        raise ValueError(f"image {getattr(image, 'filename', '') or image} of size {rgb.size} is too "
-                         f"elongated: it would resize to {new_w}x{new_h}")
+        raise ValueError(
+            f"image {getattr(image, 'filename', '') or image} of size {rgb.size} is too "
+            f"elongated: it would resize to {new_w}x{new_h}"
+        )
     rgb = rgb.resize((new_w, new_h), Image.Resampling.BICUBIC)
     tensor = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
     if mode == "crop" and new_h > target_size:
         start = (new_h - target_size) // 2
-        tensor = tensor[:, start:start + target_size]
+        tensor = tensor[:, start : start + target_size]
     if mode == "pad":
         tensor = _pad_white(tensor, target_size, target_size)
     return tensor
 
 
-def load_and_preprocess_images(images: Sequence[ImageLike], mode: str = "crop",
-                               target_size: int = 518) -> torch.Tensor:
+def load_and_preprocess_images(images: Sequence[ImageLike], mode: str = "crop", target_size: int = 518) -> torch.Tensor:
     """Paths or PIL images -> ``[N,3,H,W]`` float32 in [0,1] (see the module docstring)."""
     if len(images) == 0:
         raise ValueError("at least one image is required")
@@ -83,7 +84,8 @@ def load_and_preprocess_images(images: Sequence[ImageLike], mode: str = "crop",
     if len(shapes) > 1:
         max_h = max(h for h, _ in shapes)
         max_w = max(w for _, w in shapes)
-        warnings.warn(f"images have different shapes {sorted(shapes)}; padding all to {max_h}x{max_w} with white",
-                      stacklevel=2)
+        warnings.warn(
+            f"images have different shapes {sorted(shapes)}; padding all to {max_h}x{max_w} with white", stacklevel=2
+        )
         tensors = [_pad_white(t, max_h, max_w) for t in tensors]
     return torch.stack(tensors)

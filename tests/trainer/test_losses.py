@@ -21,7 +21,7 @@ from trainer.losses import (
     prepare_batch,
 )
 
-FIXTURE = Path(__file__).parent / "assets" / "vggt_tiny_reference.safetensors"
+FIXTURE = Path(__file__).parents[1] / "assets" / "vggt_tiny_reference.safetensors"
 NORMALIZED = ("extrinsics", "cam_points", "world_points", "depths")
 OUT_KEYS = ("loss_camera", "loss_T", "loss_R", "loss_FL", "loss_conf_depth", "loss_reg_depth", "loss_grad_depth")
 POINT_KEYS = ("loss_conf_point", "loss_reg_point", "loss_grad_point")
@@ -64,8 +64,11 @@ def shard_batch(ref):
 @pytest.fixture(scope="module")
 def official_batch(ref):
     """Exactly the batch the official losses saw (stored normalised GT)."""
-    batch = {"images": ref["case_a.images_u8"].float() / 255, "point_masks": ref["loss.batch.point_masks"],
-             "intrinsics": ref["loss.batch.intrinsics"]}
+    batch = {
+        "images": ref["case_a.images_u8"].float() / 255,
+        "point_masks": ref["loss.batch.point_masks"],
+        "intrinsics": ref["loss.batch.intrinsics"],
+    }
     batch.update({name: ref[f"loss.normalized.{name}"] for name in NORMALIZED})
     return batch
 
@@ -85,9 +88,14 @@ def stored_predictions(ref, requires_grad: bool = False) -> dict:
 
 
 def test_normalize_gt_matches_official(ref):
-    mine = normalize_gt(ref["loss.batch.extrinsics"], ref["loss.batch.cam_points"], ref["loss.batch.world_points"],
-                        ref["loss.batch.depths"], ref["loss.batch.point_masks"])
-    for name, tensor in zip(NORMALIZED, mine):
+    mine = normalize_gt(
+        ref["loss.batch.extrinsics"],
+        ref["loss.batch.cam_points"],
+        ref["loss.batch.world_points"],
+        ref["loss.batch.depths"],
+        ref["loss.batch.point_masks"],
+    )
+    for name, tensor in zip(NORMALIZED, mine, strict=True):
         assert rel_err(tensor, ref[f"loss.normalized.{name}"]) < NORMALIZE_REL, name
 
 
@@ -104,8 +112,9 @@ def test_prepare_batch_matches_official_and_its_invariants(ref, shard_batch):
     mean_distance = (prepared["world_points"].norm(dim=-1) * masks).sum((1, 2, 3)) / masks.sum((1, 2, 3))
     torch.testing.assert_close(mean_distance, torch.ones(2), atol=1e-6, rtol=0)
     torch.testing.assert_close(prepared["normalization_scale"], torch.tensor([3.66, 4.30]), atol=5e-3, rtol=0)
-    torch.testing.assert_close(prepared["metric_depths"] / prepared["normalization_scale"][:, None, None, None],
-                               prepared["depths"])
+    torch.testing.assert_close(
+        prepared["metric_depths"] / prepared["normalization_scale"][:, None, None, None], prepared["depths"]
+    )
 
 
 def test_normalisation_removes_a_global_similarity(shard_batch):

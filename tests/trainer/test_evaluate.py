@@ -37,15 +37,23 @@ def synthetic_batch(seed: int, scenes: list[str]) -> dict:
             r = rotation([0.2, 1.0, 0.1 * s], 8.0 * s + 3 * b)
             centre = torch.tensor([0.4 * s, 0.1 * b, -2.0], dtype=torch.float64)
             extrinsics[b, s] = torch.cat([r, (-r @ centre)[:, None]], -1).float()
-    intrinsics = torch.tensor([[40.0, 0, (WIDTH - 1) / 2], [0, 41.0, (HEIGHT - 1) / 2], [0, 0, 1]]).expand(
-        batch_size, FRAMES, 3, 3).clone()
+    intrinsics = (
+        torch.tensor([[40.0, 0, (WIDTH - 1) / 2], [0, 41.0, (HEIGHT - 1) / 2], [0, 0, 1]])
+        .expand(batch_size, FRAMES, 3, 3)
+        .clone()
+    )
     depths = 2 + 3 * torch.rand(batch_size, FRAMES, HEIGHT, WIDTH, generator=gen)
     masks = torch.rand(batch_size, FRAMES, HEIGHT, WIDTH, generator=gen) > 0.25
     depths = torch.where(masks, depths, torch.zeros_like(depths))
     images = torch.randint(0, 256, (batch_size, FRAMES, 3, HEIGHT, WIDTH), generator=gen, dtype=torch.uint8)
     return {
-        "images": images, "depths": depths, "point_masks": masks, "extrinsics": extrinsics, "intrinsics": intrinsics,
-        "keys": [f"{scene}_{seed:05d}" for scene in scenes], "scenes": scenes,
+        "images": images,
+        "depths": depths,
+        "point_masks": masks,
+        "extrinsics": extrinsics,
+        "intrinsics": intrinsics,
+        "keys": [f"{scene}_{seed:05d}" for scene in scenes],
+        "scenes": scenes,
         "names": [[f"IMG_{seed}_{s}.JPG" for s in range(FRAMES)] for _ in scenes],
     }
 
@@ -64,8 +72,9 @@ class ScriptedModel(torch.nn.Module):
             extrinsics = prepared["extrinsics"].clone()
             extrinsics[:, -1, :, :3] = rotation([0, 0, 1], yaw_error_deg).float() @ extrinsics[:, -1, :, :3]
             pose_enc = extri_intri_to_pose_encoding(extrinsics, prepared["intrinsics"], (HEIGHT, WIDTH))
-            self.outputs.append({"depth": depth[..., None], "depth_conf": 1 + depth, "pose_enc": pose_enc,
-                                 "pose_enc_list": [pose_enc]})
+            self.outputs.append(
+                {"depth": depth[..., None], "depth_conf": 1 + depth, "pose_enc": pose_enc, "pose_enc_list": [pose_enc]}
+            )
         self.calls = 0
 
     def forward(self, images):
@@ -85,21 +94,26 @@ def test_report_metrics_and_pictures(tmp_path, batches):
     base = ScriptedModel(batches, [3.0, 6.0, 3.0], yaw_error_deg=10.0)  # frame 1 twice too far, last camera yawed
     metrics = evaluate(base, adapter, batches, tmp_path, alignment="sequence", max_pictures=1)
 
-    assert metrics["counts"] == {"windows": 3, "frames": 9, "frames_with_depth": 9,
-                                 "pixels": int(sum(b["point_masks"].sum() for b in batches)), "pairs": 9}
+    assert metrics["counts"] == {
+        "windows": 3,
+        "frames": 9,
+        "frames_with_depth": 9,
+        "pixels": int(sum(b["point_masks"].sum() for b in batches)),
+        "pairs": 9,
+    }
     overall = metrics["overall"]
     assert overall["adapter"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
     assert overall["adapter"]["delta1"] == 1.0
     assert overall["adapter"]["auc@30"] == 1.0 and overall["adapter"]["rot_err_deg"] == pytest.approx(0, abs=1e-3)
     # Base in metres is factor_f x GT, so with the window's median scale s, AbsRel of frame f = |factor_f s - 1|.
     factors = torch.tensor([3.0, 6.0, 3.0])
-    for b, batch in enumerate(batches):
+    for batch in batches:
         for item, key in enumerate(batch["keys"]):
             gt, mask = batch["depths"][item].double(), batch["point_masks"][item]
             pred = factors[:, None, None].double() * gt
             s = np.median(gt[mask].numpy()) / np.median(pred[mask].numpy())
             records = sorted((f for f in metrics["frames"] if f["key"] == key), key=lambda f: f["frame"])
-            for f, record in zip(factors.tolist(), records):
+            for f, record in zip(factors.tolist(), records, strict=True):
                 assert record["base"]["abs_rel"] == pytest.approx(abs(f * s - 1), rel=1e-5, abs=1e-6)
                 assert record["base"]["fit_scale"] == pytest.approx(s, rel=1e-6)
     assert overall["base"]["abs_rel"] > 0.1
@@ -184,16 +198,29 @@ def write_val_shard(directory, batch) -> None:
             for s in range(FRAMES):
                 rgb = batch["images"][item, s].permute(1, 2, 0).contiguous().numpy()
                 add(tar, f"{key}.f{s}.jpg", simplejpeg.encode_jpeg(rgb, quality=95, colorspace="RGB"))
-            for member, array in (("depth", batch["depths"][item].numpy()),
-                                  ("mask", batch["point_masks"][item].numpy().astype(np.uint8))):
+            for member, array in (
+                ("depth", batch["depths"][item].numpy()),
+                ("mask", batch["point_masks"][item].numpy().astype(np.uint8)),
+            ):
                 buffer = io.BytesIO()
                 np.save(buffer, array)
                 add(tar, f"{key}.{member}.npy", buffer.getvalue())
-            cameras = {"format": "eth3d-vggt-shards/1", "scene": batch["scenes"][item], "split": "val", "window": item,
-                       "image_size": [HEIGHT, WIDTH],
-                       "frames": [{"name": batch["names"][item][s], "index": s,
-                                   "K": batch["intrinsics"][item, s].tolist(),
-                                   "extrinsics": batch["extrinsics"][item, s].tolist()} for s in range(FRAMES)]}
+            cameras = {
+                "format": "eth3d-vggt-shards/1",
+                "scene": batch["scenes"][item],
+                "split": "val",
+                "window": item,
+                "image_size": [HEIGHT, WIDTH],
+                "frames": [
+                    {
+                        "name": batch["names"][item][s],
+                        "index": s,
+                        "K": batch["intrinsics"][item, s].tolist(),
+                        "extrinsics": batch["extrinsics"][item, s].tolist(),
+                    }
+                    for s in range(FRAMES)
+                ],
+            }
             add(tar, f"{key}.cameras.json", json.dumps(cameras).encode())
 
 
@@ -201,10 +228,10 @@ def test_eval_command_on_shards_and_adapter(tmp_path):
     """`python -m trainer eval` on written shards with a saved tiny-model adapter (random-init base, seed 0)."""
     from click.testing import CliRunner
 
+    from trainer.builders import build_model, seed_everything
     from trainer.cli import main
     from trainer.config import LoraConfig
     from trainer.lora import apply_strategy, save_adapter
-    from trainer.builders import build_model, seed_everything
 
     write_val_shard(tmp_path / "shards", synthetic_batch(3, ["terrace", "facade"]))
     seed_everything(0)
@@ -215,9 +242,22 @@ def test_eval_command_on_shards_and_adapter(tmp_path):
                 param.normal_(0, 0.05)  # a trained-looking adapter (B starts at 0)
     save_adapter(peft_model, tmp_path / "adapter", {"model": "tiny", "weights": None, "strategy": "b", "step": 7})
 
-    result = CliRunner().invoke(main, ["eval", "--shards", str(tmp_path / "shards"), "--adapter",
-                                       str(tmp_path / "adapter"), "--out", str(tmp_path / "report"),
-                                       "--max-pictures", "1", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--shards",
+            str(tmp_path / "shards"),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "report"),
+            "--max-pictures",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "2 frames" not in result.output and "6 frames: AbsRel base" in result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
@@ -226,7 +266,9 @@ def test_eval_command_on_shards_and_adapter(tmp_path):
     assert metrics["overall"]["base"]["abs_rel"] != metrics["overall"]["adapter"]["abs_rel"]
     # The base the command rebuilt is the one the adapter was made on (same seed): with the adapter
     # disabled, the frozen model reproduces its predictions.
-    direct = evaluate(None, peft_model, [synthetic_batch(3, ["terrace", "facade"])], tmp_path / "direct", max_pictures=0)
+    direct = evaluate(
+        None, peft_model, [synthetic_batch(3, ["terrace", "facade"])], tmp_path / "direct", max_pictures=0
+    )
     assert metrics["overall"]["base"]["abs_rel"] == pytest.approx(direct["overall"]["base"]["abs_rel"], rel=1e-3)
     assert metrics["overall"]["adapter"]["abs_rel"] == pytest.approx(direct["overall"]["adapter"]["abs_rel"], rel=1e-3)
     assert (tmp_path / "report" / "report.md").read_text().count("![") == 2

@@ -8,14 +8,23 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import load_config
 from tests.tolerance import FORWARD_OPS, assert_within_rounding
-from trainer.lora import (apply_strategy, expand_targets, load_adapter, lora_size, merge, param_counts_on_meta,
-                          read_adapter_info, resolve_targets, save_adapter)
 from trainer.builders import build_model
+from trainer.config import load_config
+from trainer.lora import (
+    apply_strategy,
+    expand_targets,
+    load_adapter,
+    lora_size,
+    merge,
+    param_counts_on_meta,
+    read_adapter_info,
+    resolve_targets,
+    save_adapter,
+)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY_WEIGHTS = Path(__file__).resolve().parent / "assets" / "vggt_tiny_reference.safetensors"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "vggt_tiny_reference.safetensors"
 
 
 def strategy(name: str):
@@ -59,14 +68,16 @@ def test_only_lora_trains_and_conv_transpose_stays_frozen(tiny_base):
     names = resolve_targets(tiny_base, cfg)
     assert "aggregator.frame_blocks.2.attn.qkv" in names and "aggregator.global_blocks.3.mlp.fc2" in names
     assert "aggregator.frame_blocks.1.attn.qkv" not in names  # lower half of the 4 tiny blocks
-    assert not any(n.startswith("depth_head.resize_layers.0") or n.startswith("depth_head.resize_layers.1")
-                   for n in names)  # ConvTranspose2d
+    assert not any(
+        n.startswith("depth_head.resize_layers.0") or n.startswith("depth_head.resize_layers.1") for n in names
+    )  # ConvTranspose2d
     assert "depth_head.resize_layers.3" in names  # the Conv2d downsampler
     model = apply_strategy(copy.deepcopy(tiny_base), cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == sum(
-        lora_size(tiny_base.get_submodule(n), 16) for n in names)
+        lora_size(tiny_base.get_submodule(n), 16) for n in names
+    )
 
 
 def test_a_regex_that_matches_nothing_is_an_error(tiny_base):
@@ -100,7 +111,10 @@ def test_adapter_round_trip_and_merge(tiny_base, tmp_path):
 
     save_adapter(model, tmp_path / "adapter", {"model": "tiny", "weights": str(TINY_WEIGHTS), "strategy": "c"})
     assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {
-        "adapter_config.json", "adapter_model.safetensors", "vggt_adapter.json"}
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "vggt_adapter.json",
+    }
     assert read_adapter_info(tmp_path / "adapter")["weights"] == str(TINY_WEIGHTS)
     reloaded = load_adapter(copy.deepcopy(tiny_base), tmp_path / "adapter").eval()
     saved, loaded = model.state_dict(), reloaded.state_dict()

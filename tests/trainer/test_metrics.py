@@ -122,7 +122,7 @@ def test_masked_median_even_count():
 
 def extrinsics_from(rotations, centres):
     """Camera-from-world [R | -R C] for camera centres C."""
-    return torch.stack([torch.cat([r, (-r @ c)[:, None]], -1) for r, c in zip(rotations, centres)])
+    return torch.stack([torch.cat([r, (-r @ c)[:, None]], -1) for r, c in zip(rotations, centres, strict=True)])
 
 
 def test_known_rotation_error_of_ten_degrees():
@@ -132,8 +132,9 @@ def test_known_rotation_error_of_ten_degrees():
     pred = extrinsics_from([torch.eye(3, dtype=torch.float64), rot_x(20), rot_z(10) @ rot_z(-30)], centres)
     errors = relative_pose_errors(pred, gt)
     # Pairs (0,1), (0,2), (1,2): only the pairs involving camera 2 are 10 degrees off in rotation.
-    torch.testing.assert_close(errors["rot_err_deg"], torch.tensor([0.0, 10.0, 10.0], dtype=torch.float64),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        errors["rot_err_deg"], torch.tensor([0.0, 10.0, 10.0], dtype=torch.float64), atol=1e-6, rtol=0
+    )
     assert errors["trans_err_deg"][0].item() == pytest.approx(0.0, abs=1e-6)
     assert errors["trans_err_deg"][1].item() > 1.0  # rotating camera 2 turns its view of the others
 
@@ -148,7 +149,9 @@ def test_translation_direction_error_and_scale_invariance():
     assert errors["rot_err_deg"].item() == pytest.approx(0.0, abs=1e-6)
     # A flipped baseline is 180 degrees, or 0 under the paper's sign-ambiguity convention.
     flipped = extrinsics_from(rotations, [centres_gt[0], -centres_gt[1]])
-    assert relative_pose_errors(flipped, extrinsics_from(rotations, centres_gt))["trans_err_deg"].item() == pytest.approx(0.0)
+    assert relative_pose_errors(flipped, extrinsics_from(rotations, centres_gt))[
+        "trans_err_deg"
+    ].item() == pytest.approx(0.0)
     strict = relative_pose_errors(flipped, extrinsics_from(rotations, centres_gt), translation_sign_ambiguity=False)
     assert strict["trans_err_deg"].item() == pytest.approx(180.0)
 

@@ -24,7 +24,7 @@ from trainer.vggt import (
     preprocess_image,
 )
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 FIXTURE = ASSETS / "vggt_tiny_reference.safetensors"
 SMALL = VGGTConfig.tiny(depth=2, dino_depth=1, camera_trunk_depth=1, intermediate_layer_idx=(0, 1, 1, 1))
 
@@ -105,8 +105,10 @@ def test_track_and_disabled_head_keys_are_ignored_and_reported(tmp_path, source_
     model = load_pretrained(path, config=SMALL, heads=("camera", "depth"))
     assert model.point_head is None and model.depth_head is not None
     ignored = model.load_report.ignored
-    assert sorted(ignored["track_head (not built)"]) == ["track_head.feature_extractor.norm.weight",
-                                                         "track_head.tracker.updateformer.virual_tracks"]
+    assert sorted(ignored["track_head (not built)"]) == [
+        "track_head.feature_extractor.norm.weight",
+        "track_head.tracker.updateformer.virual_tracks",
+    ]
     assert sorted(ignored["point_head (not built)"]) == sorted(k for k in source_state if k.startswith("point_head."))
     assert_same_weights(model, {k: v for k, v in source_state.items() if not k.startswith("point_head.")})
 
@@ -143,9 +145,11 @@ def test_missing_local_file_and_dtype(tmp_path, source_state):
 
 
 def test_offline_hub_tells_user_to_pass_a_local_path(tmp_path):
-    code = ("from trainer.vggt import load_pretrained\n"
-            "try:\n    load_pretrained('facebook/VGGT-1B')\n"
-            "except Exception as exc:\n    print(type(exc).__name__)\n    print(exc)\n")
+    code = (
+        "from trainer.vggt import load_pretrained\n"
+        "try:\n    load_pretrained('facebook/VGGT-1B')\n"
+        "except Exception as exc:\n    print(type(exc).__name__)\n    print(exc)\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_CACHE", None)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -158,16 +162,20 @@ def test_offline_hub_tells_user_to_pass_a_local_path(tmp_path):
 
 # ---------------------------------------------------------------- preprocessing (official loader rules)
 
+
 def solid(width: int, height: int, value=(0, 0, 0), mode="RGB") -> Image.Image:
     return Image.new(mode, (width, height), value)
 
 
-@pytest.mark.parametrize("size, expected_hw", [
-    ((1000, 750), (392, 518)),  # round(750 * 0.518 / 14) = round(27.75) = 28 -> 392
-    ((74, 5), (28, 518)),       # 5 * 7 / 14 = 2.5 -> banker's rounding to 2 -> 28 (not 42)
-    ((74, 7), (56, 518)),       # 3.5 -> 4 -> 56
-    ((100, 200), (518, 518)),   # 1036 high, centre-cropped to 518
-])
+@pytest.mark.parametrize(
+    "size, expected_hw",
+    [
+        ((1000, 750), (392, 518)),  # round(750 * 0.518 / 14) = round(27.75) = 28 -> 392
+        ((74, 5), (28, 518)),  # 5 * 7 / 14 = 2.5 -> banker's rounding to 2 -> 28 (not 42)
+        ((74, 7), (56, 518)),  # 3.5 -> 4 -> 56
+        ((100, 200), (518, 518)),  # 1036 high, centre-cropped to 518
+    ],
+)
 def test_crop_mode_sizes(size, expected_hw):
     assert preprocess_image(solid(*size), mode="crop").shape == (3, *expected_hw)
 

@@ -10,7 +10,7 @@ import torch
 from trainer.config import load_config
 from trainer.memory import LiveTensorBytes, estimate_step_memory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_live_bytes_counts_storages_once_and_releases_them():
@@ -37,7 +37,9 @@ def traces():
     """Strategy B on the tiny model, 2 frames of 56²: {(checkpointing, fake): StepMemory}."""
     out = {}
     for checkpointing in (True, False):
-        cfg = load_config(ROOT / "configs" / "strategy_b.yaml", ["model=tiny", f"activation_checkpointing={checkpointing}"])
+        cfg = load_config(
+            ROOT / "configs" / "strategy_b.yaml", ["model=tiny", f"activation_checkpointing={checkpointing}"]
+        )
         for fake in (True, False):
             out[checkpointing, fake] = estimate_step_memory(cfg, frames=2, size=56, fake=fake)
     return out
@@ -74,8 +76,20 @@ def test_memory_cli():
     from trainer.cli import main
 
     runner = CliRunner()
-    ok = runner.invoke(main, ["memory", "--config", str(ROOT / "configs/strategy_a.yaml"), "--model", "tiny",
-                              "--frames", "2", "--size", "28"])
+    ok = runner.invoke(
+        main,
+        [
+            "memory",
+            "--config",
+            str(ROOT / "configs/strategy_a.yaml"),
+            "--model",
+            "tiny",
+            "--frames",
+            "2",
+            "--size",
+            "28",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "strategy a, batch 1 x 2 frames x 28²" in ok.output and "peak tensor memory" in ok.output
     bad = runner.invoke(main, ["memory", "--config", str(ROOT / "configs/strategy_a.yaml"), "--size", "50"])

@@ -17,7 +17,7 @@ from trainer.vggt import VGGT, VGGTConfig
 from trainer.vggt.dpt import uv_sincos_embedding
 from trainer.vggt.layers import RotaryEmbedding2D, apply_rope_2d
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 FIXTURE = ASSETS / "vggt_tiny_reference.safetensors"
 FLOAT_RULE = 1e-5  # max|mine - ref| / max|ref|, from the fixture's how_to_compare
 
@@ -30,7 +30,7 @@ def fixture_tensors() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def tiny_model(fixture_tensors) -> VGGT:
     model = VGGT(VGGTConfig.tiny())
-    weights = {k[len("model."):]: v for k, v in fixture_tensors.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in fixture_tensors.items() if k.startswith("model.")}
     model.load_state_dict(weights, strict=True)
     return model.eval()
 
@@ -64,7 +64,7 @@ def run_case(model: VGGT, tensors: dict, case: str) -> dict[str, torch.Tensor]:
 def test_matches_official_outputs(tiny_model, fixture_tensors, case):
     """Case A: B=2, S=3, 56x84 (pos-embed interpolation, non-square DPT). Case B: 518x518."""
     mine = run_case(tiny_model, fixture_tensors, case)
-    stored = sorted(k[len(case) + 1:] for k in fixture_tensors if k.startswith(case + ".") and "images_u8" not in k)
+    stored = sorted(k[len(case) + 1 :] for k in fixture_tensors if k.startswith(case + ".") and "images_u8" not in k)
     assert len(stored) == (14 if case == "case_a" else 9)
     errors = {}
     for name in stored:
@@ -80,8 +80,15 @@ def test_eval_output_dict_and_batch_dim(tiny_model, fixture_tensors):
     images = fixture_tensors["case_a.images_u8"][0].float() / 255.0  # [S,3,H,W]
     with torch.no_grad():
         out = tiny_model(images)
-    assert set(out) == {"pose_enc", "pose_enc_list", "depth", "depth_conf", "world_points",
-                        "world_points_conf", "images"}
+    assert set(out) == {
+        "pose_enc",
+        "pose_enc_list",
+        "depth",
+        "depth_conf",
+        "world_points",
+        "world_points_conf",
+        "images",
+    }
     assert out["images"].shape == (1, 3, 3, 56, 84)
     assert out["depth"].shape == (1, 3, 56, 84, 1) and out["world_points"].shape == (1, 3, 56, 84, 3)
     assert len(out["pose_enc_list"]) == 4 and torch.equal(out["pose_enc_list"][-1], out["pose_enc"])
@@ -101,7 +108,7 @@ def test_rejects_bad_input(tiny_model):
 
 def test_state_dict_order_and_param_count_match_fixture():
     meta = json.loads((ASSETS / "vggt_tiny_reference.json").read_text())
-    official = [e["key"][len("model."):] for e in meta["keys"] if e["key"].startswith("model.")]
+    official = [e["key"][len("model.") :] for e in meta["keys"] if e["key"].startswith("model.")]
     model = VGGT(VGGTConfig.tiny())
     assert list(model.state_dict()) == official
     assert sum(p.numel() for p in model.parameters()) == meta["model"]["parameter_count"] == 1_609_144
@@ -137,16 +144,29 @@ def test_lora_targets_are_plain_linear_and_conv():
     with torch.device("meta"):
         model = VGGT(VGGTConfig())
     modules = dict(model.named_modules())
-    for name in ("aggregator.frame_blocks.12.attn.qkv", "aggregator.global_blocks.23.mlp.fc2",
-                 "aggregator.patch_embed.blocks.0.attn.proj", "camera_head.trunk.3.attn.qkv",
-                 "camera_head.poseLN_modulation.1", "camera_head.pose_branch.fc1", "camera_head.embed_pose"):
+    for name in (
+        "aggregator.frame_blocks.12.attn.qkv",
+        "aggregator.global_blocks.23.mlp.fc2",
+        "aggregator.patch_embed.blocks.0.attn.proj",
+        "camera_head.trunk.3.attn.qkv",
+        "camera_head.poseLN_modulation.1",
+        "camera_head.pose_branch.fc1",
+        "camera_head.embed_pose",
+    ):
         assert type(modules[name]) is nn.Linear, name
     assert type(modules["depth_head.scratch.refinenet1.resConfUnit1.conv1"]) is nn.Conv2d
     # Counts from the spec's LoRA table: 48 aggregator blocks x 4 Linears + 20 camera Linears;
     # 30 plain Conv2d in the DPT depth head.
-    linear_c = [n for n, m in modules.items() if type(m) is nn.Linear and
-                (n.startswith("aggregator.frame_blocks") or n.startswith("aggregator.global_blocks")
-                 or n.startswith("camera_head"))]
+    linear_c = [
+        n
+        for n, m in modules.items()
+        if type(m) is nn.Linear
+        and (
+            n.startswith("aggregator.frame_blocks")
+            or n.startswith("aggregator.global_blocks")
+            or n.startswith("camera_head")
+        )
+    ]
     assert len(linear_c) == 212
     assert sum(type(m) is nn.Conv2d for n, m in modules.items() if n.startswith("depth_head")) == 30
 
@@ -179,7 +199,7 @@ def test_dpt_frame_chunking_gives_the_same_result(tiny_model, fixture_tensors):
         whole = tiny_model.depth_head(aggregated, images, start, frames_chunk_size=None)
         chunked = tiny_model.depth_head(aggregated, images, start, frames_chunk_size=2)
     # Same convolutions on fewer frames at a time: reductions of <= 64·9 terms through ~20 layers.
-    for got, want in zip(chunked[:2], whole[:2]):
+    for got, want in zip(chunked[:2], whole[:2], strict=True):
         assert_within_rounding(got, want, ops=64 * 9 * 20, what="chunked depth head")
 
 
@@ -199,8 +219,9 @@ def test_activation_checkpointing_same_gradients(monkeypatch, fixture_tensors):
     plain = grads()
     calls = []
     original = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
-                        lambda fn, *a, **k: calls.append((fn, k)) or original(fn, *a, **k))
+    monkeypatch.setattr(
+        torch.utils.checkpoint, "checkpoint", lambda fn, *a, **k: calls.append((fn, k)) or original(fn, *a, **k)
+    )
     model.set_activation_checkpointing(True)
     checkpointed = grads()
     # 2 DINO blocks + 2 frame + 2 global blocks, then the depth head one frame at a time; all non-reentrant.
@@ -234,11 +255,11 @@ def test_activation_checkpointing_same_gradients(monkeypatch, fixture_tensors):
 def test_bf16_autocast_close_to_fp32_with_fp32_heads(tiny_model, fixture_tensors):
     images = fixture_tensors["case_a.images_u8"][:1, :2, :, :28, :42].float() / 255.0
     head_dtypes = []
-    hook = tiny_model.depth_head.scratch.output_conv2.register_forward_hook(
-        lambda m, i, o: head_dtypes.append(o.dtype))
+    hook = tiny_model.depth_head.scratch.output_conv2.register_forward_hook(lambda m, i, o: head_dtypes.append(o.dtype))
     qkv_dtypes = []
     hook2 = tiny_model.aggregator.frame_blocks[0].attn.qkv.register_forward_hook(
-        lambda m, i, o: qkv_dtypes.append(o.dtype))
+        lambda m, i, o: qkv_dtypes.append(o.dtype)
+    )
     try:
         with torch.no_grad():
             ref = tiny_model(images)
@@ -272,7 +293,10 @@ def test_rope_is_relative_and_norm_preserving():
     assert_within_rounding(rq[1] @ rk[2], rq[3] @ rk[4], ops=36, worst_case=True, scale=scale, what="offset")
     with pytest.raises(AssertionError):  # another offset is far outside that bound
         assert_within_rounding(rq[1] @ rk[2], rq[1] @ rk[3], ops=36, worst_case=True, scale=scale)
-    pair_norm = lambda t: t.view(*t.shape[:-1], 2, 2, 4).square().sum(-2)  # noqa: E731
+
+    def pair_norm(t):
+        return t.view(*t.shape[:-1], 2, 2, 4).square().sum(-2)
+
     # cos² + sin² = 1 within 2·(1 + 8)·u32 per table entry, times the pair's squared norm
     assert_within_rounding(pair_norm(rq), pair_norm(q.expand(5, 16)), ops=18, worst_case=True, what="pair norms")
     # Hand value: y=3 rotates channel pair (0, 4) of the first half by 3 * 100^0 = 3 rad.
@@ -284,11 +308,11 @@ def test_uv_embedding_hand_values():
     emb = uv_sincos_embedding(1, 1, 8, aspect_ratio=1.0, device=torch.device("cpu"))
     assert torch.equal(emb[:, 0, 0], torch.tensor([0, 0, 1, 1, 0, 0, 1, 1], dtype=torch.float32))
     emb = uv_sincos_embedding(2, 3, 4, aspect_ratio=1.5, device=torch.device("cpu"))
-    span_x = 1.5 / math.sqrt(1.5 ** 2 + 1)
+    span_x = 1.5 / math.sqrt(1.5**2 + 1)
     u_left = -span_x * 2 / 3
-    assert math.isclose(emb[0, 0, 0].item(), math.sin(u_left), rel_tol=1e-6)   # sin(u * 100^0)
-    assert math.isclose(emb[1, 0, 1].item(), math.cos(0.0), rel_tol=1e-6)      # cos(u), centre column u = 0
-    v_bottom = (1 / math.sqrt(1.5 ** 2 + 1)) * 1 / 2
+    assert math.isclose(emb[0, 0, 0].item(), math.sin(u_left), rel_tol=1e-6)  # sin(u * 100^0)
+    assert math.isclose(emb[1, 0, 1].item(), math.cos(0.0), rel_tol=1e-6)  # cos(u), centre column u = 0
+    v_bottom = (1 / math.sqrt(1.5**2 + 1)) * 1 / 2
     assert math.isclose(emb[2, 1, 0].item(), math.sin(v_bottom), rel_tol=1e-6)
 
 

@@ -15,8 +15,17 @@ import simplejpeg
 import torch
 import webdataset as wds
 
-from trainer.data import (BUFFER_KEY, SHARD_FORMAT, ReleaseTracker, ShardError, SharedBuffers, decode_batch,
-                          decode_sample, index_tar_samples, make_loader)
+from trainer.data import (
+    BUFFER_KEY,
+    SHARD_FORMAT,
+    ReleaseTracker,
+    ShardError,
+    SharedBuffers,
+    decode_batch,
+    decode_sample,
+    index_tar_samples,
+    make_loader,
+)
 
 S, H, W = 3, 28, 42
 
@@ -37,10 +46,17 @@ def sample_members(index: int, depth_dtype: str = "<f4") -> dict[str, bytes]:
         buf = io.BytesIO()
         np.save(buf, array)
         members[name] = buf.getvalue()
-    frames = [{"name": f"IMG_{index}_{i}.JPG", "K": [[30.0 + i, 0, 21], [0, 31, 14], [0, 0, 1]],
-               "extrinsics": [[1, 0, 0, i], [0, 1, 0, index], [0, 0, 1, 0.5]]} for i in range(S)]
-    members["cameras.json"] = json.dumps({"format": SHARD_FORMAT, "scene": "hand", "image_size": [H, W],
-                                          "frames": frames}).encode()
+    frames = [
+        {
+            "name": f"IMG_{index}_{i}.JPG",
+            "K": [[30.0 + i, 0, 21], [0, 31, 14], [0, 0, 1]],
+            "extrinsics": [[1, 0, 0, i], [0, 1, 0, index], [0, 0, 1, 0.5]],
+        }
+        for i in range(S)
+    ]
+    members["cameras.json"] = json.dumps(
+        {"format": SHARD_FORMAT, "scene": "hand", "image_size": [H, W], "frames": frames}
+    ).encode()
     return members
 
 
@@ -59,16 +75,22 @@ def reference(members: dict[str, bytes]) -> dict[str, np.ndarray]:
     depth = np.load(io.BytesIO(members["depth.npy"])).astype(np.float32)
     mask = np.load(io.BytesIO(members["mask.npy"]))
     cams = json.loads(members["cameras.json"])
-    return {"images": np.stack([simplejpeg.decode_jpeg(members[f"f{i}.jpg"]) for i in range(S)]),
-            "depths": depth, "point_masks": (mask > 0) & (depth > 0),
-            "extrinsics": np.array([f["extrinsics"] for f in cams["frames"]], np.float32),
-            "intrinsics": np.array([f["K"] for f in cams["frames"]], np.float32)}
+    return {
+        "images": np.stack([simplejpeg.decode_jpeg(members[f"f{i}.jpg"]) for i in range(S)]),
+        "depths": depth,
+        "point_masks": (mask > 0) & (depth > 0),
+        "extrinsics": np.array([f["extrinsics"] for f in cams["frames"]], np.float32),
+        "intrinsics": np.array([f["K"] for f in cams["frames"]], np.float32),
+    }
 
 
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory) -> tuple[Path, dict]:
-    samples = {"hand_00000": sample_members(0), "hand_00001": sample_members(1, "<f2"),
-               "hand_00002": sample_members(2, ">f4")}
+    samples = {
+        "hand_00000": sample_members(0),
+        "hand_00001": sample_members(1, "<f2"),
+        "hand_00002": sample_members(2, ">f4"),
+    }
     return write_tar(tmp_path_factory.mktemp("reader") / "train-00000.tar", samples), samples
 
 
@@ -77,7 +99,9 @@ def test_index_groups_like_webdataset_and_batches_match_np_load(shard):
     records = list(index_tar_samples([{"url": str(path)}]))
     raw = list(wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples()))
     assert [r["__key__"] for r in records] == [r["__key__"] for r in raw] == list(samples)
-    assert all(set(a) - {"__url__"} == set(b) - {"__url__", "__local_path__"} for a, b in zip(records, raw))
+    assert all(
+        set(a) - {"__url__"} == set(b) - {"__url__", "__local_path__"} for a, b in zip(records, raw, strict=True)
+    )
     batch = decode_batch(records, None)
     assert batch["images"].shape == (3, S, 3, H, W) and batch["images"].dtype == torch.uint8
     for b, (key, members) in enumerate(samples.items()):
@@ -120,7 +144,7 @@ def test_truncated_tar_and_bad_npy_header_name_the_file(tmp_path, shard):
     junk = tmp_path / "train-00002.tar"
     with tarfile.open(path) as tar:
         second = tar.getmembers()[1].offset
-    junk.write_bytes(data[:second] + b"x" * 512 + data[second + 512:])  # a damaged second header
+    junk.write_bytes(data[:second] + b"x" * 512 + data[second + 512 :])  # a damaged second header
     with pytest.raises(ShardError, match=rf"train-00002\.tar: unreadable tar header at byte {second}"):
         list(index_tar_samples([{"url": str(junk)}]))
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
 # IMPORT_BEFORE_GROUP: torch.distributed.nn (imported by DDP) binds `group=group.WORLD` as default arguments of
@@ -70,8 +70,18 @@ def test_two_gloo_processes_split_data_and_stay_in_sync(shards, tmp_path):
     report = tmp_path / "report.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(shards), str(tmp_path / "run"), str(TINY_WEIGHTS), str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(shards),
+        str(tmp_path / "run"),
+        str(TINY_WEIGHTS),
+        str(report),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = json.loads(report.read_text())

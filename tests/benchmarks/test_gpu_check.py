@@ -15,15 +15,32 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks.gpu_check import PEAK_BF16_TFLOPS, STAGES, peak_tflops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
 
 def run_check(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
-    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--out",
-                           str(out), "--budget-s", "400", *extra], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_check",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out",
+            str(out),
+            "--budget-s",
+            "400",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def finite_numbers(value) -> list[float]:

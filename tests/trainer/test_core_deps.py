@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 BLOCKED = ("numba", "llvmlite", "pycolmap", "py7zr", "pytest")
 
@@ -53,24 +53,53 @@ def shards(tmp_path_factory, request) -> Path:
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUNNER.format(blocked=BLOCKED), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER.format(blocked=BLOCKED), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_help_and_bf16_cpu_training_without_engine_dependencies(shards, tmp_path):
     help_ = run_trainer("--help")
     assert help_.returncode == 0 and "train" in help_.stdout, help_.stderr[-2000:]
     out = tmp_path / "run"
-    proc = run_trainer("train", "--config", str(ROOT / "configs" / "strategy_b.yaml"), "--shards", str(shards),
-                       "--model", "tiny", "--weights", str(TINY_WEIGHTS), "--out", str(out), "--max-steps", "3",
-                       "--set", "precision=bf16", "data.pin_memory=true", "data.frames=2", "data.num_workers=0",
-                       "optim.accum_steps=1", "val_every=0", "save_every=0", "log_every=1", "lr=1e-3")
+    proc = run_trainer(
+        "train",
+        "--config",
+        str(ROOT / "configs" / "strategy_b.yaml"),
+        "--shards",
+        str(shards),
+        "--model",
+        "tiny",
+        "--weights",
+        str(TINY_WEIGHTS),
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        "--set",
+        "precision=bf16",
+        "data.pin_memory=true",
+        "data.frames=2",
+        "data.num_workers=0",
+        "optim.accum_steps=1",
+        "val_every=0",
+        "save_every=0",
+        "log_every=1",
+        "lr=1e-3",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert [line for line in proc.stdout.splitlines() if "blocked" in line] == [f"blocked {n}" for n in BLOCKED]
     meta = yaml.safe_load((out / "config.yaml").read_text())["meta"]
     assert meta["precision"] == "bf16" and meta["device"] == "cpu"
-    losses = [json.loads(line)["train/objective"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if "train/objective" in json.loads(line)]
+    losses = [
+        json.loads(line)["train/objective"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if "train/objective" in json.loads(line)
+    ]
     assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
     # AdamW ran unfused on CPU (fused is CUDA-only here) and the step counter advanced.
     state = torch.load(out / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=False)
@@ -94,10 +123,23 @@ def test_bf16_autocast_really_runs_in_bf16_on_cpu(shards, tmp_path):
         finally:
             hook.remove()
 
-    cfg = load_config(ROOT / "configs" / "strategy_b.yaml", [
-        "model=tiny", f"weights={TINY_WEIGHTS}", f"data.shards={shards}", f"out={tmp_path / 'bf16'}",
-        "data.frames=2", "data.num_workers=0", "optim.accum_steps=1", "val_every=0", "save_every=0",
-        "max_steps=2", "precision=bf16", "data.pin_memory=true"])
+    cfg = load_config(
+        ROOT / "configs" / "strategy_b.yaml",
+        [
+            "model=tiny",
+            f"weights={TINY_WEIGHTS}",
+            f"data.shards={shards}",
+            f"out={tmp_path / 'bf16'}",
+            "data.frames=2",
+            "data.num_workers=0",
+            "optim.accum_steps=1",
+            "val_every=0",
+            "save_every=0",
+            "max_steps=2",
+            "precision=bf16",
+            "data.pin_memory=true",
+        ],
+    )
     VGGT.forward = spy
     try:
         result = train(cfg)

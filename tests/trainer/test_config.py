@@ -14,7 +14,7 @@ import yaml
 
 from trainer.config import ConfigError, LossConfig, TrainConfig, config_from_run, dump_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 RESOLVED_BEFORE = ROOT / "tests" / "assets" / "resolved_configs_f2287ea.json"
 
@@ -39,13 +39,16 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text, line, key", [
-    ("seed: 1\nsed: 2\n", 2, "sed"),
-    ("seed: 1\ndata:\n  batch_size: 1\n  batchsize: 2\n", 4, "data.batchsize"),
-    ("lora:\n  rank: 4\n  rnak: 4\n", 3, "lora.rnak"),
-    ("optim:\n  lr: 1.0e-4\n  momentum: 0.9\n", 3, "optim.momentum"),
-    ("seed: 0\n\nloss:\n  camera: 1.0\n  camra: 1.0\n", 5, "loss.camra"),
-])
+@pytest.mark.parametrize(
+    "text, line, key",
+    [
+        ("seed: 1\nsed: 2\n", 2, "sed"),
+        ("seed: 1\ndata:\n  batch_size: 1\n  batchsize: 2\n", 4, "data.batchsize"),
+        ("lora:\n  rank: 4\n  rnak: 4\n", 3, "lora.rnak"),
+        ("optim:\n  lr: 1.0e-4\n  momentum: 0.9\n", 3, "optim.momentum"),
+        ("seed: 0\n\nloss:\n  camera: 1.0\n  camra: 1.0\n", 5, "loss.camra"),
+    ],
+)
 def test_unknown_key_in_every_section_names_file_and_line(tmp_path, text, line, key):
     path = write(tmp_path, "bad.yaml", text)
     with pytest.raises(ConfigError, match=rf"^{path}:{line}: unknown key '{key}'"):
@@ -58,16 +61,19 @@ def test_unknown_loss_key_suggests_the_known_one(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("text, line, message", [
-    ("optim:\n  lr: fast\n", 2, "optim.lr: expected float, got 'fast'"),
-    ("max_steps: 2.5\n", 1, "max_steps: expected int, got 2.5"),
-    ("loss:\n  camera: [1, 2]\n", 2, "loss.camera: expected float"),
-    ("loss:\n  camera_loss_type: {a: 1}\n", 2, "loss.camera_loss_type: expected a string"),
-    ("data:\n  pin_memory: maybe\n", 2, "data.pin_memory: expected true/false"),
-    ("lora:\n  targets: 3\n", 2, "lora.targets: expected a list"),
-    ("optim:\n  betas: [0.9]\n", 2, "optim.betas: expected 2 values"),
-    ("seed: 0\nloss: 3\n", 2, "'loss' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("optim:\n  lr: fast\n", 2, "optim.lr: expected float, got 'fast'"),
+        ("max_steps: 2.5\n", 1, "max_steps: expected int, got 2.5"),
+        ("loss:\n  camera: [1, 2]\n", 2, "loss.camera: expected float"),
+        ("loss:\n  camera_loss_type: {a: 1}\n", 2, "loss.camera_loss_type: expected a string"),
+        ("data:\n  pin_memory: maybe\n", 2, "data.pin_memory: expected true/false"),
+        ("lora:\n  targets: 3\n", 2, "lora.targets: expected a list"),
+        ("optim:\n  betas: [0.9]\n", 2, "optim.betas: expected 2 values"),
+        ("seed: 0\nloss: 3\n", 2, "'loss' must be a mapping"),
+    ],
+)
 def test_wrong_types_name_file_and_line(tmp_path, text, line, message):
     path = write(tmp_path, "bad.yaml", text)
     with pytest.raises(ConfigError) as info:
@@ -87,13 +93,16 @@ def test_loss_section_is_typed_and_values_are_converted(tmp_path):
         load_config(None, ["loss.point_gradient_loss=curvature"])
 
 
-@pytest.mark.parametrize("item, message", [
-    ("loss.camra=1", "--set 'loss.camra=1': unknown key 'loss.camra' (did you mean 'loss.camera'?)"),
-    ("data.shard=x", "--set 'data.shard=x': unknown key 'data.shard' (did you mean 'data.shards'?)"),
-    ("loss.camera=high", "--set 'loss.camera=high': expected float, got 'high'"),
-    ("lr", "--set 'lr': expected key=value"),
-    ("lora.targets=[a", "--set 'lora.targets=[a': expected a YAML list such as [a, b], got '[a'"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("loss.camra=1", "--set 'loss.camra=1': unknown key 'loss.camra' (did you mean 'loss.camera'?)"),
+        ("data.shard=x", "--set 'data.shard=x': unknown key 'data.shard' (did you mean 'data.shards'?)"),
+        ("loss.camera=high", "--set 'loss.camera=high': expected float, got 'high'"),
+        ("lr", "--set 'lr': expected key=value"),
+        ("lora.targets=[a", "--set 'lora.targets=[a': expected a YAML list such as [a, b], got '[a'"),
+    ],
+)
 def test_override_errors_name_the_override(item, message):
     with pytest.raises(ConfigError) as info:
         load_config(CONFIGS / "strategy_b.yaml", [item])
@@ -103,9 +112,25 @@ def test_override_errors_name_the_override(item, message):
 def test_cli_rejects_a_misspelt_loss_key_in_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "train", "--config", str(CONFIGS / "strategy_b.yaml"),
-         "--shards", str(ROOT / "tests" / "assets"), "--out", str(tmp_path / "run"), "--set", "loss.camra=1"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--config",
+            str(CONFIGS / "strategy_b.yaml"),
+            "--shards",
+            str(ROOT / "tests" / "assets"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "loss.camra=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_data import engine_shards
+from tests.trainer.test_data import engine_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 FAST = ["--set", "data.frames=2 data.num_workers=0 val_every=0 save_every=0 log_every=1"]
 
@@ -30,13 +30,34 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
     # One thread per process: two run at once, and spinning OpenMP threads crawl on a loaded box.
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("TRAINER_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=300,
+    )
 
 
 def train_args(shards: Path, out: Path, strategy: str = "b", *more: str) -> list[str]:
-    return ["train", "--config", ROOT / "configs" / f"strategy_{strategy}.yaml", "--shards", shards, "--model",
-            "tiny", "--weights", TINY, "--out", out, "--max-steps", "2", *FAST, *more]
+    return [
+        "train",
+        "--config",
+        ROOT / "configs" / f"strategy_{strategy}.yaml",
+        "--shards",
+        shards,
+        "--model",
+        "tiny",
+        "--weights",
+        TINY,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        *FAST,
+        *more,
+    ]
 
 
 # ------------------------------------------------------------------------------------------ corrupting shards
@@ -77,11 +98,13 @@ def patch_member(tar_path: Path, suffix: str, edit) -> str:
 
 def edit_npy(edit):
     """An in-place edit of a .npy payload's array (frame 0 first)."""
+
     def apply(data: bytes) -> bytes:
         header = 10 + int.from_bytes(data[8:10], "little")
         array = np.load(__import__("io").BytesIO(data)).copy()
         edit(array)
         return data[:header] + array.tobytes()
+
     return apply
 
 
@@ -97,6 +120,7 @@ def edit_depth_and_mask(tar_path: Path) -> str:
 
 def edit_json_number(field: str, replace):
     """Replace the first number of `"field"` in cameras.json, padded to the same length."""
+
     def apply(data: bytes) -> bytes:
         text = data.decode()
         start = text.index(f'"{field}"') + len(field) + 2
@@ -108,6 +132,7 @@ def edit_json_number(field: str, replace):
         new = replace(text[start:end])
         assert len(new) <= end - start, (new, text[start:end])
         return (text[:start] + new.ljust(end - start) + text[end:]).encode()
+
     return apply
 
 
@@ -141,18 +166,29 @@ def _cases(w) -> dict[str, dict]:
         dst = copy_shards(shards, work / f"shards_{name}")
         return dst, corrupt(dst)
 
-    out = lambda name: work / f"out_{name}"  # noqa: E731
-    add("shards_missing", train_args(work / "nosuch", out("shards_missing")), ["nosuch", "does not exist"],
-        out("shards_missing"))
+    def out(name):
+        return work / f"out_{name}"
+
+    add(
+        "shards_missing",
+        train_args(work / "nosuch", out("shards_missing")),
+        ["nosuch", "does not exist"],
+        out("shards_missing"),
+    )
     only_val, _ = corrupted("no_train", lambda d: [p.unlink() for p in d.glob("train-*.tar")])
-    add("no_train_split", train_args(only_val, out("no_train")), [str(only_val), "no 'train-*.tar' shards"],
-        out("no_train"))
+    add(
+        "no_train_split",
+        train_args(only_val, out("no_train")),
+        [str(only_val), "no 'train-*.tar' shards"],
+        out("no_train"),
+    )
 
     def empty_split(d):
         (d / "manifest.json").unlink()
         for p in d.glob("train-*.tar"):
             with tarfile.open(p, "w"):
                 pass
+
     empty, _ = corrupted("empty", empty_split)
     add("empty_train_split", train_args(empty, out("empty")), ["'train' split holds 0 samples"], out("empty"))
 
@@ -161,36 +197,65 @@ def _cases(w) -> dict[str, dict]:
         for scene in manifest["per_scene"].values():
             scene["mean_coverage"] = 0.0
         (d / "manifest.json").write_text(json.dumps(manifest))
+
     zero, _ = corrupted("zero_cov", zero_coverage)
     add("no_supervised_pixel", train_args(zero, out("zero_cov")), ["manifest.json", "coverage 0"], out("zero_cov"))
 
-    for name, value, words in (("depth_nan", np.nan, "non-finite"), ("depth_1e30", 1e30, "outside"),
-                               ("depth_negative", -2.0, "outside"), ("depth_inf", -np.inf, "non-finite")):
-        d, key = corrupted(name, lambda d, v=value: patch_member(
-            first_train_shard(d), "depth.npy", edit_npy(lambda a: a[0].reshape(-1).__setitem__(7, v))))
+    for name, value, words in (
+        ("depth_nan", np.nan, "non-finite"),
+        ("depth_1e30", 1e30, "outside"),
+        ("depth_negative", -2.0, "outside"),
+        ("depth_inf", -np.inf, "non-finite"),
+    ):
+        d, key = corrupted(
+            name,
+            lambda d, v=value: patch_member(
+                first_train_shard(d), "depth.npy", edit_npy(lambda a: a[0].reshape(-1).__setitem__(7, v))
+            ),
+        )
         add(name, train_args(d, out(name)), [first_train_shard(d).name, key, "depth.npy frame 0", words], out(name))
     d, key = corrupted("mask", lambda d: edit_depth_and_mask(first_train_shard(d)))
-    add("mask_disagrees_with_depth", train_args(d, out("mask")), [first_train_shard(d).name, key, "mask.npy"],
-        out("mask"))
-    d, key = corrupted("k_nan", lambda d: patch_member(first_train_shard(d), "cameras.json",
-                                                       edit_json_number("K", lambda s: "NaN")))
-    add("intrinsics_nan", train_args(d, out("k_nan")), [first_train_shard(d).name, key, "non-finite K"],
-        out("k_nan"))
-    d, key = corrupted("rot", lambda d: patch_member(first_train_shard(d), "cameras.json",
-                                                     edit_json_number("extrinsics", lambda s: "1.34")))
-    add("rotation_not_orthonormal", train_args(d, out("rot")), [first_train_shard(d).name, key, "not orthonormal"],
-        out("rot"))
-    d, key = corrupted("json", lambda d: patch_member(first_train_shard(d), "cameras.json",
-                                                      lambda b: b"[" + b[1:]))
-    add("cameras_json_broken", train_args(d, out("json")), [first_train_shard(d).name, key, "cameras.json line"],
-        out("json"))
-    d, _ = corrupted("trunc", lambda d: os.truncate(first_train_shard(d),
-                                                    first_train_shard(d).stat().st_size - 1024))
-    add("shard_truncated", train_args(d, out("trunc")), [first_train_shard(d).name, "manifest.json records"],
-        out("trunc"))
+    add(
+        "mask_disagrees_with_depth",
+        train_args(d, out("mask")),
+        [first_train_shard(d).name, key, "mask.npy"],
+        out("mask"),
+    )
+    d, key = corrupted(
+        "k_nan", lambda d: patch_member(first_train_shard(d), "cameras.json", edit_json_number("K", lambda s: "NaN"))
+    )
+    add("intrinsics_nan", train_args(d, out("k_nan")), [first_train_shard(d).name, key, "non-finite K"], out("k_nan"))
+    d, key = corrupted(
+        "rot",
+        lambda d: patch_member(first_train_shard(d), "cameras.json", edit_json_number("extrinsics", lambda s: "1.34")),
+    )
+    add(
+        "rotation_not_orthonormal",
+        train_args(d, out("rot")),
+        [first_train_shard(d).name, key, "not orthonormal"],
+        out("rot"),
+    )
+    d, key = corrupted("json", lambda d: patch_member(first_train_shard(d), "cameras.json", lambda b: b"[" + b[1:]))
+    add(
+        "cameras_json_broken",
+        train_args(d, out("json")),
+        [first_train_shard(d).name, key, "cameras.json line"],
+        out("json"),
+    )
+    d, _ = corrupted("trunc", lambda d: os.truncate(first_train_shard(d), first_train_shard(d).stat().st_size - 1024))
+    add(
+        "shard_truncated",
+        train_args(d, out("trunc")),
+        [first_train_shard(d).name, "manifest.json records"],
+        out("trunc"),
+    )
     d, _ = corrupted("sha", lambda d: patch_member(first_train_shard(d), "f1.jpg", lambda b: b[:-3] + b"\0\0\0"))
-    add("shard_modified_verify", train_args(d, out("sha"), "b", "--verify-shards"),
-        [first_train_shard(d).name, "sha256 differs"], out("sha"))
+    add(
+        "shard_modified_verify",
+        train_args(d, out("sha"), "b", "--verify-shards"),
+        [first_train_shard(d).name, "sha256 differs"],
+        out("sha"),
+    )
     d, _ = corrupted("stray", lambda d: shutil.copy(first_train_shard(d), d / "train-09999.tar"))
     add("stray_shard", train_args(d, out("stray")), ["train-09999.tar", "not listed"], out("stray"))
 
@@ -206,63 +271,141 @@ def _cases(w) -> dict[str, dict]:
     add("no_shards_before_download", args, ["nosuch", "does not exist"], out("order"))
     args = train_args(shards, out("offline"))
     args[args.index("--weights") + 1] = "facebook/VGGT-1B"
-    add("hub_offline", args, ["facebook/VGGT-1B", "--weights /path/to/model.pt", "WEIGHTS="], out("offline"),
-        env={"HF_HOME": str(work / "hf_home")})
+    add(
+        "hub_offline",
+        args,
+        ["facebook/VGGT-1B", "--weights /path/to/model.pt", "WEIGHTS="],
+        out("offline"),
+        env={"HF_HOME": str(work / "hf_home")},
+    )
     add("config_unknown_key", train_args(shards, out("key"), "b", "lrr=1"), ["unknown key 'lrr'"], out("key"))
-    add("lora_target_matches_nothing", train_args(shards, out("lora"), "b", r"lora.targets=[nosuch\..*]"),
-        ["lora.targets", "nosuch", "match no nn.Linear/nn.Conv2d module"], out("lora"))
+    add(
+        "lora_target_matches_nothing",
+        train_args(shards, out("lora"), "b", r"lora.targets=[nosuch\..*]"),
+        ["lora.targets", "nosuch", "match no nn.Linear/nn.Conv2d module"],
+        out("lora"),
+    )
 
-    other, _ = corrupted("other", lambda d: (d / "manifest.json").write_text(
-        (d / "manifest.json").read_text().replace('"scenes"', '"comment": "another build", "scenes"', 1)))
-    add("resume_other_shards", ["train", "--shards", other, "--out", runs["b"], "--max-steps", "3", "--resume"],
-        ["trainer_state.pt", str(other), "manifest.json differs"])
+    other, _ = corrupted(
+        "other",
+        lambda d: (d / "manifest.json").write_text(
+            (d / "manifest.json").read_text().replace('"scenes"', '"comment": "another build", "scenes"', 1)
+        ),
+    )
+    add(
+        "resume_other_shards",
+        ["train", "--shards", other, "--out", runs["b"], "--max-steps", "3", "--resume"],
+        ["trainer_state.pt", str(other), "manifest.json differs"],
+    )
     broken = work / "run_pointer"
     shutil.copytree(runs["b"], broken)
     shutil.rmtree(broken / "adapter")
     (broken / "checkpoints" / "latest").write_text("step_0000099\n")
-    add("resume_pointer_names_nothing", ["train", "--shards", shards, "--out", broken, "--max-steps", "3",
-                                         "--resume"], ["latest", "step_0000099", "trainer_state.pt"])
+    add(
+        "resume_pointer_names_nothing",
+        ["train", "--shards", shards, "--out", broken, "--max-steps", "3", "--resume"],
+        ["latest", "step_0000099", "trainer_state.pt"],
+    )
 
     no_adapter = work / "run_no_adapter"
     no_adapter.mkdir()
     shutil.copy(runs["b"] / "config.yaml", no_adapter / "config.yaml")
-    add("eval_run_without_adapter", ["eval", "--shards", shards, "--run", no_adapter, "--device", "cpu",
-                                     "--out", work / "eval_none"], [str(no_adapter), "saved an adapter"])
+    add(
+        "eval_run_without_adapter",
+        ["eval", "--shards", shards, "--run", no_adapter, "--device", "cpu", "--out", work / "eval_none"],
+        [str(no_adapter), "saved an adapter"],
+    )
     mixed = work / "adapter_mixed"
     shutil.copytree(runs["b"] / "adapter", mixed)
     shutil.copy(runs["a"] / "adapter" / "adapter_model.safetensors", mixed / "adapter_model.safetensors")
-    add("eval_adapter_weights_of_another_run", ["eval", "--shards", shards, "--adapter", mixed, "--device", "cpu",
-                                                "--out", work / "eval_mixed"],
-        ["adapter_model.safetensors", "adapter_config.json", "missing"])
-    add("eval_max_batches_0", ["eval", "--shards", shards, "--run", runs["b"], "--max-batches", "0", "--out",
-                               work / "eval_zero"], ["'--max-batches'", "0 is not in the range x>=1"])
-    add("eval_device_not_on_this_machine", ["eval", "--shards", shards, "--run", runs["b"], "--device", "cuda:99",
-                                            "--out", work / "eval_cuda"], ["'--device'", "cuda:99", "usable CUDA"])
-    add("memory_frames_0", ["memory", "--config", ROOT / "configs" / "strategy_b.yaml", "--model", "tiny",
-                            "--frames", "0"], ["'--frames'", "0 is not in the range x>=1"])
-    add("export_under_a_file", ["export", "--run", runs["b"], "--out", a_file / "m.safetensors"],
-        [str(a_file), "choose another --out"])
+    add(
+        "eval_adapter_weights_of_another_run",
+        ["eval", "--shards", shards, "--adapter", mixed, "--device", "cpu", "--out", work / "eval_mixed"],
+        ["adapter_model.safetensors", "adapter_config.json", "missing"],
+    )
+    add(
+        "eval_max_batches_0",
+        ["eval", "--shards", shards, "--run", runs["b"], "--max-batches", "0", "--out", work / "eval_zero"],
+        ["'--max-batches'", "0 is not in the range x>=1"],
+    )
+    add(
+        "eval_device_not_on_this_machine",
+        ["eval", "--shards", shards, "--run", runs["b"], "--device", "cuda:99", "--out", work / "eval_cuda"],
+        ["'--device'", "cuda:99", "usable CUDA"],
+    )
+    add(
+        "memory_frames_0",
+        ["memory", "--config", ROOT / "configs" / "strategy_b.yaml", "--model", "tiny", "--frames", "0"],
+        ["'--frames'", "0 is not in the range x>=1"],
+    )
+    add(
+        "export_under_a_file",
+        ["export", "--run", runs["b"], "--out", a_file / "m.safetensors"],
+        [str(a_file), "choose another --out"],
+    )
     add("export_not_safetensors", ["export", "--run", runs["b"], "--out", work / "m.bin"], ["m.bin", ".safetensors"])
-    add("export_run_without_adapter", ["export", "--run", no_adapter, "--out", work / "none.safetensors"],
-        [str(no_adapter), "checkpoint"])
+    add(
+        "export_run_without_adapter",
+        ["export", "--run", no_adapter, "--out", work / "none.safetensors"],
+        [str(no_adapter), "checkpoint"],
+    )
     add("push_offline", ["push", "--run", runs["b"], "--repo-id", "someone/x"], ["HF_HUB_OFFLINE is set"])
-    add("push_without_token", ["push", "--run", runs["b"], "--repo-id", "someone/x"], ["hf auth login"],
-        env={"HF_HUB_OFFLINE": "0", "HF_HOME": str(work / "hf_home"), "HF_TOKEN": ""})
-    add("push_hub_unreachable", ["push", "--run", runs["b"], "--repo-id", "someone/x"], ["cannot reach"],
-        env={"HF_HUB_OFFLINE": "0", "HF_HOME": str(work / "hf_home"), "HF_TOKEN": "hf_fake",
-             "HF_ENDPOINT": "http://127.0.0.1:9"})  # loopback, a closed port: never the real network
+    add(
+        "push_without_token",
+        ["push", "--run", runs["b"], "--repo-id", "someone/x"],
+        ["hf auth login"],
+        env={"HF_HUB_OFFLINE": "0", "HF_HOME": str(work / "hf_home"), "HF_TOKEN": ""},
+    )
+    add(
+        "push_hub_unreachable",
+        ["push", "--run", runs["b"], "--repo-id", "someone/x"],
+        ["cannot reach"],
+        env={
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(work / "hf_home"),
+            "HF_TOKEN": "hf_fake",
+            "HF_ENDPOINT": "http://127.0.0.1:9",
+        },
+    )  # loopback, a closed port: never the real network
     return cases
 
 
 CASE_NAMES = [
-    "shards_missing", "no_train_split", "empty_train_split", "no_supervised_pixel", "depth_nan", "depth_1e30",
-    "depth_negative", "depth_inf", "mask_disagrees_with_depth", "intrinsics_nan", "rotation_not_orthonormal",
-    "cameras_json_broken", "shard_truncated", "shard_modified_verify", "stray_shard", "out_is_a_file",
-    "out_under_a_file", "weights_missing", "no_shards_before_download", "hub_offline", "config_unknown_key",
-    "lora_target_matches_nothing", "eval_max_batches_0", "eval_device_not_on_this_machine", "memory_frames_0",
-    "resume_other_shards", "resume_pointer_names_nothing", "eval_run_without_adapter",
-    "eval_adapter_weights_of_another_run", "export_under_a_file", "export_not_safetensors",
-    "export_run_without_adapter", "push_offline", "push_without_token", "push_hub_unreachable",
+    "shards_missing",
+    "no_train_split",
+    "empty_train_split",
+    "no_supervised_pixel",
+    "depth_nan",
+    "depth_1e30",
+    "depth_negative",
+    "depth_inf",
+    "mask_disagrees_with_depth",
+    "intrinsics_nan",
+    "rotation_not_orthonormal",
+    "cameras_json_broken",
+    "shard_truncated",
+    "shard_modified_verify",
+    "stray_shard",
+    "out_is_a_file",
+    "out_under_a_file",
+    "weights_missing",
+    "no_shards_before_download",
+    "hub_offline",
+    "config_unknown_key",
+    "lora_target_matches_nothing",
+    "eval_max_batches_0",
+    "eval_device_not_on_this_machine",
+    "memory_frames_0",
+    "resume_other_shards",
+    "resume_pointer_names_nothing",
+    "eval_run_without_adapter",
+    "eval_adapter_weights_of_another_run",
+    "export_under_a_file",
+    "export_not_safetensors",
+    "export_run_without_adapter",
+    "push_offline",
+    "push_without_token",
+    "push_hub_unreachable",
 ]
 
 

@@ -121,11 +121,13 @@ def test_nearest_distances_match_brute_force():
 def test_pose_auc_perfect_and_by_hand():
     centres = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0.5]]
     rots = [rotation([0, 1, 0], 10.0 * i) for i in range(4)]
-    gt = np.stack([w2c(r, c) for r, c in zip(rots, centres)])
+    gt = np.stack([w2c(r, c) for r, c in zip(rots, centres, strict=True)])
     assert pose_auc(gt, gt) == {"auc@3": 1.0, "auc@5": 1.0, "auc@15": 1.0, "auc@30": 1.0, "pairs": 6}
     # A world similarity (scale 3, rotation, shift) of the whole rig changes no relative angle.
     sim_r, sim_t = rotation([1, 2, 3], 77.0), np.array([4.0, 5.0, 6.0])
-    moved = np.stack([w2c(r @ sim_r.T, 3.0 * sim_r @ np.asarray(c) + sim_t) for r, c in zip(rots, centres)])
+    moved = np.stack(
+        [w2c(r @ sim_r.T, 3.0 * sim_r @ np.asarray(c) + sim_t) for r, c in zip(rots, centres, strict=True)]
+    )
     assert pose_auc(moved, gt)["auc@3"] == pytest.approx(1.0)
 
     # Camera 3 rotated by 4.5 degrees about its optical axis (centre kept): pairs (0,3), (1,3), (2,3)

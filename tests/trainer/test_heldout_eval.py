@@ -21,7 +21,7 @@ from trainer.metrics import pose_auc
 from trainer.protocols import PUBLISHED, ProtocolConfig, evaluate_protocols, parse_protocols
 from trainer.vggt.geometry import extri_intri_to_pose_encoding
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 HEIGHT, WIDTH, FRAMES = 28, 42, 3
 
@@ -34,8 +34,11 @@ def test_scene_sets():
     assert set(HELDOUT_SCENES).isdisjoint(TRAINING_SCENES)
     assert set(HELDOUT_SCENES) | set(TRAINING_SCENES) == set(ETH3D_TRAINING_SCENES)
     assert expand_scene_sets(("heldout",)) == HELDOUT_SCENES
-    assert expand_scene_sets(("pipes", "heldout", "mine")) == ("pipes", *[s for s in HELDOUT_SCENES if s != "pipes"],
-                                                               "mine")
+    assert expand_scene_sets(("pipes", "heldout", "mine")) == (
+        "pipes",
+        *[s for s in HELDOUT_SCENES if s != "pipes"],
+        "mine",
+    )
     assert expand_scene_sets(None) is None
 
 
@@ -75,15 +78,21 @@ def synthetic_batch(seed: int, scenes: list[str]) -> dict:
             r = rotation([0.2, 1.0, 0.1 * s], 8.0 * s + 3 * b)
             centre = torch.tensor([0.4 * s, 0.1 * b, -2.0], dtype=torch.float64)
             extrinsics[b, s] = torch.cat([r, (-r @ centre)[:, None]], -1)
-    intrinsics = torch.tensor([[40.0, 0, WIDTH / 2], [0, 41.0, HEIGHT / 2], [0, 0, 1]]).expand(
-        len(scenes), FRAMES, 3, 3).clone()
+    intrinsics = (
+        torch.tensor([[40.0, 0, WIDTH / 2], [0, 41.0, HEIGHT / 2], [0, 0, 1]]).expand(len(scenes), FRAMES, 3, 3).clone()
+    )
     depths = 2 + 3 * torch.rand(len(scenes), FRAMES, HEIGHT, WIDTH, generator=gen)
     masks = torch.rand(len(scenes), FRAMES, HEIGHT, WIDTH, generator=gen) > 0.25
-    return {"images": torch.randint(0, 256, (len(scenes), FRAMES, 3, HEIGHT, WIDTH), generator=gen, dtype=torch.uint8),
-            "depths": torch.where(masks, depths, torch.zeros_like(depths)), "point_masks": masks,
-            "extrinsics": extrinsics.float(), "intrinsics": intrinsics,
-            "keys": [f"{scene}_{seed:05d}" for scene in scenes], "scenes": scenes,
-            "names": [[f"DSC_{s}.JPG" for s in range(FRAMES)] for _ in scenes]}
+    return {
+        "images": torch.randint(0, 256, (len(scenes), FRAMES, 3, HEIGHT, WIDTH), generator=gen, dtype=torch.uint8),
+        "depths": torch.where(masks, depths, torch.zeros_like(depths)),
+        "point_masks": masks,
+        "extrinsics": extrinsics.float(),
+        "intrinsics": intrinsics,
+        "keys": [f"{scene}_{seed:05d}" for scene in scenes],
+        "scenes": scenes,
+        "names": [[f"DSC_{s}.JPG" for s in range(FRAMES)] for _ in scenes],
+    }
 
 
 class ScriptedModel(torch.nn.Module):
@@ -103,14 +112,17 @@ class ScriptedModel(torch.nn.Module):
             extrinsics[..., 3] *= k
             extrinsics[:, -1, :, :3] = rotation([0, 0, 1], yaw_deg) @ extrinsics[:, -1, :, :3]
             world = depth_to_world_points(filled, batch["intrinsics"].double(), batch["extrinsics"].double())[0]
-            self.outputs.append({
-                "depth": (k * filled * torch.tensor(factors, dtype=torch.float64)[None, :, None, None])[..., None]
-                .float(),
-                "depth_conf": 1 + filled.float(),
-                "pose_enc": extri_intri_to_pose_encoding(extrinsics.float(), batch["intrinsics"], (HEIGHT, WIDTH)),
-                "world_points": (k * world + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).float(),
-                "world_points_conf": 1 + filled.float(),
-            })
+            self.outputs.append(
+                {
+                    "depth": (k * filled * torch.tensor(factors, dtype=torch.float64)[None, :, None, None])[
+                        ..., None
+                    ].float(),
+                    "depth_conf": 1 + filled.float(),
+                    "pose_enc": extri_intri_to_pose_encoding(extrinsics.float(), batch["intrinsics"], (HEIGHT, WIDTH)),
+                    "world_points": (k * world + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).float(),
+                    "world_points_conf": 1 + filled.float(),
+                }
+            )
         self.calls = 0
 
     def forward(self, images):
@@ -148,7 +160,7 @@ def test_protocols_perfect_adapter_and_known_base_errors(tmp_path):
             s = np.median(gt[mask]) / np.median(pred[mask])
             expected.append([abs(2.0 * f * s - 1) for f in factors])  # prediction 2 f gt, scaled by s
     sample_records = metrics["samples"]
-    for record, want in zip(sample_records, expected):
+    for record, want in zip(sample_records, expected, strict=True):
         assert record["base"]["mvd/sequence/abs_rel_per_frame"] == pytest.approx(want, rel=1e-5, abs=1e-7)
     # Pose: the pipeline's AUC equals the metric on the decoded cameras (yawed last camera).
     first = batches[0]
@@ -176,8 +188,9 @@ def test_protocols_perfect_adapter_and_known_base_errors(tmp_path):
 def test_confident_and_ransac_alignment_use_fewer_points(tmp_path):
     batches = [synthetic_batch(2, ["relief"])]
     model = ScriptedModel(batches, k=0.5)
-    cfg = ProtocolConfig(protocols=("eth3d-pointmap",), align_conf_quantile=0.5, pointmap_alignment="ransac",
-                         max_pictures=0)
+    cfg = ProtocolConfig(
+        protocols=("eth3d-pointmap",), align_conf_quantile=0.5, pointmap_alignment="ransac", max_pictures=0
+    )
     metrics = evaluate_protocols(model, None, batches, tmp_path, cfg)
     record = metrics["samples"][0]["base"]
     valid = int(batches[0]["point_masks"][0].sum())
@@ -205,9 +218,32 @@ def test_parse_protocols_and_bad_config(tmp_path):
 def heldout_shards(synth_root, tmp_path_factory) -> Path:
     """`dataengine build --sampling uniform --frames 5` of the session's synthetic scene, as users run it."""
     out = tmp_path_factory.mktemp("heldout") / "shards"
-    proc = subprocess.run([sys.executable, "-m", "dataengine", "build", "--root", str(synth_root), "--out", str(out),
-                           "--scenes", "synth_facade", "--size", "56", "--frames", "5", "--sampling", "uniform",
-                           "--workers", "2", "--quiet"], capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dataengine",
+            "build",
+            "--root",
+            str(synth_root),
+            "--out",
+            str(out),
+            "--scenes",
+            "synth_facade",
+            "--size",
+            "56",
+            "--frames",
+            "5",
+            "--sampling",
+            "uniform",
+            "--workers",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "test: 1 samples in 1 shards" in proc.stdout
     return out
@@ -227,8 +263,9 @@ def test_engine_writes_an_evaluation_split(heldout_shards, synth_root):
     names = sorted(p.name for p in (synth_root / "synth_facade" / "images" / "dslr_images_undistorted").glob("*.JPG"))
     assert [f["name"].split("/")[-1] for f in cams["frames"]] == [names[i] for i in (0, 3, 6, 8, 11)]
     assert cams["split"] == "test"
-    verify = subprocess.run([sys.executable, "-m", "dataengine", "verify", str(heldout_shards)],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "dataengine", "verify", str(heldout_shards)], capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Training never sees evaluation samples: the build has no train split.
     from trainer.data import ShardError, list_shards
@@ -238,22 +275,41 @@ def test_engine_writes_an_evaluation_split(heldout_shards, synth_root):
 
 
 def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
+    from trainer.builders import build_model
     from trainer.config import LoraConfig
     from trainer.lora import apply_strategy, save_adapter
-    from trainer.builders import build_model
 
     peft_model = apply_strategy(build_model("tiny", str(TINY_WEIGHTS)), LoraConfig(rank=4, dropout=0.0))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    save_adapter(peft_model, tmp_path / "adapter", {"model": "tiny", "weights": str(TINY_WEIGHTS), "strategy": "b",
-                                                    "step": 3})
+    save_adapter(
+        peft_model, tmp_path / "adapter", {"model": "tiny", "weights": str(TINY_WEIGHTS), "strategy": "b", "step": 3}
+    )
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "trainer", "eval", "--protocol", "all", "--shards",
-                           str(heldout_shards),
-                           "--adapter", str(tmp_path / "adapter"), "--out", str(out), "--device", "cpu",
-                           "--max-pictures", "1"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "eval",
+            "--protocol",
+            "all",
+            "--shards",
+            str(heldout_shards),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--max-pictures",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 samples, 1 scenes (base -> adapter)" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -277,10 +333,23 @@ def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
 
     from trainer.cli import main
 
-    bad = CliRunner().invoke(main, ["eval", "--protocol", "eth3d-dtu", "--shards", str(heldout_shards),
-                                    "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        main, ["eval", "--protocol", "eth3d-dtu", "--shards", str(heldout_shards), "--out", str(tmp_path / "x")]
+    )
     assert bad.exit_code == 2 and "unknown protocol" in bad.output
-    wrong_split = CliRunner().invoke(main, ["eval", "--protocol", "all", "--shards", str(heldout_shards),
-                                            "--split", "train", "--out", str(tmp_path / "y")])
+    wrong_split = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--protocol",
+            "all",
+            "--shards",
+            str(heldout_shards),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+    )
     assert wrong_split.exit_code == 1 and "no 'train-*.tar' shards" in wrong_split.output
     assert not (tmp_path / "y").exists()

@@ -13,9 +13,21 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from shardformat import (FORMAT, SampleReader, ShardError, count_samples, index_tar, manifest_shards, npy_layout,
-                         read_json, read_manifest, record_suffixes, sample_suffixes, split_member_name)
-from tests.test_data import engine_shards
+from shardformat import (
+    FORMAT,
+    SampleReader,
+    ShardError,
+    count_samples,
+    index_tar,
+    manifest_shards,
+    npy_layout,
+    read_json,
+    read_manifest,
+    record_suffixes,
+    sample_suffixes,
+    split_member_name,
+)
+from tests.trainer.test_data import engine_shards
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +105,10 @@ def test_edge_cases_group_exactly_as_webdataset(tmp_path):
     ours = grouped(list(index_tar(path, strict=False)))
     assert ours == webdataset_samples(path)
     assert [k for k, _ in ours] == ["k1", "dir.v2/k1", "a/s", "b/s", "c/", "e", "k2", "m", "k2", "k3"]
-    assert ours[0][1] == {"f0.jpg": b"suffix lower-cased",
-                          "depth.tar.gz": b"suffix = everything after the basename's first dot"}
+    assert ours[0][1] == {
+        "f0.jpg": b"suffix lower-cased",
+        "depth.tar.gz": b"suffix = everything after the basename's first dot",
+    }
     assert split_member_name("x.y/z") is None and split_member_name("x/.h") == ("x/", "h")
 
 
@@ -138,8 +152,11 @@ def test_bad_manifests_name_the_file_and_the_entry(tmp_path, shards):
     with pytest.raises(ShardError, match=r"manifest\.json:2: invalid JSON"):
         read_manifest(path)
     path.write_text(json.dumps({**good, "format": "eth3d-vggt-shards/2"}))
-    with pytest.raises(ShardError, match=r"manifest\.json: format 'eth3d-vggt-shards/2', this reader reads "
-                                         r"'eth3d-vggt-shards/1'"):
+    with pytest.raises(
+        ShardError,
+        match=r"manifest\.json: format 'eth3d-vggt-shards/2', this reader reads "
+        r"'eth3d-vggt-shards/1'",
+    ):
         read_manifest(path)
     del good["splits"]["train"]["shards"][1]["samples"]
     with pytest.raises(ShardError, match=r"manifest\.json: splits\.train\.shards\[1\]: missing field 'samples'"):

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tests.test_data import engine_shards
 from tests.tolerance import FORWARD_OPS, assert_within_rounding
+from tests.trainer.test_data import engine_shards
 from trainer.config import ConfigError, load_config
 from trainer.train import NonFiniteLossError, lr_factor, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
 
@@ -31,9 +31,22 @@ def shards(tmp_path_factory, request) -> Path:
 
 
 def tiny_config(shards: Path, out: Path, strategy: str = "b", *extra: str):
-    return load_config(ROOT / "configs" / f"strategy_{strategy}.yaml", [
-        "model=tiny", f"weights={TINY_WEIGHTS}", f"data.shards={shards}", f"out={out}", "data.frames=2",
-        "data.num_workers=0", "optim.accum_steps=1", "val_every=0", "save_every=0", "log_every=5", *extra])
+    return load_config(
+        ROOT / "configs" / f"strategy_{strategy}.yaml",
+        [
+            "model=tiny",
+            f"weights={TINY_WEIGHTS}",
+            f"data.shards={shards}",
+            f"out={out}",
+            "data.frames=2",
+            "data.num_workers=0",
+            "optim.accum_steps=1",
+            "val_every=0",
+            "save_every=0",
+            "log_every=5",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +110,9 @@ def test_merged_export_equals_adapted_model(trained, tmp_path):
         expected, got = adapted(images), merged(images)
     for key in ("depth", "depth_conf", "pose_enc"):  # folded LoRA: another rounding of each adapted layer
         assert_within_rounding(got[key], expected[key], ops=FORWARD_OPS, what=key)
-    assert (expected["depth"] - load_pretrained(TINY_WEIGHTS, config="tiny", heads=("camera", "depth"))(images)["depth"]
-            ).abs().max() > 1e-4  # the merge carries the training
+    assert (
+        expected["depth"] - load_pretrained(TINY_WEIGHTS, config="tiny", heads=("camera", "depth"))(images)["depth"]
+    ).abs().max() > 1e-4  # the merge carries the training
     assert result["strategy"] == "b" and result["step"] == "30"
     # The base's (untrained) point head is exported too: the file loads with the default heads, strictly.
     full = load_pretrained(tmp_path / "merged.safetensors", config="tiny")
@@ -123,10 +137,12 @@ def test_resume_is_bit_identical(shards, tmp_path):
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "split" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    state_a = torch.load(tmp_path / "straight" / "checkpoints" / "step_0000010" / "trainer_state.pt", weights_only=False)
+    state_a = torch.load(
+        tmp_path / "straight" / "checkpoints" / "step_0000010" / "trainer_state.pt", weights_only=False
+    )
     state_b = torch.load(tmp_path / "split" / "checkpoints" / "step_0000010" / "trainer_state.pt", weights_only=False)
     assert (state_a["epoch"], state_a["consumed"]) == (state_b["epoch"], state_b["consumed"]) == (3, 1)
-    for sa, sb in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values()):
+    for sa, sb in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
 
@@ -148,8 +164,9 @@ def test_non_finite_steps_are_skipped_then_abort(shards, tmp_path, monkeypatch):
     # 2 micro-batches per step: call 3 poisons the 2nd half of step 2, call 5 the 1st half of step 3
     # (whose 2nd micro-batch is then consumed without a forward pass: call 6 is step 4's first).
     bad = {3, 5}
-    result = train(tiny_config(shards, tmp_path / "nan", "a", "max_steps=5", "max_nonfinite_in_a_row=3",
-                               "optim.accum_steps=2"))
+    result = train(
+        tiny_config(shards, tmp_path / "nan", "a", "max_steps=5", "max_nonfinite_in_a_row=3", "optim.accum_steps=2")
+    )
     assert result.skipped_steps == 2 and result.step == 5
     assert [math.isnan(x) for x in result.losses] == [False, True, True, False, False]
     assert "non-finite loss, step skipped (2 in a row, 2 total)" in (tmp_path / "nan" / "train.log").read_text()
@@ -177,8 +194,10 @@ def test_config_overrides_and_errors(tmp_path):
     from trainer.config import split_overrides
 
     assert split_overrides(["seed=5 lr=1e-4", "betas=[0.9, 0.99]"]) == ["seed=5", "lr=1e-4", "betas=[0.9, 0.99]"]
-    cfg = load_config(ROOT / "configs" / "strategy_c.yaml", ["seed=5", "lr=1e-4", "data.frames=3", "betas=[0.8,0.9]",
-                                                            "loss.camera=1.5", "weights=none"])
+    cfg = load_config(
+        ROOT / "configs" / "strategy_c.yaml",
+        ["seed=5", "lr=1e-4", "data.frames=3", "betas=[0.8,0.9]", "loss.camera=1.5", "weights=none"],
+    )
     assert (cfg.seed, cfg.optim.lr, cfg.data.frames, cfg.optim.betas) == (5, 1e-4, 3, (0.8, 0.9))
     assert cfg.loss.camera == 1.5 and cfg.weights is None and cfg.lora.strategy == "c"
     assert cfg.optim.lr == 1e-4 and isinstance(load_config(ROOT / "configs" / "strategy_a.yaml").optim.lr, float)
@@ -199,11 +218,13 @@ def test_cli_train_resume_params_export_push(shards, tmp_path, monkeypatch):
     common = ["--shards", str(shards), "--model", "tiny", "--weights", str(TINY_WEIGHTS), "--out", str(out)]
     sets = ["--set", "data.frames=2 data.num_workers=0 val_every=0 save_every=0 log_every=1"]
     runner = CliRunner()
-    first = runner.invoke(main, ["train", "--config", str(ROOT / "configs" / "strategy_a.yaml"), *common,
-                                 "--max-steps", "2", *sets])
+    first = runner.invoke(
+        main, ["train", "--config", str(ROOT / "configs" / "strategy_a.yaml"), *common, "--max-steps", "2", *sets]
+    )
     assert first.exit_code == 0, first.output
-    again = runner.invoke(main, ["train", "--config", str(ROOT / "configs" / "strategy_a.yaml"), *common,
-                                 "--max-steps", "2", *sets])
+    again = runner.invoke(
+        main, ["train", "--config", str(ROOT / "configs" / "strategy_a.yaml"), *common, "--max-steps", "2", *sets]
+    )
     assert again.exit_code != 0 and "pass --resume" in again.output
     resumed = runner.invoke(main, ["train", *common, "--max-steps", "3", "--resume"])
     assert resumed.exit_code == 0, resumed.output
@@ -241,18 +262,45 @@ def test_compile_trains_like_eager(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", compile_aot_eager)
     runs = {}
     for flag in ("false", "true"):
-        cfg = tiny_config(shards, tmp_path / flag, "b", "max_steps=3", "log_every=1", f"compile={flag}",
-                          "lora.dropout=0", "lr=2e-3", "warmup_frac=0")
+        cfg = tiny_config(
+            shards,
+            tmp_path / flag,
+            "b",
+            "max_steps=3",
+            "log_every=1",
+            f"compile={flag}",
+            "lora.dropout=0",
+            "lr=2e-3",
+            "warmup_frac=0",
+        )
         runs[flag] = train(cfg).losses
     assert len(compiled) == 1
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-4) and runs["true"][-1] < runs["true"][0]
 
 
 def _cli_train(out: Path, shards: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "trainer", "train", "--config", str(ROOT / "configs" / "strategy_b.yaml"),
-            "--shards", str(shards), "--model", "tiny", "--weights", str(TINY_WEIGHTS), "--out", str(out),
-            "--max-steps", "6", "--set", "data.frames=2 data.num_workers=0 val_every=0 save_every=2 log_every=1",
-            "lr=1e-3", *more]
+    return [
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "strategy_b.yaml"),
+        "--shards",
+        str(shards),
+        "--model",
+        "tiny",
+        "--weights",
+        str(TINY_WEIGHTS),
+        "--out",
+        str(out),
+        "--max-steps",
+        "6",
+        "--set",
+        "data.frames=2 data.num_workers=0 val_every=0 save_every=2 log_every=1",
+        "lr=1e-3",
+        *more,
+    ]
 
 
 def _wait_for(predicate, proc: subprocess.Popen, what: str, limit_s: float = 300.0) -> None:
@@ -285,17 +333,20 @@ def test_training_killed_mid_step_then_resumed_gives_the_same_bytes(shards, tmp_
     name = "adapter_model.safetensors"
     assert (killed / "adapter" / name).read_bytes() == (tmp_path / "straight" / "adapter" / name).read_bytes()
     # PEFT writes target_modules from a set: its order follows the process's hash seed, not the run.
-    configs = [json.loads((run / "adapter" / "adapter_config.json").read_text())
-               for run in (killed, tmp_path / "straight")]
+    configs = [
+        json.loads((run / "adapter" / "adapter_config.json").read_text()) for run in (killed, tmp_path / "straight")
+    ]
     for config in configs:
-        config["target_modules"] = sorted(config["target_modules"]) if isinstance(config["target_modules"], list) \
-            else config["target_modules"]
+        config["target_modules"] = (
+            sorted(config["target_modules"]) if isinstance(config["target_modules"], list) else config["target_modules"]
+        )
     assert configs[0] == configs[1]
 
     def losses(run: Path) -> list[tuple]:
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [(r["step"], sorted((k, v) for k, v in r.items() if "loss" in k or k.endswith("objective")))
-                for r in records]
+        return [
+            (r["step"], sorted((k, v) for k, v in r.items() if "loss" in k or k.endswith("objective"))) for r in records
+        ]
 
     assert losses(killed) == losses(tmp_path / "straight")  # the steps re-run after the kill are not duplicated
     assert [r[0] for r in losses(killed)] == [1, 2, 3, 4, 5, 6, 6]  # 6 twice: the train and the val record
@@ -324,13 +375,19 @@ def test_export_killed_then_rerun_gives_the_same_bytes(trained, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["export", "--run", str(trained.run_dir)]
     export = [sys.executable, "-m", "trainer", *args]
-    clean = subprocess.run([*export, "--out", str(tmp_path / "clean.safetensors")], capture_output=True, text=True,
-                           env=env)
+    clean = subprocess.run(
+        [*export, "--out", str(tmp_path / "clean.safetensors")], capture_output=True, text=True, env=env
+    )
     assert clean.returncode == 0 and "adapter of step 30" in clean.stdout, clean.stderr[-2000:]
     target = tmp_path / "out" / "merged.safetensors"
     target.parent.mkdir()
-    killed = subprocess.run([sys.executable, "-c", KILL_MID_EXPORT, *args, "--out", str(target)], capture_output=True,
-                            text=True, env=env, cwd=ROOT)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_MID_EXPORT, *args, "--out", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     left = list(target.parent.iterdir())
     assert [p.name.startswith(".merged.safetensors.") and p.name.endswith(".tmp") for p in left] == [True]

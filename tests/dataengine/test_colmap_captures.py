@@ -20,35 +20,74 @@ import simplejpeg
 
 from dataengine.colmap import BadInputError
 from dataengine.mvs import MvsConfig, consistency_filter, read_depth_map, write_depth_map
-from dataengine.undistort import (SourceCamera, distort, pycolmap_cam_from_img,
-                                  pycolmap_img_from_cam, undistort_map, undistorted_field)
+from dataengine.undistort import (
+    SourceCamera,
+    distort,
+    pycolmap_cam_from_img,
+    pycolmap_img_from_cam,
+    undistort_map,
+    undistorted_field,
+)
 
 SCENE = "capture"
-BUILD_ARGS = ["--size", "98x70", "--frames", "3", "--stride", "2", "--workers", "2", "--quiet",
-              "--samples-per-shard", "2"]
+BUILD_ARGS = [
+    "--size",
+    "98x70",
+    "--frames",
+    "3",
+    "--stride",
+    "2",
+    "--workers",
+    "2",
+    "--quiet",
+    "--samples-per-shard",
+    "2",
+]
 
 # One calibration per model pycolmap knows (fallback models only where this pycolmap has them).
 CAMERAS = {
-    "SIMPLE_PINHOLE": [300, 160, 120], "PINHOLE": [300, 305, 161, 119],
-    "SIMPLE_RADIAL": [300, 160, 120, -0.1], "RADIAL": [300, 160, 120, -0.1, 0.02],
+    "SIMPLE_PINHOLE": [300, 160, 120],
+    "PINHOLE": [300, 305, 161, 119],
+    "SIMPLE_RADIAL": [300, 160, 120, -0.1],
+    "RADIAL": [300, 160, 120, -0.1, 0.02],
     "OPENCV": [300, 302, 161, 119, -0.15, 0.04, 4e-4, -3e-4],
     "FULL_OPENCV": [300, 302, 161, 119, -0.12, 0.03, 4e-4, -3e-4, 0.002, 0.01, 0.003, 0.001],
     "OPENCV_FISHEYE": [150, 150, 160, 120, 0.03, -0.01, 0.002, -5e-4],
-    "SIMPLE_RADIAL_FISHEYE": [150, 160, 120, 0.03], "RADIAL_FISHEYE": [150, 160, 120, 0.03, -0.01],
+    "SIMPLE_RADIAL_FISHEYE": [150, 160, 120, 0.03],
+    "RADIAL_FISHEYE": [150, 160, 120, 0.03, -0.01],
     "THIN_PRISM_FISHEYE": [200, 201, 160, 120, 0.05, 0.02, 1e-4, 2e-4, -0.01, 0.005, 1e-4, 2e-4],
     "FOV": [300, 300, 160, 120, 0.5],
-    "SIMPLE_DIVISION": [300, 160, 120, -0.1], "DIVISION": [300, 302, 160, 120, -0.1],
-    "SIMPLE_FISHEYE": [150, 160, 120], "FISHEYE": [150, 151, 160, 120],
+    "SIMPLE_DIVISION": [300, 160, 120, -0.1],
+    "DIVISION": [300, 302, 160, 120, -0.1],
+    "SIMPLE_FISHEYE": [150, 160, 120],
+    "FISHEYE": [150, 151, 160, 120],
     "EUCM": [200, 200, 160, 120, 0.5, 1.0],
-    "RAD_TAN_THIN_PRISM_FISHEYE": [200, 201, 160, 120, 0.03, 0.01, 0.0, 0.0, 0.0, 0.0, 1e-4, 2e-4,
-                                   1e-4, 0.0, 2e-4, 0.0],
+    "RAD_TAN_THIN_PRISM_FISHEYE": [
+        200,
+        201,
+        160,
+        120,
+        0.03,
+        0.01,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        1e-4,
+        2e-4,
+        1e-4,
+        0.0,
+        2e-4,
+        0.0,
+    ],
 }
 KNOWN = {m for m in CAMERAS if hasattr(pycolmap.CameraModelId, m)}
 
 
 def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dataengine", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataengine", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -57,8 +96,7 @@ def run_cli(*args, check=True):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("colmap")
-    run_cli("synth", "--format", "colmap", root, "--scene", SCENE, "--images", "8", "--scale", "0.15",
-            "--seed", "3")
+    run_cli("synth", "--format", "colmap", root, "--scene", SCENE, "--images", "8", "--scale", "0.15", "--seed", "3")
     return root
 
 
@@ -86,8 +124,10 @@ def read_samples(shard_dir: Path):
         for key in sorted({n.split(".")[0] for n in mem}):
             cams = json.loads(mem[f"{key}.cameras.json"])
             depth = np.load(io.BytesIO(mem[f"{key}.depth.npy"]))
-            rgbs = [simplejpeg.decode_jpeg(mem[n]) for n in sorted(n for n in mem if n.startswith(key + ".")
-                                                                    and n.endswith(".jpg"))]
+            rgbs = [
+                simplejpeg.decode_jpeg(mem[n])
+                for n in sorted(n for n in mem if n.startswith(key + ".") and n.endswith(".jpg"))
+            ]
             out.append((cams, rgbs, depth))
     return out
 
@@ -124,15 +164,28 @@ def test_projection_and_map_match_pycolmap(model):
     assert (src >= 0.99).all() and (src[:, 0] <= cam.width - 0.99).all() and (src[:, 1] <= cam.height - 0.99).all()
     x0, x1, y0, y1 = umap.field
     grow = 0.01
-    wider = [(x0 - grow * (x1 - x0), x1, y0, y1), (x0, x1 + grow * (x1 - x0), y0, y1),
-             (x0, x1, y0 - grow * (y1 - y0), y1), (x0, x1, y0, y1 + grow * (y1 - y0))]
+    wider = [
+        (x0 - grow * (x1 - x0), x1, y0, y1),
+        (x0, x1 + grow * (x1 - x0), y0, y1),
+        (x0, x1, y0 - grow * (y1 - y0), y1),
+        (x0, x1, y0, y1 + grow * (y1 - y0)),
+    ]
     outside = 0
     for wx0, wx1, wy0, wy1 in wider:
-        border = np.concatenate([np.c_[np.linspace(wx0, wx1, 200), np.full(200, v)] for v in (wy0, wy1)]
-                                + [np.c_[np.full(200, u), np.linspace(wy0, wy1, 200)] for u in (wx0, wx1)])
+        border = np.concatenate(
+            [np.c_[np.linspace(wx0, wx1, 200), np.full(200, v)] for v in (wy0, wy1)]
+            + [np.c_[np.full(200, u), np.linspace(wy0, wy1, 200)] for u in (wx0, wx1)]
+        )
         px = distort(cam, border)
-        outside += int((~np.isfinite(px).all(axis=1) | (px[:, 0] < 1) | (px[:, 1] < 1)
-                        | (px[:, 0] > cam.width - 1) | (px[:, 1] > cam.height - 1)).any())
+        outside += int(
+            (
+                ~np.isfinite(px).all(axis=1)
+                | (px[:, 0] < 1)
+                | (px[:, 1] < 1)
+                | (px[:, 0] > cam.width - 1)
+                | (px[:, 1] > cam.height - 1)
+            ).any()
+        )
     assert outside >= 1, f"{model}: the blank-free field could grow on every side"
 
 
@@ -235,7 +288,7 @@ def test_build_rgb_and_depth_vs_analytic_truth(built, truth, project):
             R, t = E[:, :3], E[:, 3] / unit
             ref = geometry.render(K, R, t, W, H, supersample=4).astype(np.float64)
             img = rgbs[i].astype(np.float64)
-            psnr = 10 * np.log10(255.0 ** 2 / np.mean((img - ref) ** 2))
+            psnr = 10 * np.log10(255.0**2 / np.mean((img - ref) ** 2))
             assert psnr > 28.0, (fr["name"], psnr)
             shift = _subpixel_shift(img, ref)
             assert np.abs(shift).max() < 0.15, (fr["name"], shift)
@@ -296,8 +349,20 @@ def test_sparse_depth_with_metric_scale(project, truth, tmp_path):
     geometry, data = truth
     scale = 1.0 / data["units_per_metre"]
     out = tmp_path / "sparse"
-    run_cli("build", "--format", "colmap", "--root", project, "--out", out, "--depth", "sparse",
-            "--metric-scale", repr(scale), *BUILD_ARGS)
+    run_cli(
+        "build",
+        "--format",
+        "colmap",
+        "--root",
+        project,
+        "--out",
+        out,
+        "--depth",
+        "sparse",
+        "--metric-scale",
+        repr(scale),
+        *BUILD_ARGS,
+    )
     n_points = 0
     for cams, _, depth in read_samples(out):
         assert cams["units"].startswith("metres")
@@ -332,12 +397,31 @@ def test_covisible_windows(project, tmp_path):
     assert len(seq["train"]) == len(a["train"]) and len(seq["val"]) == len(a["val"])
     assert window_overlap(a["train"], cov) >= window_overlap(seq["train"], cov)
     # Through the CLI: recorded in the manifest, frame-disjoint splits in the shards.
-    run_cli("build", "--format", "colmap", "--root", project, "--out", tmp_path / "cov0", "--windows",
-            "covisible", "--depth", "sparse", *BUILD_ARGS)
+    run_cli(
+        "build",
+        "--format",
+        "colmap",
+        "--root",
+        project,
+        "--out",
+        tmp_path / "cov0",
+        "--windows",
+        "covisible",
+        "--depth",
+        "sparse",
+        *BUILD_ARGS,
+    )
     manifest = json.loads((tmp_path / "cov0" / "manifest.json").read_text())
     assert manifest["options"]["windows"] == "covisible"
-    names = {split: {f["name"] for cams, _, _ in read_samples(tmp_path / "cov0") if cams["split"] == split
-                     for f in cams["frames"]} for split in ("train", "val")}
+    names = {
+        split: {
+            f["name"]
+            for cams, _, _ in read_samples(tmp_path / "cov0")
+            if cams["split"] == split
+            for f in cams["frames"]
+        }
+        for split in ("train", "val")
+    }
     assert names["train"] and not names["train"] & names["val"]
 
 
@@ -367,16 +451,32 @@ def test_bad_inputs_one_line_errors(project, tmp_path):
     assert str(photo) in proc.stderr and "missing" in proc.stderr
 
     shutil.rmtree(bad / SCENE / "dense")
-    proc = run_cli("build", "--format", "colmap", "--root", bad, "--out", tmp_path / "o3", "--depth", "mvs",
-                   "--quiet", check=False)
+    proc = run_cli(
+        "build", "--format", "colmap", "--root", bad, "--out", tmp_path / "o3", "--depth", "mvs", "--quiet", check=False
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--depth mvs" in proc.stderr
 
 
 def test_synth_text_model_and_bad_model(tmp_path):
     from dataengine.colmap_project import load_colmap_scene
 
-    run_cli("synth", "--format", "colmap", tmp_path, "--scene", "t", "--images", "3", "--scale", "0.05",
-            "--model-format", "text", "--no-dense", "--camera-models", "FULL_OPENCV,FOV,THIN_PRISM_FISHEYE")
+    run_cli(
+        "synth",
+        "--format",
+        "colmap",
+        tmp_path,
+        "--scene",
+        "t",
+        "--images",
+        "3",
+        "--scale",
+        "0.05",
+        "--model-format",
+        "text",
+        "--no-dense",
+        "--camera-models",
+        "FULL_OPENCV,FOV,THIN_PRISM_FISHEYE",
+    )
     scene = load_colmap_scene("t", tmp_path / "t", depth="sparse")
     assert scene.model_format == "text" and len(scene.frames) == 3
     assert {f.camera.model for f in scene.frames} == {"FULL_OPENCV", "FOV", "THIN_PRISM_FISHEYE"}

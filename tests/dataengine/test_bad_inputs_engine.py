@@ -12,7 +12,6 @@ CLI entry point.
 
 from __future__ import annotations
 
-import functools
 import http.server
 import json
 import os
@@ -21,17 +20,16 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
 SCENE = "tiny"
-FAULT_CLI = Path(__file__).with_name("fault_cli.py")
-BUILD = ["--size", "28", "--frames", "2", "--stride", "2", "--samples-per-shard", "2", "--workers", "1",
-         "--quiet"]
+FAULT_CLI = Path(__file__).parents[1] / "fault_cli.py"
+BUILD = ["--size", "28", "--frames", "2", "--stride", "2", "--samples-per-shard", "2", "--workers", "1", "--quiet"]
 UNDIST = "dslr_calibration_undistorted"
 GT = "ground_truth_depth/dslr_images"
 
@@ -54,8 +52,9 @@ def good_build(tiny_root, tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(args: list[str], env: dict | None = None, fault: dict | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict | None = None, fault: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {}), **(fault or {})}
     full_env.pop("DATAENGINE_DEBUG", None) if "DATAENGINE_DEBUG" not in (env or {}) else None
     cmd = [sys.executable, str(FAULT_CLI)] if fault else [sys.executable, "-m", "dataengine"]
@@ -138,7 +137,7 @@ def _empty_points_auto_without_gt(root, scene, out):
 
 def _empty_images_txt(root, scene, out):
     path = images_txt(scene)
-    path.write_text("".join(l for l in path.read_text().splitlines(keepends=True) if l.startswith("#")))
+    path.write_text("".join(t for t in path.read_text().splitlines(keepends=True) if t.startswith("#")))
     return build_args(root, out), [str(path), "lists no images"]
 
 
@@ -173,6 +172,7 @@ def _gt_bad_skipped(root, scene, out):
     def check(out, res):
         skipped = json.loads((out / "manifest.json").read_text())["skipped"]
         assert [s["frame"] for s in skipped] == [path.name] and "bad GT depth values" in skipped[0]["reason"]
+
     return build_args(root, out, "--skip-bad"), [], check
 
 
@@ -223,7 +223,7 @@ def _camera_model_typo(root, scene, out):
     path = scene / UNDIST / "cameras.txt"
     text = path.read_text()
     path.write_text(text.replace(" PINHOLE ", " PINHOLLE ", 1))
-    line = next(i for i, l in enumerate(path.read_text().splitlines(), 1) if "PINHOLLE" in l)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "PINHOLLE" in text)
     return build_args(root, out), [f"{path}:{line}:", "unknown camera model 'PINHOLLE'"]
 
 
@@ -240,6 +240,7 @@ def _masks_missing_recorded(root, scene, out):
         assert any("masks_for_images" in w for w in manifest["warnings"])
         assert manifest["options"]["require_masks"] is False
         assert "masks_for_images" in res.stderr  # the warning is also shown
+
     return build_args(root, out), [], check
 
 
@@ -252,6 +253,7 @@ def _frame_without_gt_recorded(root, scene, out):
         assert [z["frame"] for z in zero] == [path.name]
         ver = run_cli(["verify", str(out)])
         assert ver.returncode == 0 and f"frame {path.name} has no supervised pixel" in ver.stdout
+
     return build_args(root, out), [], check
 
 
@@ -282,6 +284,7 @@ def _disk_full_writing_shards(root, scene, out):
 def _bad_number(option, value, words):
     def setup(root, scene, out):
         return build_args(root, out, option, value), [f"'{option}'", *words]
+
     return setup
 
 
@@ -294,6 +297,7 @@ def _renamed_scene(new_name):
         target = scene.parent / new_name
         scene.rename(target)
         return build_args(root, out, scenes=new_name), [str(target), "cannot be a sample key"]
+
     return setup
 
 
@@ -354,10 +358,16 @@ CASES = [
     Case("every_frame_without_gt", _every_frame_without_gt),
     Case("out_is_a_file", _out_is_a_file),
     Case("out_read_only", _out_read_only, fault={"FAULT": "eacces"}),
-    Case("disk_full_caching_frames", _disk_full_caching_frames,
-         fault={"FAULT": "enospc", "FAULT_MATCH": ".*.npz.tmp*", "FAULT_NTH": "3", "FAULT_AFTER": "100"}),
-    Case("disk_full_writing_shards", _disk_full_writing_shards,
-         fault={"FAULT": "enospc", "FAULT_MATCH": ".*.tar.tmp*", "FAULT_NTH": "2", "FAULT_AFTER": "2000"}),
+    Case(
+        "disk_full_caching_frames",
+        _disk_full_caching_frames,
+        fault={"FAULT": "enospc", "FAULT_MATCH": ".*.npz.tmp*", "FAULT_NTH": "3", "FAULT_AFTER": "100"},
+    ),
+    Case(
+        "disk_full_writing_shards",
+        _disk_full_writing_shards,
+        fault={"FAULT": "enospc", "FAULT_MATCH": ".*.tar.tmp*", "FAULT_NTH": "2", "FAULT_AFTER": "2000"},
+    ),
     Case("frames_0", _bad_number("--frames", "0", ["0 is not in the range x>=1"]), rc=2),
     Case("stride_0", _bad_number("--stride", "0", ["x>=1"]), rc=2),
     Case("samples_per_shard_0", _bad_number("--samples-per-shard", "0", ["x>=1"]), rc=2),
@@ -383,7 +393,7 @@ GOOD_CASES = [  # cases that read a finished good build
 def assert_one_error_line(res: subprocess.CompletedProcess, parts: list[str]) -> str:
     output = res.stdout + res.stderr
     assert "Traceback" not in output, output
-    lines = [l for l in res.stderr.splitlines() if l.strip() and not l.startswith("WARNING ")]
+    lines = [t for t in res.stderr.splitlines() if t.strip() and not t.startswith("WARNING ")]
     if res.args[-2:] and "verify" in res.args:  # verify prints one line per problem, no "Error:"
         message = "\n".join(lines)
     else:
@@ -430,7 +440,7 @@ def scene_copy(tiny_root, tmp_path):
 def test_bad_build_input(case, scene_copy, tmp_path):
     root, scene = scene_copy
     out = tmp_path / "out"
-    res = run_case(case, root, scene, out, case.setup(root, scene, out))
+    run_case(case, root, scene, out, case.setup(root, scene, out))
     if case.name.startswith("scene_name") or case.name == "frames_larger_than_scene":
         assert not out.exists() or not (out / ".frame-cache").exists()  # refused before rendering
 
@@ -497,8 +507,7 @@ def test_download_failures_are_one_line(kind, server, tmp_path):
     else:
         _Handler.status, _Handler.body = 200, b"7z\xbc\xaf\x27\x1c" + bytes(64)
         parts = ["office_dslr_undistorted.7z", "corrupt 7z archive"]
-    res = run_cli(["download", "--root", str(root), "--scenes", scenes, "--base-url", url, "--retries", "0",
-                   "--quiet"])
+    res = run_cli(["download", "--root", str(root), "--scenes", scenes, "--base-url", url, "--retries", "0", "--quiet"])
     assert res.returncode == 1
     assert_one_error_line(res, parts)
     if kind == "unknown_scene":
@@ -516,8 +525,10 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 def test_kill_and_rerun_gives_identical_shards_and_no_stray_files(where, tiny_root, good_build, tmp_path):
     out = tmp_path / "out"
     match, nth = (".*.npz.tmp*", "4") if where == "rendering" else (".*.tar.tmp*", "2")
-    killed = run_cli(build_args(tiny_root, out),
-                     fault={"FAULT": "kill", "FAULT_MATCH": match, "FAULT_NTH": nth, "FAULT_AFTER": "500"})
+    killed = run_cli(
+        build_args(tiny_root, out),
+        fault={"FAULT": "kill", "FAULT_MATCH": match, "FAULT_NTH": nth, "FAULT_AFTER": "500"},
+    )
     assert killed.returncode == -9
     orphans = list(out.rglob(".*.tmp*"))
     assert len(orphans) == 1  # the file being written when the kill came

@@ -17,7 +17,7 @@ import yaml
 
 from trainer.vggt.loading import DEFAULT_REPO_ID, DEFAULT_REVISION
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # repo name -> (HTTP status, headers) of the hub's answer to the file's metadata request. The error
 # codes are the hub's X-Error-Code values that huggingface_hub maps to its exception classes.
@@ -89,8 +89,14 @@ def fake_hub():
 def resolve_in_subprocess(endpoint: str, cases: list[tuple[str, str | None]], tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}  # HF_HUB_OFFLINE, HF_TOKEN unset
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(cases)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -121,14 +127,16 @@ def test_unreachable_hub_is_offline_and_names_the_local_path_options(tmp_path):
 
 
 def test_weights_revision_is_a_config_key_recorded_in_the_run():
-    from trainer.config import load_config
     from trainer.builders import weights_revision_used
+    from trainer.config import load_config
 
     cfg = load_config(ROOT / "configs" / "strategy_b.yaml")
     assert cfg.weights_revision is None and weights_revision_used(cfg) == DEFAULT_REVISION
     cfg = load_config(ROOT / "configs" / "strategy_b.yaml", ["weights_revision=main"])
     assert weights_revision_used(cfg) == "main"
-    cfg = load_config(ROOT / "configs" / "strategy_b.yaml", [f"weights={ROOT / 'tests/assets/vggt_tiny_reference.safetensors'}"])
+    cfg = load_config(
+        ROOT / "configs" / "strategy_b.yaml", [f"weights={ROOT / 'tests/assets/vggt_tiny_reference.safetensors'}"]
+    )
     assert weights_revision_used(cfg) is None  # a local file has no hub revision
 
 
@@ -140,8 +148,15 @@ def adapter_dir(tmp_path: Path, weights: str | None, revision: str | None = None
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(weights), "r": 16}))
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
-    info = {"format": "vggt-eth3d-lora/1", "model": "vggt-1b", "weights": weights, "weights_revision": revision,
-            "strategy": "b", "targets": ["depth_head\\..*"], "step": 7}
+    info = {
+        "format": "vggt-eth3d-lora/1",
+        "model": "vggt-1b",
+        "weights": weights,
+        "weights_revision": revision,
+        "strategy": "b",
+        "targets": ["depth_head\\..*"],
+        "step": 7,
+    }
     (folder / "vggt_adapter.json").write_text(json.dumps(info))
     return folder
 
@@ -155,8 +170,12 @@ def staged(tmp_path: Path, weights: str | None, revision: str | None = None) -> 
     card = (staging / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     peft_config = json.loads((staging / "adapter_config.json").read_text())
-    assert sorted(p.name for p in staging.iterdir()) == ["README.md", "adapter_config.json",
-                                                         "adapter_model.safetensors", "vggt_adapter.json"]
+    assert sorted(p.name for p in staging.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "vggt_adapter.json",
+    ]
     return base, front, peft_config, card
 
 

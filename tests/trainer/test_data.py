@@ -41,9 +41,18 @@ def engine_shards(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
         root = tmp_path_factory.getbasetemp() / "trainer_eth3d"
         generate_scene(root, "synth_facade", images=12, scale=0.1, seed=0)
     scene = sorted(p.name for p in root.iterdir() if p.is_dir())[0]
-    build_shards(BuildConfig(root=root, out=out, scenes=(scene,), width=SHARD_SIZE, height=SHARD_SIZE,
-                             samples_per_shard=1, progress=False,
-                             windows=WindowConfig(frames=4, stride=2, val_fraction=0.3)))
+    build_shards(
+        BuildConfig(
+            root=root,
+            out=out,
+            scenes=(scene,),
+            width=SHARD_SIZE,
+            height=SHARD_SIZE,
+            samples_per_shard=1,
+            progress=False,
+            windows=WindowConfig(frames=4, stride=2, val_fraction=0.3),
+        )
+    )
     return out
 
 
@@ -173,7 +182,9 @@ def test_bad_input_names_the_file(tmp_path, shards):
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(ShardError, match=r"broken/train-00000\.tar: sample synthx_00000: missing member synthx_00000\.f1\.jpg"):
+    with pytest.raises(
+        ShardError, match=r"broken/train-00000\.tar: sample synthx_00000: missing member synthx_00000\.f1\.jpg"
+    ):
         next(iter(make_loader(broken, "train", 1, shuffle=False)))
     (broken / "manifest.json").write_text('{"format": "eth3d-vggt-shards/1",\n "splits": [}')
     with pytest.raises(ShardError, match=r"manifest\.json:2: invalid JSON"):

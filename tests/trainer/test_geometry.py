@@ -20,7 +20,7 @@ from trainer.vggt.geometry import (
     unproject_depth_map_to_point_map,
 )
 
-FIXTURE = Path(__file__).parent / "assets" / "vggt_tiny_reference.safetensors"
+FIXTURE = Path(__file__).parents[1] / "assets" / "vggt_tiny_reference.safetensors"
 
 
 def rel_err(mine: torch.Tensor, ref: torch.Tensor) -> float:
@@ -62,8 +62,9 @@ def test_rotation_quaternion_round_trip_including_near_180_degrees():
     gen = torch.Generator().manual_seed(0)
     rotations = random_rotations(500, gen)
     # Near-180 degree rotations are where a naive (w-based) conversion loses precision.
-    rotations[:50] = axis_angle_to_mat(torch.randn(50, 3, generator=gen, dtype=torch.float64),
-                                       torch.full((50,), math.pi - 1e-6, dtype=torch.float64))
+    rotations[:50] = axis_angle_to_mat(
+        torch.randn(50, 3, generator=gen, dtype=torch.float64), torch.full((50,), math.pi - 1e-6, dtype=torch.float64)
+    )
     quats = mat_to_quat(rotations)
     assert (quats[..., 3] >= 0).all()
     torch.testing.assert_close(quats.norm(dim=-1), torch.ones(500, dtype=torch.float64), atol=1e-12, rtol=0)
@@ -128,7 +129,9 @@ def test_pose_encoding_matches_official_on_fixture(reference):
 
 def test_unprojection_matches_official_pixel_convention(reference):
     depth = reference["loss.batch.depths"]
-    world, cam, valid = depth_to_world_points(depth, reference["loss.batch.intrinsics"], reference["loss.batch.extrinsics"])
+    world, cam, valid = depth_to_world_points(
+        depth, reference["loss.batch.intrinsics"], reference["loss.batch.extrinsics"]
+    )
     assert torch.equal(valid, reference["loss.batch.point_masks"])
     assert rel_err(cam, reference["loss.batch.cam_points"]) < 1e-6
     assert rel_err(world, reference["loss.batch.world_points"]) < 1e-6
