@@ -32,6 +32,7 @@ PYTHON_VERSION ?= 3.12
 PLATFORM       ?= manylinux_2_28_x86_64
 EXTRAS         ?= engine
 TORCH_SPEC     ?= torch
+SKIP           ?=
 PIP_ARGS       ?=
 BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
@@ -161,7 +162,7 @@ bench: setup
 
 wheelhouse:
 	$(PYTHON) tools/offline.py wheelhouse --out $(WHEELHOUSE) --python-version $(PYTHON_VERSION) \
-		--platform $(PLATFORM) --extras "$(EXTRAS)" --torch "$(TORCH_SPEC)"
+		--platform $(PLATFORM) --extras "$(EXTRAS)" --torch "$(TORCH_SPEC)" --skip "$(SKIP)"
 
 setup-system:
 	$(PYTHON) tools/offline.py setup-system --wheelhouse $(WHEELHOUSE) --extras "$(EXTRAS)" --pip-args "$(PIP_ARGS)"

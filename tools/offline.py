@@ -196,8 +196,16 @@ def run(cmd: list[str], quiet: bool = False) -> subprocess.CompletedProcess:
 
 
 def make_wheelhouse(
-    out: Path, python_version: str, platform: str, extras: list[str], torch: str, pip: list[str]
+    out: Path,
+    python_version: str,
+    platform: str,
+    extras: list[str],
+    torch: str,
+    pip: list[str],
+    skip: Iterable[str] = (),
 ) -> list[str]:
+    """`skip`: distributions the target image already has; neither they nor what only they need are
+    downloaded (the target's own versions must then satisfy the project's requirements)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("vggt_eth3d_lora-*.whl"):
         old.unlink()
@@ -209,23 +217,30 @@ def make_wheelhouse(
         target += ["--platform", tag]
     tag = wheel_tag(python_version, platform)
     report_path = out / f"resolution-{tag}.json"
-    run(
-        [
-            *pip,
-            "install",
-            "--dry-run",
-            "--ignore-installed",
-            "--quiet",
-            *target,
-            "--report",
-            str(report_path),
-            f"{project_wheel}[{','.join(extras)}]" if extras else str(project_wheel),
-            torch,
-        ]
-    )
+    # --target: pip < 24.1 accepts platform options only with it (a dry run installs nothing there anyway).
+    with tempfile.TemporaryDirectory() as nowhere:
+        run(
+            [
+                *pip,
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--target",
+                nowhere,
+                *target,
+                "--report",
+                str(report_path),
+                f"{project_wheel}[{','.join(extras)}]" if extras else str(project_wheel),
+                torch,
+            ]
+        )
     report = json.loads(report_path.read_text())
     env = target_environment(python_version, platform)
-    pins = closure([root], report_lookup(report), env)
+    skipped = {canonical(name) for name in skip}
+    pins = closure(
+        [root], report_lookup(report), env, exclude=lambda name: bool(CUDA_STACK.match(name)) or name in skipped
+    )
     pins.pop(canonical(PROJECT))
     requirements = sorted(f"{name}=={version}" for name, version in pins.items())
     req_file = out / f"requirements-{tag}.txt"
@@ -330,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     wh.add_argument("--extras", default="engine", help="comma-separated extras of the project ('' for none)")
     wh.add_argument("--torch", default="torch", help="torch requirement to resolve against, e.g. torch==2.11.0")
     wh.add_argument("--pip", default=f"{sys.executable} -m pip", help="pip command line")
+    wh.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated distributions the target already has (e.g. the "
+        "GPU image's numpy,numba,peft,...): not downloaded, nor what only they need",
+    )
     ss = sub.add_parser("setup-system", help="install into this interpreter from a wheelhouse, keeping torch")
     ss.add_argument("--wheelhouse", type=Path, default=ROOT / "wheelhouse")
     ss.add_argument("--extras", default="engine")
@@ -338,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     extras = [e for e in args.extras.split(",") if e.strip()]
     try:
         if args.command == "wheelhouse":
-            make_wheelhouse(args.out, args.python_version, args.platform, extras, args.torch, args.pip.split())
+            make_wheelhouse(
+                args.out,
+                args.python_version,
+                args.platform,
+                extras,
+                args.torch,
+                args.pip.split(),
+                [name for name in args.skip.split(",") if name.strip()],
+            )
         else:
             if not args.wheelhouse.is_dir():
                 raise OfflineError(f"{args.wheelhouse} is not a folder: pass WHEELHOUSE=<the copied wheelhouse>")
