@@ -195,6 +195,16 @@ def run(cmd: list[str], quiet: bool = False) -> subprocess.CompletedProcess:
     return proc
 
 
+def wheelhouse_exclude(skip: Iterable[str] = ()) -> Callable[[str], bool]:
+    """What a wheelhouse leaves out: the CUDA stack always, and the `skip` distributions the target already has."""
+    skipped = {canonical(name) for name in skip}
+
+    def excluded(name: str) -> bool:
+        return bool(CUDA_STACK.match(name)) or name in skipped
+
+    return excluded
+
+
 def make_wheelhouse(
     out: Path,
     python_version: str,
@@ -237,10 +247,7 @@ def make_wheelhouse(
         )
     report = json.loads(report_path.read_text())
     env = target_environment(python_version, platform)
-    skipped = {canonical(name) for name in skip}
-    pins = closure(
-        [root], report_lookup(report), env, exclude=lambda name: bool(CUDA_STACK.match(name)) or name in skipped
-    )
+    pins = closure([root], report_lookup(report), env, exclude=wheelhouse_exclude(skip))
     pins.pop(canonical(PROJECT))
     requirements = sorted(f"{name}=={version}" for name, version in pins.items())
     req_file = out / f"requirements-{tag}.txt"

@@ -100,6 +100,15 @@ def test_closure_keeps_shared_dependencies_and_drops_what_only_torch_needs():
         offline.closure(["unknown-package"], offline.report_lookup(REPORT), env)
 
 
+def test_skipped_distributions_and_what_only_they_need_stay_out():
+    env = offline.target_environment("3.12", "manylinux_2_28_x86_64")
+    lookup = offline.report_lookup(REPORT)
+    pins = offline.closure(["vggt-eth3d-lora[engine]"], lookup, env, exclude=offline.wheelhouse_exclude(["PEFT"]))
+    # peft's own dependencies go with it (filelock is otherwise needed only by torch); numba stays.
+    assert pins == {"vggt-eth3d-lora": "0.1.0", "numba": "0.68.1", "llvmlite": "0.50.0"}
+    assert offline.wheelhouse_exclude()("nvidia-cublas-cu12") and not offline.wheelhouse_exclude()("numba")
+
+
 def test_constraints_pin_the_cuda_stack_and_report_classifies():
     installed = {
         "torch": "2.11.0+cu130",
