@@ -79,7 +79,7 @@ constraints:
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # `$(PY) -m ruff format .` applies the formatting that the second command checks.
 lint: setup
