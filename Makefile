@@ -56,7 +56,7 @@ help:
 	@echo "make bench                engine, loader, model-forward, train-step and step-memory benchmarks"
 	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
 	@echo "make constraints          re-pin constraints.txt to the versions installed in $(VENV)"
-	@echo "make wheelhouse           wheels for PYTHON_VERSION=$(PYTHON_VERSION) PLATFORM=$(PLATFORM), no torch/CUDA"
+	@echo "make wheelhouse           wheels for PYTHON_VERSION=$(PYTHON_VERSION) PLATFORM=$(PLATFORM), no torch/CUDA (SKIP=what the target has)"
 	@echo "make setup-system         install into PYTHON from WHEELHOUSE offline, keeping its torch"
 	@echo "make gpu-check            bounded GPU check (BUDGET=$(BUDGET) s) -> GPU_CHECK_OUT=$(GPU_CHECK_OUT)"
 
