@@ -181,7 +181,7 @@ def _check_adapter_keys(peft_model: PeftModel, state: dict[str, torch.Tensor], a
     warns, and a model with half its adapter at the init value would be evaluated as if trained."""
     from peft import get_peft_model_state_dict
 
-    expected = get_peft_model_state_dict(peft_model)
+    expected = get_peft_model_state_dict(peft_model, save_embedding_layers=False)  # as saved; "auto" asks the hub
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)

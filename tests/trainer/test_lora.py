@@ -140,3 +140,23 @@ def test_adapter_round_trip_and_merge(tiny_base, tmp_path):
 def test_load_adapter_reports_a_missing_file(tmp_path, tiny_base):
     with pytest.raises(FileNotFoundError, match="adapter_config.json: missing"):
         load_adapter(tiny_base, tmp_path)
+
+
+def test_adapter_save_and_load_never_ask_the_hub(tiny_base, tmp_path, monkeypatch):
+    """PEFT's default `save_embedding_layers="auto"` looks up `<base_model>/config.json` on the Hub for a hub
+    id: offline GPU nodes would wait on it at every checkpoint and resume. Neither path may call it."""
+    import copy
+
+    import peft.utils.save_and_load as peft_save_and_load
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"the Hub was consulted: {args}")
+
+    monkeypatch.setattr(peft_save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    model = perturbed_adapter(tiny_base)
+    model.peft_config["default"].base_model_name_or_path = "facebook/VGGT-1B"
+    save_adapter(model, tmp_path / "adapter", {"model": "tiny", "weights": "facebook/VGGT-1B", "strategy": "c"})
+    reloaded = load_adapter(copy.deepcopy(tiny_base), tmp_path / "adapter")
+    assert reloaded.peft_config["default"].base_model_name_or_path == "facebook/VGGT-1B"
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
