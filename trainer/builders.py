@@ -20,7 +20,6 @@ from trainer.checkpoints import STATE_FILE, set_rng_state
 from trainer.config import OptimConfig, TrainConfig
 from trainer.data import Loader, make_loader
 from trainer.distributed import Dist
-from trainer.preflight import RunSetupError
 
 log = logging.getLogger("trainer")
 
@@ -156,12 +155,8 @@ def restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, seed: int, d: D
     if ckpt is None:
         seed_everything(seed + d.rank)
         return Position()
+    # preflight.check_resume_data has refused another process count or other data already.
     state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    if state["world_size"] != d.world:
-        raise RunSetupError(
-            f"{ckpt}: saved with {state['world_size']} processes, resumed with {d.world}; "
-            "the data position is per rank, so resume with the same process count"
-        )
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(torch.load(ckpt / f"rng_{d.rank}.pt", weights_only=False))
     pos = Position(state["step"], state["epoch"], state["consumed"], state["skipped_steps"])

@@ -19,6 +19,8 @@ from trainer.distributed import Dist, barrier
 
 log = logging.getLogger("trainer")
 
+DEPTH_SUMS = ("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n")  # what validation_depth_metrics sums
+
 
 def validation_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """Sums over windows of the frame-averaged AbsRel and δ<1.25, as predicted (normalised frame) and
@@ -28,7 +30,7 @@ def validation_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.T
     """
     from trainer.metrics import align_depth, depth_metrics
 
-    out = dict.fromkeys(("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n"), 0.0)
+    out = dict.fromkeys(DEPTH_SUMS, 0.0)
     for p, g, m in zip(pred.float(), gt.float(), mask.bool(), strict=True):
         m = m & (g > 0) & torch.isfinite(p) & (p > 0)
         if not bool(m.any()):
@@ -57,7 +59,7 @@ def validation_scores(
     model.eval()
     sums: dict[str, float] = {}
     batches = 0
-    depth = {k: 0.0 for k in ("abs_rel", "delta1", "abs_rel_med", "delta1_med", "n")}
+    depth = dict.fromkeys(DEPTH_SUMS, 0.0)
     for batch in loader.epoch_batches(0):
         if max_batches is not None and batches >= max_batches:
             break
