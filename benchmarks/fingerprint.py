@@ -134,6 +134,22 @@ def fingerprint(work: Path) -> dict:
             ]
         )
         out["shards"][name] = sha256_tree(dest)
+    # The COLMAP capture path (distorted photos, MVS depth, covisible windows) and an evaluation build.
+    colmap = work / "colmap"
+    run(
+        [py, "-m", "dataengine", "synth", "--format", "colmap", str(colmap), "--scene", "fp_c"]
+        + ["--images", "10", "--scale", "0.1", "--seed", "2"]
+    )
+    for name, root, args in [
+        ("colmap_covisible_112", colmap, ["--format", "colmap", "--windows", "covisible", "--frames", "4"]),
+        ("eval_uniform_112", scenes, ["--scenes", "fp_a,fp_b", "--sampling", "uniform", "--frames", "6"]),
+    ]:
+        dest = work / "shards" / name
+        run(
+            [py, "-m", "dataengine", "build", "--root", str(root), "--out", str(dest), "--size", "112"]
+            + ["--workers", "2", "--quiet", "--samples-per-shard", "1", *args]
+        )
+        out["shards"][name] = sha256_tree(dest)
     shards = work / "shards" / "pad_112_sparse"
     for strategy in STRATEGIES:
         run_dir = work / "runs" / strategy
@@ -168,7 +184,35 @@ def fingerprint(work: Path) -> dict:
         )
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         out["losses"][strategy] = [{k: v for k, v in r.items() if "loss" in k or k == "step"} for r in records]
+    # Evaluation: the window report of run b and the published protocols (base + adapter), as numbers.
+    out["eval"] = {}
+    evals = [
+        ("window_b", ["--shards", str(shards), "--split", "val", "--run", str(work / "runs" / "b")]),
+        (
+            "protocols_b",
+            ["--shards", str(work / "shards" / "eval_uniform_112"), "--protocol", "all"]
+            + ["--run", str(work / "runs" / "b"), "--alignment", "sequence"],
+        ),
+    ]
+    for name, args in evals:
+        dest = work / "eval" / name
+        run([py, "-m", "trainer", "eval", *args, "--device", "cpu", "--max-pictures", "1", "--out", str(dest)])
+        out["eval"][name] = _numbers(json.loads((dest / "metrics.json").read_text()))
     return out
+
+
+def _numbers(obj, prefix: str = "") -> dict:
+    """The numeric leaves of a metrics.json by path (paths, timings and versions left out)."""
+    flat = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            flat.update(_numbers(v, f"{prefix}{k}/"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            flat.update(_numbers(v, f"{prefix}{i}/"))
+    elif isinstance(obj, int | float) and not isinstance(obj, bool) and "time" not in prefix and "_s/" not in prefix:
+        flat[prefix.rstrip("/")] = obj
+    return flat
 
 
 def compare(a: dict, b: dict) -> list[str]:
@@ -181,6 +225,11 @@ def compare(a: dict, b: dict) -> list[str]:
     for s in sorted(set(a["losses"]) | set(b["losses"])):
         if a["losses"].get(s) != b["losses"].get(s):
             diffs.append(f"losses strategy {s}: {a['losses'].get(s)} != {b['losses'].get(s)}")
+    for name in sorted(set(a.get("eval", {})) | set(b.get("eval", {}))):
+        ea, eb = a.get("eval", {}).get(name, {}), b.get("eval", {}).get(name, {})
+        for k in sorted(set(ea) | set(eb)):
+            if ea.get(k) != eb.get(k):
+                diffs.append(f"eval {name}/{k}: {ea.get(k)} != {eb.get(k)}")
     return diffs
 
 
@@ -195,7 +244,8 @@ def main() -> int:
     n_files = sum(len(v) for v in fp["shards"].values())
     print(
         f"fingerprint: {n_files} shard files in {len(fp['shards'])} builds, "
-        f"{sum(len(v) for v in fp['losses'].values())} loss records -> {args.json}"
+        f"{sum(len(v) for v in fp['losses'].values())} loss records, "
+        f"{sum(len(v) for v in fp['eval'].values())} evaluation numbers -> {args.json}"
     )
     if args.compare:
         diffs = compare(json.loads(args.compare.read_text()), fp)
