@@ -134,37 +134,73 @@ class FrameResult:
     meta: dict
 
 
-def _stat_key(path: Path | None) -> list:
+def stat_key(path: Path | None, full: bool = False) -> list:
+    """A file's identity for the frame cache: name, size, mtime and ctime (ctime moves on every
+    rewrite, even one that restores the mtime, e.g. `cp -p` or `touch -d`)."""
     if path is None:
         return [None]
     st = path.stat()
-    return [str(path.name), st.st_size, st.st_mtime_ns]
+    return [str(path) if full else str(path.name), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
+def array_digest(values: np.ndarray) -> str:
+    """Content hash of a numeric array (point coordinates, observed indices)."""
+    arr = np.ascontiguousarray(values)
+    return hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()).hexdigest()[:16]
+
+
+def _code_digest() -> str:
+    """The engine's rendering code and the libraries that produce frame bytes: a changed engine
+    (same version string, e.g. a local edit or a git pull) never reuses frames cached by another."""
+    import importlib.metadata
+
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    for dist in ("numpy", "numba", "pillow", "simplejpeg", "pycolmap"):
+        try:
+            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{dist}=none".encode())
+    return h.hexdigest()[:16]
+
+
+_CODE_DIGEST: list[str] = []
+
+
+def code_digest() -> str:
+    if not _CODE_DIGEST:
+        _CODE_DIGEST.append(_code_digest())
+    return _CODE_DIGEST[0]
+
+
+def frame_cache_path(cfg: BuildConfig, frame: Frame, points_digest: str | None = None) -> Path:
+    """The frame's cache file: its name holds a digest of every input that changes the frame's bytes
+    (options, code, photo / mask / depth files, calibration, pose, and for sparse depth the scene's
+    point coordinates — the z-buffer reads all of them — plus the indices of the points it sees)."""
+    sparse = frame.depth_source == "sparse"
+    points = [points_digest, array_digest(np.asarray(frame.observed, dtype=np.int64))] if sparse else None
     if cfg.format == "colmap":
-        digest = hashlib.sha256(
-            json.dumps([cfg.frame_options(), frame.cache_ident()], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
-    ident = json.dumps(
-        [
+        ident = [cfg.frame_options(), code_digest(), frame.cache_ident(), points]
+    else:
+        ident = [
             cfg.frame_options(),
+            code_digest(),
             frame.scene,
             frame.name,
-            _stat_key(frame.image_path),
-            _stat_key(frame.depth_path),
-            _stat_key(frame.mask_path),
+            stat_key(frame.image_path),
+            stat_key(frame.depth_path),
+            stat_key(frame.mask_path),
             frame.pinhole.params.tolist(),
+            [frame.pinhole.model, frame.pinhole.width, frame.pinhole.height],
             None if frame.prism is None else frame.prism.params.tolist(),
+            None if frame.prism is None else [frame.prism.model, frame.prism.width, frame.prism.height],
             frame.rotation.tolist(),
             frame.translation.tolist(),
             frame.depth_source,
-            len(frame.observed),
-        ],
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+            points,
+        ]
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
 
 
@@ -322,7 +358,8 @@ def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
                 f"--skip-bad records above); fix the inputs or drop the scene",
                 cfg.root / name,
             )
-        if not window_starts(n, cfg.windows.frames, cfg.windows.stride):
+        # Evaluation samples take min(--frames, scene frames) frames: a short scene is sampled whole.
+        if cfg.windows.sampling == "windows" and not window_starts(n, cfg.windows.frames, cfg.windows.stride):
             raise BadInputError(
                 f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
                 f"{cfg.windows.frames}; lower --frames or drop the scene",
@@ -343,7 +380,8 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
     from tqdm import tqdm
 
     jobs = [(scene, frame) for scene in scenes for frame in scene.frames]
-    todo = [(s, f, frame_cache_path(cfg, f)) for s, f in jobs]
+    points = {scene.name: array_digest(np.asarray(scene.points_xyz, dtype=np.float64)) for scene in scenes}
+    todo = [(s, f, frame_cache_path(cfg, f, points[s.name])) for s, f in jobs]
     done: dict[tuple[str, str], Path] = {}
     skipped: list[dict] = []
     pending = []
@@ -498,7 +536,7 @@ def build_shards(cfg: BuildConfig) -> dict:
             cov = frame_covisibility([f.observed for f in frames])
             scene_stats[scene.name].update(
                 {
-                    "window_overlap": round(window_overlap(wins["train"] + wins["val"], cov), 6),
+                    "window_overlap": round(window_overlap([w for s in splits for w in wins[s]], cov), 6),
                     "mvs_frames": sum(m["depth_source"] == "mvs" for m in metas),
                     "units": units[scene.name],
                     "model": f"{scene.model_dir.relative_to(scene.directory)} ({scene.model_format})",

@@ -50,31 +50,34 @@ class ColmapFrame:
     mvs_path: Path | None  # the depth map used (geometric preferred) when depth_source == "mvs"
     dense_camera: SourceCamera | None  # its PINHOLE camera from dense/sparse
     depth_source: str  # "mvs" or "sparse"
-    neighbour_maps: list = field(default_factory=list)  # depth maps the consistency filter reads
+    neighbour_maps: list = field(default_factory=list)  # (map, camera, R, t) the consistency filter reads
 
     def cache_ident(self) -> list:
-        """Everything of the inputs that changes this frame's render (for the build's cache key)."""
-
-        def stat(p):
-            if p is None:
-                return None
-            st = p.stat()
-            return [str(p), st.st_size, st.st_mtime_ns]
+        """Everything of the inputs that changes this frame's render (for the build's cache key).
+        Files by size and change times (a rewrite moves ctime even when mtime is restored); the
+        sparse points by the build (build.frame_cache_path hashes the coordinates)."""
+        from dataengine.build import stat_key
 
         return [
             "colmap",
             self.scene,
             self.name,
-            stat(self.image_path),
-            stat(self.mask_path),
-            stat(self.mvs_path),
+            stat_key(self.image_path, full=True),
+            stat_key(self.mask_path, full=True),
+            stat_key(self.mvs_path, full=True),
             [self.camera.model, self.camera.width, self.camera.height, list(self.camera.params)],
+            None
+            if self.dense_camera is None
+            else [self.dense_camera.model, self.dense_camera.width, self.dense_camera.height],
             None if self.dense_camera is None else list(self.dense_camera.params),
             self.rotation.tolist(),
             self.translation.tolist(),
             self.depth_source,
-            len(self.observed),
-            [stat(p) for p in self.neighbour_maps],
+            # the consistency filter reads each neighbour's map, camera and pose
+            [
+                [stat_key(p, full=True), list(c.params), np.asarray(r).tolist(), np.asarray(t).tolist()]
+                for p, c, r, t in self.neighbour_maps
+            ],
         ]
 
 
