@@ -198,3 +198,100 @@ def test_frame_cache_key_covers_every_input(tmp_path):
             "--depth", "sparse", *TINY, "--size", "42")  # fmt: skip
     tars = sorted(p.name for p in fresh.glob("*.tar"))
     assert tars and all((out / n).read_bytes() == (fresh / n).read_bytes() for n in tars)
+
+
+# ------------------------------------------------------------------------------ 3. photo modes
+def _photo_bytes(im, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["RGB", "L", "I;16", "I", "F", "LA", "RGBA", "P", "CMYK", "1"],
+)
+def test_every_photo_mode_decodes_to_its_8bit_rgb(mode):
+    """Each Pillow mode a PNG/TIFF photo can arrive in: the decoded 8-bit RGB is the photo's content
+    (16-bit scaled by 65535 → 255, floats from [0, 1]), never a constant frame."""
+    from PIL import Image
+
+    from dataengine.undistort import SourceCamera, decode_photo
+
+    h, w = 24, 32
+    yy, xx = np.mgrid[0:h, 0:w]
+    grey8 = ((xx * 7 + yy * 3) % 256).astype(np.uint8)
+    rgb8 = np.stack([grey8, 255 - grey8, (grey8 // 2 + 60).astype(np.uint8)], axis=2)
+    expect = np.repeat(grey8[:, :, None], 3, axis=2)
+    if mode == "RGB":
+        im, expect = Image.fromarray(rgb8), rgb8
+    elif mode == "L":
+        im = Image.fromarray(grey8)
+    elif mode == "I;16":
+        im = Image.fromarray(grey8.astype(np.uint16) * 257)
+    elif mode == "I":
+        im = Image.fromarray(grey8.astype(np.int32) * 257)
+    elif mode == "F":
+        im = Image.fromarray(grey8.astype(np.float32) / 255)
+    elif mode == "LA":
+        im = Image.fromarray(grey8).convert("LA")
+    elif mode == "RGBA":
+        im, expect = Image.fromarray(rgb8).convert("RGBA"), rgb8
+    elif mode == "P":
+        im = Image.fromarray(grey8).convert("P")
+        expect = np.asarray(im.convert("RGB"))  # the palette's colours
+    elif mode == "CMYK":
+        im, expect = Image.fromarray(rgb8).convert("CMYK"), rgb8
+    else:  # "1": black and white
+        im = Image.fromarray(((grey8 > 127) * 255).astype(np.uint8)).convert("1")
+        expect = np.repeat(((grey8 > 127) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    assert im.mode == mode
+    data = _photo_bytes(im, "TIFF" if mode in ("I", "F", "CMYK") else "PNG")
+    cam = SourceCamera(1, "PINHOLE", w, h, (30.0, 30.0, 16.0, 12.0))
+    got = decode_photo(data, cam, 1, Path(f"photo_{mode}.png"))
+    assert got.dtype == np.uint8 and got.shape == (h, w, 3)
+    assert got.std() > 30  # not a constant frame
+    assert np.abs(got.astype(int) - expect.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        (np.full((24, 32), 3.5, np.float32), "not [0, 1]"),
+        (np.full((24, 32), np.nan, np.float32), "NaN"),
+        (np.full((24, 32), 70000, np.int32), "beyond 16 bits"),
+    ],
+)
+def test_photo_modes_without_a_safe_8bit_reading_are_refused(values, words):
+    from PIL import Image
+
+    from dataengine.colmap import BadInputError
+    from dataengine.undistort import SourceCamera, decode_photo
+
+    data = _photo_bytes(Image.fromarray(values), "TIFF")
+    cam = SourceCamera(1, "PINHOLE", 32, 24, (30.0, 30.0, 16.0, 12.0))
+    with pytest.raises(BadInputError, match="bad.tif") as info:
+        decode_photo(data, cam, 1, Path("bad.tif"))
+    assert words in str(info.value)
+
+
+def test_16bit_photo_through_the_cli(colmap_project, tmp_path):
+    """A 16-bit greyscale PNG in a COLMAP project builds to the photo's grey levels (it was all white)."""
+    from PIL import Image
+
+    project = tmp_path / "p"
+    shutil.copytree(colmap_project, project)
+    photos = sorted(p for p in (project / "cap" / "images").rglob("*") if p.is_file())
+    for photo in photos:
+        grey = np.asarray(Image.open(photo).convert("L")).astype(np.uint16) * 257
+        photo.write_bytes(_photo_bytes(Image.fromarray(grey)))
+    out = tmp_path / "o"
+    run_cli("build", "--format", "colmap", "--root", project, "--out", out, "--sampling", "uniform", "--frames", "2",
+            *TINY)  # fmt: skip
+    import tarfile
+
+    import simplejpeg
+
+    with tarfile.open(next(out.glob("*.tar"))) as tf:
+        jpgs = [simplejpeg.decode_jpeg(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".jpg")]
+    assert jpgs and all(j.mean() < 240 and j.std() > 5 for j in jpgs)
