@@ -158,11 +158,92 @@ def read_reconstruction(model_dir: Path):
     )
 
 
-def _pose(image) -> tuple[np.ndarray, np.ndarray]:
+def _pose_file(model_dir: Path, image_id: int) -> str:
+    """Where an image's pose lives, for errors: frames.txt/.bin when the model has rigs and frames
+    (COLMAP >= 3.12: the image's pose is its frame's), else the images file (text: with the line)."""
+    for name in ("frames.txt", "frames.bin"):
+        if (model_dir / name).is_file():
+            return str(model_dir / name)
+    if (model_dir / "images.txt").is_file():
+        lineno = 0
+        with open(model_dir / "images.txt", encoding="utf-8", errors="replace") as fh:
+            for lineno, text in enumerate(fh, 1):
+                tok = text.split()
+                if len(tok) >= 10 and not text.startswith("#") and tok[0] == str(image_id):
+                    return f"{model_dir / 'images.txt'}:{lineno}"
+        return str(model_dir / "images.txt")
+    return str(model_dir / "images.bin")
+
+
+def _quaternion_matrix(q: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a unit quaternion in pycolmap's (x, y, z, w) order."""
+    x, y, z, w = q
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _pose(image, model_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera (R, t). pycolmap turns a non-unit quaternion into a scaled, non-orthonormal
+    matrix and `0 0 0 0` into a pose: the same rule as the ETH3D reader (dataengine.colmap) applies —
+    a norm off by more than QUATERNION_TOLERANCE is an error, a smaller one is normalised."""
+    from dataengine.colmap import QUATERNION_TOLERANCE
+
     cfw = image.cam_from_world
     cfw = cfw() if callable(cfw) else cfw  # a method in pycolmap 4.x, a property in 3.x
     m = np.asarray(cfw.matrix(), dtype=np.float64)
-    return m[:, :3].copy(), m[:, 3].copy()
+    q = np.asarray(cfw.rotation.quat, dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not (math.isfinite(norm) and abs(norm - 1.0) <= QUATERNION_TOLERANCE) or not np.isfinite(m).all():
+        where = _pose_file(model_dir, int(image.image_id)) if model_dir is not None else "the model"
+        raise BadInputError(
+            f"{where}: quaternion of image {image.image_id} ({image.name}) has norm {norm:.6g}, not 1 "
+            f"(COLMAP writes unit quaternions; tolerance {QUATERNION_TOLERANCE:g}); fix the pose or re-export "
+            f"the model with `colmap model_converter`",
+            model_dir,
+        )
+    R = m[:, :3].copy()
+    if abs(norm - 1.0) > 1e-12:  # within the tolerance: the rotation of the normalised quaternion
+        R = _quaternion_matrix(q / norm)
+    return R, m[:, 3].copy()
+
+
+def _model_file(model_dir: Path, fmt: str, stem: str) -> Path:
+    return model_dir / f"{stem}.{'txt' if fmt == 'text' else 'bin'}"
+
+
+MAX_PRINCIPAL_OFFSET = 1.0  # principal point at most one image size outside the image
+
+
+def _check_camera(model_dir: Path, fmt: str, camera_id: int, cam) -> None:
+    """A camera the build can undistort: positive size, finite parameters, positive focal lengths
+    (a negative one mirrors the image: `--undistort-fov full` then built frames rotated 180 degrees
+    against their K and extrinsics) and a principal point near the image."""
+    import numpy as np
+
+    where = f"{_model_file(model_dir, fmt, 'cameras')}: camera {camera_id} ({cam.model.name})"
+    params = np.asarray(cam.params, dtype=np.float64)
+    problem = None
+    if cam.width <= 0 or cam.height <= 0:
+        problem = f"has size {cam.width}x{cam.height}"
+    elif not np.isfinite(params).all():
+        problem = f"has non-finite parameters {params.tolist()}"
+    else:
+        focal = [float(params[i]) for i in cam.focal_length_idxs()]
+        cx, cy = (float(params[i]) for i in cam.principal_point_idxs())
+        if min(focal) <= 0:
+            problem = f"has focal length {', '.join(f'{f:g}' for f in focal)} (must be > 0)"
+        elif not (
+            -MAX_PRINCIPAL_OFFSET * cam.width <= cx <= (1 + MAX_PRINCIPAL_OFFSET) * cam.width
+            and -MAX_PRINCIPAL_OFFSET * cam.height <= cy <= (1 + MAX_PRINCIPAL_OFFSET) * cam.height
+        ):
+            problem = f"has its principal point ({cx:g}, {cy:g}) far outside its {cam.width}x{cam.height} image"
+    if problem:
+        raise BadInputError(f"{where} {problem}; fix the calibration (re-run `colmap mapper`)", model_dir)
 
 
 def _registered(image) -> bool:
@@ -214,7 +295,7 @@ def _read_dense(scene_dir: Path, prefer: str) -> dict:
         for kind in kinds:
             path = dense / "stereo" / "depth_maps" / f"{image.name}.{kind}.bin"
             if path.is_file():
-                out[image.name] = (path, cam, *_pose(image))
+                out[image.name] = (path, cam, *_pose(image, model_dir))
                 break
     return out
 
@@ -264,6 +345,18 @@ def load_colmap_scene(
             scene_dir,
         )
     cameras = {cid: SourceCamera.from_pycolmap(cid, cam) for cid, cam in rec.cameras.items()}
+    used = {int(im.camera_id) for im in rec.images.values() if _registered(im)}
+    for cid in sorted(used & set(rec.cameras)):
+        _check_camera(model_dir, fmt, cid, rec.cameras[cid])
+    seen: dict[str, int] = {}
+    for image in rec.images.values():
+        if image.name in seen:
+            raise BadInputError(
+                f"{_model_file(model_dir, fmt, 'images')}: images {seen[image.name]} and {image.image_id} share the "
+                f"name {image.name!r} (one photo under two poses); give every image its own name or remove one",
+                model_dir,
+            )
+        seen[image.name] = int(image.image_id)
     for image in sorted(rec.images.values(), key=lambda im: im.name):
         try:
             frame = _make_frame(scene, scene_dir, image, cameras, dense, depth, index_of, scale)
@@ -292,8 +385,16 @@ def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, s
             f"missing (image names are relative to images/)",
             image_path,
         )
-    R, t = _pose(image)
+    R, t = _pose(image, scene.model_dir)
     ids = [int(p.point3D_id) for p in image.points2D if p.has_point3D()]
+    dangling = sorted({i for i in ids if i not in index_of})
+    if dangling:  # a truncated points3D file silently halves the sparse model otherwise
+        raise BadInputError(
+            f"{_model_file(scene.model_dir, scene.model_format, 'points3D')}: image {image.image_id} ({image.name}) "
+            f"observes {len(dangling)} 3-D point(s) the file does not hold (e.g. POINT3D_ID {dangling[0]}); the file "
+            f"is truncated or from another model — re-export the model (`colmap model_converter`)",
+            scene.model_dir,
+        )
     observed = np.unique(np.array([index_of[i] for i in ids if i in index_of], dtype=np.int64))
     mvs_path = dense_cam = None
     source = "sparse"

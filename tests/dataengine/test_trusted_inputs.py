@@ -295,3 +295,126 @@ def test_16bit_photo_through_the_cli(colmap_project, tmp_path):
     with tarfile.open(next(out.glob("*.tar"))) as tf:
         jpgs = [simplejpeg.decode_jpeg(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".jpg")]
     assert jpgs and all(j.mean() < 240 and j.std() > 5 for j in jpgs)
+
+
+# ------------------------------------------------------------------------------ 4, 6, 7. COLMAP models
+EVAL_ALL = ["--depth", "sparse", "--sampling", "uniform", "--frames", "100", *TINY]
+
+
+@pytest.fixture(scope="module")
+def text_project(colmap_project, tmp_path_factory) -> Path:
+    """The project as an older COLMAP writes it: text model, poses in images.txt (no rigs/frames)."""
+    from dataengine.synth.colmap_project import convert_model
+
+    root = tmp_path_factory.mktemp("text_project")
+    shutil.copytree(colmap_project / "cap", root / "cap", ignore=shutil.ignore_patterns("dense"))
+    model = root / "cap" / "sparse" / "0"
+    convert_model(model, "text")
+    for extra in ("rigs.txt", "frames.txt"):
+        (model / extra).unlink(missing_ok=True)
+    return root
+
+
+def _copy(project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "proj"
+    shutil.copytree(project, root)
+    return root, root / "cap" / "sparse" / "0"
+
+
+def _data_line(path: Path, nth: int = 0) -> tuple[list[str], int, list[str]]:
+    """(all lines, index of the nth data header line, its tokens)."""
+    lines = path.read_text().splitlines()
+    heads = [i for i, t in enumerate(lines) if t and not t.startswith("#")]
+    if path.name == "images.txt":
+        heads = [
+            i for i in heads if len(lines[i].split()) == 10 and not lines[i].split()[-1].replace(".", "").isdigit()
+        ]
+    return lines, heads[nth], lines[heads[nth]].split()
+
+
+def _set_quaternion(model: Path, quat) -> tuple[int, str]:
+    lines, i, tok = _data_line(model / "images.txt")
+    tok[1:5] = [repr(float(v)) for v in quat(np.array([float(v) for v in tok[1:5]]))]
+    lines[i] = " ".join(tok)
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    return i + 1, tok[-1]
+
+
+@pytest.mark.parametrize("quat", ["norm_2", "zero"])
+def test_colmap_quaternion_off_unit_is_an_error(text_project, tmp_path, quat):
+    root, model = _copy(text_project, tmp_path)
+    edit = (lambda q: 2 * q) if quat == "norm_2" else (lambda q: 0 * q)
+    lineno, name = _set_quaternion(model, edit)
+    proc = run_cli("build", "--format", "colmap", "--root", root, "--out", tmp_path / "o", *EVAL_ALL, check=False)
+    one_error(proc, f"images.txt:{lineno}", name, "quaternion", "norm")
+    # the binary model of the same poses: named by its file
+    from dataengine.synth.colmap_project import convert_model
+
+    convert_model(model, "binary")
+    proc = run_cli("build", "--format", "colmap", "--root", root, "--out", tmp_path / "o2", *EVAL_ALL, check=False)
+    one_error(proc, ".bin", name, "quaternion")
+
+
+def test_colmap_quaternion_within_tolerance_is_normalised(text_project, tmp_path):
+    import tarfile
+
+    root, model = _copy(text_project, tmp_path)
+    _, name = _set_quaternion(model, lambda q: 1.0008 * q)
+    out = tmp_path / "o"
+    run_cli("build", "--format", "colmap", "--root", root, "--out", out, *EVAL_ALL)
+    with tarfile.open(next(out.glob("*.tar"))) as tf:
+        cams = json.loads(next(tf.extractfile(m).read() for m in tf.getmembers() if m.name.endswith(".json")))
+    frame = next(f for f in cams["frames"] if f["name"] == name)
+    R = np.array(frame["extrinsics"])[:, :3]
+    assert np.abs(R @ R.T - np.eye(3)).max() < 1e-12
+
+
+def _truncate_points(model: Path):
+    lines = (model / "points3D.txt").read_text().splitlines()
+    keep = len(lines) // 2
+    (model / "points3D.txt").write_text("\n".join(lines[:keep]) + "\n")
+    return ["points3D.txt", "does not hold"]
+
+
+def _camera_param(index: int | None, value: str, words: str):
+    def edit(model: Path):
+        lines, i, tok = _data_line(model / "cameras.txt")
+        if index is None:  # the size
+            tok[2] = value
+        else:
+            tok[4 + index] = value
+        lines[i] = " ".join(tok)
+        (model / "cameras.txt").write_text("\n".join(lines) + "\n")
+        return ["cameras.txt", words] if value == "nan" else ["cameras.txt", f"camera {tok[0]}", words]
+
+    return edit
+
+
+def _duplicate_name(model: Path):
+    lines, i, first = _data_line(model / "images.txt", 0)
+    _, j, second = _data_line(model / "images.txt", 1)
+    second[-1] = first[-1]
+    lines[j] = " ".join(second)
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    return ["images.txt", first[-1], "share the name"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _truncate_points,
+        _camera_param(0, "-300", "focal length"),
+        _camera_param(0, "0", "focal length"),
+        _camera_param(0, "nan", "not finite"),
+        _camera_param(2, "1e6", "principal point"),
+        _duplicate_name,
+    ],
+    ids=["truncated_points3D", "negative_focal", "zero_focal", "nan_focal", "principal_point_far", "duplicate_name"],
+)
+def test_colmap_model_errors_name_the_file(text_project, tmp_path, edit):
+    root, model = _copy(text_project, tmp_path)
+    parts = edit(model)
+    proc = run_cli("build", "--format", "colmap", "--root", root, "--out", tmp_path / "o", *EVAL_ALL, check=False)
+    message = one_error(proc, *parts)
+    assert "--undistort-fov full" not in message
+    assert not (tmp_path / "o" / "manifest.json").exists()
