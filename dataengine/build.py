@@ -49,7 +49,8 @@ from dataengine.windows import (
     window_overlap,
     window_starts,
 )
-from shardformat import SHARD_RE, shard_name
+from shardformat import SHARD_RE, depth_range_problem, shard_name
+from shardformat.depth_range import FLOAT16_MAX
 from shardformat.provenance import git_sha
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,24 @@ def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
     return FrameResult(encode_jpeg(rgb, cfg.jpeg_quality), depth, K, meta)
 
 
+def check_depth_range(frame: Frame, scene: Scene, result: FrameResult) -> None:
+    """The format's depth range rule (shardformat.depth_range) on the rendered frame, before it is
+    cached: a corrupt depth map (e.g. a consistent 1e30 patch that survives the MVS filter) is an
+    error naming the file it came from, never a shard that `verify` passes and training refuses."""
+    problem = depth_range_problem(result.depth)
+    if problem is None:
+        return
+    source = getattr(frame, "mvs_path", None) if frame.depth_source == "mvs" else getattr(frame, "depth_path", None)
+    if frame.depth_source == "sparse" or source is None:
+        model = getattr(scene, "model_dir", None) or scene.directory / "dslr_calibration_undistorted"
+        source = model / ("points3D.bin" if (model / "points3D.bin").is_file() else "points3D.txt")
+    raise BadInputError(
+        f"{source}: {frame.depth_source} depth of {frame.name} has {problem}; the depth is corrupt — fix or "
+        f"remove it (--skip-bad skips the frame), or build in smaller units (--metric-scale)",
+        source,
+    )
+
+
 def save_frame(path: Path, result: FrameResult) -> None:
     buf = io.BytesIO()
     np.savez(
@@ -394,7 +413,9 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
     def work(item):
         scene, frame, path = item
         try:
-            save_frame(path, process_frame(frame, scene, cfg))
+            result = process_frame(frame, scene, cfg)
+            check_depth_range(frame, scene, result)
+            save_frame(path, result)
             return item, None
         except BadInputError as exc:
             if not cfg.skip_bad:
@@ -599,7 +620,14 @@ def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[
                     if p not in loaded:
                         loaded[p] = load_frame(p)
                 results = [loaded[p] for p in paths]
-                depth = np.stack([r.depth for r in results]).astype(cfg.depth_dtype)
+                depth = np.stack([r.depth for r in results])
+                if cfg.depth_dtype == "float16" and depth.max(initial=0.0) > FLOAT16_MAX:
+                    raise BadInputError(
+                        f"{cfg.out}: depth up to {depth.max():.6g} in sample {sample_key(scene, key_index)} does not "
+                        f"fit float16 (max {FLOAT16_MAX:g}); build with --depth-dtype float32",
+                        cfg.out,
+                    )
+                depth = depth.astype(cfg.depth_dtype)
                 mask = (depth > 0).astype(np.uint8)
                 cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
                 members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results], depth, mask, cams)

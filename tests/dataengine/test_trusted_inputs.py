@@ -418,3 +418,79 @@ def test_colmap_model_errors_name_the_file(text_project, tmp_path, edit):
     message = one_error(proc, *parts)
     assert "--undistort-fov full" not in message
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------ 5. one depth range rule
+def _depth_members(out: Path) -> list[np.ndarray]:
+    import tarfile
+
+    depths = []
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            depths += [np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf.getmembers() if "depth" in m.name]
+    return depths
+
+
+def test_depth_range_rule_large_units_valid_absurd_refused(colmap_project, tmp_path):
+    """One rule (shardformat.depth_range) for build, verify and the trainer's decoder, in the shard's
+    units: `--metric-scale 2000` (depths ~1e4, beyond the old 10 km metre bound) builds, verifies and
+    decodes; a scale that puts depth at ~1e28 is refused by the build naming the depth map."""
+    from shardformat import MAX_DEPTH, depth_range_problem
+    from trainer.data.decode import _check_depth_mask
+
+    out = tmp_path / "large"
+    run_cli("build", "--format", "colmap", "--root", colmap_project, "--out", out, "--metric-scale", "2000",
+            "--sampling", "uniform", "--frames", "100", *TINY)  # fmt: skip
+    assert "OK" in run_cli("verify", out).stdout
+    depths = _depth_members(out)
+    assert max(float(d.max()) for d in depths) > 1e4  # the old trainer bound (10 km) refused these
+    for d in depths:
+        for i, frame in enumerate(d):
+            _check_depth_mask("shard", i, frame.astype(np.float32), frame > 0)  # the trainer accepts them
+
+    absurd = ["--metric-scale", "1e27", "--sampling", "uniform", "--frames", "100", *TINY]
+    proc = run_cli("build", "--format", "colmap", "--root", colmap_project, "--out", tmp_path / "absurd", *absurd,
+                   check=False)  # fmt: skip
+    one_error(proc, "depth_maps", "outside 0..1e+06")
+    assert not (tmp_path / "absurd" / "manifest.json").exists()
+
+    # the rule itself, and the same rule in verify and the decoder
+    assert depth_range_problem(np.array([0.0, 1.0, MAX_DEPTH])) is None
+    assert "1 values outside" in depth_range_problem(np.array([0.0, 1e30], np.float32))
+    assert "non-finite" in depth_range_problem(np.array([np.nan, 1.0]))
+    assert "1 values outside" in depth_range_problem(np.array([-1.0, 1.0]))
+    from shardformat import ShardError
+
+    with pytest.raises(ShardError, match="outside 0..1e"):
+        _check_depth_mask("shard", 0, np.array([[1e30, 1.0]], np.float32), np.array([[True, True]]))
+
+
+def test_verify_applies_the_depth_range_rule(colmap_project, tmp_path):
+    """A shard whose depth holds 1e30 (hashes updated, as a tampered or foreign writer would) fails verify."""
+    import hashlib
+    import tarfile
+
+    out = tmp_path / "o"
+    run_cli("build", "--format", "colmap", "--root", colmap_project, "--out", out, "--sampling", "uniform",
+            "--frames", "3", *TINY)  # fmt: skip
+    tar = next(out.glob("*.tar"))
+    with tarfile.open(tar) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    rewritten = tmp_path / "new.tar"
+    with tarfile.open(rewritten, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for m, data in members:
+            if m.name.endswith(".depth.npy"):
+                depth = np.load(io.BytesIO(data))
+                depth[depth > 0] = 1e30
+                buf = io.BytesIO()
+                np.save(buf, depth)
+                data = buf.getvalue()
+                m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+    shutil.move(rewritten, tar)
+    manifest = read_manifest(out)
+    shard = manifest["splits"]["test"]["shards"][0]
+    shard.update(sha256=hashlib.sha256(tar.read_bytes()).hexdigest(), bytes=tar.stat().st_size)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("verify", out, check=False)
+    assert proc.returncode == 1 and "depth.npy" in proc.stderr and "outside 0..1e+06" in proc.stderr
