@@ -494,3 +494,33 @@ def test_verify_applies_the_depth_range_rule(colmap_project, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     proc = run_cli("verify", out, check=False)
     assert proc.returncode == 1 and "depth.npy" in proc.stderr and "outside 0..1e+06" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ 9. pycolmap + Pillow
+PNG_AFTER_PYCOLMAP = (
+    "import pycolmap\nfrom PIL import Image\nimport numpy as np\nimport io\n"
+    "Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(io.BytesIO(), format='PNG')\nprint('png ok')\n"
+)
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_png_write_after_import_dataengine_then_pycolmap():
+    """dataengine loads the system zlib before pycolmap can hijack its symbols (dataengine/zlib_first.py)."""
+    proc = _run_python("import dataengine\n" + PNG_AFTER_PYCOLMAP)
+    assert proc.returncode == 0 and "png ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_png_write_after_import_pycolmap_in_the_environment():
+    """Exactly a user's script: `import pycolmap; from PIL import Image; <write a PNG>` (aborted with
+    `free(): invalid pointer`); the environment's .pth hook (make setup) loads zlib first."""
+    import sysconfig
+
+    from dataengine.zlib_first import PTH_NAME
+
+    if not (Path(sysconfig.get_paths()["purelib"]) / PTH_NAME).is_file():
+        pytest.skip(f"{PTH_NAME} not installed here: `python -m dataengine.zlib_first --install` (make setup does)")
+    proc = _run_python(PNG_AFTER_PYCOLMAP)
+    assert proc.returncode == 0 and "png ok" in proc.stdout, proc.stderr[-2000:]
