@@ -44,6 +44,7 @@ from dataengine.windows import (
     WindowConfig,
     covisible_windows,
     frame_covisibility,
+    rig_windows,
     scene_windows,
     split_names,
     window_overlap,
@@ -522,7 +523,18 @@ def build_shards(cfg: BuildConfig) -> dict:
     metas_by_scene: dict[str, list[dict]] = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
-        if cfg.windows.mode == "covisible":
+        rig = getattr(scene, "rig", None) if cfg.windows.sampling == "windows" else None
+        if rig is not None:  # split by rig shot, windows inside one camera (dataengine.windows.rig_windows)
+            by_name = dict(zip([f.name for f in scene.frames], rig["members"], strict=True))
+            cov = frame_covisibility([f.observed for f in frames]) if cfg.windows.mode == "covisible" else None
+            wins = rig_windows(scene.name, [by_name[f.name] for f in frames], cfg.windows, cov)
+            if not wins["train"]:
+                raise BadInputError(
+                    f"{scene.directory}: rig capture ({rig['by']}) without a training window: no camera has "
+                    f"--frames {cfg.windows.frames} images among the train rig shots; lower --frames or --val-fraction",
+                    scene.directory,
+                )
+        elif cfg.windows.mode == "covisible":
             wins = covisible_windows(scene.name, frame_covisibility([f.observed for f in frames]), cfg.windows)
         else:
             wins = scene_windows(scene.name, len(frames), cfg.windows)
@@ -564,6 +576,14 @@ def build_shards(cfg: BuildConfig) -> dict:
                     "camera_models": sorted({m["camera_model"] for m in metas}),
                 }
             )
+            if rig is not None:
+                shots = {by_name[f.name][1] for f in frames}
+                scene_stats[scene.name]["rig"] = {
+                    "detected_by": rig["by"],
+                    "cameras": len({by_name[f.name][0] for f in frames}),
+                    "rig_frames": len(shots),
+                    "split": "by rig frame (val holds the last rig frames with all their cameras)",
+                }
 
     zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
     # From here on shards change: no manifest may describe a mix of old and new shards.

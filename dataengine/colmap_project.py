@@ -51,6 +51,7 @@ class ColmapFrame:
     dense_camera: SourceCamera | None  # its PINHOLE camera from dense/sparse
     depth_source: str  # "mvs" or "sparse"
     neighbour_maps: list = field(default_factory=list)  # (map, camera, R, t) the consistency filter reads
+    rig_frame: str | None = None  # pycolmap >= 3.12: the id of the frame (rig shot) the image belongs to
 
     def cache_ident(self) -> list:
         """Everything of the inputs that changes this frame's render (for the build's cache key).
@@ -95,6 +96,7 @@ class ColmapScene:
     warnings: list[str] = field(default_factory=list)
     dense_views: dict = field(default_factory=dict)  # frame name → (mvs path, dense camera, R, t)
     mvs_neighbours: dict = field(default_factory=dict)  # frame name → covisible MVS frame names
+    rig: dict | None = None  # rig_members(): how the images group into rig shots, None = no rig
 
     def covisibility(self, frames: list[ColmapFrame] | None = None) -> np.ndarray:
         """(n, n) int64: 3-D points shared by each pair of frames (diagonal: points seen)."""
@@ -371,7 +373,28 @@ def load_colmap_scene(
     for f in scene.frames:
         if f.depth_source == "mvs":
             scene.dense_views[f.name] = dense[f.name]
+    scene.rig = rig_members(scene.frames)
     return scene
+
+
+def rig_members(frames: list[ColmapFrame]) -> dict | None:
+    """{"by": how, "members": [(stream, rig frame) per frame]} when the images come from a rig, else
+    None. A rig is seen (1) in the model: several images share one pycolmap frame (COLMAP >= 3.12
+    rigs), stream = the camera; or (2) in the names: one folder per camera holding the same file
+    names (cam0/0001.jpg, cam1/0001.jpg), stream = the folder, rig frame = the name inside it."""
+    from collections import Counter
+    from pathlib import PurePosixPath
+
+    shared = Counter(f.rig_frame for f in frames if f.rig_frame is not None)
+    if any(c > 1 for c in shared.values()):
+        members = [(f"camera {f.camera_id}", f"frame {f.rig_frame}") for f in frames]
+        return {"by": "model frames", "members": members}
+    parts = [PurePosixPath(f.name).parts for f in frames]
+    members = [(p[0], str(PurePosixPath(*p[1:]).with_suffix(""))) if len(p) > 1 else ("", p[0]) for p in parts]
+    streams_of = Counter(key for _, key in set(members))
+    if len({s for s, _ in members}) > 1 and any(c > 1 for c in streams_of.values()):
+        return {"by": "camera folders", "members": members}
+    return None
 
 
 def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, scale):
@@ -429,4 +452,5 @@ def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, s
         mvs_path,
         dense_cam,
         source,
+        rig_frame=None if getattr(image, "frame_id", None) is None else str(image.frame_id),
     )

@@ -524,3 +524,52 @@ def test_png_write_after_import_pycolmap_in_the_environment():
         pytest.skip(f"{PTH_NAME} not installed here: `python -m dataengine.zlib_first --install` (make setup does)")
     proc = _run_python(PNG_AFTER_PYCOLMAP)
     assert proc.returncode == 0 and "png ok" in proc.stdout, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ 8. rigs
+def test_rig_split_by_rig_frame_and_windows_inside_one_camera(tmp_path):
+    """Two cameras of a rig in camera folders (cam0/0001.jpg, cam1/0001.jpg, ...): the val tail holds
+    whole rig frames (no simultaneous rig mate in train) and no window straddles two cameras."""
+    import tarfile
+
+    from dataengine.synth.colmap_project import convert_model
+
+    root = tmp_path / "rig"
+    run_cli("synth", "--format", "colmap", root, "--scene", "cap", "--images", "8", "--scale", "0.06",
+            "--seed", "2", "--no-dense")  # fmt: skip
+    scene = root / "cap"
+    model = scene / "sparse" / "0"
+    convert_model(model, "text")
+    shutil.rmtree(scene / "masks", ignore_errors=True)
+    lines = (model / "images.txt").read_text().splitlines()
+    heads = [i for i, t in enumerate(lines) if t and t[0] != "#" and len(t.split()) == 10 and "/" in t.split()[-1]]
+    old_names = sorted(lines[i].split()[-1] for i in heads)
+    new_names = {old: f"cam{k % 2}/{k // 2 + 1:04d}.jpg" for k, old in enumerate(old_names)}
+    for i in heads:
+        tok = lines[i].split()
+        tok[-1] = new_names[tok[-1]]
+        lines[i] = " ".join(tok)
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    moved = tmp_path / "photos"
+    shutil.move(scene / "images", moved)
+    for old, new in new_names.items():
+        (scene / "images" / new).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(moved / old, scene / "images" / new)
+    out = tmp_path / "out"
+    run_cli("build", "--format", "colmap", "--root", root, "--out", out, "--frames", "2", "--stride", "1",
+            "--val-fraction", "0.3", "--depth", "sparse", *TINY)  # fmt: skip
+    windows: dict[str, list[list[str]]] = {"train": [], "val": []}
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".cameras.json"):
+                    cams = json.loads(tf.extractfile(m).read())
+                    windows[cams["split"]].append([f["name"] for f in cams["frames"]])
+    assert windows["train"] and windows["val"]
+    for split_windows in windows.values():
+        for win in split_windows:
+            assert len({name.split("/")[0] for name in win}) == 1, win  # one camera per window
+    shots = {s: {n.split("/")[1] for w in ws for n in w} for s, ws in windows.items()}
+    assert not shots["train"] & shots["val"], shots  # no rig frame on both sides
+    rig = read_manifest(out)["per_scene"]["cap"]["rig"]
+    assert rig["cameras"] == 2 and rig["rig_frames"] == 4 and rig["detected_by"] == "camera folders"
