@@ -57,6 +57,7 @@ from shardformat.provenance import git_sha
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".frame-cache"
+BLANK_WARNING = 0.5  # mean blank fraction of a scene's COLMAP frames beyond which the build warns
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,21 @@ def load_frame(path: Path) -> FrameResult:
         ) from None
 
 
+def _colmap_hint(root: Path) -> str:
+    """ "did you mean --format colmap?" when --root holds a COLMAP project, not ETH3D scenes."""
+    from dataengine.colmap_project import model_dir_of
+
+    if root.is_dir() and (
+        model_dir_of(root) is not None or any(p.is_dir() and model_dir_of(p) is not None for p in root.iterdir())
+    ):
+        return "it holds a COLMAP project (sparse/ model): did you mean `--format colmap`?"
+    return ""
+
+
 def resolve_scenes(cfg: BuildConfig) -> list[str]:
+    hint = _colmap_hint(cfg.root) if cfg.root.is_dir() and not list_scenes(cfg.root) else ""
+    if hint:
+        raise BadInputError(f"{cfg.root}: no ETH3D scene, but {hint}", cfg.root)
     available = list_scenes(cfg.root)
     if cfg.scenes is None:
         chosen = [s for s in DEFAULT_SCENES if s in available]
@@ -317,14 +332,25 @@ def check_config(cfg: BuildConfig) -> None:
             raise BadInputError(message)
 
 
+def scene_path(cfg: BuildConfig, name: str) -> Path:
+    """The scene's folder for messages: --root itself when it is a COLMAP project (its name is then
+    the folder's own, and root/name would double it)."""
+    if cfg.format == "colmap":
+        from dataengine.colmap_project import model_dir_of
+
+        if model_dir_of(cfg.root) is not None:
+            return cfg.root
+    return cfg.root / name
+
+
 def check_scene_names(cfg: BuildConfig, names: list[str]) -> None:
     """Scene names become sample keys; --val-scenes must name built scenes (before any rendering)."""
     for name in names:
         if not KEY_RE.match(f"{name}_00000"):
             raise BadInputError(
-                f"{cfg.root / name}: scene folder name {name!r} cannot be a sample key "
+                f"{scene_path(cfg, name)}: scene folder name {name!r} cannot be a sample key "
                 f"(ASCII letters, digits, '_' and '-' only); rename the folder",
-                cfg.root / name,
+                scene_path(cfg, name),
             )
     unknown = [v for v in cfg.windows.val_scenes if v not in names]
     if unknown:
@@ -374,16 +400,16 @@ def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
     for name, n in counts.items():
         if n == 0:
             raise BadInputError(
-                f"{cfg.root / name}: no usable frame {when} (see the warnings and "
+                f"{scene_path(cfg, name)}: no usable frame {when} (see the warnings and "
                 f"--skip-bad records above); fix the inputs or drop the scene",
-                cfg.root / name,
+                scene_path(cfg, name),
             )
         # Evaluation samples take min(--frames, scene frames) frames: a short scene is sampled whole.
         if cfg.windows.sampling == "windows" and not window_starts(n, cfg.windows.frames, cfg.windows.stride):
             raise BadInputError(
-                f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
+                f"{scene_path(cfg, name)}: {n} usable frames {when}, fewer than --frames "
                 f"{cfg.windows.frames}; lower --frames or drop the scene",
-                cfg.root / name,
+                scene_path(cfg, name),
             )
     first = split_names(cfg.windows)[0]  # train (or test for evaluation samples)
     if not any(scene_windows(name, n, cfg.windows)[first] for name, n in counts.items()):
@@ -576,6 +602,14 @@ def build_shards(cfg: BuildConfig) -> dict:
                     "camera_models": sorted({m["camera_model"] for m in metas}),
                 }
             )
+            blank = [m.get("blank_fraction", 0.0) for m in metas]
+            if blank and float(np.mean(blank)) > BLANK_WARNING:
+                msg = (
+                    f"{scene.name}: frames are {float(np.mean(blank)):.0%} blank on average (--undistort-fov "
+                    f"{cfg.undistort_fov} is wider than the lenses see); use --undistort-fov valid or a narrower field"
+                )
+                log.warning(msg)
+                scene.warnings.append(msg)
             if rig is not None:
                 shots = {by_name[f.name][1] for f in frames}
                 scene_stats[scene.name]["rig"] = {

@@ -329,11 +329,16 @@ def load_colmap_scene(
     if model_dir.name == "0" and (model_dir.parent / "1").is_dir():
         msg = f"{name}: {model_dir.parent} holds several models; using sparse/0 only"
         log.warning(msg)
+        several_models = msg
+    else:
+        several_models = None
     point_ids = np.array(sorted(rec.points3D.keys()), dtype=np.int64)
     xyz = np.array([rec.points3D[int(p)].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3) * scale
     index_of = {int(p): i for i, p in enumerate(point_ids)}
     units = "arbitrary (COLMAP)" if metric_scale is None else f"metres (COLMAP x {scale:g})"
     scene = ColmapScene(name, scene_dir, model_dir, fmt, [], xyz, units, scale)
+    if several_models:
+        scene.warnings.append(several_models)
     dense = _read_dense(scene_dir, prefer) if depth in ("auto", "mvs") else {}
     if depth == "auto" and not dense:
         msg = f"{name}: no dense workspace (dense/stereo/depth_maps) — sparse COLMAP depth for every frame"
@@ -374,7 +379,32 @@ def load_colmap_scene(
         if f.depth_source == "mvs":
             scene.dense_views[f.name] = dense[f.name]
     scene.rig = rig_members(scene.frames)
+    _warn_unregistered_photos(scene, {im.name for im in rec.images.values() if _registered(im)})
     return scene
+
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def _warn_unregistered_photos(scene: ColmapScene, registered: set[str]) -> None:
+    """Photos in images/ that the model does not hold registered (COLMAP stores only the images it
+    registered): left out of the build, listed in the warnings (docs/own-captures.md)."""
+    images = scene.directory / "images"
+    if not images.is_dir():
+        return
+    names = sorted(
+        p.relative_to(images).as_posix()
+        for p in images.rglob("*")
+        if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+    )
+    missing = [n for n in names if n not in registered]
+    if missing:
+        shown = ", ".join(missing[:50]) + (f" … and {len(missing) - 50} more" if len(missing) > 50 else "")
+        msg = (
+            f"{scene.name}: {len(missing)} photo(s) in {images} not registered in {scene.model_dir} (left out): {shown}"
+        )
+        log.warning(msg)
+        scene.warnings.append(msg)
 
 
 def rig_members(frames: list[ColmapFrame]) -> dict | None:

@@ -573,3 +573,36 @@ def test_rig_split_by_rig_frame_and_windows_inside_one_camera(tmp_path):
     assert not shots["train"] & shots["val"], shots  # no rig frame on both sides
     rig = read_manifest(out)["per_scene"]["cap"]["rig"]
     assert rig["cameras"] == 2 and rig["rig_frames"] == 4 and rig["detected_by"] == "camera folders"
+
+
+# ------------------------------------------------------------------------------ 10, 11. warnings, messages
+def test_colmap_warnings_recorded_and_units_carried(text_project, tmp_path):
+    """Unregistered photos in images/, a second model in sparse/1 and a field of view far wider than
+    the lenses are warnings in the manifest; `inspect` says the shard's units, not metres."""
+    root, model = _copy(text_project, tmp_path)
+    project = root / "cap"
+    some_photo = next(p for p in (project / "images").rglob("*.jpg"))
+    (project / "images" / "extra").mkdir()
+    shutil.copy(some_photo, project / "images" / "extra" / "unregistered_0001.jpg")
+    shutil.copytree(model, project / "sparse" / "1")
+    out = tmp_path / "o"
+    run_cli("build", "--format", "colmap", "--root", project, "--out", out, "--undistort-fov", "160", *EVAL_ALL)
+    warnings = "\n".join(read_manifest(out)["warnings"])
+    assert "extra/unregistered_0001.jpg" in warnings and "not registered" in warnings
+    assert "several models" in warnings
+    assert "blank" in warnings and "--undistort-fov" in warnings
+    report = run_cli("inspect", out, "--png", tmp_path / "sheet.png").stdout
+    assert "arbitrary (COLMAP)" in report and " m, fx" not in report
+
+
+def test_colmap_messages_name_the_right_thing(text_project, tmp_path):
+    project = text_project / "cap"
+    # --root is the project itself: its path once, not <root>/cap/cap
+    proc = run_cli("build", "--format", "colmap", "--root", project, "--out", tmp_path / "o", "--frames", "50",
+                   *TINY, check=False)  # fmt: skip
+    message = one_error(proc, str(project), "fewer than --frames 50")
+    assert f"{project}/cap" not in message
+    # ETH3D format on a COLMAP project: says which format it is
+    for root in (project, text_project):
+        proc = run_cli("build", "--root", root, "--out", tmp_path / "e", *TINY, check=False)
+        one_error(proc, "did you mean `--format colmap`")
