@@ -602,6 +602,14 @@ def build_shards(cfg: BuildConfig) -> dict:
                     "camera_models": sorted({m["camera_model"] for m in metas}),
                 }
             )
+            invalid = [m for m in metas if m.get("mvs_invalid_values", 0) > 0]
+            if invalid:
+                msg = (
+                    f"{scene.name}: {len(invalid)} MVS depth map(s) hold NaN/infinite/negative values, dropped as "
+                    f"no depth: " + ", ".join(f"{m['name']} ({m['mvs_invalid_values']})" for m in invalid[:20])
+                )
+                log.warning(msg)
+                scene.warnings.append(msg)
             blank = [m.get("blank_fraction", 0.0) for m in metas]
             if blank and float(np.mean(blank)) > BLANK_WARNING:
                 msg = (

@@ -606,3 +606,20 @@ def test_colmap_messages_name_the_right_thing(text_project, tmp_path):
     for root in (project, text_project):
         proc = run_cli("build", "--root", root, "--out", tmp_path / "e", *TINY, check=False)
         one_error(proc, "did you mean `--format colmap`")
+
+
+def test_nan_and_negative_mvs_depth_is_a_recorded_warning(colmap_project, tmp_path):
+    from dataengine.mvs import read_depth_map, write_depth_map
+
+    root = tmp_path / "p"
+    shutil.copytree(colmap_project, root)
+    maps = sorted((root / "cap" / "dense" / "stereo" / "depth_maps").rglob("*.geometric.bin"))
+    depth = read_depth_map(maps[0]).copy()
+    depth[:3, :] = np.nan
+    depth[3:5, :] = -1.0
+    write_depth_map(maps[0], depth)
+    out = tmp_path / "o"
+    run_cli("build", "--format", "colmap", "--root", root, "--out", out, "--sampling", "uniform", "--frames", "100",
+            *TINY)  # fmt: skip
+    warnings = "\n".join(read_manifest(out)["warnings"])
+    assert "NaN/infinite/negative" in warnings and f"({5 * depth.shape[1]})" in warnings, warnings
