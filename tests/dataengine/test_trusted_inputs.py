@@ -623,3 +623,27 @@ def test_nan_and_negative_mvs_depth_is_a_recorded_warning(colmap_project, tmp_pa
             *TINY)  # fmt: skip
     warnings = "\n".join(read_manifest(out)["warnings"])
     assert "NaN/infinite/negative" in warnings and f"({5 * depth.shape[1]})" in warnings, warnings
+
+
+def test_rig_from_model_frames_and_rig_windows():
+    """Images sharing a pycolmap frame (COLMAP >= 3.12 rigs) are a rig whatever their names; distinct
+    frames and names without camera folders are not; rig_windows never mixes cameras or rig frames."""
+    from types import SimpleNamespace as F
+
+    from dataengine.colmap_project import rig_members
+    from dataengine.windows import WindowConfig, rig_windows
+
+    shots = [F(name=f"img_{k:03d}_{c}.jpg", camera_id=c, rig_frame=str(k)) for k in range(6) for c in (1, 2)]
+    shots.sort(key=lambda f: f.name)
+    rig = rig_members(shots)
+    assert rig["by"] == "model frames" and len({m for m in rig["members"]}) == 12
+    assert rig_members([F(name=f"a/{k}.jpg", camera_id=1, rig_frame=str(k)) for k in range(4)]) is None
+    cfg = WindowConfig(frames=2, stride=1, val_fraction=0.3)
+    wins = rig_windows("s", rig["members"], cfg)
+    for split in wins.values():
+        for win in split:
+            assert len({rig["members"][i][0] for i in win}) == 1
+    train = {rig["members"][i][1] for w in wins["train"] for i in w}
+    val = {rig["members"][i][1] for w in wins["val"] for i in w}
+    assert train and val and not train & val
+    assert val == {"frame 4", "frame 5"}  # the last rig frames, both cameras
