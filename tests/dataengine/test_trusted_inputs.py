@@ -142,12 +142,19 @@ def test_frame_cache_key_covers_every_input(tmp_path):
     photos = sorted((scene / "images" / "dslr_images_undistorted").iterdir())
     stems = [p.stem for p in photos]
     out = tmp_path / "out"
-    args = ["build", "--root", root, "--out", out, "--scenes", "c", "--frames", "2", "--stride", "2", "--keep-cache",
-            *TINY]  # fmt: skip
+    from dataengine.build import BuildConfig, build_shards
+    from dataengine.windows import WindowConfig
 
     def rebuild(*extra) -> set[str]:
+        """`build --keep-cache` in process (a CLI run per input costs an interpreter each)."""
+        options = dict(zip(extra[::2], extra[1::2], strict=True))
+        size = int(options.get("--size", 28))
+        cfg = BuildConfig(
+            root=root, out=out, scenes=("c",), width=size, height=size, depth=options.get("--depth", "auto"),
+            windows=WindowConfig(frames=2, stride=2), workers=1, samples_per_shard=1, keep_cache=True, progress=False,
+        )  # fmt: skip
         before = cached_frames(out)
-        run_cli(*args, *extra)
+        build_shards(cfg)
         after = cached_frames(out)
         return {s for s in after if after[s] - before.get(s, set())}
 
