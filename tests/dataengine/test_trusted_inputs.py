@@ -414,9 +414,18 @@ def _duplicate_name(model: Path):
         _camera_param(0, "0", "focal length"),
         _camera_param(0, "nan", "not finite"),
         _camera_param(2, "1e6", "principal point"),
+        _camera_param(None, "0", "size"),
         _duplicate_name,
     ],
-    ids=["truncated_points3D", "negative_focal", "zero_focal", "nan_focal", "principal_point_far", "duplicate_name"],
+    ids=[
+        "truncated_points3D",
+        "negative_focal",
+        "zero_focal",
+        "nan_focal",
+        "principal_point_far",
+        "zero_width",
+        "duplicate_name",
+    ],
 )
 def test_colmap_model_errors_name_the_file(text_project, tmp_path, edit):
     root, model = _copy(text_project, tmp_path)
