@@ -67,6 +67,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	$(PY) -m dataengine.zlib_first --install
 	touch $@
 
 constraints:
@@ -166,6 +167,7 @@ wheelhouse:
 
 setup-system:
 	$(PYTHON) tools/offline.py setup-system --wheelhouse $(WHEELHOUSE) --extras "$(EXTRAS)" --pip-args "$(PIP_ARGS)"
+	$(PYTHON) -m dataengine.zlib_first --install
 
 gpu-check:
 	$(CHECK_PY) -m benchmarks.gpu_check --budget-s $(BUDGET) --out $(GPU_CHECK_OUT)

@@ -44,17 +44,20 @@ from dataengine.windows import (
     WindowConfig,
     covisible_windows,
     frame_covisibility,
+    rig_windows,
     scene_windows,
     split_names,
     window_overlap,
     window_starts,
 )
-from shardformat import SHARD_RE, shard_name
+from shardformat import SHARD_RE, depth_range_problem, shard_name
+from shardformat.depth_range import FLOAT16_MAX
 from shardformat.provenance import git_sha
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".frame-cache"
+BLANK_WARNING = 0.5  # mean blank fraction of a scene's COLMAP frames beyond which the build warns
 
 
 @dataclass(frozen=True)
@@ -134,37 +137,73 @@ class FrameResult:
     meta: dict
 
 
-def _stat_key(path: Path | None) -> list:
+def stat_key(path: Path | None, full: bool = False) -> list:
+    """A file's identity for the frame cache: name, size, mtime and ctime (ctime moves on every
+    rewrite, even one that restores the mtime, e.g. `cp -p` or `touch -d`)."""
     if path is None:
         return [None]
     st = path.stat()
-    return [str(path.name), st.st_size, st.st_mtime_ns]
+    return [str(path) if full else str(path.name), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def frame_cache_path(cfg: BuildConfig, frame: Frame) -> Path:
+def array_digest(values: np.ndarray) -> str:
+    """Content hash of a numeric array (point coordinates, observed indices)."""
+    arr = np.ascontiguousarray(values)
+    return hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()).hexdigest()[:16]
+
+
+def _code_digest() -> str:
+    """The engine's rendering code and the libraries that produce frame bytes: a changed engine
+    (same version string, e.g. a local edit or a git pull) never reuses frames cached by another."""
+    import importlib.metadata
+
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    for dist in ("numpy", "numba", "pillow", "simplejpeg", "pycolmap"):
+        try:
+            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{dist}=none".encode())
+    return h.hexdigest()[:16]
+
+
+_CODE_DIGEST: list[str] = []
+
+
+def code_digest() -> str:
+    if not _CODE_DIGEST:
+        _CODE_DIGEST.append(_code_digest())
+    return _CODE_DIGEST[0]
+
+
+def frame_cache_path(cfg: BuildConfig, frame: Frame, points_digest: str | None = None) -> Path:
+    """The frame's cache file: its name holds a digest of every input that changes the frame's bytes
+    (options, code, photo / mask / depth files, calibration, pose, and for sparse depth the scene's
+    point coordinates — the z-buffer reads all of them — plus the indices of the points it sees)."""
+    sparse = frame.depth_source == "sparse"
+    points = [points_digest, array_digest(np.asarray(frame.observed, dtype=np.int64))] if sparse else None
     if cfg.format == "colmap":
-        digest = hashlib.sha256(
-            json.dumps([cfg.frame_options(), frame.cache_ident()], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
-    ident = json.dumps(
-        [
+        ident = [cfg.frame_options(), code_digest(), frame.cache_ident(), points]
+    else:
+        ident = [
             cfg.frame_options(),
+            code_digest(),
             frame.scene,
             frame.name,
-            _stat_key(frame.image_path),
-            _stat_key(frame.depth_path),
-            _stat_key(frame.mask_path),
+            stat_key(frame.image_path),
+            stat_key(frame.depth_path),
+            stat_key(frame.mask_path),
             frame.pinhole.params.tolist(),
+            [frame.pinhole.model, frame.pinhole.width, frame.pinhole.height],
             None if frame.prism is None else frame.prism.params.tolist(),
+            None if frame.prism is None else [frame.prism.model, frame.prism.width, frame.prism.height],
             frame.rotation.tolist(),
             frame.translation.tolist(),
             frame.depth_source,
-            len(frame.observed),
-        ],
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+            points,
+        ]
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return cfg.out / CACHE_DIR / frame.scene / f"{Path(frame.name).stem}.{digest}.npz"
 
 
@@ -196,6 +235,24 @@ def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
     return FrameResult(encode_jpeg(rgb, cfg.jpeg_quality), depth, K, meta)
 
 
+def check_depth_range(frame: Frame, scene: Scene, result: FrameResult) -> None:
+    """The format's depth range rule (shardformat.depth_range) on the rendered frame, before it is
+    cached: a corrupt depth map (e.g. a consistent 1e30 patch that survives the MVS filter) is an
+    error naming the file it came from, never a shard that `verify` passes and training refuses."""
+    problem = depth_range_problem(result.depth)
+    if problem is None:
+        return
+    source = getattr(frame, "mvs_path", None) if frame.depth_source == "mvs" else getattr(frame, "depth_path", None)
+    if frame.depth_source == "sparse" or source is None:
+        model = getattr(scene, "model_dir", None) or scene.directory / "dslr_calibration_undistorted"
+        source = model / ("points3D.bin" if (model / "points3D.bin").is_file() else "points3D.txt")
+    raise BadInputError(
+        f"{source}: {frame.depth_source} depth of {frame.name} has {problem}; the depth is corrupt — fix or "
+        f"remove it (--skip-bad skips the frame), or build in smaller units (--metric-scale)",
+        source,
+    )
+
+
 def save_frame(path: Path, result: FrameResult) -> None:
     buf = io.BytesIO()
     np.savez(
@@ -222,7 +279,21 @@ def load_frame(path: Path) -> FrameResult:
         ) from None
 
 
+def _colmap_hint(root: Path) -> str:
+    """ "did you mean --format colmap?" when --root holds a COLMAP project, not ETH3D scenes."""
+    from dataengine.colmap_project import model_dir_of
+
+    if root.is_dir() and (
+        model_dir_of(root) is not None or any(p.is_dir() and model_dir_of(p) is not None for p in root.iterdir())
+    ):
+        return "it holds a COLMAP project (sparse/ model): did you mean `--format colmap`?"
+    return ""
+
+
 def resolve_scenes(cfg: BuildConfig) -> list[str]:
+    hint = _colmap_hint(cfg.root) if cfg.root.is_dir() and not list_scenes(cfg.root) else ""
+    if hint:
+        raise BadInputError(f"{cfg.root}: no ETH3D scene, but {hint}", cfg.root)
     available = list_scenes(cfg.root)
     if cfg.scenes is None:
         chosen = [s for s in DEFAULT_SCENES if s in available]
@@ -261,14 +332,25 @@ def check_config(cfg: BuildConfig) -> None:
             raise BadInputError(message)
 
 
+def scene_path(cfg: BuildConfig, name: str) -> Path:
+    """The scene's folder for messages: --root itself when it is a COLMAP project (its name is then
+    the folder's own, and root/name would double it)."""
+    if cfg.format == "colmap":
+        from dataengine.colmap_project import model_dir_of
+
+        if model_dir_of(cfg.root) is not None:
+            return cfg.root
+    return cfg.root / name
+
+
 def check_scene_names(cfg: BuildConfig, names: list[str]) -> None:
     """Scene names become sample keys; --val-scenes must name built scenes (before any rendering)."""
     for name in names:
         if not KEY_RE.match(f"{name}_00000"):
             raise BadInputError(
-                f"{cfg.root / name}: scene folder name {name!r} cannot be a sample key "
+                f"{scene_path(cfg, name)}: scene folder name {name!r} cannot be a sample key "
                 f"(ASCII letters, digits, '_' and '-' only); rename the folder",
-                cfg.root / name,
+                scene_path(cfg, name),
             )
     unknown = [v for v in cfg.windows.val_scenes if v not in names]
     if unknown:
@@ -318,15 +400,16 @@ def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
     for name, n in counts.items():
         if n == 0:
             raise BadInputError(
-                f"{cfg.root / name}: no usable frame {when} (see the warnings and "
+                f"{scene_path(cfg, name)}: no usable frame {when} (see the warnings and "
                 f"--skip-bad records above); fix the inputs or drop the scene",
-                cfg.root / name,
+                scene_path(cfg, name),
             )
-        if not window_starts(n, cfg.windows.frames, cfg.windows.stride):
+        # Evaluation samples take min(--frames, scene frames) frames: a short scene is sampled whole.
+        if cfg.windows.sampling == "windows" and not window_starts(n, cfg.windows.frames, cfg.windows.stride):
             raise BadInputError(
-                f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
+                f"{scene_path(cfg, name)}: {n} usable frames {when}, fewer than --frames "
                 f"{cfg.windows.frames}; lower --frames or drop the scene",
-                cfg.root / name,
+                scene_path(cfg, name),
             )
     first = split_names(cfg.windows)[0]  # train (or test for evaluation samples)
     if not any(scene_windows(name, n, cfg.windows)[first] for name, n in counts.items()):
@@ -343,7 +426,8 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
     from tqdm import tqdm
 
     jobs = [(scene, frame) for scene in scenes for frame in scene.frames]
-    todo = [(s, f, frame_cache_path(cfg, f)) for s, f in jobs]
+    points = {scene.name: array_digest(np.asarray(scene.points_xyz, dtype=np.float64)) for scene in scenes}
+    todo = [(s, f, frame_cache_path(cfg, f, points[s.name])) for s, f in jobs]
     done: dict[tuple[str, str], Path] = {}
     skipped: list[dict] = []
     pending = []
@@ -356,7 +440,9 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
     def work(item):
         scene, frame, path = item
         try:
-            save_frame(path, process_frame(frame, scene, cfg))
+            result = process_frame(frame, scene, cfg)
+            check_depth_range(frame, scene, result)
+            save_frame(path, result)
             return item, None
         except BadInputError as exc:
             if not cfg.skip_bad:
@@ -463,7 +549,18 @@ def build_shards(cfg: BuildConfig) -> dict:
     metas_by_scene: dict[str, list[dict]] = {}
     for scene in scenes:
         frames = [f for f in scene.frames if (scene.name, f.name) in cached]
-        if cfg.windows.mode == "covisible":
+        rig = getattr(scene, "rig", None) if cfg.windows.sampling == "windows" else None
+        if rig is not None:  # split by rig shot, windows inside one camera (dataengine.windows.rig_windows)
+            by_name = dict(zip([f.name for f in scene.frames], rig["members"], strict=True))
+            cov = frame_covisibility([f.observed for f in frames]) if cfg.windows.mode == "covisible" else None
+            wins = rig_windows(scene.name, [by_name[f.name] for f in frames], cfg.windows, cov)
+            if not wins["train"]:
+                raise BadInputError(
+                    f"{scene.directory}: rig capture ({rig['by']}) without a training window: no camera has "
+                    f"--frames {cfg.windows.frames} images among the train rig shots; lower --frames or --val-fraction",
+                    scene.directory,
+                )
+        elif cfg.windows.mode == "covisible":
             wins = covisible_windows(scene.name, frame_covisibility([f.observed for f in frames]), cfg.windows)
         else:
             wins = scene_windows(scene.name, len(frames), cfg.windows)
@@ -498,13 +595,37 @@ def build_shards(cfg: BuildConfig) -> dict:
             cov = frame_covisibility([f.observed for f in frames])
             scene_stats[scene.name].update(
                 {
-                    "window_overlap": round(window_overlap(wins["train"] + wins["val"], cov), 6),
+                    "window_overlap": round(window_overlap([w for s in splits for w in wins[s]], cov), 6),
                     "mvs_frames": sum(m["depth_source"] == "mvs" for m in metas),
                     "units": units[scene.name],
                     "model": f"{scene.model_dir.relative_to(scene.directory)} ({scene.model_format})",
                     "camera_models": sorted({m["camera_model"] for m in metas}),
                 }
             )
+            invalid = [m for m in metas if m.get("mvs_invalid_values", 0) > 0]
+            if invalid:
+                msg = (
+                    f"{scene.name}: {len(invalid)} MVS depth map(s) hold NaN/infinite/negative values, dropped as "
+                    f"no depth: " + ", ".join(f"{m['name']} ({m['mvs_invalid_values']})" for m in invalid[:20])
+                )
+                log.warning(msg)
+                scene.warnings.append(msg)
+            blank = [m.get("blank_fraction", 0.0) for m in metas]
+            if blank and float(np.mean(blank)) > BLANK_WARNING:
+                msg = (
+                    f"{scene.name}: frames are {float(np.mean(blank)):.0%} blank on average (--undistort-fov "
+                    f"{cfg.undistort_fov} is wider than the lenses see); use --undistort-fov valid or a narrower field"
+                )
+                log.warning(msg)
+                scene.warnings.append(msg)
+            if rig is not None:
+                shots = {by_name[f.name][1] for f in frames}
+                scene_stats[scene.name]["rig"] = {
+                    "detected_by": rig["by"],
+                    "cameras": len({by_name[f.name][0] for f in frames}),
+                    "rig_frames": len(shots),
+                    "split": "by rig frame (val holds the last rig frames with all their cameras)",
+                }
 
     zero_coverage = check_supervision(cfg, scenes, metas_by_scene, splits)
     # From here on shards change: no manifest may describe a mix of old and new shards.
@@ -561,7 +682,14 @@ def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[
                     if p not in loaded:
                         loaded[p] = load_frame(p)
                 results = [loaded[p] for p in paths]
-                depth = np.stack([r.depth for r in results]).astype(cfg.depth_dtype)
+                depth = np.stack([r.depth for r in results])
+                if cfg.depth_dtype == "float16" and depth.max(initial=0.0) > FLOAT16_MAX:
+                    raise BadInputError(
+                        f"{cfg.out}: depth up to {depth.max():.6g} in sample {sample_key(scene, key_index)} does not "
+                        f"fit float16 (max {FLOAT16_MAX:g}); build with --depth-dtype float32",
+                        cfg.out,
+                    )
+                depth = depth.astype(cfg.depth_dtype)
                 mask = (depth > 0).astype(np.uint8)
                 cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
                 members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results], depth, mask, cams)

@@ -33,7 +33,7 @@ def load_colmap_scenes(cfg) -> list[ColmapScene]:
         scene = load_colmap_scene(name, directory, cfg.depth, cfg.skip_bad, cfg.metric_scale, cfg.mvs.prefer)
         scene.mvs_neighbours = neighbour_names(scene, cfg.mvs)
         for frame in scene.frames:  # a changed neighbour map changes the filtered depth: cache key
-            frame.neighbour_maps = [scene.dense_views[n][0] for n in scene.mvs_neighbours.get(frame.name, [])]
+            frame.neighbour_maps = [scene.dense_views[n] for n in scene.mvs_neighbours.get(frame.name, [])]
         scenes.append(scene)
     for val in cfg.windows.val_scenes:
         if val not in [s.name for s in scenes]:
@@ -58,12 +58,26 @@ def process_colmap_frame(frame: ColmapFrame, scene: ColmapScene, cfg):
 
 def colmap_dataset_card(manifest: dict) -> str:
     opts = manifest["options"]
+    splits = list(manifest["splits"])  # train, val; or test for an evaluation build (--sampling)
     rows = "\n".join(
         f"| {name} | {s['model']} | {', '.join(s['camera_models'])} | {s['frames']} | "
-        f"{s['train_windows']} | {s['val_windows']} | {s['mvs_frames']} | {s['sparse_frames']} | "
-        f"{s['mean_coverage']:.3f} | {s['units']} |"
+        + "".join(f"{s[f'{split}_windows']} | " for split in splits)
+        + f"{s['mvs_frames']} | {s['sparse_frames']} | {s['mean_coverage']:.3f} | {s['units']} |"
         for name, s in manifest["per_scene"].items()
     )
+    if "sampling" in opts:
+        seed = f" (seed {opts['seed']})" if opts["sampling"] == "random" else ""
+        split_line = (
+            f"- Split `{splits[0]}` only: {manifest['splits'][splits[0]]['samples']} samples, one per scene, each of "
+            f"up to {opts['frames']} frames chosen `{opts['sampling']}`{seed} over the whole scene (evaluation only)."
+        )
+    else:
+        split_line = (
+            f"- Splits: train {manifest['splits']['train']['samples']} samples, val "
+            f"{manifest['splits']['val']['samples']}\n  samples; frame-disjoint unless `val_scenes` is set "
+            f"({opts['val_scenes'] or 'frame-disjoint'})."
+        )
+    header = " | ".join(f"{split} win." for split in splits)
     return (
         f"""# COLMAP captures as multi-view windows for VGGT-style models
 
@@ -74,12 +88,11 @@ member layout), built by dataengine {manifest["engine"]["version"]} (git {manife
   {opts["width"]}x{opts["height"]} (`--fit {opts["fit"]}`), every camera undistorted to a pinhole camera
   (`--undistort-fov {opts["undistort_fov"]}`); depth `{opts["depth"]}` stored as {opts["depth_dtype"]}
   (0 = no supervision).
-- Splits: train {manifest["splits"]["train"]["samples"]} samples, val {manifest["splits"]["val"]["samples"]}
-  samples; frame-disjoint unless `val_scenes` is set ({opts["val_scenes"] or "frame-disjoint"}).
+{split_line}
 - Skipped inputs: {len(manifest["skipped"])}; warnings: {len(manifest["warnings"])} (see manifest.json).
 
-| scene | model | camera models | frames | train win. | val win. | MVS frames | sparse frames | mean coverage | units |
-|---|---|---|---:|---:|---:|---:|---:|---:|---|
+| scene | model | camera models | frames | {header} | MVS frames | sparse frames | mean coverage | units |
+|---|---|---|---:|{"---:|" * len(splits)}---:|---:|---:|---|
 {rows}
 
 """

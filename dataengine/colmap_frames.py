@@ -40,26 +40,32 @@ _maps_lock = threading.Lock()
 MAP_CACHE = 24  # maps kept: frames are rendered in name order and share most neighbours
 
 
-def _read_map_cached(path) -> np.ndarray:
+def _read_map_cached(path) -> tuple[np.ndarray, int]:
+    """(depth map, count of NaN/inf/negative values read_depth_map turned into 0)."""
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _maps_lock:
         hit = _maps.get(key)
         if hit is not None:
             _maps.move_to_end(key)
             return hit
-    depth = read_depth_map(path)
+    invalid: list[int] = []
+    depth = read_depth_map(path, invalid)
     depth.setflags(write=False)
     with _maps_lock:
-        _maps[key] = depth
+        _maps[key] = (depth, invalid[0])
         while len(_maps) > MAP_CACHE:
             _maps.popitem(last=False)
-    return depth
+    return depth, invalid[0]
+
+
+def _invalid_values(scene: ColmapScene, name: str) -> int:
+    return _read_map_cached(scene.dense_views[name][0])[1]
 
 
 def _depth_view(scene: ColmapScene, name: str) -> DepthView:
     path, cam, R, t = scene.dense_views[name]
-    depth = _read_map_cached(path)
+    depth, _ = _read_map_cached(path)
     if abs(depth.shape[1] / cam.width - depth.shape[0] / cam.height) > 0.02:
         raise BadInputError(
             f"{path}: depth map is {depth.shape[1]}x{depth.shape[0]}, not the aspect "
@@ -94,6 +100,7 @@ def mvs_depth(
         int(np.ceil(affine[3] + ay * height + margin_y)),
     )
     filtered, stats = consistency_filter(ref, others, cfg, rect)
+    stats["mvs_invalid_values"] = _invalid_values(scene, frame.name)
     out = pool_depth(filtered, affine, height, width) * np.float32(scene.scale)
     return out, stats
 

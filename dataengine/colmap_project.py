@@ -50,31 +50,35 @@ class ColmapFrame:
     mvs_path: Path | None  # the depth map used (geometric preferred) when depth_source == "mvs"
     dense_camera: SourceCamera | None  # its PINHOLE camera from dense/sparse
     depth_source: str  # "mvs" or "sparse"
-    neighbour_maps: list = field(default_factory=list)  # depth maps the consistency filter reads
+    neighbour_maps: list = field(default_factory=list)  # (map, camera, R, t) the consistency filter reads
+    rig_frame: str | None = None  # pycolmap >= 3.12: the id of the frame (rig shot) the image belongs to
 
     def cache_ident(self) -> list:
-        """Everything of the inputs that changes this frame's render (for the build's cache key)."""
-
-        def stat(p):
-            if p is None:
-                return None
-            st = p.stat()
-            return [str(p), st.st_size, st.st_mtime_ns]
+        """Everything of the inputs that changes this frame's render (for the build's cache key).
+        Files by size and change times (a rewrite moves ctime even when mtime is restored); the
+        sparse points by the build (build.frame_cache_path hashes the coordinates)."""
+        from dataengine.build import stat_key
 
         return [
             "colmap",
             self.scene,
             self.name,
-            stat(self.image_path),
-            stat(self.mask_path),
-            stat(self.mvs_path),
+            stat_key(self.image_path, full=True),
+            stat_key(self.mask_path, full=True),
+            stat_key(self.mvs_path, full=True),
             [self.camera.model, self.camera.width, self.camera.height, list(self.camera.params)],
+            None
+            if self.dense_camera is None
+            else [self.dense_camera.model, self.dense_camera.width, self.dense_camera.height],
             None if self.dense_camera is None else list(self.dense_camera.params),
             self.rotation.tolist(),
             self.translation.tolist(),
             self.depth_source,
-            len(self.observed),
-            [stat(p) for p in self.neighbour_maps],
+            # the consistency filter reads each neighbour's map, camera and pose
+            [
+                [stat_key(p, full=True), list(c.params), np.asarray(r).tolist(), np.asarray(t).tolist()]
+                for p, c, r, t in self.neighbour_maps
+            ],
         ]
 
 
@@ -92,6 +96,7 @@ class ColmapScene:
     warnings: list[str] = field(default_factory=list)
     dense_views: dict = field(default_factory=dict)  # frame name → (mvs path, dense camera, R, t)
     mvs_neighbours: dict = field(default_factory=dict)  # frame name → covisible MVS frame names
+    rig: dict | None = None  # rig_members(): how the images group into rig shots, None = no rig
 
     def covisibility(self, frames: list[ColmapFrame] | None = None) -> np.ndarray:
         """(n, n) int64: 3-D points shared by each pair of frames (diagonal: points seen)."""
@@ -155,11 +160,98 @@ def read_reconstruction(model_dir: Path):
     )
 
 
-def _pose(image) -> tuple[np.ndarray, np.ndarray]:
+def _pose_file(model_dir: Path, image_id: int) -> str:
+    """Where an image's pose lives, for errors: frames.txt/.bin when the model has rigs and frames
+    (COLMAP >= 3.12: the image's pose is its frame's), else the images file (text: with the line)."""
+    for name in ("frames.txt", "frames.bin"):
+        if (model_dir / name).is_file():
+            return str(model_dir / name)
+    if (model_dir / "images.txt").is_file():
+        lineno = 0
+        with open(model_dir / "images.txt", encoding="utf-8", errors="replace") as fh:
+            for lineno, text in enumerate(fh, 1):
+                tok = text.split()
+                if len(tok) >= 10 and not text.startswith("#") and tok[0] == str(image_id):
+                    return f"{model_dir / 'images.txt'}:{lineno}"
+        return str(model_dir / "images.txt")
+    return str(model_dir / "images.bin")
+
+
+def _quaternion_matrix(q: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a unit quaternion in pycolmap's (x, y, z, w) order."""
+    x, y, z, w = q
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+NORMALISE_BEYOND = 1e-5
+
+
+def _pose(image, model_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera (R, t). pycolmap turns a non-unit quaternion into a scaled, non-orthonormal
+    matrix and `0 0 0 0` into a pose: the same rule as the ETH3D reader (dataengine.colmap) applies —
+    a norm off by more than QUATERNION_TOLERANCE is an error, a smaller one is normalised."""
+    from dataengine.colmap import QUATERNION_TOLERANCE
+
     cfw = image.cam_from_world
     cfw = cfw() if callable(cfw) else cfw  # a method in pycolmap 4.x, a property in 3.x
     m = np.asarray(cfw.matrix(), dtype=np.float64)
-    return m[:, :3].copy(), m[:, 3].copy()
+    q = np.asarray(cfw.rotation.quat, dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not (math.isfinite(norm) and abs(norm - 1.0) <= QUATERNION_TOLERANCE) or not np.isfinite(m).all():
+        where = _pose_file(model_dir, int(image.image_id)) if model_dir is not None else "the model"
+        raise BadInputError(
+            f"{where}: quaternion of image {image.image_id} ({image.name}) has norm {norm:.6g}, not 1 "
+            f"(COLMAP writes unit quaternions; tolerance {QUATERNION_TOLERANCE:g}); fix the pose or re-export "
+            f"the model with `colmap model_converter`",
+            model_dir,
+        )
+    R = m[:, :3].copy()
+    # Within the tolerance: the rotation of the normalised quaternion. Below NORMALISE_BEYOND (text
+    # models round quaternions; R is then orthonormal to ~2e-5, far inside the trainer's 1e-4 check)
+    # pycolmap's matrix is kept, so the shards of such models stay byte-identical.
+    if abs(norm - 1.0) > NORMALISE_BEYOND:
+        R = _quaternion_matrix(q / norm)
+    return R, m[:, 3].copy()
+
+
+def _model_file(model_dir: Path, fmt: str, stem: str) -> Path:
+    return model_dir / f"{stem}.{'txt' if fmt == 'text' else 'bin'}"
+
+
+MAX_PRINCIPAL_OFFSET = 1.0  # principal point at most one image size outside the image
+
+
+def _check_camera(model_dir: Path, fmt: str, camera_id: int, cam) -> None:
+    """A camera the build can undistort: positive size, finite parameters, positive focal lengths
+    (a negative one mirrors the image: `--undistort-fov full` then built frames rotated 180 degrees
+    against their K and extrinsics) and a principal point near the image."""
+    import numpy as np
+
+    where = f"{_model_file(model_dir, fmt, 'cameras')}: camera {camera_id} ({cam.model.name})"
+    params = np.asarray(cam.params, dtype=np.float64)
+    problem = None
+    if cam.width <= 0 or cam.height <= 0:
+        problem = f"has size {cam.width}x{cam.height}"
+    elif not np.isfinite(params).all():
+        problem = f"has non-finite parameters {params.tolist()}"
+    else:
+        focal = [float(params[i]) for i in cam.focal_length_idxs()]
+        cx, cy = (float(params[i]) for i in cam.principal_point_idxs())
+        if min(focal) <= 0:
+            problem = f"has focal length {', '.join(f'{f:g}' for f in focal)} (must be > 0)"
+        elif not (
+            -MAX_PRINCIPAL_OFFSET * cam.width <= cx <= (1 + MAX_PRINCIPAL_OFFSET) * cam.width
+            and -MAX_PRINCIPAL_OFFSET * cam.height <= cy <= (1 + MAX_PRINCIPAL_OFFSET) * cam.height
+        ):
+            problem = f"has its principal point ({cx:g}, {cy:g}) far outside its {cam.width}x{cam.height} image"
+    if problem:
+        raise BadInputError(f"{where} {problem}; fix the calibration (re-run `colmap mapper`)", model_dir)
 
 
 def _registered(image) -> bool:
@@ -211,7 +303,7 @@ def _read_dense(scene_dir: Path, prefer: str) -> dict:
         for kind in kinds:
             path = dense / "stereo" / "depth_maps" / f"{image.name}.{kind}.bin"
             if path.is_file():
-                out[image.name] = (path, cam, *_pose(image))
+                out[image.name] = (path, cam, *_pose(image, model_dir))
                 break
     return out
 
@@ -243,11 +335,16 @@ def load_colmap_scene(
     if model_dir.name == "0" and (model_dir.parent / "1").is_dir():
         msg = f"{name}: {model_dir.parent} holds several models; using sparse/0 only"
         log.warning(msg)
+        several_models = msg
+    else:
+        several_models = None
     point_ids = np.array(sorted(rec.points3D.keys()), dtype=np.int64)
     xyz = np.array([rec.points3D[int(p)].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3) * scale
     index_of = {int(p): i for i, p in enumerate(point_ids)}
     units = "arbitrary (COLMAP)" if metric_scale is None else f"metres (COLMAP x {scale:g})"
     scene = ColmapScene(name, scene_dir, model_dir, fmt, [], xyz, units, scale)
+    if several_models:
+        scene.warnings.append(several_models)
     dense = _read_dense(scene_dir, prefer) if depth in ("auto", "mvs") else {}
     if depth == "auto" and not dense:
         msg = f"{name}: no dense workspace (dense/stereo/depth_maps) — sparse COLMAP depth for every frame"
@@ -261,6 +358,18 @@ def load_colmap_scene(
             scene_dir,
         )
     cameras = {cid: SourceCamera.from_pycolmap(cid, cam) for cid, cam in rec.cameras.items()}
+    used = {int(im.camera_id) for im in rec.images.values() if _registered(im)}
+    for cid in sorted(used & set(rec.cameras)):
+        _check_camera(model_dir, fmt, cid, rec.cameras[cid])
+    seen: dict[str, int] = {}
+    for image in rec.images.values():
+        if image.name in seen:
+            raise BadInputError(
+                f"{_model_file(model_dir, fmt, 'images')}: images {seen[image.name]} and {image.image_id} share the "
+                f"name {image.name!r} (one photo under two poses); give every image its own name or remove one",
+                model_dir,
+            )
+        seen[image.name] = int(image.image_id)
     for image in sorted(rec.images.values(), key=lambda im: im.name):
         try:
             frame = _make_frame(scene, scene_dir, image, cameras, dense, depth, index_of, scale)
@@ -275,7 +384,53 @@ def load_colmap_scene(
     for f in scene.frames:
         if f.depth_source == "mvs":
             scene.dense_views[f.name] = dense[f.name]
+    scene.rig = rig_members(scene.frames)
+    _warn_unregistered_photos(scene, {im.name for im in rec.images.values() if _registered(im)})
     return scene
+
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def _warn_unregistered_photos(scene: ColmapScene, registered: set[str]) -> None:
+    """Photos in images/ that the model does not hold registered (COLMAP stores only the images it
+    registered): left out of the build, listed in the warnings (docs/own-captures.md)."""
+    images = scene.directory / "images"
+    if not images.is_dir():
+        return
+    names = sorted(
+        p.relative_to(images).as_posix()
+        for p in images.rglob("*")
+        if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+    )
+    missing = [n for n in names if n not in registered]
+    if missing:
+        shown = ", ".join(missing[:50]) + (f" … and {len(missing) - 50} more" if len(missing) > 50 else "")
+        msg = (
+            f"{scene.name}: {len(missing)} photo(s) in {images} not registered in {scene.model_dir} (left out): {shown}"
+        )
+        log.warning(msg)
+        scene.warnings.append(msg)
+
+
+def rig_members(frames: list[ColmapFrame]) -> dict | None:
+    """{"by": how, "members": [(stream, rig frame) per frame]} when the images come from a rig, else
+    None. A rig is seen (1) in the model: several images share one pycolmap frame (COLMAP >= 3.12
+    rigs), stream = the camera; or (2) in the names: one folder per camera holding the same file
+    names (cam0/0001.jpg, cam1/0001.jpg), stream = the folder, rig frame = the name inside it."""
+    from collections import Counter
+    from pathlib import PurePosixPath
+
+    shared = Counter(f.rig_frame for f in frames if f.rig_frame is not None)
+    if any(c > 1 for c in shared.values()):
+        members = [(f"camera {f.camera_id}", f"frame {f.rig_frame}") for f in frames]
+        return {"by": "model frames", "members": members}
+    parts = [PurePosixPath(f.name).parts for f in frames]
+    members = [(p[0], str(PurePosixPath(*p[1:]).with_suffix(""))) if len(p) > 1 else ("", p[0]) for p in parts]
+    streams_of = Counter(key for _, key in set(members))
+    if len({s for s, _ in members}) > 1 and any(c > 1 for c in streams_of.values()):
+        return {"by": "camera folders", "members": members}
+    return None
 
 
 def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, scale):
@@ -289,8 +444,16 @@ def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, s
             f"missing (image names are relative to images/)",
             image_path,
         )
-    R, t = _pose(image)
+    R, t = _pose(image, scene.model_dir)
     ids = [int(p.point3D_id) for p in image.points2D if p.has_point3D()]
+    dangling = sorted({i for i in ids if i not in index_of})
+    if dangling:  # a truncated points3D file silently halves the sparse model otherwise
+        raise BadInputError(
+            f"{_model_file(scene.model_dir, scene.model_format, 'points3D')}: image {image.image_id} ({image.name}) "
+            f"observes {len(dangling)} 3-D point(s) the file does not hold (e.g. POINT3D_ID {dangling[0]}); the file "
+            f"is truncated or from another model — re-export the model (`colmap model_converter`)",
+            scene.model_dir,
+        )
     observed = np.unique(np.array([index_of[i] for i in ids if i in index_of], dtype=np.int64))
     mvs_path = dense_cam = None
     source = "sparse"
@@ -325,4 +488,5 @@ def _make_frame(scene, scene_dir, image, cameras, dense, depth_mode, index_of, s
         mvs_path,
         dense_cam,
         source,
+        rig_frame=None if getattr(image, "frame_id", None) is None else str(image.frame_id),
     )

@@ -82,13 +82,21 @@ def describe(path: Path, key: str | None = None) -> str:
     )
     for name, arr in (("rgb", sample["rgb"]), ("depth", sample["depth"]), ("mask", sample["mask"])):
         lines.append(f"  {name}: shape {tuple(arr.shape)} dtype {arr.dtype}")
+    unit = depth_unit(cams)
     for f, d in zip(cams["frames"], sample["depth"], strict=False):
         valid = d[d > 0]
-        rng = f"{valid.min():.3f}–{valid.max():.3f} m" if valid.size else "none"
+        rng = f"{valid.min():.3f}–{valid.max():.3f} {unit}" if valid.size else "none"
         lines.append(
             f"  {f['name']}: coverage {f['coverage']:.3f}, depth {rng}, fx {f['K'][0][0]:.2f} cx {f['K'][0][2]:.2f}"
         )
     return "\n".join(lines)
+
+
+def depth_unit(cams: dict) -> str:
+    """The depth unit to print: "m" for metric shards (ETH3D, COLMAP with --metric-scale), else the
+    shard's own words (e.g. "arbitrary (COLMAP)") — never metres for a model in its own units."""
+    units = str(cams.get("units", "metres"))
+    return "m" if units.startswith("metres") else units
 
 
 def contact_sheet(path: Path, png: Path, key: str | None = None) -> Path:
@@ -129,11 +137,12 @@ def contact_sheet(path: Path, png: Path, key: str | None = None) -> Path:
             if col == 1:
                 shown = drawn
         axes[i, 0].set_ylabel(f"{info.get('name', f'f{i}')}\ncoverage {info.get('coverage', 0.0):.3f}", fontsize=7)
-    for col, title in enumerate(("RGB", "GT depth [m]", "supervised (white)")):
+    unit = depth_unit(cams)
+    for col, title in enumerate(("RGB", f"GT depth [{unit}]", "supervised (white)")):
         axes[0, col].set_title(title, fontsize=8)
     bar = fig.colorbar(shown, ax=axes[:, 1].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
     bar.ax.tick_params(labelsize=6)
-    bar.set_label("depth [m] (grey: no GT)", fontsize=7)
+    bar.set_label(f"depth [{unit}] (grey: no GT)", fontsize=7)
     fig.suptitle(
         f"{cams.get('scene', '?')} · {key} · {cams.get('split', '?')} · depth {cams.get('depth_source', '?')}",
         fontsize=9,

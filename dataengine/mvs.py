@@ -37,8 +37,10 @@ class MvsConfig:
             raise ValueError("min_views >= 0, depth_tolerance > 0, reproj_px > 0 and neighbours >= 0 are required")
 
 
-def read_depth_map(path: Path) -> np.ndarray:
-    """(height, width) float32 (channel 0 of a multi-channel map); clear errors on bad files."""
+def read_depth_map(path: Path, invalid: list | None = None) -> np.ndarray:
+    """(height, width) float32 (channel 0 of a multi-channel map); clear errors on bad files. NaN,
+    infinite and negative values become 0 (no depth); their count is appended to `invalid` (the build
+    records them as a warning)."""
     path = Path(path)
     data = path.read_bytes()
     parts = data.split(b"&", 3)
@@ -60,6 +62,8 @@ def read_depth_map(path: Path) -> np.ndarray:
     arr = values.reshape(channels, height, width)[0]  # column-major (w, h, c) = C-order (c, h, w)
     arr = np.array(arr, dtype=np.float32)
     bad = ~np.isfinite(arr) | (arr < 0)
+    if invalid is not None:
+        invalid.append(int(bad.sum()))
     if bad.any():
         arr[bad] = 0.0  # COLMAP writes 0 for "none"; anything else non-positive is unusable too
     return arr

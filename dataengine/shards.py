@@ -23,6 +23,7 @@ from shardformat import (
     FORMAT,
     KEY_RE,
     MASK,
+    depth_range_problem,
     frame_member,
     sample_suffixes,
     suffixes_by_key,
@@ -174,6 +175,11 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
                     supervised[split] = True
                 elif notes is not None:
                     notes.append(f"{path}: sample {key} frame {frame_name} has no supervised pixel")
+            try:
+                for key, problem in tar_depth_problems(path):
+                    problems.append(f"{path}: sample {key} depth.npy: {problem}; rebuild the shards")
+            except (tarfile.TarError, ValueError, OSError) as exc:
+                problems.append(f"{path}: unreadable depth.npy ({exc})")
             if len(samples) != shard["samples"]:
                 problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
             for key, suffixes in samples.items():
@@ -201,6 +207,20 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
                 f"{path}: stray temporary file of an interrupted build; rerun the build (it removes it) or delete it"
             )
     return problems
+
+
+def tar_depth_problems(path: Path) -> list[tuple[str, str]]:
+    """(sample key, problem) for every sample whose depth.npy breaks the format's depth range rule
+    (shardformat.depth_range, the rule the trainer's decoder applies)."""
+    out = []
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if member.name.endswith(".depth.npy"):
+                depth = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+                problem = depth_range_problem(depth)
+                if problem:
+                    out.append((member.name.partition(".")[0], problem))
+    return out
 
 
 def tar_coverage(path: Path) -> list[tuple[str, str, float]]:

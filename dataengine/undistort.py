@@ -396,7 +396,7 @@ def decode_photo(data: bytes, cam: SourceCamera, reduction: int, path) -> np.nda
     try:
         with Image.open(io.BytesIO(data)) as im:
             _check_size(path, cam, im.size[0], im.size[1])
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = photo_rgb8(im, path)
     except (UnidentifiedImageError, OSError) as exc:
         raise BadInputError(f"{path}: not a readable image ({exc}); COLMAP photos must be JPEG or PNG", path) from None
     if reduction == 1:
@@ -408,6 +408,40 @@ def decode_photo(data: bytes, cam: SourceCamera, reduction: int, path) -> np.nda
         mode="edge",
     )
     return np.rint(pad.reshape(h, reduction, w, reduction, 3).mean(axis=(1, 3))).astype(np.uint8)
+
+
+def photo_rgb8(im, path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a Pillow image of any mode. `convert("RGB")` is right for 8-bit modes
+    (1, L, P, LA, PA, RGB, RGBA, CMYK, YCbCr) but clips 16-bit greyscale to 255 and floats to 0 —
+    a constant frame — so wider modes are scaled here: 16-bit by 65535 → 255, 32-bit integers the
+    same when they hold 16-bit values, floats from [0, 1]; anything else is refused."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(im).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise BadInputError(f"{path}: {mode} photo holds NaN or infinite values; save it as 8-bit RGB", path)
+        lo, hi = float(values.min()), float(values.max())
+        if mode == "F":
+            if lo < 0.0 or hi > 1.0:
+                raise BadInputError(
+                    f"{path}: floating-point ({mode}) photo with values in [{lo:g}, {hi:g}], not [0, 1]; "
+                    f"save it as 8-bit RGB (or 16-bit PNG)",
+                    path,
+                )
+            grey = values * 255.0
+        else:
+            if lo < 0 or hi > 65535:
+                raise BadInputError(
+                    f"{path}: 32-bit integer ({mode}) photo with values in [{lo:g}, {hi:g}], beyond 16 bits; "
+                    f"save it as 8-bit RGB (or 16-bit PNG)",
+                    path,
+                )
+            grey = values / 257.0  # 65535 → 255
+        grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode not in ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"):
+        raise BadInputError(f"{path}: photo mode {mode} is not supported; save it as 8-bit RGB (JPEG or PNG)", path)
+    return np.asarray(im.convert("RGB"))
 
 
 def _check_size(path, cam: SourceCamera, width: int, height: int) -> None:

@@ -148,3 +148,33 @@ def window_overlap(windows: list[list[int]], cov: np.ndarray, kind: str = "min")
         if vals:
             scores.append(float(np.mean(vals)))
     return float(np.mean(scores)) if scores else 0.0
+
+
+# ---- rigs (several cameras firing together) -------------------------------------------------------
+def rig_windows(
+    scene: str, members: list[tuple[str, str]], cfg: WindowConfig, cov: np.ndarray | None = None
+) -> dict[str, list[list[int]]]:
+    """Windows of a rig capture. `members[i]` = (stream, rig frame) of frame i (frames in name order;
+    stream = the camera, rig frame = the shot the cameras took together). The split is decided on RIG
+    FRAMES — the last fraction of them, with every camera's image, is val — so no val image has a
+    simultaneous rig mate in train; sequential windows are cut inside one camera's stream (they never
+    straddle two cameras), covisible windows among the split's images (`_greedy_windows`)."""
+    order: dict[str, int] = {}
+    for _, key in members:
+        order.setdefault(key, len(order))
+    out: dict[str, list[list[int]]] = {"train": [], "val": []}
+    for split, keys in zip(("train", "val"), split_frames(scene, len(order), cfg), strict=True):
+        inside = [i for i, (_, key) in enumerate(members) if order[key] in keys]
+        streams: dict[str, list[int]] = {}
+        for i in inside:
+            streams.setdefault(members[i][0], []).append(i)
+        count = sum(len(window_starts(len(idx), cfg.frames, cfg.stride)) for idx in streams.values())
+        if cov is not None:
+            if count:
+                out[split] = _greedy_windows(inside, cov, cfg.frames, count, max(cfg.frames - cfg.stride, 0))
+            continue
+        for stream in sorted(streams):
+            idx = streams[stream]
+            for start in window_starts(len(idx), cfg.frames, cfg.stride):
+                out[split].append(idx[start : start + cfg.frames])
+    return out

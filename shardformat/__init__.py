@@ -8,8 +8,10 @@ decoding stays with the callers.
 - tarindex: samples of a tar from its 512-byte headers, grouped exactly as webdataset groups them
 - manifest: manifest.json as `dataengine build` writes it
 - members: payload access (pread) and .npy/.json member decoding
+- depth_range: the depth values a shard may hold (one rule for writer, verify and trainer)
 """
 
+from shardformat.depth_range import MAX_DEPTH, depth_range_problem
 from shardformat.manifest import ManifestShard, manifest_shards, read_manifest
 from shardformat.members import NpyLayout, SampleReader, npy_layout, read_json
 from shardformat.names import (
@@ -33,6 +35,7 @@ __all__ = [
     "FORMAT",
     "KEY_RE",
     "MASK",
+    "MAX_DEPTH",
     "SHARD_RE",
     "ManifestShard",
     "NpyLayout",
@@ -40,6 +43,7 @@ __all__ = [
     "ShardError",
     "TarRange",
     "count_samples",
+    "depth_range_problem",
     "frame_member",
     "index_tar",
     "manifest_shards",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shardformat import CAMERAS, DEPTH, FORMAT as SHARD_FORMAT, MASK, NpyLayout, SampleReader, ShardError
-from shardformat import frame_member, npy_layout, read_json
+from shardformat import depth_range_problem, frame_member, npy_layout, read_json
 
 
 @dataclass
@@ -59,7 +59,6 @@ def _plan_sample(reader: SampleReader, frames: int | None) -> _SamplePlan:
 
 
 _FLOAT32 = np.dtype("=f4")
-MAX_DEPTH_M = 1e4  # GT z-depth is metres; anything beyond 10 km is a corrupt value, not a scene
 ROTATION_TOL = 1e-4  # |R Rᵀ − I| of the stored extrinsics (written in full double precision)
 
 
@@ -122,16 +121,13 @@ def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, mas
 
 
 def _check_depth_mask(where: str, i: int, depth: np.ndarray, mask: np.ndarray) -> None:
-    """Frame i's GT: finite, 0 (no supervision) or a positive depth below MAX_DEPTH_M, and the mask
-    exactly where depth > 0 (the documented format). Never silently zeroed: the shard is wrong."""
-    bad = ~np.isfinite(depth)
-    if bad.any():
-        raise ShardError(f"{where}: depth.npy frame {i}: {int(bad.sum())} non-finite values (NaN/inf); "
-                         "the shard is corrupt: rebuild it, or check it with `python -m dataengine verify`")
-    if depth.min() < 0 or depth.max() > MAX_DEPTH_M:
-        count = int(((depth < 0) | (depth > MAX_DEPTH_M)).sum())
-        raise ShardError(f"{where}: depth.npy frame {i}: {count} values outside 0..{MAX_DEPTH_M:g} m "
-                         f"(min {depth.min():.3g}, max {depth.max():.3g}); the shard is corrupt: rebuild it")
+    """Frame i's GT: the format's depth range rule (shardformat.depth_range: finite, 0 = no supervision,
+    else in (0, MAX_DEPTH] in the shard's units), and the mask exactly where depth > 0 (the documented
+    format). Never silently zeroed: the shard is wrong."""
+    problem = depth_range_problem(depth)
+    if problem:
+        raise ShardError(f"{where}: depth.npy frame {i}: {problem}; the shard is corrupt: rebuild it, or check it "
+                         "with `python -m dataengine verify`")
     supervised = depth > 0
     if not np.array_equal(mask, supervised):
         count = int((mask != supervised).sum())
