@@ -322,7 +322,8 @@ def check_windows(cfg: BuildConfig, counts: dict[str, int], when: str) -> None:
                 f"--skip-bad records above); fix the inputs or drop the scene",
                 cfg.root / name,
             )
-        if not window_starts(n, cfg.windows.frames, cfg.windows.stride):
+        # Evaluation samples (--sampling) take min(--frames, scene frames): only training windows need --frames.
+        if cfg.windows.sampling == "windows" and not window_starts(n, cfg.windows.frames, cfg.windows.stride):
             raise BadInputError(
                 f"{cfg.root / name}: {n} usable frames {when}, fewer than --frames "
                 f"{cfg.windows.frames}; lower --frames or drop the scene",

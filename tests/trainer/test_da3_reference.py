@@ -318,6 +318,9 @@ def test_voxel_down_sample_by_hand():
     points = np.array([[0.0, 0, 0], [0.4, 0, 0], [0.6, 0, 0], [1.4, 0, 0], [3.0, 0, 0]])
     down = voxel_down_sample(points, 1.0)
     assert np.allclose(down, [[0.2, 0, 0], [1.0, 0, 0], [3.0, 0, 0]], rtol=0, atol=1e-15)
+    # A grid too large for one int64 key per voxel takes the row-wise path: same cells.
+    far = np.array([[0.0, 0, 0], [0.25e-6, 0, 0], [1e7, 1e7, 1e7]])
+    assert np.allclose(voxel_down_sample(far, 1e-6), [[0.125e-6, 0, 0], [1e7, 1e7, 1e7]], rtol=1e-15, atol=0)
     with pytest.raises(ValueError, match="voxel size"):
         voxel_down_sample(points, 0.0)
     assert DA3_ETH3D_VOXEL_M == 0.0390625 and DA3_ETH3D_THRESHOLD_M == 0.25
