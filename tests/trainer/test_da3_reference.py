@@ -9,8 +9,11 @@ tests/assets/make_da3_open3d_reference.py (tests/README.md, "Peer references").
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -384,3 +387,16 @@ def test_da3_sampling_drops_da3_filtered_images():
     assert [f.name for f in restrict_to_sample(Scene("kicker", frames), 100, "da3").frames] == [
         f.name for f in scene.frames
     ]
+
+
+def test_da3_sampling_build_cli(synth_root, tmp_path):
+    """`dataengine build --sampling da3 --frames 100` as users run it: a 12-frame scene gives one sample of all
+    12 frames (DA3 keeps every frame of scenes with <= 100), although 12 < --frames."""
+    out = tmp_path / "shards"
+    command = [sys.executable, "-m", "dataengine", "build", "--root", str(synth_root), "--out", str(out)]
+    command += ["--scenes", "synth_facade", "--size", "56", "--frames", "100", "--sampling", "da3", "--quiet"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["sampling"] == "da3" and list(manifest["splits"]) == ["test"]
+    assert manifest["per_scene"]["synth_facade"]["test_frames"] == 12

@@ -320,11 +320,14 @@ def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 samples, 1 scenes (base -> adapter)" in proc.stdout
+    report = (out / "report.md").read_text()  # every rule's AUC, the published figure on DA3's rule only
+    assert "| pose/da3/auc@30 ↑ | 80.80 |" in report and "| pose/vggt/auc@30 ↑ | – |" in report
     metrics = json.loads((out / "metrics.json").read_text())
     record = metrics["samples"][0]
     assert record["names"] and len(record["names"]) == 5 and metrics["models"]["heads"] == "camera, depth, point"
     for label in ("base", "adapter"):
         assert record[label]["pose/pairs"] == 10  # 5 frames -> 10 pairs
+        assert all(0 <= record[label][f"pose/{rule}/auc@30"] <= 1 for rule in ("da3", "vggt", "i_to_j"))
         for source in ("depth_camera", "point_head"):
             used = record[label][f"pointmap/{source}/align_points"]
             assert used == record[label][f"pointmap/{source}/eval_points"] > 0
