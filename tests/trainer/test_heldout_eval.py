@@ -319,7 +319,7 @@ def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 samples, 1 scenes (base -> adapter)" in proc.stdout
+    assert "1 samples, 1 scenes (base -> adapter): pose/da3/auc@30 " in proc.stdout
     report = (out / "report.md").read_text()  # every rule's AUC, the published figure on DA3's rule only
     assert "| pose/da3/auc@30 ↑ | 80.80 |" in report and "| pose/vggt/auc@30 ↑ | – |" in report
     metrics = json.loads((out / "metrics.json").read_text())
