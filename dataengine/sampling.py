@@ -61,12 +61,21 @@ def restrict_to_sample(scene, count: int, mode: str, seed: int = 0):
     """The scene (dataengine.eth3d.Scene, frames in capture order) with only its sampled frames, so that
     a build renders just those (10 of 76 frames, not all 76 laser depth maps).
 
-    ``da3`` first drops the images Depth Anything 3's benchmark filters out of that scene
-    (dataengine.scenes.DA3_ETH3D_FILTERED_IMAGES), then draws from the rest, as its evaluator does."""
+    ``da3`` does what Depth Anything 3's ETH3D benchmark does: it keeps the frames listed in
+    dslr_calibration_jpg/images.txt, in that file's order (DA3's frame 0 is the first listed, and its pose
+    rule depends on frame 0), drops the images it filters out of that scene
+    (dataengine.scenes.DA3_ETH3D_FILTERED_IMAGES), then draws from the rest, as its evaluator does. Frames
+    without that calibration line (COLMAP projects) keep their order."""
     frames = scene.frames
     if mode == "da3":
         from dataengine.scenes import da3_filtered
 
         frames = [f for f in frames if not da3_filtered(scene.name, f.name)]
+        lines = [getattr(f, "jpg_calibration_line", None) for f in frames]
+        if any(line is not None for line in lines):
+            frames = sorted(
+                (f for f, line in zip(frames, lines, strict=True) if line is not None),
+                key=lambda f: f.jpg_calibration_line,
+            )
     picked = sample_frames(len(frames), count, mode, seed, scene.name)
     return dataclasses.replace(scene, frames=[frames[i] for i in picked])

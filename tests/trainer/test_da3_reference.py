@@ -371,9 +371,7 @@ def test_da3_sampling_reproduces_da3_evaluator(n_frames):
         assert want != list(range(100))
 
 
-def test_da3_sampling_drops_da3_filtered_images():
-    frames = [types.SimpleNamespace(name=f"DSC_{i:04d}.JPG") for i in range(420, 445)]
-    scene = types.SimpleNamespace(name="relief", frames=frames)
+def test_da3_sampling_drops_da3_filtered_images_and_takes_the_jpg_calibration_order():
     import dataclasses
 
     @dataclasses.dataclass
@@ -381,12 +379,23 @@ def test_da3_sampling_drops_da3_filtered_images():
         name: str
         frames: list
 
-    kept = restrict_to_sample(Scene("relief", frames), 100, "da3")
-    names = [f.name for f in kept.frames]
-    assert len(names) == 25 - 12 and "DSC_0427.JPG" not in names and "DSC_0439.JPG" in names
-    assert [f.name for f in restrict_to_sample(Scene("kicker", frames), 100, "da3").frames] == [
-        f.name for f in scene.frames
+    names = [f"DSC_{i:04d}.JPG" for i in range(420, 445)]
+    lines = np.random.default_rng(0).permutation(len(names)) * 2 + 5  # images.txt lines, not in name order
+    frames = [
+        types.SimpleNamespace(name=n, jpg_calibration_line=int(line)) for n, line in zip(names, lines, strict=True)
     ]
+    kept = [f.name for f in restrict_to_sample(Scene("relief", frames), 100, "da3").frames]
+    # relief: DA3 drops 427..438; the rest come in images.txt order (DA3's frame 0 is the first listed).
+    want = [f.name for f in sorted(frames, key=lambda f: f.jpg_calibration_line) if not "0427" <= f.name[4:8] <= "0438"]
+    assert kept == want and len(kept) == 25 - 12 and kept != sorted(kept)
+    # Another scene filters nothing; a frame missing from dslr_calibration_jpg is not in DA3's set.
+    frames[3].jpg_calibration_line = None
+    kicker = [f.name for f in restrict_to_sample(Scene("kicker", frames), 100, "da3").frames]
+    assert len(kicker) == 24 and names[3] not in kicker
+    # Frames without the line at all (a COLMAP project) keep their order; other modes keep name order.
+    plain = [types.SimpleNamespace(name=n) for n in names]
+    assert [f.name for f in restrict_to_sample(Scene("kicker", plain), 100, "da3").frames] == names
+    assert [f.name for f in restrict_to_sample(Scene("kicker", frames), 100, "uniform").frames] == names
 
 
 def test_da3_sampling_build_cli(synth_root, tmp_path):
