@@ -38,7 +38,7 @@ BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
 CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup constraints test lint demo demo-colmap download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base
+.PHONY: help setup constraints test lint demo demo-colmap download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base da3-shards eval-base-da3
 .DEFAULT_GOAL := help
 
 help:
@@ -53,6 +53,8 @@ help:
 	@echo "make heldout-shards       download + build the 8 held-out scenes as evaluation samples"
 	@echo "make eval-heldout RUN=... published ETH3D protocols, base vs adapter, held-out + in-domain val"
 	@echo "make eval-base            the same protocols for the base model alone (compare with the papers)"
+	@echo "make da3-shards           download + build DA3's ETH3D pose set (11 scenes, its frame draw)"
+	@echo "make eval-base-da3        base-model pose AUC on that set, DA3's rule next to DA3 Tab. 2"
 	@echo "make bench                engine, loader, model-forward, train-step and step-memory benchmarks"
 	@echo "make setup                create $(VENV) and install (TORCH=... chooses the torch build)"
 	@echo "make constraints          re-pin constraints.txt to the versions installed in $(VENV)"
@@ -62,11 +64,14 @@ help:
 
 # constraints.txt pins every dependency (torch aside) to the versions the suite last passed with, so a
 # fresh install months from now resolves the same set; `make constraints` refreshes it from .venv.
-$(VENV)/.installed: pyproject.toml constraints.txt
+# peers.txt: pinned peer packages (other models' code the tests run as references) installed without their
+# dependencies; the few small modules their code imports are the `peers` extra.
+$(VENV)/.installed: pyproject.toml constraints.txt peers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	$(PY) -m pip install --quiet --no-deps -r peers.txt
 	$(PY) -m dataengine.zlib_first --install
 	touch $@
 
@@ -152,6 +157,19 @@ eval-heldout eval-base: setup
 	$(PY) -m trainer eval --protocol eth3d-pose --shards $(HELDOUT_SHARDS)/all_frames $(EVAL_MODEL) \
 		--out $(EVAL_OUT)/pose
 	$(PY) -m trainer eval --protocol all --shards $(SHARDS) --split val $(EVAL_MODEL) --out $(EVAL_OUT)/in_domain_val
+
+# Depth Anything 3's ETH3D pose setup (11 scenes, its filtered images dropped, <= 100 frames by its
+# random.seed(42) draw; docs/evaluation.md): the base model's sanity check against DA3 Tab. 2.
+DA3_SHARDS ?= shards/eth3d_da3
+da3-shards: setup
+	$(PY) -m dataengine download --root $(ETH3D_ROOT) --scenes da3
+	$(PY) -m dataengine build --root $(ETH3D_ROOT) --out $(DA3_SHARDS) --scenes da3 --sampling da3 --frames 100 \
+		--samples-per-shard 1
+	$(PY) -m dataengine verify $(DA3_SHARDS)
+
+eval-base-da3: setup
+	@test -d $(DA3_SHARDS) || { echo "$(DA3_SHARDS) is missing: run 'make da3-shards'"; exit 1; }
+	$(PY) -m trainer eval --protocol eth3d-pose --shards $(DA3_SHARDS) --weights $(WEIGHTS) --out runs/base_eval_da3/pose
 
 bench: setup
 	$(PY) benchmarks/engine.py --work build/bench/engine --json build/bench/engine.json

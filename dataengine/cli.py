@@ -209,12 +209,14 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--keep-cache", is_flag=True, help="Keep the per-frame cache after a successful build.")
 @click.option(
     "--sampling",
-    type=click.Choice(["windows", "uniform", "random"]),
+    type=click.Choice(["windows", "uniform", "random", "da3"]),
     default="windows",
     show_default=True,
     help="windows = training windows (train/val); uniform / random = one "
     "evaluation sample per scene of --frames frames spread over / drawn from the whole scene, "
-    "in a 'test' split that training never reads. --scenes accepts the set name 'heldout'.",
+    "in a 'test' split that training never reads; da3 = Depth Anything 3's ETH3D draw (its filtered "
+    "images dropped, <= --frames kept by random.seed(42), use --frames 100). --scenes accepts the set "
+    "names 'heldout' and 'da3'.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sampling random.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -48,6 +48,9 @@ class Frame:
     mask_path: Path | None  # ETH3D mask PNG, when present (missing = all zeros)
     depth_source: str  # "laser" or "sparse"
     observed: np.ndarray  # indices into Scene.points_xyz of the points this image observes
+    # Line of this image in dslr_calibration_jpg/images.txt (None: not listed there): the frame order of
+    # Depth Anything 3's benchmark, which `--sampling da3` reproduces (dataengine.sampling).
+    jpg_calibration_line: int | None = None
 
 
 @dataclass
@@ -277,4 +280,5 @@ def _make_frame(
         mask_path,
         source,
         observed,
+        dimg.line if dimg is not None else None,
     )

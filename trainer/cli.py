@@ -245,7 +245,7 @@ def _protocol_eval(
         config=cfg,
     )
     mean = metrics["mean"]
-    shown = [m for m in ("pose/auc@30", "pointmap/depth_camera/overall", "mvd/frame/abs_rel") if m in mean["base"]]
+    shown = [m for m in ("pose/da3/auc@30", "pointmap/depth_camera/overall", "mvd/frame/abs_rel") if m in mean["base"]]
     parts = [
         f"{m} " + " -> ".join("–" if mean[label][m] is None else f"{mean[label][m]:.4f}" for label in metrics["labels"])
         for m in shown

@@ -377,33 +377,193 @@ def pointmap_accuracy_completeness(pred, gt, workers: int = -1) -> tuple[float, 
     return accuracy, completeness, 0.5 * (accuracy + completeness)
 
 
+# Pose rules (docs/evaluation.md, "Which pose rule"). Each names how a pair's relative pose is composed from
+# world-to-camera extrinsics E and which error formulas score it:
+#   "da3"    -- Depth Anything 3's bench code (depth_anything_3/bench/utils.py compute_pose): every trajectory
+#               first re-expressed with camera 0 as world (E_k E_0^-1), then inv(E_i) E_j, quaternion-style
+#               rotation error and clamped translation angle;
+#   "vggt"   -- VGGT's evaluation script (evaluation/test_co3d.py): E_i inv(E_j), the same error formulas,
+#               no first-camera step;
+#   "i_to_j" -- this project's own rule (trainer.metrics.relative_pose_errors, the in-domain report):
+#               T_ij = E_j inv(E_i), atan2 rotation angle. Like "vggt" it does not depend on the world frame
+#               or on which frame comes first.
+POSE_CONVENTIONS = ("da3", "vggt", "i_to_j")
+# The published scripts' guards: eps added to norms and clamped losses, and the error given to a
+# non-finite translation angle (radians).
+_PUBLISHED_EPS = 1e-15
+_PUBLISHED_DEFAULT_ERR_RAD = 1e6
+
+
+def _w2c_4x4(extrinsics, what: str) -> np.ndarray:
+    """(S,3,4) or (S,4,4) world-to-camera extrinsics as float64 (S,4,4)."""
+    e = as_float64(extrinsics)
+    if e.ndim != 3 or e.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"{what}: expected (S,3,4) or (S,4,4) extrinsics, got {e.shape}")
+    out = np.zeros((e.shape[0], 4, 4))
+    out[:, :3, :] = e[:, :3, :]
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def _inverse_se3(e: np.ndarray) -> np.ndarray:
+    """Closed-form inverse of rigid transforms (..., 4, 4): [R^T, -R^T t]."""
+    out = np.zeros_like(e)
+    rt = np.swapaxes(e[..., :3, :3], -1, -2)
+    out[..., :3, :3] = rt
+    out[..., :3, 3] = -(rt @ e[..., :3, 3:])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def relative_poses(w2c, convention: str = "da3") -> np.ndarray:
+    """Relative poses (P,4,4) of all pairs i < j (row-major: (0,1), (0,2), ..., (1,2), ...) of (S,3,4) or
+    (S,4,4) world-to-camera extrinsics, composed by ``convention`` (see POSE_CONVENTIONS)."""
+    if convention not in POSE_CONVENTIONS:
+        raise ValueError(f"pose convention must be one of {POSE_CONVENTIONS}, got {convention!r}")
+    e = _w2c_4x4(w2c, "relative_poses")
+    first, second = np.triu_indices(e.shape[0], k=1)
+    if convention == "da3":
+        e = e @ _inverse_se3(e[:1])  # camera 0 becomes the world frame
+        return _inverse_se3(e[first]) @ e[second]
+    if convention == "vggt":
+        return e[first] @ _inverse_se3(e[second])
+    return e[second] @ _inverse_se3(e[first])
+
+
+def _published_rotation_error_deg(rel_pred: np.ndarray, rel_gt: np.ndarray) -> np.ndarray:
+    """The VGGT/DA3 scripts' rotation error: with q the unit quaternions, arccos(1 - 2 max(1 - (q_p.q_g)^2, eps)).
+
+    For rotation matrices (q_p.q_g)^2 = (1 + tr(R_p^T R_g)) / 4, so the quaternions are not needed."""
+    trace = (rel_pred[:, :3, :3] * rel_gt[:, :3, :3]).sum((-1, -2))
+    loss = np.maximum(1.0 - (1.0 + trace) / 4.0, _PUBLISHED_EPS)
+    return np.arccos(np.clip(1.0 - 2.0 * loss, -1.0, 1.0)) * 180.0 / np.pi
+
+
+def _published_translation_error_deg(t_pred: np.ndarray, t_gt: np.ndarray, sign_ambiguity: bool) -> np.ndarray:
+    """The scripts' translation-direction error: normalised with +eps (a zero vector stays zero and scores
+    90 degrees), arccos(sqrt(1 - max(1 - cos^2, eps))), non-finite results set to 1e6 rad."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit_pred = t_pred / (np.linalg.norm(t_pred, axis=-1, keepdims=True) + _PUBLISHED_EPS)
+        unit_gt = t_gt / (np.linalg.norm(t_gt, axis=-1, keepdims=True) + _PUBLISHED_EPS)
+        loss = np.maximum(1.0 - (unit_pred * unit_gt).sum(-1) ** 2, _PUBLISHED_EPS)
+        error = np.arccos(np.sqrt(1.0 - loss))
+    error[~np.isfinite(error)] = _PUBLISHED_DEFAULT_ERR_RAD
+    error = error * 180.0 / np.pi
+    return np.minimum(error, np.abs(180.0 - error)) if sign_ambiguity else error
+
+
 def relative_pose_angle_errors(
-    pred_w2c, gt_w2c, translation_sign_ambiguity: bool = True
+    pred_w2c, gt_w2c, translation_sign_ambiguity: bool = True, convention: str = "i_to_j"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rotation, translation-direction) errors in degrees of the relative poses of all pairs i < j
-    of (S,3,4) world-to-camera extrinsics (see :func:`relative_pose_errors`)."""
-    pred = torch.as_tensor(as_float64(pred_w2c))
-    gt = torch.as_tensor(as_float64(gt_w2c))
-    if pred.dim() != 3 or pred.shape != gt.shape or pred.shape[-2:] != (3, 4) or pred.shape[0] < 2:
-        raise ValueError(f"expected two (S,3,4) extrinsics with S >= 2, got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    errors = relative_pose_errors(pred, gt, translation_sign_ambiguity)
-    return errors["rot_err_deg"].numpy(), errors["trans_err_deg"].numpy()
+    """(rotation, translation-direction) errors in degrees of the relative poses of all pairs i < j of
+    (S,3,4) or (S,4,4) world-to-camera extrinsics, under ``convention`` (see POSE_CONVENTIONS; "i_to_j"
+    is :func:`relative_pose_errors`)."""
+    if convention not in POSE_CONVENTIONS:
+        raise ValueError(f"pose convention must be one of {POSE_CONVENTIONS}, got {convention!r}")
+    pred = _w2c_4x4(pred_w2c, "pose metric (prediction)")
+    gt = _w2c_4x4(gt_w2c, "pose metric (GT)")
+    if pred.shape != gt.shape or pred.shape[0] < 2:
+        raise ValueError(f"expected two (S,3,4) extrinsics with S >= 2, got {pred.shape} and {gt.shape}")
+    if convention == "i_to_j":
+        errors = relative_pose_errors(
+            torch.from_numpy(pred[:, :3]), torch.from_numpy(gt[:, :3]), translation_sign_ambiguity
+        )
+        return errors["rot_err_deg"].numpy(), errors["trans_err_deg"].numpy()
+    rel_pred, rel_gt = relative_poses(pred, convention), relative_poses(gt, convention)
+    rotation = _published_rotation_error_deg(rel_pred, rel_gt)
+    translation = _published_translation_error_deg(rel_pred[:, :3, 3], rel_gt[:, :3, 3], translation_sign_ambiguity)
+    return rotation, translation
 
 
 def pose_auc(
-    pred_w2c, gt_w2c, thresholds=PROTOCOL_AUC_THRESHOLDS_DEG, translation_sign_ambiguity: bool = True
+    pred_w2c,
+    gt_w2c,
+    thresholds=PROTOCOL_AUC_THRESHOLDS_DEG,
+    translation_sign_ambiguity: bool = True,
+    convention: str = "da3",
 ) -> dict[str, float]:
-    """Camera-pose AUC of one scene in the VGGT / Depth Anything 3 convention.
+    """Camera-pose AUC of one scene under a published rule (``convention``, see POSE_CONVENTIONS).
 
     Every pair i < j of the S frames gives a relative rotation error (RRA) and a relative translation
     direction error (RTA); a pair's error is max(RRA, RTA). AUC@T = mean over the integer thresholds
     1..T of the fraction of pairs with error below it (a histogram of 1-degree bins up to T, cumulated).
-    Returns ``{"auc@T": ..., "pairs": n}`` for each T in ``thresholds``.
+    ``convention="da3"`` reproduces Depth Anything 3's ``compute_pose`` (the rule of its Tab. 2),
+    ``"vggt"`` VGGT's evaluation script, ``"i_to_j"`` this project's in-domain rule.
+    Extrinsics are world-to-camera, (S,3,4) or (S,4,4). Returns ``{"auc@T": ..., "pairs": n}``.
     """
-    rot, trans = relative_pose_angle_errors(pred_w2c, gt_w2c, translation_sign_ambiguity)
+    rot, trans = relative_pose_angle_errors(pred_w2c, gt_w2c, translation_sign_ambiguity, convention)
     result = {f"auc@{int(t)}": errors_auc(torch.from_numpy(rot), torch.from_numpy(trans), int(t)) for t in thresholds}
     result["pairs"] = int(rot.size)
     return result
+
+
+# ------------------------------------------------------------------------ point clouds (DA3's 3-D metrics)
+
+# Depth Anything 3's ETH3D settings (depth_anything_3/utils/constants.py: ETH3D_EVAL_THRESHOLD and
+# ETH3D_DOWN_SAMPLE = 4/512 * 5 m).
+DA3_ETH3D_THRESHOLD_M = 0.25
+DA3_ETH3D_VOXEL_M = 4.0 / 512.0 * 5
+
+
+def voxel_down_sample(points, voxel_size: float) -> np.ndarray:
+    """One point per occupied voxel, the centroid of the points in it -- Open3D's
+    ``PointCloud.voxel_down_sample``: the grid starts half a voxel below the cloud's own minimum corner,
+    voxel index = floor((p - (min - size/2)) / size), and each centroid is the in-order sum divided by
+    the count. Points come back sorted by voxel index (Open3D's order is its hash map's; no metric
+    here depends on the order)."""
+    points = as_float64(points)
+    if points.ndim != 2 or points.shape[-1] != 3:
+        raise ValueError(f"voxel_down_sample: expected (N,3) points, got {points.shape}")
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_down_sample: voxel size must be > 0, got {voxel_size}")
+    if points.shape[0] == 0:
+        return points.copy()
+    origin = points.min(0) - voxel_size * 0.5
+    index = np.floor((points - origin) / voxel_size).astype(np.int64)
+    sizes = index.max(0) + 1
+    if float(sizes[0]) * float(sizes[1]) * float(sizes[2]) < 2.0**62:  # one int64 key per voxel: a 1-D sort, ~5x faster
+        key = (index[:, 0] * sizes[1] + index[:, 1]) * sizes[2] + index[:, 2]
+        _, cell, counts = np.unique(key, return_inverse=True, return_counts=True)
+    else:
+        _, cell, counts = np.unique(index, axis=0, return_inverse=True, return_counts=True)
+    cell = cell.reshape(-1)
+    sums = np.stack([np.bincount(cell, weights=points[:, k], minlength=counts.size) for k in range(3)], -1)
+    return sums / counts[:, None]
+
+
+def pointcloud_metrics(
+    pred, gt, threshold: float = DA3_ETH3D_THRESHOLD_M, voxel_size: float | None = None, workers: int = -1
+) -> dict[str, float]:
+    """Depth Anything 3's 3-D reconstruction metrics (``evaluate_3d_reconstruction``) of an aligned predicted
+    cloud (N,3) against GT (M,3), in GT units: ``acc`` (mean distance predicted -> nearest GT), ``comp`` (GT ->
+    nearest predicted), ``overall`` (their mean), ``precision`` / ``recall`` (fraction of predicted / GT points
+    closer than ``threshold``) and ``fscore`` (their harmonic mean, 0 when both are 0). ``voxel_size``: both
+    clouds are first reduced to voxel centroids (:func:`voxel_down_sample`), as DA3 does at 0.0390625 m on
+    ETH3D. An empty cloud gives DA3's values: inf distances, zero fractions."""
+    pred, gt = as_float64(pred), as_float64(gt)
+    for name, cloud in (("pred", pred), ("gt", gt)):
+        if cloud.ndim != 2 or cloud.shape[-1] != 3:
+            raise ValueError(f"pointcloud_metrics: expected (N,3) {name} points, got {cloud.shape}")
+    if not threshold > 0:
+        raise ValueError(f"pointcloud_metrics: threshold must be > 0, got {threshold}")
+    if voxel_size is not None and voxel_size > 0:
+        pred, gt = voxel_down_sample(pred, voxel_size), voxel_down_sample(gt, voxel_size)
+    if pred.shape[0] == 0 or gt.shape[0] == 0:
+        inf = float("inf")
+        return {"acc": inf, "comp": inf, "overall": inf, "precision": 0.0, "recall": 0.0, "fscore": 0.0}
+    to_gt = nearest_distances(pred, gt, workers)
+    to_pred = nearest_distances(gt, pred, workers)
+    acc, comp = float(to_gt.mean()), float(to_pred.mean())
+    precision, recall = float((to_gt < threshold).mean()), float((to_pred < threshold).mean())
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {
+        "acc": acc,
+        "comp": comp,
+        "overall": (acc + comp) / 2,
+        "precision": precision,
+        "recall": recall,
+        "fscore": fscore,
+    }
 
 
 def _depth_inputs(pred, gt, valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -141,11 +141,14 @@ def test_protocols_perfect_adapter_and_known_base_errors(tmp_path):
     assert metrics["labels"] == ["base", "adapter"] and metrics["counts"] == {"samples": 3, "scenes": 2, "frames": 9}
     perfect = metrics["mean"]["adapter"]
     for t in (3, 5, 15, 30):
-        assert perfect[f"pose/auc@{t}"] == 1.0
+        for rule in ("da3", "vggt", "i_to_j"):
+            assert perfect[f"pose/{rule}/auc@{t}"] == 1.0
     for source in ("depth_camera", "point_head"):
         for name in ("accuracy", "completeness", "overall"):
             # Float32 predictions of points ~5 m: residuals are a few 1e-7 m after the exact Sim(3).
             assert perfect[f"pointmap/{source}/{name}"] < 1e-5
+        for name in ("precision", "recall", "fscore"):  # DA3's rule at 0.25 m after 0.039 m voxels
+            assert perfect[f"pointmap/{source}/{name}"] == 1.0
     assert perfect["mvd/frame/abs_rel"] < 1e-6 and perfect["mvd/frame/inlier"] == 1.0
     assert perfect["mvd/sequence/abs_rel"] < 1e-6 and perfect["mvd/sequence/inlier"] == 1.0
 
@@ -166,10 +169,11 @@ def test_protocols_perfect_adapter_and_known_base_errors(tmp_path):
     first = batches[0]
     yawed = first["extrinsics"][0].double().clone()
     yawed[-1, :, :3] = rotation([0, 0, 1], 10.0) @ yawed[-1, :, :3]
-    want_auc = pose_auc(yawed, first["extrinsics"][0])
-    assert sample_records[0]["base"]["pose/auc@30"] == pytest.approx(want_auc["auc@30"], abs=1e-6)
-    assert sample_records[0]["base"]["pose/auc@3"] == pytest.approx(want_auc["auc@3"], abs=1e-6)
-    assert 0 < want_auc["auc@30"] < 1
+    for rule in ("da3", "vggt", "i_to_j"):
+        want_auc = pose_auc(yawed, first["extrinsics"][0], convention=rule)
+        assert sample_records[0]["base"][f"pose/{rule}/auc@30"] == pytest.approx(want_auc["auc@30"], abs=1e-6)
+        assert sample_records[0]["base"][f"pose/{rule}/auc@3"] == pytest.approx(want_auc["auc@3"], abs=1e-6)
+        assert 0 < want_auc["auc@30"] < 1
     # Points from inconsistent depth (frame 1 twice as far) are not one similarity away from GT.
     assert base_mean["pointmap/depth_camera/overall"] > 0.05
     # Alignment bookkeeping: every valid pixel of the sample was used.
@@ -179,7 +183,11 @@ def test_protocols_perfect_adapter_and_known_base_errors(tmp_path):
     assert set(on_disk["scenes"]) == {"kicker", "pipes"} and on_disk["scenes"]["kicker"]["samples"] == 2
     assert on_disk["published"]["eth3d-pointmap"]["values"]["pointmap/depth_camera/overall"] == 0.677
     report = (tmp_path / "report.md").read_text()
-    assert "| pointmap/depth_camera/overall ↓ | 0.6770 |" in report and "| pose/auc@30 ↑ | 80.80 |" in report
+    assert "| pointmap/depth_camera/overall ↓ | 0.6770 |" in report and "| pose/da3/auc@30 ↑ | 80.80 |" in report
+    # The published figure sits next to DA3's rule only; the report says which rule each row used.
+    assert "| pose/vggt/auc@30 ↑ | – |" in report and "| pose/i_to_j/auc@30 ↑ | – |" in report
+    assert "- `da3`: Depth Anything 3's compute_pose" in report and "dslr_calibration_jpg" in report
+    assert "| pointmap/depth_camera/fscore ↑ | – |" in report
     assert PUBLISHED["eth3d-pose"]["source"] in report
     with Image.open(tmp_path / metrics["pictures"][0]) as png:
         assert png.format == "PNG" and png.width > 600
@@ -197,7 +205,7 @@ def test_confident_and_ransac_alignment_use_fewer_points(tmp_path):
     assert metrics["labels"] == ["base"] and record["pointmap/depth_camera/eval_points"] == valid
     assert 0.45 * valid < record["pointmap/depth_camera/align_points"] < 0.55 * valid
     assert record["pointmap/depth_camera/align_inliers"] == record["pointmap/depth_camera/align_points"]
-    assert record["pointmap/depth_camera/overall"] < 1e-5 and "pose/auc@3" not in record
+    assert record["pointmap/depth_camera/overall"] < 1e-5 and "pose/da3/auc@3" not in record
 
 
 def test_parse_protocols_and_bad_config(tmp_path):
@@ -311,12 +319,15 @@ def test_eval_protocol_cli_base_vs_adapter(heldout_shards, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 samples, 1 scenes (base -> adapter)" in proc.stdout
+    assert "1 samples, 1 scenes (base -> adapter): pose/da3/auc@30 " in proc.stdout
+    report = (out / "report.md").read_text()  # every rule's AUC, the published figure on DA3's rule only
+    assert "| pose/da3/auc@30 ↑ | 80.80 |" in report and "| pose/vggt/auc@30 ↑ | – |" in report
     metrics = json.loads((out / "metrics.json").read_text())
     record = metrics["samples"][0]
     assert record["names"] and len(record["names"]) == 5 and metrics["models"]["heads"] == "camera, depth, point"
     for label in ("base", "adapter"):
         assert record[label]["pose/pairs"] == 10  # 5 frames -> 10 pairs
+        assert all(0 <= record[label][f"pose/{rule}/auc@30"] <= 1 for rule in ("da3", "vggt", "i_to_j"))
         for source in ("depth_camera", "point_head"):
             used = record[label][f"pointmap/{source}/align_points"]
             assert used == record[label][f"pointmap/{source}/eval_points"] > 0

@@ -138,7 +138,7 @@ def test_pose_auc_perfect_and_by_hand():
     rot_err, trans_err = relative_pose_angle_errors(pred, gt)
     assert np.allclose(np.sort(rot_err), [0, 0, 0, 4.5, 4.5, 4.5], atol=1e-9)
     assert trans_err.max() <= 4.5 + 1e-9 and np.allclose(np.sort(trans_err)[:3], 0, atol=1e-5)
-    auc = pose_auc(torch.from_numpy(pred).float(), gt)
+    auc = pose_auc(torch.from_numpy(pred).float(), gt, convention="i_to_j")
     # Accuracy at threshold k: 1/2 for k <= 4 (4.5 >= k fails), 1 for k >= 5.
     assert auc["auc@3"] == pytest.approx(0.5)
     assert auc["auc@5"] == pytest.approx((4 * 0.5 + 1) / 5)
@@ -153,7 +153,7 @@ def test_pose_auc_translation_error_and_bad_input():
     pred = np.stack([gt[0], w2c(np.eye(3), [math.cos(a), math.sin(a), 0])])
     rot_err, trans_err = relative_pose_angle_errors(pred, gt)
     assert rot_err[0] == pytest.approx(0, abs=1e-9) and trans_err[0] == pytest.approx(20.5, abs=1e-6)
-    auc = pose_auc(pred, gt, thresholds=(15, 30))
+    auc = pose_auc(pred, gt, thresholds=(15, 30), convention="i_to_j")
     assert auc == {"auc@15": 0.0, "auc@30": pytest.approx(10 / 30), "pairs": 1}  # thresholds 21..30 pass
     with pytest.raises(ValueError, match="S >= 2"):
         pose_auc(gt[:1], gt[:1])
