@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +69,8 @@ class BuildConfig:
     laser: LaserDepthConfig = field(default_factory=LaserDepthConfig)
     sparse: SparseDepthConfig = field(default_factory=SparseDepthConfig)
     workers: int = 0  # 0 = os.cpu_count()
+    executor: str = "local"  # local | ray (dataengine.executor); not in the manifest: same bytes either way
+    ray_address: str | None = None  # None = start a local Ray instance
     samples_per_shard: int = 8
     depth_dtype: str = "float32"
     jpeg_quality: int = 95
@@ -353,35 +354,25 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
         else:
             pending.append((scene, frame, path))
 
-    def work(item):
-        scene, frame, path = item
-        try:
-            save_frame(path, process_frame(frame, scene, cfg))
-            return item, None
-        except BadInputError as exc:
-            if not cfg.skip_bad:
-                raise
-            return item, str(exc)
+    from dataengine.executor import frame_outcomes  # cfg.executor: local threads or Ray tasks
 
-    workers = cfg.workers or os.cpu_count() or 1
-    with (
-        tqdm(
-            total=len(todo),
-            initial=len(todo) - len(pending),
-            unit="frame",
-            desc="frames",
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-        ) as bar,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame") as pool,
-    ):
-        for (scene, frame, path), error in pool.map(work, pending):
+    with tqdm(
+        total=len(todo),
+        initial=len(todo) - len(pending),
+        unit="frame",
+        desc="frames",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for (scene, frame, path), error in frame_outcomes(cfg, pending):
             bar.update()
             if error is None:
                 done[(scene.name, frame.name)] = path
             else:
                 log.warning("skipping %s/%s: %s", scene.name, frame.name, error)
                 skipped.append({"scene": scene.name, "frame": frame.name, "reason": error})
+    order = {(s.name, f.name): i for i, (s, f, _) in enumerate(pending)}  # Ray yields in completion order
+    skipped.sort(key=lambda s: order[(s["scene"], s["frame"])])
     return done, skipped
 
 
