@@ -94,17 +94,35 @@ def import_ray():
     return ray
 
 
-def _probe(address: str) -> None:
+def _resolve(ray, address: str) -> str:
+    """`auto` → the address of the cluster `ray start` last started here (Ray's own lookup: RAY_ADDRESS,
+    then /tmp/ray/ray_current_cluster), so that a stale entry is probed too."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import get_ray_address_from_environment  # not public; probe only
+
+        return get_ray_address_from_environment("auto", None) or address
+    except ConnectionError:
+        raise ClusterError(
+            "--ray-address auto: no running Ray cluster found on this machine; start one (`ray start --head`, "
+            "docs/cluster.md), name the head's address, or leave --ray-address out to start a local Ray instance"
+        ) from None
+    except Exception:  # another Ray version: let ray.init resolve it
+        return address
+
+
+def _probe(address: str, shown: str) -> None:
     """Fail fast on an address nobody listens on (ray.init would wait for a minute or more)."""
     match = _HOST_PORT.match(address.strip())
     if not match:
-        return  # "auto", "local", ... : Ray answers those quickly itself
+        return  # "local", ... : Ray answers those quickly itself
     host, port = match.group(1), int(match.group(2))
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
         raise ClusterError(
-            f"--ray-address {address}: no Ray cluster answers at {host}:{port} "
+            f"--ray-address {shown}: no Ray cluster answers at {host}:{port} "
             f"({exc.strerror or type(exc).__name__}); start one (`ray start --head`, docs/cluster.md), "
             f"check the host and port (the head's GCS port 6379, or ray://HOST:10001 for Ray Client), "
             f"or leave --ray-address out to start a local Ray instance"
@@ -118,7 +136,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     joined_now = not ray.is_initialized()
     if joined_now:
         if address:
-            _probe(address)
+            _probe(_resolve(ray, address), address)
         kwargs = {"address": address} if address else {"num_cpus": num_cpus or None}
         try:
             ray.init(**kwargs, logging_level=logging.WARNING, configure_logging=True)
