@@ -185,24 +185,41 @@ def test_bad_frame_fails_or_is_skipped_exactly_as_locally(cluster, eth3d_root, t
     assert f'"frame": "{image.name}"' in (tmp_path / "skip_ray" / "manifest.json").read_text()
 
 
-def test_every_node_must_see_the_inputs(cluster, tmp_path):
-    """The up-front check names the node and the path it cannot read."""
+class WorkerKiller:
+    """A "frame" whose unpickling ends the worker process (os._exit), every time Ray retries it."""
+
+    name = "DSC_crash.JPG"
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_node_input_check_and_bounded_retries(cluster, tmp_path, monkeypatch):
+    """The up-front check names the node and the path it cannot read; a frame whose worker keeps
+    dying is retried TASK_RETRIES times, then fails the build with one error naming the frame."""
     from types import SimpleNamespace
 
-    from dataengine.executor import ClusterError, check_inputs_on_nodes
+    from dataengine import executor
 
     missing = tmp_path / "not-mounted"
+    scene = SimpleNamespace(name="crashy", directory=tmp_path, frames=[])
+    cfg = SimpleNamespace(root=tmp_path, ray_address=cluster.address, workers=0, skip_bad=False)
+    monkeypatch.setattr(executor, "TASK_RETRIES", 1)
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
         ips = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-        with pytest.raises(ClusterError) as info:
-            check_inputs_on_nodes(SimpleNamespace(root=missing), [])
-        check_inputs_on_nodes(SimpleNamespace(root=tmp_path), [])
+        with pytest.raises(executor.ClusterError) as unseen:
+            executor.check_inputs_on_nodes(SimpleNamespace(root=missing), [])
+        executor.check_inputs_on_nodes(cfg, [scene])
+        with pytest.raises(executor.ClusterError) as crashed:
+            list(executor.frame_outcomes(SimpleNamespace(**vars(cfg), executor="ray"), [(scene, WorkerKiller(), None)]))
     finally:
         ray.shutdown()
-    text = str(info.value)
+    text = str(unseen.value)
     assert f"cannot read {missing} (--root {missing})" in text and "same path" in text
     assert any(text.startswith(f"Ray node {ip} ({socket.gethostname()}): ") for ip in ips), text
+    text = str(crashed.value)
+    assert text.startswith("frame crashy/DSC_crash.JPG: its Ray task failed 2 times (") and "rerun" in text, text
 
 
 def closed_port() -> int:
