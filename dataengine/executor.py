@@ -212,6 +212,18 @@ def check_inputs_on_nodes(cfg, scenes: list) -> None:
             )
 
 
+def _task_failure(ray, item: tuple, exc: BaseException) -> str:
+    """One line naming the frame whose task Ray gave up on (after its retries, where a worker died)."""
+    reason = " ".join(str(exc).split())[:300]
+    errors = ray.exceptions
+    died = isinstance(exc, (errors.WorkerCrashedError, errors.NodeDiedError, errors.OutOfMemoryError))
+    what = f"its Ray task failed {TASK_RETRIES + 1} times" if died else "its Ray task failed"
+    return (
+        f"frame {item[0].name}/{item[1].name}: {what} ({type(exc).__name__}: {reason}); check the nodes "
+        f"(`ray status`, the dashboard) and rerun the same command: finished frames are cached and reused"
+    )
+
+
 def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
     """Ray tasks, a bounded number in flight; results saved by the driver as they arrive.
 
@@ -239,8 +251,7 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
                 in_flight[task.remote(frame, scene_refs[id(scene)], cfg)] = next_index
                 next_index += 1
             if first_bad is not None and not any(i < first_bad[0] for i in in_flight.values()):
-                if next_index >= first_bad[0]:
-                    raise BadInputError(*first_bad[1])
+                raise BadInputError(*first_bad[1])  # every frame before it is done
             if not in_flight:
                 return
             ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -249,12 +260,10 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
             try:
                 result, bad = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
-                reason = " ".join(str(exc).split())[:300]
-                raise ClusterError(
-                    f"frame {item[0].name}/{item[1].name}: its Ray task failed {TASK_RETRIES + 1} times "
-                    f"({type(exc).__name__}: {reason}); check the nodes (`ray status`, the dashboard) and rerun "
-                    f"the same command: finished frames are cached and reused"
-                ) from None
+                cause = getattr(exc, "cause", None)
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, ray.exceptions.RayError):
+                    raise (cause or exc) from None  # the frame's own code raised (not retried): as locally
+                raise ClusterError(_task_failure(ray, item, cause or exc)) from None
             if bad is None:
                 save_frame(item[2], result)
                 yield item, None
