@@ -1,7 +1,8 @@
 """Where the build's per-frame work runs: `local` (a thread pool, as always) or `ray` (Ray Core tasks).
 
-Only the per-frame work moves: `render_frame_record` is a module-level function of plain, picklable
-inputs (frame, scene, config) that returns the rendered record or the frame's bad-input message.
+Only the per-frame work moves: a Ray task runs `render_frame_record`, a module-level function of plain,
+picklable inputs (frame, scene, config) that returns the rendered record or the frame's bad-input
+message (the local pool calls the same `process_frame` in its threads, as before).
 Planning (parsing, windows, splits) and the shard writing stay on the driver, so a Ray build writes
 the same bytes as a local one. With Ray the records come back through the object store and the
 driver writes them into the frame cache atomically (tmp + rename, `save_frame`): only --root must be
@@ -22,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataengine.colmap import BadInputError
 
 EXECUTORS = ("local", "ray")
-RAY_PIN = "ray==2.58.0"
 INSTALL_HINT = (
     "install the extra with `pip install 'vggt-eth3d-lora[ray]'` (in a checkout: "
     "`pip install -c constraints.txt -e '.[ray]'`), or build with --executor local; see docs/cluster.md"
@@ -67,17 +67,18 @@ def frame_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
 
 # ---------------------------------------------------------------------------------------------- local
 def _local_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
-    from dataengine.build import save_frame
+    """The thread pool (simplejpeg and the numba kernels release the GIL), each thread caching its frame."""
+    from dataengine.build import process_frame, save_frame
 
     def work(item):
         scene, frame, path = item
-        result, bad = render_frame_record(frame, scene, cfg)
-        if bad is not None:
+        try:
+            save_frame(path, process_frame(frame, scene, cfg))
+            return item, None
+        except BadInputError as exc:
             if not cfg.skip_bad:
-                raise BadInputError(*bad)
-            return item, bad[0]
-        save_frame(path, result)
-        return item, None
+                raise
+            return item, str(exc)
 
     workers = cfg.workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame") as pool:
