@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +72,8 @@ class BuildConfig:
     laser: LaserDepthConfig = field(default_factory=LaserDepthConfig)
     sparse: SparseDepthConfig = field(default_factory=SparseDepthConfig)
     workers: int = 0  # 0 = os.cpu_count()
+    executor: str = "local"  # local | ray (dataengine.executor); not in the manifest: same bytes either way
+    ray_address: str | None = None  # None = start a local Ray instance
     samples_per_shard: int = 8
     depth_dtype: str = "float32"
     jpeg_quality: int = 95
@@ -208,7 +209,13 @@ def frame_cache_path(cfg: BuildConfig, frame: Frame, points_digest: str | None =
 
 
 def process_frame(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
-    """Image, intrinsics and depth of one frame at output resolution."""
+    """Image, intrinsics and depth of one frame at output resolution, its depth range checked."""
+    result = _render(frame, scene, cfg)
+    check_depth_range(frame, scene, result)
+    return result
+
+
+def _render(frame: Frame, scene: Scene, cfg: BuildConfig) -> FrameResult:
     if cfg.format == "colmap":
         from dataengine.colmap_build import process_colmap_frame
 
@@ -437,37 +444,25 @@ def render_all(cfg: BuildConfig, scenes: list[Scene]) -> tuple[dict, list[dict]]
         else:
             pending.append((scene, frame, path))
 
-    def work(item):
-        scene, frame, path = item
-        try:
-            result = process_frame(frame, scene, cfg)
-            check_depth_range(frame, scene, result)
-            save_frame(path, result)
-            return item, None
-        except BadInputError as exc:
-            if not cfg.skip_bad:
-                raise
-            return item, str(exc)
+    from dataengine.executor import frame_outcomes  # cfg.executor: local threads or Ray tasks
 
-    workers = cfg.workers or os.cpu_count() or 1
-    with (
-        tqdm(
-            total=len(todo),
-            initial=len(todo) - len(pending),
-            unit="frame",
-            desc="frames",
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-        ) as bar,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame") as pool,
-    ):
-        for (scene, frame, path), error in pool.map(work, pending):
+    with tqdm(
+        total=len(todo),
+        initial=len(todo) - len(pending),
+        unit="frame",
+        desc="frames",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for (scene, frame, path), error in frame_outcomes(cfg, pending):
             bar.update()
             if error is None:
                 done[(scene.name, frame.name)] = path
             else:
                 log.warning("skipping %s/%s: %s", scene.name, frame.name, error)
                 skipped.append({"scene": scene.name, "frame": frame.name, "reason": error})
+    order = {(s.name, f.name): i for i, (s, f, _) in enumerate(pending)}  # Ray yields in completion order
+    skipped.sort(key=lambda s: order[(s["scene"], s["frame"])])
     return done, skipped
 
 

@@ -219,6 +219,20 @@ def _size(value: str) -> tuple[int, int]:
     "names 'heldout' and 'da3'.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sampling random.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where frames render: local threads, or Ray tasks on a cluster (needs the `ray` extra; "
+    "same shards and manifest either way, docs/cluster.md).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --executor ray: the cluster to join (auto, HOST:6379 or ray://HOST:10001) "
+    "[default: start a local Ray instance].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_command(
     root,
@@ -248,6 +262,8 @@ def build_command(
     window_mode,
     metric_scale,
     undistort_fov,
+    executor,
+    ray_address,
 ):
     """Build 8-frame WebDataset shards from ETH3D scenes."""
     import logging
@@ -281,6 +297,8 @@ def build_command(
             raise click.BadParameter(
                 f"{undistort_fov!r}: expected valid, full or degrees in [1, 160]", param_hint="--undistort-fov"
             ) from None
+    if ray_address and executor != "ray":
+        raise click.BadParameter("--ray-address needs --executor ray", param_hint="--ray-address")
     cfg = BuildConfig(
         root=root,
         out=out,
@@ -303,7 +321,13 @@ def build_command(
         format=fmt,
         metric_scale=metric_scale,
         undistort_fov=undistort_fov,
+        executor=executor,
+        ray_address=ray_address,
     )
+    if executor == "ray":  # join the cluster before parsing: a missing Ray or a wrong address fails fast
+        from dataengine.executor import connect
+
+        connect(ray_address, workers or None)
     manifest = build_shards(cfg)
     for split, info in manifest["splits"].items():
         click.echo(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")

@@ -1,0 +1,145 @@
+"""`build --executor ray` against `--executor local` on full-size synthetic ETH3D frames (numbers → RESULTS.md).
+
+One run: a scene of --frames full-size frames (6191x4127 JPEG + laser GT + mask each; symlinks cycling
+over --unique generated frames, as benchmarks/engine.py does) built four times, each into a fresh
+output folder (no cache reuse), timing the whole `build_shards` (parse, render, shards):
+  local-1   the thread pool with 1 worker            ray-1   a Ray cluster of 1 node with 1 CPU
+  local-2   the thread pool with 2 workers           ray-2   2 nodes with 1 CPU each (same machine)
+The Ray clusters are `ray.cluster_utils.Cluster`s on this machine; the driver joins each with ray.init.
+Reported: wall, frames/s, Ray's overhead per frame against the local build of equal CPUs (target
+<= 5 % at 1 node), the 1 -> 2 node speed-up (target >= 1.8x where the machine has 2 idle cores), the
+shards' identity across the four builds, and a paper estimate for 1e5 frames on N 16-core nodes.
+
+    NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/engine_cluster.py [--frames 48] [--unique 4]
+        [--work DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine import load, machine_info, replicate_scene  # noqa: E402  (benchmarks/engine.py)
+
+SCENE = "bench_cluster"
+FS_GBPS = 2.0  # an assumed shared file system read rate for the paper estimate
+
+
+def shard_digest(out: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(out.glob("*.tar")) + [out / "manifest.json"]:
+        h.update(p.name.encode() + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def timed_build(root: Path, out: Path, **kw) -> dict:
+    from dataengine.build import BuildConfig, build_shards
+
+    shutil.rmtree(out, ignore_errors=True)
+    load_before = load()[0]
+    t0 = time.perf_counter()
+    build_shards(BuildConfig(root=root, out=out, scenes=(SCENE,), progress=False, **kw))
+    wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 2), "load_before": load_before, "digest": shard_digest(out)}
+
+
+def ray_build(root: Path, out: Path, nodes: int) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address, logging_level="ERROR")
+        return timed_build(root, out, executor="ray", ray_address=cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def input_mb_per_frame(scene_dir: Path) -> float:
+    """Mean bytes a frame reads (JPEG + raw GT depth + mask), in MB."""
+    files = [p for top in ("images", "ground_truth_depth", "masks_for_images") for p in (scene_dir / top).rglob("*")]
+    frames = len(list((scene_dir / "images").rglob("*.JPG")))
+    return sum(p.stat().st_size for p in files if p.is_file()) / max(frames, 1) / 1e6
+
+
+def paper_estimate(frame_cpu_s: float, overhead: float, mb_per_frame: float, frames: int = 100_000) -> list[dict]:
+    """Hours for `frames` on N 16-core nodes: CPU time per frame x (1 + Ray's overhead) / cores, and
+    the read rate the shared file system must then sustain (otherwise it, not the CPUs, sets the pace)."""
+    rows = []
+    for n in (1, 4, 16, 64):
+        cores = 16 * n
+        hours = frames * frame_cpu_s * (1 + max(overhead, 0.0)) / cores / 3600
+        read_gbps = cores * mb_per_frame / frame_cpu_s / 1e3
+        io_hours = frames * mb_per_frame / (FS_GBPS * 1e3) / 3600  # the whole input read once at FS_GBPS
+        rows.append(
+            {"nodes": n, "cpu_hours_wall": round(hours, 2), "read_GB_per_s_needed": round(read_gbps, 1),
+             f"hours_with_a_{FS_GBPS:g}_GB_per_s_fs": round(max(hours, io_hours), 2)}
+        )  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--frames", type=int, default=48, help="frames in the built scene")
+    parser.add_argument("--unique", type=int, default=4, help="distinct full-size frames generated")
+    parser.add_argument("--work", type=Path, default=None, help="work dir (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+
+    from dataengine.synth import generate_scene
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="engine-cluster-"))
+    source, root = work / "source", work / "eth3d"
+    if not (source / "src" / "dslr_calibration_undistorted").is_dir():
+        generate_scene(source, scene="src", images=args.unique, scale=1.0, seed=0)
+    if not (root / SCENE).is_dir():
+        replicate_scene(source / "src", root / SCENE, args.frames)
+    info = machine_info()
+    print(json.dumps(info), flush=True)
+
+    runs = {}
+    runs["local-1"] = timed_build(root, work / "out-local-1", workers=1)
+    print("local-1", runs["local-1"], flush=True)
+    runs["ray-1"] = ray_build(root, work / "out-ray-1", nodes=1)
+    print("ray-1", runs["ray-1"], flush=True)
+    runs["local-2"] = timed_build(root, work / "out-local-2", workers=2)
+    print("local-2", runs["local-2"], flush=True)
+    runs["ray-2"] = ray_build(root, work / "out-ray-2", nodes=2)
+    print("ray-2", runs["ray-2"], flush=True)
+    for r in runs.values():
+        r["frames_per_s"] = round(args.frames / r["wall_s"], 2)
+
+    n = args.frames
+    per_frame_local = runs["local-1"]["wall_s"] / n
+    overhead_1 = runs["ray-1"]["wall_s"] / runs["local-1"]["wall_s"] - 1
+    summary = {
+        "frames": n,
+        "identical_shards": len({r["digest"] for r in runs.values()}) == 1,
+        "ray_overhead_1_node": round(overhead_1, 3),
+        "ray_overhead_ms_per_frame_1_node": round(1000 * (runs["ray-1"]["wall_s"] - runs["local-1"]["wall_s"]) / n, 1),
+        "ray_overhead_2_nodes_vs_local_2_workers": round(runs["ray-2"]["wall_s"] / runs["local-2"]["wall_s"] - 1, 3),
+        "scaling_ray_1_to_2_nodes": round(runs["ray-1"]["wall_s"] / runs["ray-2"]["wall_s"], 2),
+        "scaling_local_1_to_2_workers": round(runs["local-1"]["wall_s"] / runs["local-2"]["wall_s"], 2),
+        "local_1_worker_s_per_frame": round(per_frame_local, 3),
+    }
+    summary["input_MB_per_frame"] = round(input_mb_per_frame(source / "src"), 1)
+    summary["paper_1e5_frames"] = paper_estimate(per_frame_local, overhead_1, summary["input_MB_per_frame"])
+    print(json.dumps({"runs": runs, "summary": summary}, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": info, "runs": runs, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
