@@ -40,7 +40,7 @@ OPENCV_DISTORTION = (-0.12, 0.04, 4e-4, -3e-4)
 
 def make_colmap_project(eth3d_scene: Path, project: Path, neighbours_maps: bool = True) -> None:
     """The ETH3D scene's undistorted JPEGs as a COLMAP project with OPENCV cameras + MVS maps."""
-    from dataengine.colmap import read_model
+    from dataengine.colmap_text import read_model
     from dataengine.mvs import write_depth_map
     from dataengine.synth import SceneGeometry
 

@@ -409,7 +409,7 @@ def machine_info() -> dict:
 
 def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
     """A scene of n_frames whose files are symlinks cycling over src's frames (calibration rewritten)."""
-    from dataengine.colmap import read_model
+    from dataengine.colmap_text import read_model
 
     for calib in ("dslr_calibration_undistorted", "dslr_calibration_jpg"):
         model = read_model(src / calib, need_points=False)

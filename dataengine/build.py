@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from dataengine import __version__
-from dataengine.colmap import BadInputError
 from dataengine.depth import LaserDepthConfig, SparseDepthConfig, laser_depth, sparse_depth
+from dataengine.errors import BadInputError
 from dataengine.eth3d import ARCHIVES_HINT, Frame, Scene, list_scenes, load_scene
 from dataengine.images import encode_jpeg, fit_geometry, output_intrinsics, render_frame
 from dataengine.mvs import MvsConfig

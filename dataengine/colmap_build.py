@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataengine.colmap import BadInputError
 from dataengine.colmap_frames import neighbour_names, render_colmap_frame
 from dataengine.colmap_project import LAYOUT_HINT, ColmapFrame, ColmapScene, list_colmap_scenes, load_colmap_scene
+from dataengine.errors import BadInputError
 
 FORMATS = ("eth3d", "colmap")
 

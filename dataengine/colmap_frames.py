@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataengine.colmap import BadInputError
 from dataengine.colmap_project import ColmapFrame, ColmapScene
+from dataengine.errors import BadInputError
 from dataengine.mvs import DepthView, MvsConfig, consistency_filter, pool_depth, read_depth_map
 from dataengine.undistort import SourceCamera, pixel_sources, undistort_map, undistort_photo
 

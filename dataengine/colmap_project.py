@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 from dataengine.undistort import SourceCamera
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def read_reconstruction(model_dir: Path):
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     if fmt == "text":
         # Our line-by-line parser says which line is wrong (it knows the classic models).
-        from dataengine.colmap import read_cameras_txt, read_images_txt, read_points3d_txt
+        from dataengine.colmap_text import read_cameras_txt, read_images_txt, read_points3d_txt
 
         read_cameras_txt(model_dir / "cameras.txt")
         read_images_txt(model_dir / "images.txt")
@@ -194,9 +194,9 @@ NORMALISE_BEYOND = 1e-5
 
 def _pose(image, model_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """World-to-camera (R, t). pycolmap turns a non-unit quaternion into a scaled, non-orthonormal
-    matrix and `0 0 0 0` into a pose: the same rule as the ETH3D reader (dataengine.colmap) applies —
+    matrix and `0 0 0 0` into a pose: the same rule as the ETH3D reader (dataengine.colmap_text) applies —
     a norm off by more than QUATERNION_TOLERANCE is an error, a smaller one is normalised."""
-    from dataengine.colmap import QUATERNION_TOLERANCE
+    from dataengine.colmap_text import QUATERNION_TOLERANCE
 
     cfw = image.cam_from_world
     cfw = cfw() if callable(cfw) else cfw  # a method in pycolmap 4.x, a property in 3.x

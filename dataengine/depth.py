@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dataengine.colmap import BadInputError, Camera
+from dataengine.camera import Camera
+from dataengine.errors import BadInputError
 from dataengine.images import OutputGeometry
 
 POOLING = ("nearest", "median", "min", "plane")  # kernel codes 0, 1, 2; plane has its own kernel

@@ -40,7 +40,7 @@ class DownloadConfig:
 
 def check_scene_names(scenes) -> None:
     """Unknown names fail before any network call (the server would answer 404 per archive)."""
-    from dataengine.colmap import BadInputError
+    from dataengine.errors import BadInputError
 
     if not scenes:
         raise BadInputError("--scenes names no scene; name ETH3D training scenes, e.g. facade,office")

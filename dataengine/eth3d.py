@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.colmap import BadInputError, Camera, ColmapModel, read_model
+from dataengine.colmap_text import Camera, ColmapModel, read_model
+from dataengine.errors import BadInputError
 from dataengine.scenes import ETH3D_URL
 
 log = logging.getLogger(__name__)

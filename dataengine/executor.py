@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = (

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import simplejpeg
 
-from dataengine.colmap import BadInputError, Camera
+from dataengine.camera import Camera
+from dataengine.errors import BadInputError
 
 FIT_MODES = ("crop", "pad", "stretch")
 JPEG_REDUCTIONS = (8, 4, 2, 1)  # libjpeg-turbo DCT scaling 1/8 … 1/1

@@ -44,7 +44,7 @@ def find_sample(path: Path, key: str | None):
         for k, members in read_samples(shard):
             if key is None or k == key:
                 return k, members
-    from dataengine.colmap import BadInputError
+    from dataengine.errors import BadInputError
 
     raise BadInputError(
         f"{path}: sample {key!r} not found; `python -m dataengine inspect {path}` lists the keys of each shard", path

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import deflate
 import numpy as np
 
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 from dataengine.kernels import unfilter_gray8
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

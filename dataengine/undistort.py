@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 FIT_MODES = ("crop", "pad", "stretch")

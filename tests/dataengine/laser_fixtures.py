@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from dataengine import camera
-from dataengine.colmap import Camera
+from dataengine.camera import Camera
 
 # Real ETH3D THIN_PRISM_FISHEYE line (courtyard camera 0).
 PRISM = np.array(

@@ -1,4 +1,4 @@
-"""COLMAP text parsing (dataengine.colmap): ETH3D pitfalls, pycolmap cross-check, file:line errors."""
+"""COLMAP text parsing (dataengine.colmap_text): ETH3D pitfalls, pycolmap cross-check, file:line errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dataengine.colmap import BadInputError, read_model, read_model_pycolmap
+from dataengine.colmap_text import read_model, read_model_pycolmap
+from dataengine.errors import BadInputError
 
 CAMERAS_TXT = """# Camera list with one line of data per camera:
 #   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]

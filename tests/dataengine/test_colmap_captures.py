@@ -18,7 +18,7 @@ import pycolmap
 import pytest
 import simplejpeg
 
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 from dataengine.mvs import MvsConfig, consistency_filter, read_depth_map, write_depth_map
 from dataengine.undistort import (
     SourceCamera,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dataengine import kernels
-from dataengine.colmap import BadInputError
+from dataengine.errors import BadInputError
 from dataengine.images import fit_geometry
 from tests.dataengine.laser_fixtures import (
     PLANE,

@@ -15,7 +15,8 @@ import simplejpeg
 
 from dataengine import build as build_mod
 from dataengine.build import BuildConfig, build_shards, process_frame
-from dataengine.colmap import BadInputError, Camera
+from dataengine.camera import Camera
+from dataengine.errors import BadInputError
 from dataengine.eth3d import load_scene
 from dataengine.images import fit_geometry, output_intrinsics
 from dataengine.windows import WindowConfig

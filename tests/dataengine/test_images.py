@@ -9,7 +9,8 @@ import pytest
 import simplejpeg
 
 from dataengine import camera
-from dataengine.colmap import BadInputError, Camera
+from dataengine.camera import Camera
+from dataengine.errors import BadInputError
 from dataengine.images import choose_reduction, decode_reduced, fit_geometry, output_intrinsics, render_frame
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataengine.colmap import BadInputError
 from dataengine.depth import read_mask
+from dataengine.errors import BadInputError
 from dataengine.kernels import row_peak, unfilter_row
 from dataengine.png import PNG_SIGNATURE, bad_filter_error, read_png_gray8, read_png_gray8_scanlines
 

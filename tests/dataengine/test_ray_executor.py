@@ -168,7 +168,7 @@ def local_config(root: Path, out: Path, **kw):
 def test_bad_frame_fails_or_is_skipped_exactly_as_locally(cluster, eth3d_root, tmp_path):
     from dataengine.build import build_shards
     from dataengine.cli import one_line_error
-    from dataengine.colmap import BadInputError
+    from dataengine.errors import BadInputError
 
     root = tmp_path / "eth3d"
     shutil.copytree(eth3d_root / SCENE, root / SCENE)

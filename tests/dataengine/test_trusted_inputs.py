@@ -272,7 +272,7 @@ def test_every_photo_mode_decodes_to_its_8bit_rgb(mode):
 def test_photo_modes_without_a_safe_8bit_reading_are_refused(values, words):
     from PIL import Image
 
-    from dataengine.colmap import BadInputError
+    from dataengine.errors import BadInputError
     from dataengine.undistort import SourceCamera, decode_photo
 
     data = _photo_bytes(Image.fromarray(values), "TIFF")

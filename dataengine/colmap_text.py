@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from dataengine.camera import CAMERA_MODEL_PARAMS, Camera, qvec_to_rotmat
+from dataengine.errors import BadInputError
 
 __all__ = [
     "CAMERA_MODEL_PARAMS",
-    "BadInputError",
     "Camera",
     "ColmapModel",
     "ImageRecord",
@@ -30,14 +30,6 @@ __all__ = [
 
 # |q| may differ from 1 by print rounding only (COLMAP writes >= 6 significant digits).
 QUATERNION_TOLERANCE = 1e-3
-
-
-class BadInputError(ValueError):
-    """Malformed or inconsistent input data; the message names the file (and line)."""
-
-    def __init__(self, message: str, path: Path | str | None = None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
 
 
 @dataclass
