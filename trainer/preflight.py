@@ -3,6 +3,7 @@ shards, weights path, resume state. A failed check is a RunSetupError whose mess
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -66,6 +67,15 @@ def check_loader_schedule(cfg: TrainConfig, world: int = 1) -> None:
         per_worker = batches_per_worker(shards, world, workers, data.batch_size, cfg.seed, 0, shuffle=True)
     except ShardError as exc:
         raise ShardError(f"{data.shards} ('{data.train_split}' split): {exc}") from None
+    manifest = Path(data.shards) / "manifest.json"
+    if data.frames and manifest.is_file():
+        split = (json.loads(manifest.read_text()).get("splits") or {}).get(data.train_split) or {}
+        have = split.get("frames_per_sample") if isinstance(split, dict) else None
+        if isinstance(have, int) and have < data.frames:
+            raise ShardError(
+                f"{manifest}: data.frames={data.frames} but the '{data.train_split}' samples have only {have} "
+                "frames; lower data.frames or rebuild with more --frames"
+            )
     if per_worker == 0:
         raise ShardError(
             f"{data.shards}: with {world} process(es) x {workers} worker(s) a worker's '{data.train_split}' shards "

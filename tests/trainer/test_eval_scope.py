@@ -335,6 +335,12 @@ def test_preflight_comes_before_any_model(shards, adapter, tmp_path, monkeypatch
     )
     with pytest.raises(ShardError, match="fewer than data.batch_size=64"):
         trainer.train.train(big_batch)
+    long_windows = load_config(
+        ROOT / "configs" / "strategy_b.yaml",
+        [f"data.shards={shards}", f"out={tmp_path / 'run'}", "model=tiny", "data.num_workers=0", "data.frames=6"],
+    )
+    with pytest.raises(ShardError, match="data.frames=6 but the 'train' samples have only 4 frames"):
+        trainer.train.train(long_windows)
     # eval: a batch larger than the split, before the model.
     with pytest.raises(ShardError, match="fewer than --batch-size 64"):
         trainer.evaluate.evaluate_run(shards, tmp_path / "eval", adapter=adapter, batch_size=64, model_name="tiny")
