@@ -345,3 +345,52 @@ def test_preflight_comes_before_any_model(shards, adapter, tmp_path, monkeypatch
     with pytest.raises(ShardError, match="fewer than --batch-size 64"):
         trainer.evaluate.evaluate_run(shards, tmp_path / "eval", adapter=adapter, batch_size=64, model_name="tiny")
     assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+
+# ------------------------------------------------------------- eval-base / eval-heldout options (item 2)
+
+
+def _commands(text: str) -> list[str]:
+    """Shell commands of `make -n` output or a bash block, continuation lines joined, whitespace normalised."""
+    return [" ".join(c.split()) for c in text.replace("\\\n", " ").splitlines() if c.strip()]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_eval_targets_take_the_model_and_the_recipe_is_the_targets():
+    def dry_run(*args: str) -> list[str]:
+        proc = subprocess.run(
+            ["make", "-n", "--no-print-directory", "PY=python", *args], capture_output=True, text=True, cwd=ROOT
+        )
+        assert proc.returncode == 0, proc.stderr
+        return [c for c in _commands(proc.stdout) if c.startswith("python -m ")]
+
+    evals = dry_run(
+        "eval-base",
+        "MODEL=tiny",
+        "DEVICE=cpu",
+        "WEIGHTS=w.safetensors",
+        "HELDOUT_SHARDS=H",
+        "SHARDS=S",
+        "BASE_EVAL_OUT=O",
+        "EVAL_FRAMES=5",
+    )
+    assert len(evals) == 3
+    for command, out in zip(evals, ("O/pointmap_mvd", "O/pose", "O/in_domain_val"), strict=True):
+        assert "--weights w.safetensors --model tiny --device cpu" in command and command.endswith(f"--out {out}")
+    assert "--shards H/random5" in evals[0] and "--shards H/all_frames" in evals[1]
+    extra = dry_run("eval-heldout", "RUN=r", "EVAL_MODEL_ARGS=--max-pictures 0")
+    assert all("--run r --max-pictures 0" in c for c in extra) and len(extra) == 3
+
+    # docs/evaluation.md's synthetic recipe is exactly what `make demo-heldout` runs.
+    demo = dry_run("demo-heldout", "DEMO_HELDOUT=build/demo_heldout")
+    doc = (ROOT / "docs" / "evaluation.md").read_text()
+    block = doc.split("It runs, step by step")[1].split("```bash")[1].split("```")[0]
+    recipe = _commands(block.replace("$D", "build/demo_heldout"))
+    python_steps = [c for c in recipe if c.startswith("python -m ")]
+    assert python_steps and all(step in demo for step in python_steps), (python_steps, demo)
+    make_steps = [c for c in recipe if c.startswith("make ")]
+    assert len(make_steps) == 2
+    for step in make_steps:  # the recipe's make lines run the same evaluations as the target
+        evaluations = dry_run(*step.split()[1:])
+        assert len(evaluations) == 3 and all(c in demo for c in evaluations)
+    assert len(demo) == len(python_steps) + 6  # + eval-heldout's and eval-base's three evaluations each
