@@ -23,6 +23,14 @@ RUN        ?= runs/strategy_$(STRATEGY)
 HELDOUT_SHARDS ?= shards/eth3d_heldout
 EVAL_FRAMES    ?= 10
 EVAL_SEED      ?= 0
+# Model and device of eval-heldout / eval-base (default: the run's model, the base's preset, cuda if any):
+# MODEL=tiny DEVICE=cpu, or any other `trainer eval` arguments in EVAL_MODEL_ARGS.
+MODEL          ?=
+DEVICE         ?=
+EVAL_MODEL_ARGS ?= $(if $(MODEL),--model $(MODEL)) $(if $(DEVICE),--device $(DEVICE))
+BASE_EVAL_OUT  ?= runs/base_eval_heldout
+# The held-out path on synthetic scenes (make demo-heldout; docs/evaluation.md "Synthetic recipe")
+DEMO_HELDOUT   ?= build/demo_heldout
 # The demo
 DEMO       ?= build/demo
 DEMO_COLMAP ?= build/demo_colmap
@@ -38,12 +46,13 @@ BUDGET         ?= 420
 GPU_CHECK_OUT  ?= build/gpu_check
 CHECK_PY       ?= $(if $(wildcard $(VENV)/.installed),$(PY),$(PYTHON))
 
-.PHONY: help setup constraints test lint demo demo-colmap download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base da3-shards eval-base-da3
+.PHONY: help setup constraints test lint demo demo-colmap demo-heldout download shards train eval bench wheelhouse setup-system gpu-check heldout-shards eval-heldout eval-base da3-shards eval-base-da3
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo                 whole pipeline on a generated ETH3D-format scene, tiny model, CPU"
 	@echo "make demo-colmap          the same from a generated COLMAP project (distorted photos, MVS depth)"
+	@echo "make demo-heldout         the held-out evaluation path (eval-heldout, eval-base) on synthetic scenes, CPU"
 	@echo "make test                 the test suite (CPU)"
 	@echo "make lint                 ruff check + ruff format --check (pyproject.toml [tool.ruff])"
 	@echo "make download             fetch ETH3D scenes into ETH3D_ROOT=$(ETH3D_ROOT)"
@@ -148,8 +157,8 @@ heldout-shards: setup
 
 # Point maps + depth on EVAL_FRAMES random frames per scene (VGGT protocol), pose AUC on all frames
 # (DA3 protocol, <= 100), and all three on the in-domain val windows of SHARDS.
-EVAL_MODEL = $(if $(filter eval-base,$@),--weights $(WEIGHTS),--run $(RUN))
-EVAL_OUT   = $(if $(filter eval-base,$@),runs/base_eval_heldout,$(RUN)/eval_heldout)
+EVAL_MODEL = $(if $(filter eval-base,$@),--weights $(WEIGHTS),--run $(RUN)) $(EVAL_MODEL_ARGS)
+EVAL_OUT   = $(if $(filter eval-base,$@),$(BASE_EVAL_OUT),$(RUN)/eval_heldout)
 eval-heldout eval-base: setup
 	@test -d $(HELDOUT_SHARDS)/all_frames || { echo "$(HELDOUT_SHARDS) is missing: run 'make heldout-shards'"; exit 1; }
 	$(PY) -m trainer eval --protocol eth3d-pointmap,eth3d-mvd --shards $(HELDOUT_SHARDS)/random$(EVAL_FRAMES) \
@@ -170,6 +179,32 @@ da3-shards: setup
 eval-base-da3: setup
 	@test -d $(DA3_SHARDS) || { echo "$(DA3_SHARDS) is missing: run 'make da3-shards'"; exit 1; }
 	$(PY) -m trainer eval --protocol eth3d-pose --shards $(DA3_SHARDS) --weights $(WEIGHTS) --out runs/base_eval_da3/pose
+
+# The whole held-out path in minutes on CPU: one synthetic scene to train on, two held-out ones built as
+# evaluation samples (5 random frames; all_frames = 10 of their 12 frames), then eval-heldout and eval-base
+# with the tiny model.
+demo-heldout: setup
+	rm -rf $(DEMO_HELDOUT)
+	$(PY) -m dataengine synth $(DEMO_HELDOUT)/eth3d --scene synth_train --images 12 --scale 0.1 --seed 0
+	$(PY) -m dataengine synth $(DEMO_HELDOUT)/eth3d --scene synth_heldout_a --images 12 --scale 0.1 --seed 1
+	$(PY) -m dataengine synth $(DEMO_HELDOUT)/eth3d --scene synth_heldout_b --images 12 --scale 0.1 --seed 2
+	$(PY) -m dataengine build --root $(DEMO_HELDOUT)/eth3d --out $(DEMO_HELDOUT)/shards --scenes synth_train \
+		--size 112 --frames 4 --stride 2 --samples-per-shard 1 --quiet
+	$(PY) -m dataengine build --root $(DEMO_HELDOUT)/eth3d --out $(DEMO_HELDOUT)/heldout/random5 \
+		--scenes synth_heldout_a,synth_heldout_b --size 112 --sampling random --frames 5 --seed 0 \
+		--samples-per-shard 1 --quiet
+	$(PY) -m dataengine build --root $(DEMO_HELDOUT)/eth3d --out $(DEMO_HELDOUT)/heldout/all_frames \
+		--scenes synth_heldout_a,synth_heldout_b --size 112 --sampling uniform --frames 10 \
+		--samples-per-shard 1 --quiet
+	$(PY) -m trainer train --config configs/demo.yaml --shards $(DEMO_HELDOUT)/shards --out $(DEMO_HELDOUT)/run \
+		--max-steps 10
+	$(MAKE) eval-heldout RUN=$(DEMO_HELDOUT)/run SHARDS=$(DEMO_HELDOUT)/shards \
+		HELDOUT_SHARDS=$(DEMO_HELDOUT)/heldout EVAL_FRAMES=5 DEVICE=cpu
+	$(MAKE) eval-base WEIGHTS=tests/assets/vggt_tiny_reference.safetensors MODEL=tiny DEVICE=cpu \
+		SHARDS=$(DEMO_HELDOUT)/shards HELDOUT_SHARDS=$(DEMO_HELDOUT)/heldout EVAL_FRAMES=5 \
+		BASE_EVAL_OUT=$(DEMO_HELDOUT)/base_eval_heldout
+	@echo "demo-heldout done: reports in $(DEMO_HELDOUT)/run/eval_heldout/*/report.md and" \
+		"$(DEMO_HELDOUT)/base_eval_heldout/*/report.md"
 
 bench: setup
 	$(PY) benchmarks/engine.py --work build/bench/engine --json build/bench/engine.json

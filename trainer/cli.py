@@ -13,6 +13,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from trainer.export import ExportError
     from trainer.lora import AdapterMismatchError
     from trainer.preflight import RunSetupError
+    from trainer.protocols import ProtocolScopeError
     from trainer.train import NonFiniteLossError
     from trainer.vggt.loading import CheckpointMismatchError, PretrainedSourceError
 
@@ -25,6 +26,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         RunSetupError,
         AdapterMismatchError,
         NonFiniteLossError,
+        ProtocolScopeError,
         OSError,
     )
 
@@ -139,6 +141,12 @@ def _check_device(value: str | None) -> str | None:
     help="--protocol eth3d-pointmap: fit on valid pixels at or above this "
     "confidence quantile (0 = all valid pixels, as published).",
 )
+@click.option(
+    "--in-sample",
+    is_flag=True,
+    help="--protocol with an adapter on the split it was trained on: run anyway, in a report marked "
+    "IN-SAMPLE without published figures (refused without this flag).",
+)
 def eval_command(
     shards,
     split,
@@ -155,12 +163,14 @@ def eval_command(
     protocol,
     pointmap_alignment,
     align_conf_quantile,
+    in_sample,
 ) -> None:
     """Base vs adapter on a shard split: metrics.json, report.md and PNGs in --out."""
     import logging
 
     from trainer.evaluate import EvalConfig, evaluate_run
 
+    _check_mode_options(click.get_current_context(), protocol is not None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if protocol is not None:
         _protocol_eval(
@@ -177,6 +187,7 @@ def eval_command(
             protocol,
             pointmap_alignment,
             align_conf_quantile,
+            in_sample,
         )
         return
     split = split or "val"
@@ -202,6 +213,33 @@ def eval_command(
     )
 
 
+# Options of one `eval` mode only: given to the other mode they would be silently ignored.
+_WINDOW_ONLY = {"alignment": "--alignment", "batch_size": "--batch-size"}
+_PROTOCOL_ONLY = {
+    "pointmap_alignment": "--pointmap-alignment",
+    "align_conf_quantile": "--align-conf-quantile",
+    "in_sample": "--in-sample",
+}
+
+
+def _check_mode_options(ctx: click.Context, protocol_mode: bool) -> None:
+    """Refuse an option of the other `eval` mode (the protocols fix their own depth alignment and run one
+    sample at a time; the window report has no point maps)."""
+    from click.core import ParameterSource
+
+    foreign = _WINDOW_ONLY if protocol_mode else _PROTOCOL_ONLY
+    given = [flag for name, flag in foreign.items() if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+    if not given:
+        return
+    if protocol_mode:
+        raise click.UsageError(
+            f"{', '.join(given)} applies to the window report only (without --protocol): the protocols fix "
+            "their own depth alignment (per frame and per sequence, eth3d-mvd) and run one sample at a time; "
+            "drop the option"
+        )
+    raise click.UsageError(f"{', '.join(given)} applies to --protocol runs only; add --protocol or drop the option")
+
+
 def _protocol_eval(
     shards,
     split,
@@ -216,6 +254,7 @@ def _protocol_eval(
     protocol,
     pointmap_alignment,
     align_conf_quantile,
+    in_sample=False,
 ) -> None:
     """`eval --protocol`: trainer.protocols on a shard split (base alone, or base vs adapter)."""
     from trainer.protocols import ProtocolConfig, evaluate_protocols_run, parse_protocols
@@ -243,6 +282,7 @@ def _protocol_eval(
         model_name=model_name,
         device=device,
         config=cfg,
+        allow_in_sample=in_sample,
     )
     mean = metrics["mean"]
     shown = [m for m in ("pose/da3/auc@30", "pointmap/depth_camera/overall", "mvd/frame/abs_rel") if m in mean["base"]]
@@ -250,6 +290,8 @@ def _protocol_eval(
         f"{m} " + " -> ".join("–" if mean[label][m] is None else f"{mean[label][m]:.4f}" for label in metrics["labels"])
         for m in shown
     ]
+    if metrics["in_sample"]:
+        click.echo("IN-SAMPLE: the adapter was trained on these samples; not comparable with published figures")
     click.echo(
         f"{metrics['counts']['samples']} samples, {metrics['counts']['scenes']} scenes "
         f"({' -> '.join(metrics['labels'])}): {'; '.join(parts)}; report: {out_dir}/report.md"

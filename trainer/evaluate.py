@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from trainer.data.shards import dataset_units, is_metric, unit_symbol
 from trainer.losses import prepare_batch
 from trainer.metrics import (
     ALIGNMENTS,
@@ -78,6 +79,7 @@ class EvalConfig:
     max_batches: int | None = None
     translation_sign_ambiguity: bool = True  # VGGT-paper convention for the translation error
     autocast_bf16: bool = True  # bf16 autocast for the aggregator on CUDA (the heads run in fp32)
+    units: str = "metres"  # the shards' depth units (trainer.data.shards.dataset_units): every label says them
     model_info: dict[str, Any] = field(default_factory=dict)  # recorded in metrics.json and the report
 
 
@@ -295,6 +297,7 @@ def evaluate(
                     prepared["metric_depths"][item],
                     prepared["point_masks"][item],
                     {label: results[label] for label in LABELS},
+                    unit=unit_symbol(cfg.units),
                 )
                 pictures.append(name)
         log.info("evaluated batch %d (%d windows so far)", batch_index, windows)
@@ -306,7 +309,7 @@ def evaluate(
     metrics = {
         "format": EVAL_FORMAT,
         "alignment": cfg.alignment,
-        "depth_units": "metres (prediction x GT normalisation scale, then aligned)",
+        "depth_units": f"{cfg.units} (prediction x GT normalisation scale, then aligned)",
         "translation_sign_ambiguity": cfg.translation_sign_ambiguity,
         "models": cfg.model_info,
         "counts": {
@@ -378,6 +381,7 @@ def render_window(
     gt: torch.Tensor,
     mask: torch.Tensor,
     results: Mapping[str, Mapping[str, Any]],
+    unit: str = "m",
 ) -> None:
     """One PNG per window: a row per frame, columns RGB | GT depth | base depth | adapter depth |
     base AbsRel | adapter AbsRel | base confidence | adapter confidence, with one colour bar per
@@ -397,9 +401,9 @@ def render_window(
     )
     columns = [
         ("RGB", None, None, None),
-        ("GT depth [m]", lambda i: gt_shown[i], "turbo", depth_range),
-        ("base depth [m]", lambda i: depth_maps["base"][i], "turbo", depth_range),
-        ("adapter depth [m]", lambda i: depth_maps["adapter"][i], "turbo", depth_range),
+        (f"GT depth [{unit}]", lambda i: gt_shown[i], "turbo", depth_range),
+        (f"base depth [{unit}]", lambda i: depth_maps["base"][i], "turbo", depth_range),
+        (f"adapter depth [{unit}]", lambda i: depth_maps["adapter"][i], "turbo", depth_range),
         ("base AbsRel", lambda i: error_maps["base"][i], "magma", (0.0, error_max)),
         ("adapter AbsRel", lambda i: error_maps["adapter"][i], "magma", (0.0, error_max)),
         ("base confidence", lambda i: conf_maps["base"][i], "viridis", conf_range),
@@ -491,12 +495,20 @@ def _format_value(metric: str, value: float | None) -> str:
     return f"{value:.4f}"
 
 
-def _format_change(metric: str, change: float | None) -> str:
-    if change is None:
+def format_change(change: float | None, higher_is_better: bool) -> str:
+    """A relative change as shown in the reports: '+1.2% ✓' (better), '-3.0% ✗' (worse), '±0.0%' (no
+    change at the precision shown: neither mark, so a float-noise difference is never a regression)."""
+    if change is None or not math.isfinite(change):
         return "–"
-    better = change > 0 if metric in HIGHER_IS_BETTER else change < 0
-    mark = "" if change == 0 else (" ✓" if better else " ✗")
-    return f"{100 * change:+.1f}%{mark}"
+    shown = round(100 * change, 1)
+    if shown == 0:
+        return "±0.0%"
+    better = shown > 0 if higher_is_better else shown < 0
+    return f"{shown:+.1f}% {'✓' if better else '✗'}"
+
+
+def _format_change(metric: str, change: float | None) -> str:
+    return format_change(change, metric in HIGHER_IS_BETTER)
 
 
 def _table(block: Mapping[str, Any], metrics: list[str]) -> list[str]:
@@ -515,16 +527,17 @@ def _table(block: Mapping[str, Any], metrics: list[str]) -> list[str]:
 def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
     """report.md: setup, counts, overall base-vs-adapter table, per-scene table, pictures."""
     counts, overall = metrics["counts"], metrics["overall"]
+    units = str(metrics.get("depth_units", "metres")).split(" (prediction")[0]
     lines = ["# VGGT evaluation: base vs adapter", ""]
     for name, value in metrics.get("models", {}).items():
         if value is not None:
             lines.append(f"- {name}: `{value}`")
     lines += [
-        f"- depth alignment: **{metrics['alignment']}** (depth in metres: prediction × GT normalisation scale, "
-        "then aligned; `none` = training normalisation only)",
+        f"- depth alignment: **{metrics['alignment']}** (depth in {units}: prediction × GT normalisation "
+        "scale, then aligned; `none` = training normalisation only)",
         "- scale: abs_rel, rmse_log, δ thresholds and all camera metrics are scale-invariant; sq_rel, rmse "
-        "and mae are in the shards' depth units (not metres for COLMAP shards in `arbitrary (COLMAP)` "
-        "units: compare those only on the same shards)",
+        f"and mae are in the shards' depth units, here {units}"
+        + ("" if is_metric(units) else " (not metres: compare those only on the same shards)"),
         f"- camera: relative poses of all frame pairs per window; translation sign ambiguity "
         f"{'on (VGGT paper convention)' if metrics['translation_sign_ambiguity'] else 'off'}; "
         f"AUC@{AUC_MAX_DEG} = mean accuracy of max(rot, trans) over thresholds 1..{AUC_MAX_DEG}°",
@@ -536,7 +549,7 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
         "",
         *_table(overall, [*DEPTH_METRICS, *CAMERA_METRICS]),
         "",
-        "Relative change = (adapter − base) / |base|; ✓ better, ✗ worse.",
+        "Relative change = (adapter − base) / |base|; ✓ better, ✗ worse, ±0.0% unchanged at this precision.",
         "",
         "## Per scene",
         "",
@@ -603,11 +616,12 @@ def evaluate_run(
     """
     from trainer.builders import build_model, seed_everything
     from trainer.config import config_from_run
-    from trainer.data import make_loader
+    from trainer.data import ShardError, make_loader
     from trainer.lora import load_adapter, read_adapter_info
 
     adapter_dir = resolve_adapter_dir(run, adapter)
     info = read_adapter_info(adapter_dir)
+    units = dataset_units(shards)
     seed = 0
     if run is not None:
         run_cfg = config_from_run(Path(run))
@@ -619,12 +633,17 @@ def evaluate_run(
     weights = weights if weights is not None else info.get("weights")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
+    # Cheap checks first: the split and its batch count come from the shard headers, before any model.
+    loader = make_loader(shards, split, batch_size, shuffle=False, num_workers=0, pin_memory=False)
+    if loader.batches_per_epoch() == 0:
+        raise ShardError(
+            f"{shards}: the '{split}' split holds fewer than --batch-size {batch_size} samples; lower --batch-size"
+        )
     seed_everything(seed)  # a random-init base (tiny demo) is only the trained-on base with the run's seed
     revision = info.get("weights_revision") if weights == info.get("weights") else None
     base = build_model(model_name, weights, weights_revision=revision)
     adapted = load_adapter(base, adapter_dir).to(torch_device).eval()
-    loader = make_loader(shards, split, batch_size, shuffle=False, num_workers=0, pin_memory=False)
-    cfg = dataclasses.replace(config or EvalConfig())
+    cfg = dataclasses.replace(config or EvalConfig(), units=units)
     cfg.model_info = {
         "model": model_name,
         "base weights": weights or f"random init (seed {seed})",

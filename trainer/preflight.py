@@ -3,6 +3,7 @@ shards, weights path, resume state. A failed check is a RunSetupError whose mess
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -34,18 +35,52 @@ def check_out_dir(run_dir: Path) -> None:
 
 def check_weights(weights: str | None) -> None:
     """A local checkpoint path must exist (hub ids are fetched later, after every cheap check)."""
-    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN
+    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN, invalid_repo_id
 
     if not weights:
         return
     path = Path(weights).expanduser()
     if path.is_file():
         return
+    invalid = invalid_repo_id(weights)
+    if invalid is not None:
+        raise RunSetupError(f"--weights {invalid}")
     if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
         raise RunSetupError(
             f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
             "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
             "(make train WEIGHTS=PATH)"
+        )
+
+
+def check_loader_schedule(cfg: TrainConfig, world: int = 1) -> None:
+    """The shard schedule of the first epoch from the shard headers alone: every (rank, worker) gets a
+    shard and at least one batch. The loader repeats this per epoch; here it fails before any model is
+    built or downloaded (it used to fail only after the full-size model was built)."""
+    from trainer.data import ShardError, list_shards
+    from trainer.data.schedule import batches_per_worker
+
+    data = cfg.data
+    shards = list_shards(data.shards, data.train_split)
+    workers = max(data.num_workers, 1)
+    try:
+        per_worker = batches_per_worker(shards, world, workers, data.batch_size, cfg.seed, 0, shuffle=True)
+    except ShardError as exc:
+        raise ShardError(f"{data.shards} ('{data.train_split}' split): {exc}") from None
+    manifest = Path(data.shards) / "manifest.json"
+    if data.frames and manifest.is_file():
+        split = (json.loads(manifest.read_text()).get("splits") or {}).get(data.train_split) or {}
+        have = split.get("frames_per_sample") if isinstance(split, dict) else None
+        if isinstance(have, int) and have < data.frames:
+            raise ShardError(
+                f"{manifest}: data.frames={data.frames} but the '{data.train_split}' samples have only {have} "
+                "frames; lower data.frames or rebuild with more --frames"
+            )
+    if per_worker == 0:
+        raise ShardError(
+            f"{data.shards}: with {world} process(es) x {workers} worker(s) a worker's '{data.train_split}' shards "
+            f"hold fewer than data.batch_size={data.batch_size} samples; lower data.batch_size or data.num_workers "
+            "(or rebuild with smaller shards)"
         )
 
 
@@ -84,6 +119,7 @@ def preflight(
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
     check_dataset(cfg.data.shards, cfg.data.train_split, verify_sha256=verify_shards)
+    check_loader_schedule(cfg, world)
     check_weights(cfg.weights)
     identity = data_identity(cfg.data.shards)
     ckpt = latest_checkpoint(run_dir) if resume else None

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.data.shards import dataset_units, is_metric, unit_symbol
 from trainer.losses import prepare_batch
 from trainer.metrics import (
     DA3_ETH3D_THRESHOLD_M,
@@ -59,6 +60,7 @@ PROTOCOLS = ("eth3d-pose", "eth3d-pointmap", "eth3d-mvd")
 POINTMAP_SOURCES = ("depth_camera", "point_head")
 POINTMAP_ALIGNMENTS = ("umeyama", "ransac")
 EVAL_HEADS = ("camera", "depth", "point")
+SCALE_FREE = ("eth3d-pose", "eth3d-mvd")  # published figures that do not depend on the shards' units
 
 # Published VGGT-1B figures, each with the protocol it was measured under (docs/evaluation.md).
 PUBLISHED = {
@@ -105,6 +107,10 @@ DA3_INPUT_NOTE = (
 )
 
 
+class ProtocolScopeError(ValueError):
+    """A protocol run whose numbers could not be put next to the published ones (in-sample split)."""
+
+
 @dataclass
 class ProtocolConfig:
     protocols: tuple[str, ...] = PROTOCOLS
@@ -122,6 +128,10 @@ class ProtocolConfig:
     max_pictures: int = 4  # samples drawn as point-cloud PNGs (the first ones seen)
     max_samples: int | None = None
     autocast_bf16: bool = True
+    units: str = "metres"  # the shards' units (trainer.data.shards.dataset_units): point-map labels say them
+    # Scored on samples the adapter was trained on (`--in-sample`): the report says so at the top and shows
+    # no published figures.
+    in_sample: bool = False
     model_info: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -396,7 +406,7 @@ def evaluate_protocols(
             samples.append(record)
             if len(pictures) < cfg.max_pictures and "eth3d-pointmap" in cfg.protocols:
                 name = f"pointcloud_{len(pictures):03d}_{_safe(key)}.png"
-                if render_pointclouds(out_dir / name, f"{scene} · {key}", clouds, labels):
+                if render_pointclouds(out_dir / name, f"{scene} · {key}", clouds, labels, unit=unit_symbol(cfg.units)):
                     pictures.append(name)
         log.info("evaluated batch %d (%d samples so far)", batch_index, len(samples))
     if not samples:
@@ -417,10 +427,11 @@ def evaluate_protocols(
             "align_conf_quantile": cfg.align_conf_quantile,
             "ransac_threshold": cfg.ransac_threshold if cfg.pointmap_alignment == "ransac" else None,
             "mvd_threshold": cfg.mvd_threshold,
-            "units": "metres (point maps), fractions (AUC, AbsRel, tau)",
+            "units": f"{cfg.units} (point maps), fractions (AUC, AbsRel, tau)",
         },
+        "in_sample": cfg.in_sample,
         "models": cfg.model_info,
-        "published": {p: PUBLISHED[p] for p in cfg.protocols},
+        "published": published_figures(cfg),
         "counts": {
             "samples": len(samples),
             "scenes": len(summary["scenes"]),
@@ -476,10 +487,11 @@ def render_pointclouds(
     clouds: Mapping[str, Mapping[str, np.ndarray]],
     labels: tuple[str, ...],
     max_points: int = 60_000,
+    unit: str = "m",
 ) -> bool:
     """GT points and every aligned prediction seen from the same viewpoint (the GT's two principal
     axes, i.e. facing its dominant surface); predictions coloured by their distance to the nearest GT
-    point (metres, one shared scale). Returns False when there is nothing to draw."""
+    point (in `unit`, the shards' units; one shared scale). Returns False when there is nothing to draw."""
     gt = clouds[labels[0]].get("gt")
     if gt is None or len(gt) < 3:
         return False
@@ -530,7 +542,7 @@ def render_pointclouds(
                 linewidths=0,
                 rasterized=True,
             )
-            name += f"\nmean NN error {error.mean():.3f} m"
+            name += f"\nmean NN error {error.mean():.3f} {unit}"
         ax.set_title(name, fontsize=8)
         ax.set_xlim(lo[0] - pad, hi[0] + pad)
         ax.set_ylim(hi[1] + pad, lo[1] - pad)
@@ -539,7 +551,7 @@ def render_pointclouds(
         ax.set_yticks([])
     if scatter is not None:
         bar = fig.colorbar(scatter, ax=axs[0, 1:].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
-        bar.set_label("distance to nearest GT point [m] (grey: GT)", fontsize=7)
+        bar.set_label(f"distance to nearest GT point [{unit}] (grey: GT)", fontsize=7)
         bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=90)
@@ -559,11 +571,22 @@ def _fmt(name: str, value: float | None) -> str:
 
 
 def _change(base: float | None, adapter: float | None, higher_better: bool) -> str:
-    if base is None or adapter is None or base == 0:
-        return "–"
-    change = (adapter - base) / abs(base)
-    better = change > 0 if higher_better else change < 0
-    return f"{100 * change:+.1f}%{' ✓' if better and change != 0 else ''}"
+    """The window report's marking (trainer.evaluate.format_change): ✓ better, ✗ worse, ±0.0% unchanged."""
+    from trainer.evaluate import format_change, relative_change
+
+    return format_change(relative_change(base, adapter), higher_better)
+
+
+def published_figures(cfg: ProtocolConfig) -> dict[str, Any]:
+    """The published figures a run may be put next to: none for an in-sample run; without the figures in
+    metres (point maps) when the shards are not in metres (COLMAP's arbitrary scale)."""
+    if cfg.in_sample:
+        return {}
+    metric = is_metric(cfg.units)
+    return {
+        p: {**PUBLISHED[p], "values": {k: v for k, v in PUBLISHED[p]["values"].items() if metric or p in SCALE_FREE}}
+        for p in cfg.protocols
+    }
 
 
 def _pose_rule_lines() -> list[str]:
@@ -580,23 +603,41 @@ def _pose_scene_columns(names: list[str]) -> list[str]:
 
 
 def _fscore_lines(cfg: ProtocolConfig) -> list[str]:
+    unit = unit_symbol(cfg.units)
     voxel = (
-        f"after a {cfg.fscore_voxel} m voxel down-sampling (centroids)" if cfg.fscore_voxel else "without down-sampling"
+        f"after a {cfg.fscore_voxel} {unit} voxel down-sampling (centroids)"
+        if cfg.fscore_voxel
+        else "without down-sampling"
     )
-    return [
+    lines = [
         f"precision / recall / fscore: Depth Anything 3's rule (evaluate_3d_reconstruction) at "
-        f"{cfg.fscore_threshold} m "
+        f"{cfg.fscore_threshold} {unit} "
         f"{voxel}, on the aligned per-pixel clouds; accuracy / completeness / overall are VGGT's (no down-sampling). "
         "DA3's own ETH3D F-scores come from TSDF-fused meshes against the GT mesh: no comparable published figure.",
-        "",
     ]
+    if not is_metric(cfg.units):
+        lines.append(f"The threshold and voxel are DA3's metre values applied in {cfg.units}: not a metric F-score.")
+    return [*lines, ""]
 
 
 def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> None:
     labels = tuple(metrics["labels"])
     names = summary_metrics(cfg)
-    published = {k: v for p in cfg.protocols for k, v in PUBLISHED[p]["values"].items()}
+    shown = published_figures(cfg)
+    published = {k: v for block in shown.values() for k, v in block["values"].items()}
     lines = ["# ETH3D protocol evaluation", ""]
+    if cfg.in_sample:
+        lines += [
+            "> **IN-SAMPLE: the adapter was trained on these samples (`--in-sample`). These numbers measure fit, "
+            "not generalisation; published figures are not shown and none of this may be compared with them.**",
+            "",
+        ]
+    if not is_metric(cfg.units):
+        lines += [
+            f"> Units: **{cfg.units}**. Point-map accuracy / completeness are in these units, not metres; the "
+            "published point-map figures are not shown.",
+            "",
+        ]
     for key, value in metrics["models"].items():
         lines.append(f"- {key}: {value}")
     counts = metrics["counts"]
@@ -604,14 +645,21 @@ def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> No
         f"- {counts['samples']} samples, {counts['scenes']} scenes, {counts['frames']} frames",
         f"- point-map alignment: **{cfg.pointmap_alignment}** Sim(3) per sample on valid GT pixels"
         + (f" with confidence >= the {cfg.align_conf_quantile:.0%} quantile" if cfg.align_conf_quantile else ""),
-        "- pose AUC and MVD figures in %, point maps in metres; ↑ = higher is better",
+        f"- pose AUC and MVD figures in %, point maps in {cfg.units}; ↑ = higher is better; change: ✓ better, "
+        "✗ worse, ±0.0% unchanged at this precision",
         "",
         "Published figures are for VGGT-1B under the protocol named; ours differ where docs/evaluation.md "
         "says (resolution, frame choice, GT depth resampling). Compare only within one protocol.",
         "",
     ]
     for protocol in cfg.protocols:
-        lines += [f"## {protocol}", "", f"Published: {PUBLISHED[protocol]['source']}.", ""]
+        if protocol not in shown:
+            source = "not shown (in-sample run)"
+        elif PUBLISHED[protocol]["values"] and not shown[protocol]["values"]:
+            source = f"not shown (in metres; these shards are in {cfg.units})"
+        else:
+            source = PUBLISHED[protocol]["source"]
+        lines += [f"## {protocol}", "", f"Published: {source}.", ""]
         if protocol == "eth3d-pose":
             lines += _pose_rule_lines()
         if protocol == "eth3d-pointmap":
@@ -679,12 +727,16 @@ def evaluate_protocols_run(
     model_name: str | None = None,
     device: str | None = None,
     config: ProtocolConfig | None = None,
+    allow_in_sample: bool = False,
 ) -> dict[str, Any]:
     """``python -m trainer eval --protocol ...``: base (and base + adapter) on a shard split, batch size 1.
 
     Without ``run``/``adapter`` the base alone is evaluated (``weights`` required for a meaningful
-    number). The point head is built and loaded when the weights hold it; a random-init base (tiny
-    demo) keeps the trained-on heads so that it is exactly the model the adapter was made on.
+    number). An adapter on its own training split is refused (ProtocolScopeError) unless
+    ``allow_in_sample``; then the report is marked in-sample and shows no published figures. The
+    shards' units (manifest.json) label every point-map figure. The point head is built and loaded
+    when the weights hold it; a random-init base (tiny demo) keeps the trained-on heads so that it is
+    exactly the model the adapter was made on.
     """
     from trainer.builders import TRAIN_HEADS, build_model, seed_everything
     from trainer.config import config_from_run
@@ -698,6 +750,7 @@ def evaluate_protocols_run(
     info: dict[str, Any] = {}
     seed = 0
     adapter_dir = None
+    train_split = "train"  # the trainer's default; a run's config says its own
     if run is not None or adapter is not None:
         adapter_dir = resolve_adapter_dir(run, adapter)
         info = read_adapter_info(adapter_dir)
@@ -706,6 +759,16 @@ def evaluate_protocols_run(
             seed = run_cfg.seed
             info.setdefault("model", run_cfg.model)
             info.setdefault("weights", run_cfg.weights)
+            train_split = run_cfg.data.train_split
+        cfg.in_sample = split == train_split
+        if cfg.in_sample and not allow_in_sample:
+            raise ProtocolScopeError(
+                f"{shards}: --split {split} is the split the adapter was trained on, so protocol numbers would be "
+                "in-sample and not comparable with the published figures; evaluate a held-out build (`dataengine "
+                "build --sampling uniform|random`, split test; docs/evaluation.md), or pass --in-sample to score "
+                "it anyway in a report marked IN-SAMPLE"
+            )
+    cfg.units = dataset_units(shards)
     model_name = model_name or info.get("model") or "vggt-1b"
     weights = weights if weights is not None else info.get("weights")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -43,6 +43,34 @@ def _manifest_counts(path: Path, split: str) -> dict[str, int]:
     return {shard.name: shard.samples for shard in manifest_shards(read_manifest(path), path, split)}
 
 
+METRIC_UNITS = "metres"
+
+
+def dataset_units(shards_dir: str | Path) -> str:
+    """The depth / position units of a dataset, from manifest.json's per-scene `units` (COLMAP builds
+    record them, e.g. 'arbitrary (COLMAP)' or 'metres (COLMAP x 0.5)'); ETH3D builds and datasets without
+    a manifest are in metres. Several different units are joined with ' + '."""
+    path = Path(shards_dir) / "manifest.json"
+    if not path.is_file():
+        return METRIC_UNITS
+    try:
+        scenes = json.loads(path.read_text()).get("per_scene") or {}
+    except (OSError, ValueError, AttributeError):
+        return METRIC_UNITS
+    units = sorted({str(s.get("units") or METRIC_UNITS) for s in scenes.values() if isinstance(s, dict)})
+    return " + ".join(units) if units else METRIC_UNITS
+
+
+def is_metric(units: str) -> bool:
+    """True when every scene of `units` (dataset_units) is in metres."""
+    return all(part.startswith(METRIC_UNITS) for part in units.split(" + "))
+
+
+def unit_symbol(units: str) -> str:
+    """The short label of axes and colour bars: 'm' for metres, else 'units' (e.g. COLMAP's arbitrary scale)."""
+    return "m" if is_metric(units) else "units"
+
+
 def data_identity(shards_dir: str | Path) -> dict[str, Any]:
     """What a run trained on: the dataset directory and the sha256 of its manifest (None without one).
     Recorded in every checkpoint; `--resume` refuses another dataset (its data position would be wrong)."""

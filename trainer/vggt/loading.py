@@ -10,7 +10,8 @@ Accepted sources:
   branch for other repos unless given). Failures are ``PretrainedSourceError``s whose ``reason``
   says which: ``offline`` (``HF_HUB_OFFLINE=1`` or the hub unreachable: pass a local path),
   ``not_found`` (no such repo, or private without access), ``gated``, ``unauthorised``,
-  ``revision`` (no such revision), ``no_file`` (the revision lacks the file) or ``http``.
+  ``revision`` (no such revision), ``invalid_id`` (not a valid repo id, checked before any request),
+  ``no_file`` (the revision lacks the file) or ``http``.
 
 Key policy: missing keys and shape mismatches are errors. Unexpected keys are errors unless they
 belong to the track head (never built) or to a head that is disabled; those are reported as ignored.
@@ -84,6 +85,29 @@ def is_hub_id(source: str | os.PathLike) -> bool:
     )
 
 
+def invalid_repo_id(source: str | os.PathLike) -> str | None:
+    """The one-line error for ``source`` when it is meant as a hub repo id (no local file of that name, no
+    checkpoint suffix, a '/' in it) but huggingface_hub's validator rejects it; None otherwise. Without it
+    such an id reached the download and came back as "the hub is offline or unreachable"."""
+    text = str(source)
+    if "/" not in text or Path(text).expanduser().exists() or Path(text).suffix in _CHECKPOINT_SUFFIXES:
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as exc:
+        reason = " ".join(str(exc).split()).split(" Use `repo_type`")[0].rstrip(".")
+    else:
+        if _REPO_ID_PATTERN.match(text):
+            return None
+        reason = "expected exactly one '/' between the owner and the name, no spaces"
+    return (
+        f"{text!r} is neither a local file nor a valid Hugging Face repo id ({reason}); pass a repo id such "
+        f"as {DEFAULT_REPO_ID} or the path of a local {'/'.join(_CHECKPOINT_SUFFIXES)} file"
+    )
+
+
 def hub_revision(repo_id: str, revision: str | None = None) -> str | None:
     """The revision a download of ``repo_id`` uses: ``revision``, else the pin of the default repo."""
     return revision or (DEFAULT_REVISION if repo_id == DEFAULT_REPO_ID else None)
@@ -99,6 +123,9 @@ def resolve_checkpoint(
     text = str(source)
     if path.exists():
         raise PretrainedSourceError(f"checkpoint path {text} is not a file")
+    invalid = invalid_repo_id(text)
+    if invalid is not None:
+        raise PretrainedSourceError(invalid, "invalid_id")
     if not is_hub_id(text):
         raise PretrainedSourceError(
             f"checkpoint file {text} does not exist (expected a local "
@@ -121,6 +148,7 @@ def explain_hub_error(exc: BaseException, repo_id: str, filename: str, revision:
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -136,6 +164,8 @@ def explain_hub_error(exc: BaseException, repo_id: str, filename: str, revision:
         f"download it once and pass its local path: --weights /path/to/{filename} "
         f"(make train WEIGHTS=/path/to/{filename}; in Python load_pretrained('/path/to/{filename}'))"
     )
+    if isinstance(cause, HFValidationError):
+        return "invalid_id", invalid_repo_id(repo_id) or f"{repo_id!r}: {' '.join(str(cause).split())}"
     if isinstance(cause, GatedRepoError):
         return "gated", (
             f"{repo_id} is a gated repo: accept its terms on the model page, log in (`hf auth login` "
