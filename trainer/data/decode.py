@@ -7,15 +7,27 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from shardformat import CAMERAS, DEPTH, FORMAT as SHARD_FORMAT, MASK, NpyLayout, SampleReader, ShardError
-from shardformat import depth_range_problem, frame_member, npy_layout, read_json
+from shardformat import (
+    CAMERAS,
+    DEPTH,
+    MASK,
+    NpyLayout,
+    SampleReader,
+    ShardError,
+    depth_range_problem,
+    frame_member,
+    npy_layout,
+    read_json,
+)
+from shardformat import FORMAT as SHARD_FORMAT
 
 
 @dataclass
@@ -32,13 +44,17 @@ class _SamplePlan:
 
 
 def _plan_sample(reader: SampleReader, frames: int | None) -> _SamplePlan:
-    where, key = reader.where, reader.key
+    where = reader.where
     cams = read_json(reader, CAMERAS)
     if cams.get("format") != SHARD_FORMAT:
         raise ShardError(f"{where}: cameras.json format {cams.get('format')!r}, expected {SHARD_FORMAT!r}")
     frame_meta = cams.get("frames")
-    if not isinstance(frame_meta, list) or not frame_meta or not isinstance(cams.get("image_size"), list) \
-            or len(cams["image_size"]) != 2:
+    if (
+        not isinstance(frame_meta, list)
+        or not frame_meta
+        or not isinstance(cams.get("image_size"), list)
+        or len(cams["image_size"]) != 2
+    ):
         raise ShardError(f"{where}: cameras.json has no 'frames' list or no [H, W] 'image_size'")
     n = len(frame_meta) if frames is None else frames
     if n > len(frame_meta):
@@ -52,9 +68,11 @@ def _plan_sample(reader: SampleReader, frames: int | None) -> _SamplePlan:
         if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
             raise ShardError(f"{where}: depth {depth.shape} / mask {mask.shape}, expected {(n, height, width)}")
     if not (depth.dtype.kind == "f" and depth.dtype.itemsize in (2, 4)) or mask.dtype.kind not in "biu":
-        raise ShardError(f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 "
-                         "or float16 depth (any byte order) and integer or bool masks; rebuild the shards with "
-                         "`python -m dataengine build`")
+        raise ShardError(
+            f"{where}: depth dtype {depth.dtype} / mask dtype {mask.dtype}; the format has float32 "
+            "or float16 depth (any byte order) and integer or bool masks; rebuild the shards with "
+            "`python -m dataengine build`"
+        )
     return _SamplePlan(reader, n, height, width, cams, depth, mask)
 
 
@@ -71,8 +89,9 @@ def _check_camera(where: str, i: int, frame: Any) -> None:
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardError(f"{where}: cameras.json frame {i}: unreadable K/extrinsics ({exc})") from None
     if K.shape != (3, 3) or Rt.shape != (3, 4):
-        raise ShardError(f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, "
-                         "expected (3, 3) / (3, 4)")
+        raise ShardError(
+            f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, expected (3, 3) / (3, 4)"
+        )
     if not (np.isfinite(K).all() and np.isfinite(Rt).all()):
         raise ShardError(f"{where}: cameras.json frame {i}: non-finite K or extrinsics")
     if not (K[0, 0] > 0 and K[1, 1] > 0 and np.array_equal(K[2], [0.0, 0.0, 1.0])):
@@ -80,10 +99,10 @@ def _check_camera(where: str, i: int, frame: Any) -> None:
     R = Rt[:, :3]
     off = float(np.abs(R @ R.T - np.eye(3)).max())
     if off > ROTATION_TOL or np.linalg.det(R) <= 0:
-        raise ShardError(f"{where}: cameras.json frame {i}: extrinsics rotation is not orthonormal "
-                         f"(|R Rᵀ − I| = {off:.2g}, det {np.linalg.det(R):.4g})")
-
-
+        raise ShardError(
+            f"{where}: cameras.json frame {i}: extrinsics rotation is not orthonormal "
+            f"(|R Rᵀ − I| = {off:.2g}, det {np.linalg.det(R):.4g})"
+        )
 
 
 def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, masks: np.ndarray, i: int) -> None:
@@ -126,13 +145,17 @@ def _check_depth_mask(where: str, i: int, depth: np.ndarray, mask: np.ndarray) -
     format). Never silently zeroed: the shard is wrong."""
     problem = depth_range_problem(depth)
     if problem:
-        raise ShardError(f"{where}: depth.npy frame {i}: {problem}; the shard is corrupt: rebuild it, or check it "
-                         "with `python -m dataengine verify`")
+        raise ShardError(
+            f"{where}: depth.npy frame {i}: {problem}; the shard is corrupt: rebuild it, or check it "
+            "with `python -m dataengine verify`"
+        )
     supervised = depth > 0
     if not np.array_equal(mask, supervised):
         count = int((mask != supervised).sum())
-        raise ShardError(f"{where}: mask.npy frame {i}: {count} pixels disagree with depth > 0 (the format's mask "
-                         "is 1 exactly where depth > 0); the shard is corrupt: rebuild it")
+        raise ShardError(
+            f"{where}: mask.npy frame {i}: {count} pixels disagree with depth > 0 (the format's mask "
+            "is 1 exactly where depth > 0); the shard is corrupt: rebuild it"
+        )
 
 
 def _batch_tensors(
@@ -154,7 +177,7 @@ def _batch_tensors(
     buffer = storage(total)
     return {
         name: torch.empty(0, dtype=dtype).set_(buffer, offset // dtype.itemsize, shape)
-        for (name, dtype, shape), offset in zip(layout, offsets)
+        for (name, dtype, shape), offset in zip(layout, offsets, strict=True)
     }
 
 
@@ -222,4 +245,3 @@ def decode_sample(sample: dict[str, Any], frames: int | None) -> dict[str, Any]:
         "scene": batch["scenes"][0],
         "names": batch["names"][0],
     }
-

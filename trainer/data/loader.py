@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import webdataset as wds
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shardformat import ShardError
 from trainer.data.decode import decode_batch
-from trainer.data.schedule import all_shards, take_role, batches_per_worker, epoch_shard_order, worker_role
+from trainer.data.schedule import all_shards, batches_per_worker, epoch_shard_order, take_role, worker_role
 from trainer.data.shards import ShardInfo, index_tar_samples, list_shards
 from trainer.data.sharedmem import BUFFER_KEY, ReleaseTracker, SharedBuffers, new_shared_storage
 
@@ -209,8 +210,19 @@ def make_loader(
     shards = list_shards(shards_dir, split)
     if decode_threads is None:
         decode_threads = min(8, max(1, len(os.sched_getaffinity(0)) // max(num_workers, 1)))
-    stream = ShardStream(shards, batch_size, shuffle, seed, shuffle_buffer, frames, rank, world_size, num_workers,
-                         split_across_ranks, decode_threads)
+    stream = ShardStream(
+        shards,
+        batch_size,
+        shuffle,
+        seed,
+        shuffle_buffer,
+        frames,
+        rank,
+        world_size,
+        num_workers,
+        split_across_ranks,
+        decode_threads,
+    )
     return Loader(stream, num_workers, pin_memory, prefetch_factor, seed)
 
 

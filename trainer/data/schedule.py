@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from shardformat import ShardError
 from trainer.data.shards import ShardInfo
@@ -69,5 +70,3 @@ def take_role(role: int, workers: int):
         return itertools.islice(src, role, None, workers)
 
     return stage
-
-

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from shardformat import ShardError, count_samples, index_tar, manifest_shards, read_manifest
 
@@ -109,26 +110,34 @@ def check_dataset(shards_dir: str | Path, split: str, verify_sha256: bool = Fals
                     raise ShardError(f"{file}: listed in {path} but missing; rebuild or copy the dataset again")
                 size = file.stat().st_size
                 if isinstance(shard.get("bytes"), int) and size != shard["bytes"]:
-                    raise ShardError(f"{file}: {size} bytes, {path} records {shard['bytes']}; the shard is truncated "
-                                     "or was rewritten: rebuild or copy the dataset again")
+                    raise ShardError(
+                        f"{file}: {size} bytes, {path} records {shard['bytes']}; the shard is truncated "
+                        "or was rewritten: rebuild or copy the dataset again"
+                    )
                 if verify_sha256 and shard.get("sha256"):
                     h = hashlib.sha256()
                     with file.open("rb") as f:
                         for block in iter(lambda: f.read(1 << 20), b""):
                             h.update(block)
                     if h.hexdigest() != shard["sha256"]:
-                        raise ShardError(f"{file}: sha256 differs from {path}; the shard was modified: rebuild or "
-                                         "copy the dataset again")
+                        raise ShardError(
+                            f"{file}: sha256 differs from {path}; the shard was modified: rebuild or "
+                            "copy the dataset again"
+                        )
             for info in infos:
                 if Path(info.path).name not in listed:
                     raise ShardError(f"{info.path}: not listed in {path} (a stray or foreign shard); remove it")
         coverage = [s.get("mean_coverage") for s in (manifest.get("per_scene") or {}).values() if isinstance(s, dict)]
         if coverage and all(isinstance(c, (int, float)) and c == 0 for c in coverage):
-            raise ShardError(f"{path}: every scene has coverage 0: the dataset has no supervised depth pixel "
-                             "(missing GT depth or points3D.txt?); rebuild it with depth")
+            raise ShardError(
+                f"{path}: every scene has coverage 0: the dataset has no supervised depth pixel "
+                "(missing GT depth or points3D.txt?); rebuild it with depth"
+            )
     if total == 0:
-        raise ShardError(f"{root}: the '{split}' split holds 0 samples; rebuild the shards with more frames "
-                         "(or fewer --frames per window)")
+        raise ShardError(
+            f"{root}: the '{split}' split holds 0 samples; rebuild the shards with more frames "
+            "(or fewer --frames per window)"
+        )
     return total
 
 
