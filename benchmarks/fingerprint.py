@@ -53,7 +53,7 @@ BUILDS = [
 STRATEGIES = ["a", "b", "c"]
 
 
-def run(cmd: list[str], **kw) -> None:
+def _run(cmd: list[str], **kw) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, **kw)
 
@@ -74,9 +74,20 @@ def sha256_tree(folder: Path) -> dict[str, str]:
     return out
 
 
-def fingerprint(work: Path) -> dict:
+def fingerprint(work: Path, reuse: bool = False) -> dict:
+    """reuse: keep what an earlier (interrupted) run of the same commit left in `work` and only run the
+    steps whose output folder is missing."""
     py = sys.executable
-    shutil.rmtree(work, ignore_errors=True)
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def run(cmd: list[str], dest: Path | None = None) -> None:
+        if reuse and dest is not None and dest.exists():
+            return
+        if dest is not None:
+            shutil.rmtree(dest, ignore_errors=True)
+        _run(cmd)
+
     scenes = work / "eth3d"
     run(
         [
@@ -93,7 +104,8 @@ def fingerprint(work: Path) -> dict:
             "0.1",
             "--seed",
             "0",
-        ]
+        ],
+        scenes / "fp_a",
     )
     run(
         [
@@ -110,7 +122,8 @@ def fingerprint(work: Path) -> dict:
             "0.1",
             "--seed",
             "1",
-        ]
+        ],
+        scenes / "fp_b",
     )
     out: dict = {"shards": {}, "losses": {}}
     for name, args in BUILDS:
@@ -131,14 +144,16 @@ def fingerprint(work: Path) -> dict:
                 "2",
                 "--quiet",
                 *args,
-            ]
+            ],
+            dest,
         )
         out["shards"][name] = sha256_tree(dest)
     # The COLMAP capture path (distorted photos, MVS depth, covisible windows) and an evaluation build.
     colmap = work / "colmap"
     run(
         [py, "-m", "dataengine", "synth", "--format", "colmap", str(colmap), "--scene", "fp_c"]
-        + ["--images", "10", "--scale", "0.1", "--seed", "2"]
+        + ["--images", "10", "--scale", "0.1", "--seed", "2"],
+        colmap / "fp_c",
     )
     for name, root, args in [
         ("colmap_covisible_112", colmap, ["--format", "colmap", "--windows", "covisible", "--frames", "4"]),
@@ -147,7 +162,8 @@ def fingerprint(work: Path) -> dict:
         dest = work / "shards" / name
         run(
             [py, "-m", "dataengine", "build", "--root", str(root), "--out", str(dest), "--size", "112"]
-            + ["--workers", "2", "--quiet", "--samples-per-shard", "1", *args]
+            + ["--workers", "2", "--quiet", "--samples-per-shard", "1", *args],
+            dest,
         )
         out["shards"][name] = sha256_tree(dest)
     shards = work / "shards" / "pad_112_sparse"
@@ -180,7 +196,8 @@ def fingerprint(work: Path) -> dict:
                 "val_every=6",
                 "save_every=6",
                 "optim.lr=1e-3",
-            ]
+            ],
+            run_dir,
         )
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         out["losses"][strategy] = [{k: v for k, v in r.items() if "loss" in k or k == "step"} for r in records]
@@ -191,12 +208,12 @@ def fingerprint(work: Path) -> dict:
         (
             "protocols_b",
             ["--shards", str(work / "shards" / "eval_uniform_112"), "--protocol", "all"]
-            + ["--run", str(work / "runs" / "b"), "--alignment", "sequence"],
+            + ["--run", str(work / "runs" / "b")],
         ),
     ]
     for name, args in evals:
         dest = work / "eval" / name
-        run([py, "-m", "trainer", "eval", *args, "--device", "cpu", "--max-pictures", "1", "--out", str(dest)])
+        run([py, "-m", "trainer", "eval", *args, "--device", "cpu", "--max-pictures", "1", "--out", str(dest)], dest)
         out["eval"][name] = _numbers(json.loads((dest / "metrics.json").read_text()))
     return out
 
@@ -238,8 +255,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "fingerprint")
     ap.add_argument("--json", type=Path, required=True, help="write the fingerprint here")
     ap.add_argument("--compare", type=Path, help="a fingerprint JSON to compare with")
+    ap.add_argument("--reuse", action="store_true", help="keep --work's finished steps (same commit only)")
     args = ap.parse_args()
-    fp = fingerprint(args.work)
+    fp = fingerprint(args.work, reuse=args.reuse)
     args.json.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
     n_files = sum(len(v) for v in fp["shards"].values())
     print(
