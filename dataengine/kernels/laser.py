@@ -137,11 +137,11 @@ def laser_points(
     undistorted image and then to output pixels. Points outside the undistorted image or the
     output are dropped (only the columns that can reach the output are visited: a 518² crop of a
     3:2 image skips a third). Writes the points into `buffers` (at most their capacity; the depth
-    is 4 bytes, inverted by `bucket_points`). The same pass scans every GT row whole (the row then
+    is 4 bytes, inverted by `plane.bucket_points`). The same pass scans every GT row whole (the row then
     sits in cache for the point pass) for the map's valid / NaN / masked counts.
 
     mask: (0, 0) = none; else the decoded (h, w) mask, or with mask_filtered its still-filtered
-    PNG scanlines (h, w + 1) (`png.read_png_gray8_scanlines`), undone here a row at a time into
+    PNG scanlines (h, w + 1) (`dataengine.png.read_png_gray8_scanlines`), undone here a row at a time into
     a two-row buffer: the whole decoded mask is never written and read back (~48 MB less memory
     traffic per 24-megapixel frame); the result then carries the mask's largest value and the
     first row with an invalid filter type.

@@ -22,7 +22,7 @@ from dataengine.kernels.codes import (
 @kernel
 def bucket_points(owner, pos_x, pos_y, point_depth, n, start, px, py, pw):
     """Counting sort of the first n points by owner (= 4 * flat pixel + quadrant, see
-    `laser_points`): sub-bucket b holds px/py/pw[start[b]:start[b+1]], so pixel p's points are
+    `laser.laser_points`): sub-bucket b holds px/py/pw[start[b]:start[b+1]], so pixel p's points are
     [start[4p], start[4p+4]) and a window can take only the quadrants it overlaps; pw = 1 /
     point_depth (float64)."""
     start[:] = 0
