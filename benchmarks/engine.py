@@ -107,7 +107,8 @@ def engine_stages(frame, cfg) -> dict:
 
     from dataengine import depth as depth_mod
     from dataengine.images import choose_reduction, encode_jpeg, fit_geometry
-    from dataengine.kernels import area_resample
+    from dataengine.kernels.codes import Pooling
+    from dataengine.kernels.resample import area_resample
 
     geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, cfg.width, cfg.height, cfg.fit)
     t = {}
@@ -124,7 +125,7 @@ def engine_stages(frame, cfg) -> dict:
     encode_jpeg(rgb, cfg.jpeg_quality)
     t["resample_encode"] = clock() - t0
     t0 = clock()
-    if cfg.laser.pooling == "plane":
+    if cfg.laser.mode is Pooling.PLANE:
         # The mask is only inflated here; its scanlines are unfiltered inside the GT scan, which
         # happens inside the first pooling pass (as in depth.laser_depth).
         mask = depth_mod.read_mask_scanlines(frame.mask_path, frame.prism.width, frame.prism.height)
@@ -538,6 +539,7 @@ def main() -> None:
     from dataengine.build import BuildConfig, build_shards, process_frame
     from dataengine.depth import LaserDepthConfig
     from dataengine.eth3d import load_scene
+    from dataengine.kernels.codes import Pooling
     from dataengine.synth import generate_scene
 
     work = args.work or Path(tempfile.mkdtemp(prefix="engine-bench-"))
@@ -554,8 +556,8 @@ def main() -> None:
     jpeg_mb = statistics.mean(f.image_path.stat().st_size for f in frames) / 1e6
     base = dict(root=root, out=work / "unused", progress=False)
     cfgs = {
-        "engine_laser_plane": BuildConfig(**base, laser=LaserDepthConfig(pooling="plane")),
-        "engine_laser_nearest": BuildConfig(**base, laser=LaserDepthConfig(pooling="nearest")),
+        "engine_laser_plane": BuildConfig(**base, laser=LaserDepthConfig(pooling=Pooling.PLANE.label)),
+        "engine_laser_nearest": BuildConfig(**base, laser=LaserDepthConfig(pooling=Pooling.NEAREST.label)),
         "sparse": BuildConfig(**base, depth="sparse"),
     }
     sparse_scene = load_scene(scene_dir, "sparse")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from dataengine.kernels.codes import Pooling
 from dataengine.scenes import DEFAULT_SCENES, ETH3D_URL
 
 DEBUG_ENV = "DATAENGINE_DEBUG"
@@ -181,7 +182,7 @@ def _size(value: str) -> tuple[int, int]:
 )
 @click.option(
     "--pooling",
-    type=click.Choice(["plane", "nearest", "median", "min"]),
+    type=click.Choice(Pooling.labels()),
     default="plane",
     show_default=True,
     help="Laser depth per output pixel: plane = local inverse-depth "

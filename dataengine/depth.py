@@ -27,8 +27,9 @@ import numpy as np
 from dataengine.camera import Camera
 from dataengine.errors import BadInputError
 from dataengine.images import OutputGeometry
+from dataengine.kernels.codes import PLANE_FITTED, Pooling
 
-POOLING = ("nearest", "median", "min", "plane")  # kernel codes 0, 1, 2; plane has its own kernel
+POOLING = Pooling.labels()  # LaserDepthConfig.pooling's spellings, in the CLI's order
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ class LaserDepthConfig:
     samples: int = 8  # k: k x k samples per output pixel footprint (nearest / median / min)
     # plane: a local plane in inverse depth fitted to the laser points around the pixel and
     #   evaluated at its centre, where the fit is well posed, consistent and not extrapolated;
-    #   else the GT value nearest the centre (kernels.plane_pool);
+    #   else the GT value nearest the centre (kernels.plane.plane_pool);
     # nearest: the valid sample nearest the footprint centre; median: their lower median (a real
     #   sample, robust to outliers); min: the nearest surface.
-    pooling: str = "plane"
+    pooling: str = Pooling.PLANE.label
     # Valid samples needed to supervise a pixel (plane: GT pixels overlapping its footprint).
     min_count: int = 1
     grid_spacing: float = 8.0  # px between exact thin-prism evaluations (both map directions)
@@ -59,6 +60,10 @@ class LaserDepthConfig:
             raise ValueError(f"plane_radius must be in (0, 1.5] output pixels, got {self.plane_radius}")
         if self.plane_min_points < 3 or self.plane_tolerance <= 0 or self.plane_min_spread < 0:
             raise ValueError("plane_min_points >= 3, plane_tolerance > 0 and plane_min_spread >= 0 are required")
+
+    @property
+    def mode(self) -> Pooling:
+        return Pooling.from_label(self.pooling)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def check_gt_values(path: Path, n_bad: int, gt: np.ndarray) -> None:
     pays for the breakdown by kind."""
     if not n_bad:
         return
-    from dataengine.kernels import MAX_GT_DEPTH
+    from dataengine.kernels.laser import MAX_GT_DEPTH
 
     with np.errstate(invalid="ignore"):
         kinds = {
@@ -124,7 +129,7 @@ def check_gt_values(path: Path, n_bad: int, gt: np.ndarray) -> None:
 def read_gt_depth(path: Path, width: int, height: int) -> tuple[np.ndarray, int]:
     """`map_gt_depth` and its count of valid (finite, > 0) pixels; a clear error on any bad value.
     (Plane pooling scans the map inside its own first pass instead: `plane_depth`.)"""
-    from dataengine.kernels import scan_depth
+    from dataengine.kernels.laser import scan_depth
 
     gt = map_gt_depth(path, width, height)
     n_bad, n_valid = scan_depth(gt)
@@ -164,7 +169,7 @@ def _mask_buffer(prism: Camera) -> np.ndarray:
 
 def read_mask_scanlines(path: Path | None, width: int, height: int) -> np.ndarray | None:
     """The still-filtered (height, width + 1) scanlines of an 8-bit greyscale mask PNG
-    (`png.read_png_gray8_scanlines`) for `kernels.laser_points` to unfilter row by row; (0, 0)
+    (`png.read_png_gray8_scanlines`) for `kernels.laser.laser_points` to unfilter row by row; (0, 0)
     without a mask file; None when it must be decoded whole (`read_mask`: other PNG kinds)."""
     if path is None:
         return np.zeros((0, 0), dtype=np.uint8)
@@ -214,7 +219,7 @@ _grid_lock = threading.Lock()
 def _cached_grid(kind: str, pinhole: Camera, prism: Camera, spacing: float):
     """Cached per (camera pair, direction): 'distort' = thin-prism position of every undistorted
     grid node; 'undistort' = undistorted position of every distorted grid node."""
-    from dataengine.kernels import distortion_grid, undistortion_grid
+    from dataengine.kernels.prism import distortion_grid, undistortion_grid
 
     key = (
         kind,
@@ -259,13 +264,11 @@ def laser_depth(
     cfg: LaserDepthConfig,
 ) -> tuple[np.ndarray, dict]:
     """(H, W) float32 metres (0 = no supervision) and source statistics."""
-    from dataengine.kernels import PLANE_FITTED
-
     if prism.model != "THIN_PRISM_FISHEYE":
         raise BadInputError(
             f"camera {prism.camera_id} of dslr_calibration_jpg must be THIN_PRISM_FISHEYE, got {prism.model}"
         )
-    if cfg.pooling == "plane":
+    if cfg.mode is Pooling.PLANE:
         # The mask's filtered scanlines go to the GT pass, which unfilters them row by row.
         scanlines = read_mask_scanlines(mask_path, prism.width, prism.height)
         mask = (
@@ -288,7 +291,7 @@ def laser_depth(
         "source_valid_fraction": round(n_valid / gt.size, 6),
         "masked_fraction": round(n_masked / n_mask_pixels, 6) if n_mask_pixels else 0.0,
     }
-    if cfg.pooling == "plane":
+    if cfg.mode is Pooling.PLANE:
         supervised = np.count_nonzero(out)
         stats["plane_fraction"] = (
             round(np.count_nonzero(plane.status == PLANE_FITTED) / supervised, 6) if supervised else 0.0
@@ -297,8 +300,8 @@ def laser_depth(
 
 
 def _sampled_depth(gt, mask, pinhole, prism, geom, cfg) -> np.ndarray:
-    """nearest / median / min of k x k footprint samples (kernels.laser_depth_pool)."""
-    from dataengine.kernels import laser_depth_pool
+    """nearest / median / min of k x k footprint samples (kernels.footprint.laser_depth_pool)."""
+    from dataengine.kernels.footprint import laser_depth_pool
 
     gx, gy = distortion_grid_for(pinhole, prism, cfg.grid_spacing)
     out = np.empty((geom.height, geom.width), dtype=np.float32)
@@ -312,7 +315,7 @@ def _sampled_depth(gt, mask, pinhole, prism, geom, cfg) -> np.ndarray:
         geom.affine,
         np.array([pinhole.width, pinhole.height], dtype=np.float64),
         cfg.samples,
-        POOLING.index(cfg.pooling),
+        int(cfg.mode),
         cfg.min_count,
         out,
         count,
@@ -322,20 +325,21 @@ def _sampled_depth(gt, mask, pinhole, prism, geom, cfg) -> np.ndarray:
 
 class PlaneDepth(NamedTuple):
     depth: np.ndarray  # (H, W) float32 metres, 0 = no supervision
-    status: np.ndarray  # (H, W) uint8 kernels.PLANE_* code of every pixel
+    status: np.ndarray  # (H, W) uint8 kernels.codes.PLANE_* code of every pixel
     n_valid: int  # valid (finite, > 0) pixels of the whole GT map
-    n_nan: int  # bad pixels of the whole GT map (kernels._is_bad_bits; the caller rejects the file when > 0)
+    n_nan: int  # bad pixels of the whole GT map (kernels.laser._is_bad_bits; the caller rejects the file when > 0)
     n_masked: int  # mask pixels != 0 (0 without a mask)
 
 
 def plane_depth(
     gt, mask, pinhole, prism, geom, cfg, mask_filtered: bool = False, mask_path: Path | None = None
 ) -> PlaneDepth:
-    """Local plane fits with nearest-point fallback (kernels.plane_pool). gt: the raw GT map
+    """Local plane fits with nearest-point fallback (kernels.plane.plane_pool). gt: the raw GT map
     (scanned for valid/NaN pixels in the same pass); mask may be (0, 0). mask_filtered: mask is
     the PNG's filtered scanlines (`read_mask_scanlines`), unfiltered inside the GT pass; an
     invalid filter type or a value above 2 then raises BadInputError naming mask_path."""
-    from dataengine.kernels import PointBuffers, bucket_points, laser_points, plane_pool
+    from dataengine.kernels.laser import PointBuffers, laser_points
+    from dataengine.kernels.plane import bucket_points, plane_pool
     from dataengine.png import bad_filter_error
 
     ux, uy = undistortion_grid_for(pinhole, prism, cfg.grid_spacing)
@@ -408,7 +412,7 @@ def sparse_depth(
     cfg: SparseDepthConfig,
 ) -> tuple[np.ndarray, dict]:
     """Observed COLMAP points that survive a z-buffer occlusion test over all points."""
-    from dataengine.kernels import sparse_visible_depth, splat_min_depth
+    from dataengine.kernels.splat import sparse_visible_depth, splat_min_depth
 
     rect = geom.content_rect
     zbuf = np.full((geom.height, geom.width), np.inf, dtype=np.float64)

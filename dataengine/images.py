@@ -86,7 +86,8 @@ def choose_reduction(geom: OutputGeometry, min_oversample: float = 1.9) -> int:
     """Largest DCT reduction keeping >= ~2 decoded pixels per output pixel on both axes.
 
     1.9 rather than 2.0 so that ETH3D's ~4130-px-high frames still decode at 1/4 for 518 px
-    (7.97/4 = 1.99 decoded px per output px), as the performance notes recommend.
+    (7.97/4 = 1.99 decoded px per output px): a DCT-scaled decode still ~2x the output on both axes,
+    then area-filtered, is indistinguishable from a full decode + antialiased resize, at 2-4x less CPU.
     """
     for red in JPEG_REDUCTIONS:
         if geom.ax / red >= min_oversample and geom.ay / red >= min_oversample:
@@ -128,7 +129,7 @@ def render_frame(
     data: bytes, camera: Camera, geom: OutputGeometry, path: Path, min_oversample: float = 1.9
 ) -> np.ndarray:
     """Decode + exact area resample into the output frame (H, W, 3) uint8."""
-    from dataengine.kernels import area_resample
+    from dataengine.kernels.resample import area_resample
 
     width, height = jpeg_size(data, path)
     if (width, height) != (camera.width, camera.height):

@@ -3,9 +3,10 @@
 Pillow spends ~100 ms on a 6048x4032 mask; most of it is not the inflate. Here: the chunks are
 parsed and CRC-checked in Python; the IDAT stream is inflated in one call by libdeflate (the
 `deflate` wheel bundles it: ~3x faster than zlib, adler32 checked); the per-scanline filters
-(None/Sub/Up/Average/Paeth) are undone by numba kernels (`kernels.unfilter_gray8`, or row by row
-inside the consumer's own pass with `kernels.unfilter_row`). benchmarks/engine.py compares this
-with zlib, imagecodecs' libspng/libpng and Pillow inside the engine's frame time (RESULTS.md).
+(None/Sub/Up/Average/Paeth) are undone by numba kernels (`kernels.png.unfilter_gray8`, or row by
+row inside the consumer's own pass with `kernels.png.unfilter_row`). benchmarks/engine.py compares
+this with zlib, imagecodecs' libspng/libpng and Pillow inside the engine's frame time
+(benchmarks/RESULTS.md).
 Every other PNG kind (palette, 16-bit, sub-byte, colour, alpha, interlaced) is declined
 (`None`), so that the caller falls back to Pillow.
 """
@@ -20,7 +21,7 @@ import deflate
 import numpy as np
 
 from dataengine.errors import BadInputError
-from dataengine.kernels import unfilter_gray8
+from dataengine.kernels.png import unfilter_gray8
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -46,7 +47,7 @@ def read_png_gray8(path: Path, out: np.ndarray | None = None) -> tuple[np.ndarra
 
 def read_png_gray8_scanlines(path: Path) -> np.ndarray | None:
     """The (height, width + 1) still-filtered scanlines of an 8-bit greyscale non-interlaced PNG
-    (filter-type byte first, read-only; undo with `kernels.unfilter_row`, e.g. row by row inside a
+    (filter-type byte first, read-only; undo with `kernels.png.unfilter_row`, e.g. row by row inside a
     consumer's own pass: no whole decoded image written and read again). None for other PNG kinds
     (use Pillow). Corrupt data raises BadInputError naming the file; invalid filter types are the
     consumer's to report (`bad_filter_error`)."""

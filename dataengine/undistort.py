@@ -20,11 +20,10 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from dataengine.errors import BadInputError
+from dataengine.kernels.resample import sample_footprints
 
-_JIT = dict(cache=True, nogil=True, fastmath=False)
 FIT_MODES = ("crop", "pad", "stretch")
 JPEG_REDUCTIONS = (8, 4, 2, 1)
 MAX_HALF_ANGLE = math.radians(80.0)  # a pinhole field can't reach 90 degrees; "full" clips here
@@ -333,51 +332,6 @@ def undistort_map(
             _cache.clear()
         _cache[key] = umap
     return umap
-
-
-@njit(**_JIT)
-def sample_footprints(src, coords, out, covered):
-    """out[i, j] = mean of the bilinear samples coords[i, j, :] of src (h, w, 3) uint8 that lie
-    on the image (within half a pixel of its outer pixel centres: edge-clamped); covered[i, j] =
-    fraction of samples on the image (0 = a blank pixel, black)."""
-    h, w = src.shape[0], src.shape[1]
-    H, W, S = coords.shape[0], coords.shape[1], coords.shape[2]
-    for i in range(H):
-        for j in range(W):
-            r = 0.0
-            g = 0.0
-            b = 0.0
-            n = 0
-            for s in range(S):
-                x = coords[i, j, s, 0]
-                y = coords[i, j, s, 1]
-                if not (x >= -0.5 and y >= -0.5 and x <= w - 0.5 and y <= h - 0.5):
-                    continue
-                x = min(max(x, 0.0), w - 1.0)
-                y = min(max(y, 0.0), h - 1.0)
-                x0 = min(int(x), w - 2) if w > 1 else 0
-                y0 = min(int(y), h - 2) if h > 1 else 0
-                fx = x - x0
-                fy = y - y0
-                x1 = min(x0 + 1, w - 1)
-                y1 = min(y0 + 1, h - 1)
-                w00 = (1.0 - fx) * (1.0 - fy)
-                w01 = fx * (1.0 - fy)
-                w10 = (1.0 - fx) * fy
-                w11 = fx * fy
-                r += w00 * src[y0, x0, 0] + w01 * src[y0, x1, 0] + w10 * src[y1, x0, 0] + w11 * src[y1, x1, 0]
-                g += w00 * src[y0, x0, 1] + w01 * src[y0, x1, 1] + w10 * src[y1, x0, 1] + w11 * src[y1, x1, 1]
-                b += w00 * src[y0, x0, 2] + w01 * src[y0, x1, 2] + w10 * src[y1, x0, 2] + w11 * src[y1, x1, 2]
-                n += 1
-            covered[i, j] = n / S
-            if n == 0:
-                out[i, j, 0] = 0
-                out[i, j, 1] = 0
-                out[i, j, 2] = 0
-                continue
-            out[i, j, 0] = np.uint8(min(255.0, r / n + 0.5))
-            out[i, j, 1] = np.uint8(min(255.0, g / n + 0.5))
-            out[i, j, 2] = np.uint8(min(255.0, b / n + 0.5))
 
 
 def decode_photo(data: bytes, cam: SourceCamera, reduction: int, path) -> np.ndarray:

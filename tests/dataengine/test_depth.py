@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine import kernels
 from dataengine.errors import BadInputError
 from dataengine.images import fit_geometry
+from dataengine.kernels import codes
 from tests.dataengine.laser_fixtures import (
     PLANE,
     SMALL_CAMS,
@@ -30,7 +30,7 @@ def test_plane_pooling_is_exact_on_a_slanted_plane_where_nearest_is_not():
     depth = gt_of_inverse_depth(inv_depth, 0.4, seed=3)
     truth = truth_at_output_centres(geom, inv_depth)
     out, status = small_plane_pool(depth, np.zeros((0, 0), np.uint8), geom)
-    fitted = status == kernels.PLANE_FITTED
+    fitted = status == codes.PLANE_FITTED
     assert (out > 0).all() and fitted.mean() > 0.9
     # Inverse depth is affine in pinhole pixels on a plane: exact up to the bilinear undistortion
     # grid (~2e-3 px on this 68-px-focal camera) times the steep gradient.
@@ -55,7 +55,7 @@ def test_plane_pooling_never_blends_two_surfaces_or_fills_holes():
     truth = truth_at_output_centres(geom, step)
     u, _ = output_rays(geom)
     edge = (out > 0) & (np.abs(u - 0.1) < 1.6 * geom.ax / SMALL_PIN[0])  # windows reaching the step
-    assert (status[edge] == kernels.PLANE_INCONSISTENT).any()
+    assert (status[edge] == codes.PLANE_INCONSISTENT).any()
     # Every value is one of the two surfaces' depths (never a blend) ...
     wall = np.abs(out * 0.25 - 1) < 0.02
     back = np.abs(out / truth_at_output_centres(geom, lambda u, v: PLANE[2] + PLANE[0] * u + PLANE[1] * v) - 1) < 0.02
@@ -67,7 +67,7 @@ def test_plane_pooling_never_blends_two_surfaces_or_fills_holes():
     x_hole = 95 + 12  # distorted column 95 lies left of undistorted ~107 on every row here
     cols_in_hole = geom.ax * np.arange(geom.width) + geom.bx > x_hole
     assert full[:, cols_in_hole].all() and not out[:, cols_in_hole].any()
-    assert (status[:, cols_in_hole] == kernels.PLANE_HOLE).all()
+    assert (status[:, cols_in_hole] == codes.PLANE_HOLE).all()
 
 
 def test_plane_pooling_excludes_masked_gt():
@@ -152,6 +152,25 @@ def test_plane_points_buffers_grow_and_nan_outside_the_crop_is_reported(tmp_path
     depth.astype("<f4").tofile(path)
     with pytest.raises(BadInputError, match=r"DSC_0001.JPG: 1 bad GT depth values \(1 NaN\)"):
         depth_mod.laser_depth(path, None, *SMALL_CAMS, geom, depth_mod.LaserDepthConfig(grid_spacing=1.0))
+
+
+def test_pooling_modes_are_one_set_of_named_codes_from_cli_to_kernel():
+    """The CLI's --pooling choices, the config's spellings and the kernel codes are one enum: the
+    choices keep their order (default first) and every footprint mode reaches its kernel code."""
+    from dataengine.cli import build_command
+    from dataengine.depth import LaserDepthConfig
+    from dataengine.kernels.codes import Pooling
+
+    (option,) = [p for p in build_command.params if p.name == "pooling"]
+    assert list(option.type.choices) == ["plane", "nearest", "median", "min"] == list(Pooling.labels())
+    assert option.default == LaserDepthConfig().pooling == Pooling.PLANE.label
+    # laser_depth_pool's codes (the brute-force reference in test_kernels is keyed by these labels).
+    assert {label: int(LaserDepthConfig(pooling=label).mode) for label in ("nearest", "median", "min")} == {
+        "nearest": 0,
+        "median": 1,
+        "min": 2,
+    }
+    assert LaserDepthConfig(pooling="plane").mode is Pooling.PLANE
 
 
 def test_laser_config_and_gt_reader_reject_bad_input(tmp_path):

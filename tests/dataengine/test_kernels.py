@@ -1,4 +1,4 @@
-"""Numba kernels (dataengine.kernels) against numpy references: thin-prism mapping, grids, laser
+"""Numba kernels (dataengine.kernels.*) against numpy references: thin-prism mapping, grids, laser
 pooling, laser points, plane windows, GT scans, z-buffers, area resampling."""
 
 from __future__ import annotations
@@ -6,8 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine import camera, kernels
+from dataengine import camera
 from dataengine.images import fit_geometry
+from dataengine.kernels.codes import Pooling
+from dataengine.kernels.footprint import laser_depth_pool
+from dataengine.kernels.laser import _MAX_GT_BITS, MAX_GT_DEPTH, PointBuffers, _flag_word, laser_points, scan_depth
+from dataengine.kernels.plane import _gather_window, bucket_points
+from dataengine.kernels.prism import distortion_grid, thin_prism_project, undistortion_grid
+from dataengine.kernels.resample import area_resample
+from dataengine.kernels.splat import sparse_visible_depth, splat_min_depth
 from tests.dataengine.laser_fixtures import PRISM, SMALL_CAMS
 
 
@@ -15,10 +22,10 @@ def test_numba_thin_prism_matches_numpy_reference():
     rng = np.random.default_rng(0)
     xyz = np.c_[rng.uniform(-1.2, 1.2, (2000, 2)), rng.uniform(0.5, 8, 2000)]
     xyz[0] = [0.0, 0.0, 2.0]  # r = 0 branch
-    got = kernels.thin_prism_project(xyz, PRISM)
+    got = thin_prism_project(xyz, PRISM)
     want = camera.thin_prism_project(xyz, PRISM)
     assert np.abs(got - want).max() < 1e-9
-    behind = kernels.thin_prism_project(np.array([[0.1, 0.1, -1.0]]), PRISM)
+    behind = thin_prism_project(np.array([[0.1, 0.1, -1.0]]), PRISM)
     assert np.isnan(behind).all()
 
 
@@ -27,7 +34,7 @@ def test_distortion_grid_bilinear_error_is_negligible():
     spacing = 8.0
     gw, gh = int(6200 // spacing) + 2, int(4130 // spacing) + 2
     gx, gy = np.empty((gh, gw)), np.empty((gh, gw))
-    kernels.distortion_grid(pin, PRISM, spacing, gx, gy)
+    distortion_grid(pin, PRISM, spacing, gx, gy)
     rng = np.random.default_rng(1)
     pts = np.c_[rng.uniform(0, 6200, 5000), rng.uniform(0, 4130, 5000)]
     fx, fy = pts[:, 0] / spacing, pts[:, 1] / spacing
@@ -92,10 +99,10 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
     mask[50:60, 10:40] = 2
     geom = fit_geometry(124, 83, 20, 16, "crop")
     gx, gy = np.empty((83 // 1 + 2, 124 // 1 + 2)), np.empty((83 // 1 + 2, 124 // 1 + 2))
-    kernels.distortion_grid(pin, prism, 1.0, gx, gy)
+    distortion_grid(pin, prism, 1.0, gx, gy)
     out = np.empty((16, 20), np.float32)
     count = np.empty((16, 20), np.uint16)
-    n_nan = kernels.laser_depth_pool(
+    n_nan = laser_depth_pool(
         depth,
         mask,
         gx,
@@ -104,7 +111,7 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
         geom.affine,
         np.array([124.0, 83.0]),
         4,
-        ["nearest", "median", "min"].index(pooling),
+        int(Pooling.from_label(pooling)),
         2,
         out,
         count,
@@ -118,12 +125,23 @@ def test_laser_pool_matches_bruteforce_reference(pooling):
     nan_depth = depth.copy()
     nan_depth[:, :] = np.nan
     assert (
-        kernels.laser_depth_pool(
-            nan_depth, mask[:0, :0], gx, gy, 1.0, geom.affine, np.array([124.0, 83.0]), 2, 1, 1, out, count
+        laser_depth_pool(
+            nan_depth,
+            mask[:0, :0],
+            gx,
+            gy,
+            1.0,
+            geom.affine,
+            np.array([124.0, 83.0]),
+            2,
+            int(Pooling.MEDIAN),
+            1,
+            out,
+            count,
         )
         > 0
     )
-    assert kernels.scan_depth(nan_depth) == (nan_depth.size, 0)
+    assert scan_depth(nan_depth) == (nan_depth.size, 0)
 
 
 def test_undistortion_grid_inverts_the_thin_prism_model():
@@ -131,7 +149,7 @@ def test_undistortion_grid_inverts_the_thin_prism_model():
     gw, gh = int(6048 // spacing) + 2, int(4032 // spacing) + 2
     ux, uy = np.empty((gh, gw)), np.empty((gh, gw))
     pin = np.array([3411.42, 3410.02, 3041.29 + 78, 2014.07 + 53])
-    kernels.undistortion_grid(pin, PRISM, spacing, ux, uy)
+    undistortion_grid(pin, PRISM, spacing, ux, uy)
     assert np.isfinite(ux).all() and np.isfinite(uy).all()
     nodes = np.c_[np.arange(gw)[None, :].repeat(gh, 0).ravel(), np.arange(gh)[:, None].repeat(gw, 1).ravel()]
     ref = camera.thin_prism_unproject(nodes * spacing, PRISM)  # independent numpy Newton
@@ -148,7 +166,7 @@ def test_flag_word_packs_every_byte_pattern():
         flags = np.zeros((256, 64), np.uint8)
         flags[:, 8 * position : 8 * position + 8] = bits
         octets = flags.reshape(-1).view(np.uint64)
-        words = [int(kernels._flag_word(octets, w)) for w in range(256)]
+        words = [int(_flag_word(octets, w)) for w in range(256)]
         assert words == [int(p) << (8 * position) for p in patterns]
 
 
@@ -199,14 +217,14 @@ def test_laser_points_match_a_numpy_reference_bit_for_bit(width, masked):
     spacing = 4.0
     inv_x = np.empty((int(height // spacing) + 2, int(width // spacing) + 2))
     inv_y = np.empty_like(inv_x)
-    kernels.undistortion_grid(pin, prism, spacing, inv_x, inv_y)
-    buffers = kernels.PointBuffers(
+    undistortion_grid(pin, prism, spacing, inv_x, inv_y)
+    buffers = PointBuffers(
         np.empty(depth.size, np.int32),
         np.empty(depth.size, np.float32),
         np.empty(depth.size, np.float32),
         np.empty(depth.size, np.float32),
     )
-    found = kernels.laser_points(
+    found = laser_points(
         depth, mask, inv_x, inv_y, buffers, spacing=spacing, affine=geom.affine, src_size=src_size, out_shape=(20, 20)
     )
     ref = _laser_points_reference(depth, mask, inv_x, inv_y, spacing, geom, src_size)
@@ -236,12 +254,12 @@ def test_plane_window_gathers_exactly_the_points_inside_in_half_cell_order(radiu
     inv_z = 1.0 / depth.astype(np.float64)
     start = np.empty(4 * height * width + 1, np.int32)
     px, py, pw = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n)
-    kernels.bucket_points(owner, qx, qy, depth, n, start, px, py, pw)
+    bucket_points(owner, qx, qy, depth, n, start, px, py, pw)
     order = np.argsort(owner, kind="stable")
     wx, wy, ww = np.empty(n), np.empty(n), np.empty(n)
     for ci in range(height):
         for cj in range(width):
-            got = kernels._gather_window(ci, cj, start, px, py, pw, height, width, radius, wx, wy, ww)
+            got = _gather_window(ci, cj, start, px, py, pw, height, width, radius, wx, wy, ww)
             x = (qx[order] + (j[order] - cj)).astype(np.float64)
             y = (qy[order] + (i[order] - ci)).astype(np.float64)
             x32 = qx[order] + np.float32(1) * (j[order] - cj)  # the kernel adds in float32
@@ -260,7 +278,7 @@ def test_gt_scans_classify_every_special_float_like_numpy():
     # with the float comparisons. Valid: finite and > 0. Bad: neither a plausible depth
     # (0 < z <= MAX_GT_DEPTH) nor the +inf "no GT" marker (NaN of either sign and any payload,
     # -inf, zeros, negatives, implausibly far).
-    top = np.float32(kernels.MAX_GT_DEPTH)
+    top = np.float32(MAX_GT_DEPTH)
     special = np.array(
         [
             0.0,
@@ -283,13 +301,13 @@ def test_gt_scans_classify_every_special_float_like_numpy():
     )
     payload_nan = np.array([0x7FC00001, 0xFF800001, 0x7F800001], np.uint32).view(np.float32)
     values = np.r_[special, payload_nan]
-    assert np.float32(kernels.MAX_GT_DEPTH).view(np.int32) == kernels._MAX_GT_BITS
+    assert np.float32(MAX_GT_DEPTH).view(np.int32) == _MAX_GT_BITS
     expect_valid = int(np.count_nonzero(np.isfinite(values) & (values > 0)))
     with np.errstate(invalid="ignore"):
         plausible = np.isfinite(values) & (values > 0) & (values <= top)
     expect_bad = int(np.count_nonzero(~plausible & (values != np.inf)))
     assert (expect_valid, expect_bad) == (7, 12)
-    assert kernels.scan_depth(values.reshape(1, -1)) == (expect_bad, expect_valid)
+    assert scan_depth(values.reshape(1, -1)) == (expect_bad, expect_valid)
     from dataengine.depth import LaserDepthConfig, plane_depth
 
     depth = np.full((80, 120), np.inf, np.float32)
@@ -320,27 +338,27 @@ def test_sparse_zbuffer_drops_points_behind_the_surface():
     )  # behind the camera: ignored
     everything = np.vstack([front, behind])
     zbuf = np.full((10, 10), np.inf)
-    kernels.splat_min_depth(everything, R, t, K, rect, zbuf)
+    splat_min_depth(everything, R, t, K, rect, zbuf)
     assert zbuf[4, 4] == 2.0 and zbuf[4, 5] == 2.0 and np.isfinite(zbuf).sum() == 5
     out = np.zeros((10, 10))
-    kept, occluded = kernels.sparse_visible_depth(everything, R, t, K, rect, zbuf, 1, 0.05, out)
+    kept, occluded = sparse_visible_depth(everything, R, t, K, rect, zbuf, 1, 0.05, out)
     assert (kept, occluded) == (4, 2)
     assert out[4, 4] == 2.0 and out[5, 5] == 2.05 and out[2, 2] == 4.0 and np.count_nonzero(out) == 4
     out[:] = 0
-    assert kernels.sparse_visible_depth(everything, R, t, K, rect, zbuf, 0, 0.05, out) == (5, 1)
+    assert sparse_visible_depth(everything, R, t, K, rect, zbuf, 0, 0.05, out) == (5, 1)
 
 
 def test_area_resample_exact_box_average_and_fractional_offsets():
     rng = np.random.default_rng(3)
     src = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
     out = np.empty((4, 6, 3), np.uint8)
-    kernels.area_resample(src, np.array([3.0, 0.0, 3.0, 0.0]), np.array([18.0, 12.0]), out)
+    area_resample(src, np.array([3.0, 0.0, 3.0, 0.0]), np.array([18.0, 12.0]), out)
     want = src.reshape(4, 3, 6, 3, 3).astype(float).mean(axis=(1, 3))
     np.testing.assert_array_equal(out, np.floor(want + 0.5).astype(np.uint8))
     # Fractional scale and offset vs a 20x nearest-upsampled brute force (boundaries exact at 1/20).
     out2 = np.empty((5, 7, 3), np.uint8)
     aff = np.array([2.3, 0.45, 2.1, 0.7])
-    kernels.area_resample(src, aff, np.array([18.0, 12.0]), out2)
+    area_resample(src, aff, np.array([18.0, 12.0]), out2)
     up = src.repeat(20, 0).repeat(20, 1).astype(float)
     for i in range(5):
         for j in range(7):
@@ -350,6 +368,41 @@ def test_area_resample_exact_box_average_and_fractional_offsets():
             assert np.abs(out2[i, j].astype(float) - ref).max() <= 0.5 + 1e-9
     # Pad: pixels entirely outside the source are 0, the partly covered edge is the covered mean.
     out3 = np.empty((3, 4, 3), np.uint8)
-    kernels.area_resample(src, np.array([6.0, -6.0, 4.0, 0.0]), np.array([18.0, 12.0]), out3)
+    area_resample(src, np.array([6.0, -6.0, 4.0, 0.0]), np.array([18.0, 12.0]), out3)
     assert (out3[:, 0] == 0).all()
     np.testing.assert_array_equal(out3[0, 1], np.floor(src[0:4, 0:6].mean(axis=(0, 1)) + 0.5))
+
+
+def test_every_engine_kernel_is_in_the_kernels_package_with_the_one_numba_setting():
+    """The pixel modules hold no numba code; every kernel is compiled with `_jit.JIT_OPTIONS`
+    (cached on disk, GIL released, IEEE arithmetic: the shards stay bit-identical)."""
+    import ast
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    from numba.core.caching import FunctionCache
+    from numba.core.dispatcher import Dispatcher
+
+    import dataengine
+    from dataengine import kernels
+    from dataengine.kernels._jit import JIT_OPTIONS
+
+    for path in sorted(Path(dataengine.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "numba" for n in names), f"{path.name} imports numba"
+    found = []
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"dataengine.kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, Dispatcher) and obj.py_func.__module__ == module.__name__:
+                found.append(name)
+                assert {k: obj.targetoptions[k] for k in ("nogil", "fastmath")} == {
+                    "nogil": JIT_OPTIONS["nogil"],
+                    "fastmath": JIT_OPTIONS["fastmath"],
+                }, name
+                assert isinstance(obj._cache, FunctionCache), f"{name} is not cached"
+    # mvs.py's consistency test and undistort.py's footprint sampler moved in with the rest.
+    assert {"count_consistent", "sample_footprints", "laser_depth_pool", "plane_pool", "unfilter_row"} <= set(found)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dataengine.depth import read_mask
 from dataengine.errors import BadInputError
-from dataengine.kernels import row_peak, unfilter_row
+from dataengine.kernels.png import row_peak, unfilter_row
 from dataengine.png import PNG_SIGNATURE, bad_filter_error, read_png_gray8, read_png_gray8_scanlines
 
 ENTRY_POINTS = ["decoded", "scanlines"]
@@ -21,7 +21,7 @@ ENTRY_POINTS = ["decoded", "scanlines"]
 
 def _read(path, entry: str, out=None):
     """(pixels, maximum) through `read_png_gray8`, or through the scanlines unfiltered a row at a
-    time by the kernel-layer helpers (as kernels.laser_points does inside its GT pass)."""
+    time by the kernel-layer helpers (as kernels.laser.laser_points does inside its GT pass)."""
     if entry == "decoded":
         return read_png_gray8(path, out)
     raw = read_png_gray8_scanlines(path)
