@@ -43,19 +43,16 @@ def test_pointer_to_an_incomplete_checkpoint_is_an_error(tmp_path):
 
 
 def test_export_and_eval_use_the_same_lookup(tmp_path):
-    from trainer.evaluate import resolve_adapter_dir
-    from trainer.export import ExportError
-    from trainer.export import run_adapter_dir as export_adapter_dir
+    """One lookup (trainer.evaluation.runs.find_adapter): eval, protocols, export and push all ask it."""
+    from trainer.evaluation.runs import find_adapter
 
     run = tmp_path / "run"
     run.mkdir()
-    with pytest.raises(ExportError, match="has this run saved a checkpoint yet"):
-        export_adapter_dir(run)
     with pytest.raises(FileNotFoundError, match="has the run saved an adapter yet"):
-        resolve_adapter_dir(run, None)
+        find_adapter(run)
     step = checkpoint(run, "step_0000003")
     (run / "checkpoints" / "latest").write_text(step.name)
-    assert export_adapter_dir(run) == resolve_adapter_dir(run, None) == step
+    assert find_adapter(run) == step
 
 
 def test_resume_refuses_another_process_count_or_other_data(tmp_path):
