@@ -47,7 +47,6 @@ from torch import nn
 from shardformat.provenance import git_sha
 from trainer.builders import (
     TRAIN_HEADS,
-    Position,
     autocast_for,
     build_model,
     build_optimizer,
@@ -59,7 +58,7 @@ from trainer.builders import (
     weights_revision_used,
     wrap_model,
 )
-from trainer.checkpoints import checkpoint_step, latest_checkpoint, save_checkpoint
+from trainer.checkpoints import Position, checkpoint_step, latest_checkpoint, save_checkpoint, trainer_state
 from trainer.config import OptimConfig, TrainConfig, dump_config
 from trainer.data import to_device
 from trainer.distributed import Dist, all_ranks_finite, barrier, init_distributed
@@ -249,7 +248,7 @@ def _run(
                 scalar_log.write(pos.step, val)
             if (cfg.save_every and pos.step % cfg.save_every == 0) or pos.step == end_step:
                 path = save_checkpoint(
-                    run_dir, peft_model, pos.state(optimizer, d, identity), info, d, cfg.keep_checkpoints
+                    run_dir, peft_model, trainer_state(pos, optimizer, d.world, identity), info, d, cfg.keep_checkpoints
                 )
                 log.info("checkpoint %s", path)
     finally:
