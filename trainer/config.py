@@ -32,8 +32,10 @@ from typing import Any
 
 import yaml
 
+from trainer.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the source."""
 
 

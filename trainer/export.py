@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 from trainer.config import config_from_run
+from trainer.errors import UserError
 from trainer.evaluation.runs import build_base, find_adapter, trained_on
 from trainer.lora import apply_strategy, load_adapter_weights, merge, read_adapter_info
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The run, adapter or destination cannot be used; the message says why."""
 
 

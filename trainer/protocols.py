@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from trainer.data.shards import dataset_units, is_metric, unit_symbol
+from trainer.errors import UserError
 from trainer.evaluation.pictures import render_pointclouds
 from trainer.evaluation.predict import ALL_OUTPUTS, model_device, predict_models, to_device
 from trainer.evaluation.report import change_cell, format_value, meta, safe_name, write_results
@@ -107,7 +108,7 @@ DA3_INPUT_NOTE = (
 )
 
 
-class ProtocolScopeError(ValueError):
+class ProtocolScopeError(UserError, ValueError):
     """A protocol run whose numbers could not be put next to the published ones (in-sample split)."""
 
 

@@ -62,6 +62,7 @@ from trainer.checkpoints import Position, checkpoint_step, latest_checkpoint, sa
 from trainer.config import OptimConfig, TrainConfig, dump_config
 from trainer.data import to_device
 from trainer.distributed import Dist, all_ranks_finite, barrier, init_distributed
+from trainer.errors import UserError
 from trainer.preflight import RunSetupError, preflight
 from trainer.runlog import ScalarLog, StepStats, drop_records_after, progress_bar, run_logging
 from trainer.validation import validate, validation_depth_metrics
@@ -85,7 +86,7 @@ __all__ = [
 log = logging.getLogger("trainer")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 

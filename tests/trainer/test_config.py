@@ -135,7 +135,8 @@ def test_cli_rejects_a_misspelt_loss_key_in_one_line(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: --set 'loss.camra=1': unknown key 'loss.camra'"), lines
+    expected = "Error: ConfigError: --set 'loss.camra=1': unknown key 'loss.camra'"
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (tmp_path / "run").exists()  # nothing started
 
 
