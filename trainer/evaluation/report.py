@@ -85,6 +85,6 @@ def format_change(change: float | None, higher_is_better: bool) -> str:
     return f"{shown:+.1f}% {'✓' if better else '✗'}"
 
 
-def change_cell(base: float | None, adapter: float | None, higher_is_better: bool) -> str:
+def change_cell(base: float | None, adapter: float | None, higher_better: bool) -> str:
     """The change column of a base-vs-adapter table."""
-    return format_change(relative_change(base, adapter), higher_is_better)
+    return format_change(relative_change(base, adapter), higher_better)
