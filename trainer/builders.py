@@ -96,6 +96,12 @@ def wrap_model(peft_model: nn.Module, cfg: TrainConfig, d: Dist) -> nn.Module:
     return torch.compile(net) if cfg.compile else net
 
 
+def bf16_autocast(device_type: str, enabled: bool = True):
+    """The one bf16 autocast context of the trainer (training, evaluation, the memory trace); nothing when
+    not enabled. bf16 needs no GradScaler (fp16 would)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
 def autocast_for(precision: str, device: torch.device) -> tuple[bool, Callable[[], Any]]:
     """(uses bf16, a factory of the forward's autocast context). bf16 needs no GradScaler (fp16 would)."""
     if device.type == "cuda":
@@ -104,7 +110,7 @@ def autocast_for(precision: str, device: torch.device) -> tuple[bool, Callable[[
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        return bf16_autocast(device.type, use_bf16)
 
     return use_bf16, autocast
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from trainer.config import MODEL_PRESETS  # yaml only: `--help` stays free of torch
+
 DEBUG_ENV = "TRAINER_DEBUG"
 
 
@@ -89,7 +91,7 @@ def _check_device(value: str | None) -> str | None:
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["vggt-1b", "tiny"]),
+    type=click.Choice(MODEL_PRESETS),
     default=None,
     help="Model preset; default: the adapter's.",
 )
@@ -309,7 +311,7 @@ def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option("--shards", help="Shard dataset directory (data.shards).")
 @click.option("--weights", help="Pretrained base: local .pt/.safetensors or hub id; 'none' = random init.")
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--model", "model_name", type=click.Choice(MODEL_PRESETS), help="Model preset.")
 @click.option("--out", "out_dir", help="Run directory (default from the config: runs/strategy_X).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Total optimizer steps of the run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
@@ -373,7 +375,7 @@ def train_command(
 
 @main.command("params")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--model", "model_name", type=click.Choice(MODEL_PRESETS), help="Model preset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def params_command(config_path, model_name, overrides, more_overrides) -> None:
@@ -391,7 +393,7 @@ def params_command(config_path, model_name, overrides, more_overrides) -> None:
 
 @main.command("memory")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--model", "model_name", type=click.Choice(MODEL_PRESETS), help="Model preset.")
 @click.option("--frames", default=8, type=click.IntRange(min=1), show_default=True, help="Frames per window.")
 @click.option(
     "--size",

@@ -10,6 +10,9 @@ camera pairs are pooled per scene and overall.
 The two models must not share parameters (a PEFT wrapper modifies the module it wraps): build the
 base model twice, or pass ``adapted_model`` and use ``base_model=None`` to run the base through
 ``adapted_model.disable_adapter()``.
+
+This module holds the window report's metrics, aggregation and report text; the model a run was trained
+on, the forwards, metrics.json and the pictures come from trainer/evaluation/.
 """
 
 from __future__ import annotations

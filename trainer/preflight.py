@@ -29,7 +29,7 @@ def check_out_dir(run_dir: Path) -> None:
 
 def check_weights(weights: str | None) -> None:
     """A local checkpoint path must exist (hub ids are fetched later, after every cheap check)."""
-    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN, invalid_repo_id
+    from trainer.vggt.loading import invalid_repo_id, is_hub_id
 
     if not weights:
         return
@@ -39,7 +39,7 @@ def check_weights(weights: str | None) -> None:
     invalid = invalid_repo_id(weights)
     if invalid is not None:
         raise RunSetupError(f"--weights {invalid}")
-    if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
+    if not is_hub_id(weights):
         raise RunSetupError(
             f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
             "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "

@@ -15,7 +15,9 @@ sample under the published conventions (docs/evaluation.md gives the source and 
   scaling per frame (the benchmark's) and per sequence (a variant for multi-view models).
 
 Aggregation: sample -> scene (mean over the scene's samples; for depth, over its frames) -> mean over
-scenes. Writes metrics.json, report.md and point-cloud PNGs to the output directory.
+scenes. Writes metrics.json, report.md and point-cloud PNGs to the output directory. This module holds the
+protocols' metrics, aggregation and report text; the model a run was trained on, the forwards, metrics.json
+and the pictures come from trainer/evaluation/.
 """
 
 from __future__ import annotations

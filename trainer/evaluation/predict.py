@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,9 +14,9 @@ ALL_OUTPUTS = (*WINDOW_OUTPUTS, "world_points", "world_points_conf")
 
 def eval_autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when enabled (the heads run in fp32 inside the model); nothing on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    from trainer.builders import bf16_autocast
+
+    return bf16_autocast(device.type, enabled and device.type == "cuda")
 
 
 @torch.no_grad()

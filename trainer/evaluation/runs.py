@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-DEFAULT_MODEL = "vggt-1b"
+from trainer.config import MODEL_PRESETS
+
+DEFAULT_MODEL = MODEL_PRESETS[0]
 
 
 def find_adapter(run: str | Path | None = None, adapter: str | Path | None = None) -> Path:
