@@ -37,8 +37,6 @@ def one_line_error(exc: BaseException) -> str:
         where = f"{exc.filename}: " if exc.filename else ""
         hint = _OS_HINTS.get(exc.errno)
         text = f"{where}{exc.strerror}" + (f"; {hint}" if hint else "")
-    elif isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])
     else:
         text = str(exc) or type(exc).__name__
     return "Error: " + " ".join(text.split())
@@ -47,9 +45,10 @@ def one_line_error(exc: BaseException) -> str:
 class OneLineErrorGroup(click.Group):
     """Bad input, faults and operator errors end in ONE `Error:` line and a non-zero exit, never a
     traceback (`--debug` or DATAENGINE_DEBUG=1 re-raises to show one). Unexpected exception types
-    (bugs) keep their traceback."""
+    (bugs, a bare KeyError among them) keep their traceback. dataengine.errors.UserError is a ValueError:
+    the engine's argument checks still raise plain ValueErrors, so the group catches ValueError, once."""
 
-    expected = (click.ClickException, OSError, ValueError, KeyError)
+    expected = (click.ClickException, OSError, ValueError)
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False

@@ -8,7 +8,6 @@ import logging
 import random
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.checkpoints import STATE_FILE, set_rng_state
+from trainer.checkpoints import Position, read_trainer_state, set_rng_state, state_position
 from trainer.config import OptimConfig, TrainConfig
 from trainer.data import Loader, make_loader
 from trainer.distributed import Dist
@@ -97,6 +96,12 @@ def wrap_model(peft_model: nn.Module, cfg: TrainConfig, d: Dist) -> nn.Module:
     return torch.compile(net) if cfg.compile else net
 
 
+def bf16_autocast(device_type: str, enabled: bool = True):
+    """The one bf16 autocast context of the trainer (training, evaluation, the memory trace); nothing when
+    not enabled. bf16 needs no GradScaler (fp16 would)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
 def autocast_for(precision: str, device: torch.device) -> tuple[bool, Callable[[], Any]]:
     """(uses bf16, a factory of the forward's autocast context). bf16 needs no GradScaler (fp16 would)."""
     if device.type == "cuda":
@@ -105,7 +110,7 @@ def autocast_for(precision: str, device: torch.device) -> tuple[bool, Callable[[
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        return bf16_autocast(device.type, use_bf16)
 
     return use_bf16, autocast
 
@@ -127,39 +132,16 @@ def build_train_loader(cfg: TrainConfig) -> Loader:
     )
 
 
-@dataclass
-class Position:
-    """Where training stands: optimizer steps done, the data position (epoch, batches consumed in it),
-    steps skipped for a non-finite loss. The lr is a pure function of `step`: nothing else to save."""
-
-    step: int = 0
-    epoch: int = 0
-    consumed: int = 0
-    skipped_steps: int = 0
-
-    def state(self, optimizer: torch.optim.Optimizer, d: Dist, identity: dict[str, Any]) -> dict[str, Any]:
-        """The trainer_state.pt of a checkpoint at this position."""
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "consumed": self.consumed,
-            "skipped_steps": self.skipped_steps,
-            "world_size": d.world,
-            "optimizer": optimizer.state_dict(),
-            "data": identity,
-        }
-
-
 def restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, seed: int, d: Dist) -> Position:
     """The optimizer, RNG and data position of `ckpt`; without one, step 0 and per-rank seeds (dropout)."""
     if ckpt is None:
         seed_everything(seed + d.rank)
         return Position()
-    # preflight.check_resume_data has refused another process count or other data already.
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    # checkpoints.check_resume (in preflight) has refused another process count or other data already.
+    state = read_trainer_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(torch.load(ckpt / f"rng_{d.rank}.pt", weights_only=False))
-    pos = Position(state["step"], state["epoch"], state["consumed"], state["skipped_steps"])
+    pos = state_position(state)
     log.info("resumed from %s: step %d, epoch %d, %d batches into the epoch", ckpt, pos.step, pos.epoch, pos.consumed)
     return pos
 

@@ -1,4 +1,5 @@
-"""Where a run directory keeps its checkpoints, and which adapter a run offers (train, export, eval).
+"""Where a run directory keeps its checkpoints, and which adapter a run offers (train, export, eval);
+the one owner of `trainer_state.pt` (the position training stands at: write, read, the resume checks).
 
     checkpoints/step_N/   PEFT adapter files + trainer_state.pt (+ rng_<rank>.pt)
     checkpoints/latest    name of the newest complete checkpoint (written after its rename)
@@ -10,8 +11,10 @@ leaves either the previous checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,72 @@ import numpy as np
 import torch
 
 from trainer.distributed import Dist, barrier
+from trainer.errors import RunSetupError
+
+log = logging.getLogger("trainer")
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, the data position (epoch, batches consumed in it),
+    steps skipped for a non-finite loss. The lr is a pure function of `step`: nothing else to save."""
+
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0
+    skipped_steps: int = 0
+
+
+def trainer_state(
+    pos: Position, optimizer: torch.optim.Optimizer, world: int, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """The content of a checkpoint's trainer_state.pt: the position, the optimizer, the process count and
+    the data identity (trainer.data.data_identity) the data position refers to."""
+    return {
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "consumed": pos.consumed,
+        "skipped_steps": pos.skipped_steps,
+        "world_size": world,
+        "optimizer": optimizer.state_dict(),
+        "data": identity,
+    }
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.pt (written by this trainer: it holds the optimizer's state, a pickle)."""
+    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def state_position(state: dict[str, Any]) -> Position:
+    return Position(state["step"], state["epoch"], state["consumed"], state["skipped_steps"])
+
+
+def check_resume(ckpt: Path, identity: dict[str, Any], world: int = 1) -> None:
+    """Refuse to resume on other data or another process count: the saved data position counts batches
+    of the saved dataset, per rank."""
+    state = read_trainer_state(ckpt)
+    if state.get("world_size", world) != world:
+        raise RunSetupError(
+            f"{ckpt / STATE_FILE}: saved with {state['world_size']} process(es), resumed with {world}; "
+            "the data position is per rank, so resume with the same process count "
+            f"(torchrun --nproc_per_node={state['world_size']}), or start a new --out"
+        )
+    saved = state.get("data")
+    if saved is None:
+        log.warning("%s records no data identity (older trainer); resuming on %s unchecked", ckpt, identity["shards"])
+        return
+    # The manifest (sha256s of every shard) identifies the data; a dataset moved elsewhere is the same data.
+    key = "manifest_sha256" if saved.get("manifest_sha256") or identity.get("manifest_sha256") else "shards"
+    if saved.get(key) != identity.get(key):
+        what = "its manifest.json differs" if key == "manifest_sha256" else "another directory"
+        raise RunSetupError(
+            f"{ckpt / STATE_FILE}: the run was trained on {saved.get('shards')} but --resume got "
+            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out"
+        )
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import click
 
+from trainer.config import MODEL_PRESETS  # yaml only: `--help` stays free of torch
+
+DEBUG_ENV = "TRAINER_DEBUG"
+
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by the user's input or environment (weights, shards, configs, runs, files): shown
-    as one clear line, no traceback. Imported lazily so that `--help` does not import torch."""
-    from trainer.config import ConfigError
-    from trainer.data import ShardError
-    from trainer.export import ExportError
-    from trainer.lora import AdapterMismatchError
-    from trainer.preflight import RunSetupError
-    from trainer.protocols import ProtocolScopeError
-    from trainer.train import NonFiniteLossError
-    from trainer.vggt.loading import CheckpointMismatchError, PretrainedSourceError
+    """What the group shows as one line: the trainer's UserError (trainer/errors.py lists them), the shard
+    format's ShardError and OSError (a file the user named). Imported lazily: `--help` imports no torch."""
+    from shardformat import ShardError
+    from trainer.errors import UserError
 
-    return (
-        ConfigError,
-        ShardError,
-        PretrainedSourceError,
-        CheckpointMismatchError,
-        ExportError,
-        RunSetupError,
-        AdapterMismatchError,
-        NonFiniteLossError,
-        ProtocolScopeError,
-        OSError,
-    )
+    return (UserError, ShardError, OSError)
 
 
 def one_line(exc: BaseException) -> str:
@@ -44,23 +31,31 @@ def one_line(exc: BaseException) -> str:
     return text if name in ("OSError", "FileExistsError", "FileNotFoundError", "PermissionError") else f"{name}: {text}"
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        import os
+def _debug(ctx: click.Context) -> bool:
+    """`trainer --debug ...` or TRAINER_DEBUG=1: show the traceback of a user error (as `dataengine`)."""
+    import os
 
+    return bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class _Group(click.Group):
+    """Every command's user errors end in ONE `Error: ...` line (caught here, once); bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except click.ClickException:
             raise
         except Exception as exc:
-            if os.environ.get("TRAINER_DEBUG") or not isinstance(exc, _user_errors()):
+            if _debug(ctx) or not isinstance(exc, _user_errors()):
                 raise
             raise click.ClickException(one_line(exc)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vggt-eth3d-lora")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     """VGGT LoRA fine-tuning on pre-built shards: train, params, memory, eval, export, push."""
 
 
@@ -96,7 +91,7 @@ def _check_device(value: str | None) -> str | None:
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["vggt-1b", "tiny"]),
+    type=click.Choice(MODEL_PRESETS),
     default=None,
     help="Model preset; default: the adapter's.",
 )
@@ -316,7 +311,7 @@ def _key_values(words: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option("--shards", help="Shard dataset directory (data.shards).")
 @click.option("--weights", help="Pretrained base: local .pt/.safetensors or hub id; 'none' = random init.")
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--model", "model_name", type=click.Choice(MODEL_PRESETS), help="Model preset.")
 @click.option("--out", "out_dir", help="Run directory (default from the config: runs/strategy_X).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Total optimizer steps of the run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
@@ -353,8 +348,8 @@ def train_command(
     """Train a LoRA adapter (one GPU/CPU, or torchrun --nproc_per_node=N -m trainer train ...)."""
     from pathlib import Path
 
-    from trainer.config import ConfigError, config_from_run, load_config, split_overrides
-    from trainer.train import NonFiniteLossError, train
+    from trainer.config import config_from_run, load_config, split_overrides
+    from trainer.train import train
 
     sets = split_overrides(overrides + _key_values(more_overrides))
     for key, value in (
@@ -366,37 +361,31 @@ def train_command(
     ):
         if value is not None:
             sets.append(f"{key}={value}")
-    try:
-        cfg = load_config(config_path, sets)
-        run_config = Path(cfg.out) / "config.yaml"
-        if resume and run_config.exists():  # the run's resolved config wins over --config
-            if config_path:
-                click.echo(f"--resume: using {run_config}; --config {config_path} is ignored", err=True)
-            cfg = config_from_run(Path(cfg.out), sets)
-        if not cfg.data.shards:
-            raise click.UsageError("no shards: pass --shards DIR (or set data.shards in the config)")
-        result = train(cfg, resume=resume, stop_after=stop_after, verify_shards=verify_shards)
-    except (ConfigError, FileExistsError, NonFiniteLossError) as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
+    cfg = load_config(config_path, sets)
+    run_config = Path(cfg.out) / "config.yaml"
+    if resume and run_config.exists():  # the run's resolved config wins over --config
+        if config_path:
+            click.echo(f"--resume: using {run_config}; --config {config_path} is ignored", err=True)
+        cfg = config_from_run(Path(cfg.out), sets)
+    if not cfg.data.shards:
+        raise click.UsageError("no shards: pass --shards DIR (or set data.shards in the config)")
+    result = train(cfg, resume=resume, stop_after=stop_after, verify_shards=verify_shards)
     click.echo(f"step {result.step}: adapter checkpoints in {result.run_dir / 'checkpoints'}")
 
 
 @main.command("params")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--model", "model_name", type=click.Choice(MODEL_PRESETS), help="Model preset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def params_command(config_path, model_name, overrides, more_overrides) -> None:
     """Trainable / total parameters and adapter size of a strategy (meta device: no weights, no memory)."""
-    from trainer.config import ConfigError, load_config, split_overrides
+    from trainer.config import load_config, split_overrides
     from trainer.lora import param_counts_on_meta
 
     sets = split_overrides(overrides + _key_values(more_overrides)) + ([f"model={model_name}"] if model_name else [])
-    try:
-        cfg = load_config(config_path, sets)
-        report = param_counts_on_meta(cfg.model, cfg.lora)
-    except (ConfigError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = load_config(config_path, sets)
+    report = param_counts_on_meta(cfg.model, cfg.lora)
     click.echo(f"model {cfg.model} (camera + depth heads, as trained)")
     for line in report.lines():
         click.echo(line)
@@ -404,7 +393,7 @@ def params_command(config_path, model_name, overrides, more_overrides) -> None:
 
 @main.command("memory")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--model", "model_name", type=click.Choice(["vggt-1b", "tiny"]), help="Model preset.")
+@click.option("--model", "model_name", type=click.Choice(MODEL_PRESETS), help="Model preset.")
 @click.option("--frames", default=8, type=click.IntRange(min=1), show_default=True, help="Frames per window.")
 @click.option(
     "--size",
@@ -417,16 +406,13 @@ def params_command(config_path, model_name, overrides, more_overrides) -> None:
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def memory_command(config_path, model_name, frames, size, overrides, more_overrides) -> None:
     """Peak tensor memory of a GPU training step of a config, traced with fake tensors (no GPU needed)."""
-    from trainer.config import ConfigError, load_config, split_overrides
+    from trainer.config import load_config, split_overrides
     from trainer.memory import estimate_step_memory
 
     sets = split_overrides(overrides + _key_values(more_overrides)) + ([f"model={model_name}"] if model_name else [])
     if size % 14:
         raise click.BadParameter(f"{size} is not a multiple of the patch size 14", param_hint="--size")
-    try:
-        cfg = load_config(config_path, sets)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = load_config(config_path, sets)
     report = estimate_step_memory(cfg, frames=frames, size=size)
     for line in report.lines():
         click.echo(line)
@@ -441,12 +427,9 @@ def memory_command(config_path, model_name, frames, size, overrides, more_overri
 @click.option("--weights", help="Base weights to merge into (default: the ones the run was trained on).")
 def export_command(run_dir, out_file, weights) -> None:
     """Merge the run's LoRA adapter into its base weights (official VGGT key names)."""
-    from trainer.export import ExportError, export_merged
+    from trainer.export import export_merged
 
-    try:
-        result = export_merged(run_dir, out_file, weights)
-    except (ExportError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    result = export_merged(run_dir, out_file, weights)
     click.echo(
         f"wrote {result['file']}: {result['tensors']} tensors, strategy {result['strategy']}, adapter of "
         f"step {result['step']} ({result['adapter']})"
@@ -459,10 +442,7 @@ def export_command(run_dir, out_file, weights) -> None:
 @click.option("--public", is_flag=True, help="Create the repo public (default private).")
 def push_command(run_dir, repo_id, public) -> None:
     """Upload the run's PEFT adapter to the Hugging Face hub (needs a token and network)."""
-    from trainer.export import ExportError, push_adapter
+    from trainer.export import push_adapter
 
-    try:
-        url = push_adapter(run_dir, repo_id, private=not public)
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    url = push_adapter(run_dir, repo_id, private=not public)
     click.echo(f"pushed the adapter to {url}")

@@ -32,8 +32,13 @@ from typing import Any
 
 import yaml
 
+from trainer.errors import UserError
 
-class ConfigError(ValueError):
+# The model presets (trainer.vggt.VGGTConfig.preset builds them; a test keeps the two lists equal), the default first.
+MODEL_PRESETS = ("vggt-1b", "tiny")
+
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the source."""
 
 
@@ -351,7 +356,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 def validate(cfg: TrainConfig) -> None:
     loss = cfg.loss
     checks = [
-        (cfg.model in ("vggt-1b", "tiny"), f"model must be 'vggt-1b' or 'tiny', got {cfg.model!r}"),
+        (cfg.model in MODEL_PRESETS, f"model must be {' or '.join(map(repr, MODEL_PRESETS))}, got {cfg.model!r}"),
         (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto|bf16|fp32, got {cfg.precision!r}"),
         (cfg.max_steps >= 1, "max_steps must be >= 1"),
         (cfg.dpt_checkpoint_frames >= 1, "dpt_checkpoint_frames must be >= 1"),

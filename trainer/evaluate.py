@@ -10,13 +10,14 @@ camera pairs are pooled per scene and overall.
 The two models must not share parameters (a PEFT wrapper modifies the module it wraps): build the
 base model twice, or pass ``adapted_model`` and use ``base_model=None`` to run the base through
 ``adapted_model.disable_adapter()``.
+
+This module holds the window report's metrics, aggregation and report text; the model a run was trained
+on, the forwards, metrics.json and the pictures come from trainer/evaluation/.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,18 @@ from typing import Any
 import torch
 
 from trainer.data.shards import dataset_units, is_metric, unit_symbol
+from trainer.evaluation.pictures import render_summary, render_window
+from trainer.evaluation.predict import LABELS, WINDOW_OUTPUTS, model_device, predict_models, to_device
+from trainer.evaluation.report import (
+    format_change,
+    format_value,
+    json_float,
+    meta,
+    relative_change,
+    safe_name,
+    write_results,
+)
+from trainer.evaluation.runs import build_adapted, trained_on
 from trainer.losses import prepare_batch
 from trainer.metrics import (
     ALIGNMENTS,
@@ -44,7 +57,6 @@ from trainer.vggt.geometry import extri_intri_to_pose_encoding, pose_encoding_to
 log = logging.getLogger(__name__)
 
 EVAL_FORMAT = "vggt-eth3d-eval/1"
-LABELS = ("base", "adapter")
 # Metrics where larger is better (everything else is an error).
 HIGHER_IS_BETTER = {
     "delta1",
@@ -81,41 +93,6 @@ class EvalConfig:
     autocast_bf16: bool = True  # bf16 autocast for the aggregator on CUDA (the heads run in fp32)
     units: str = "metres"  # the shards' depth units (trainer.data.shards.dataset_units): every label says them
     model_info: dict[str, Any] = field(default_factory=dict)  # recorded in metrics.json and the report
-
-
-# ------------------------------------------------------------------------------------- running models
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, autocast_bf16: bool = True) -> dict[str, torch.Tensor]:
-    """Eval-mode forward; returns float32 depth/conf/pose tensors."""
-    was_training = model.training
-    model.eval()
-    try:
-        with _autocast(images.device, autocast_bf16):
-            out = model(images)
-    finally:
-        model.train(was_training)
-    if "depth" not in out:
-        raise ValueError("the model returned no 'depth': evaluation needs the depth head")
-    keep = ("depth", "depth_conf", "pose_enc")
-    return {k: out[k].float() for k in keep if k in out}
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------------------------------ per window
@@ -180,13 +157,6 @@ def _camera_summary(pairs: list[dict[str, torch.Tensor]]) -> dict[str, float | N
     }
 
 
-def relative_change(base: float | None, adapter: float | None) -> float | None:
-    """(adapter - base) / |base|; None when undefined."""
-    if base is None or adapter is None or base == 0 or not math.isfinite(base) or not math.isfinite(adapter):
-        return None
-    return (adapter - base) / abs(base)
-
-
 def aggregate(frames: list[dict[str, Any]], pairs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Overall and per-scene summaries for both models from per-frame records and per-window pairs."""
 
@@ -236,7 +206,7 @@ def evaluate(
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {cfg.alignment!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device_of(adapted_model)
+    device = model_device(adapted_model)
 
     frames: list[dict[str, Any]] = []
     window_pairs: list[dict[str, Any]] = []
@@ -245,18 +215,15 @@ def evaluate(
     for batch_index, batch in enumerate(batches):
         if cfg.max_batches is not None and batch_index >= cfg.max_batches:
             break
-        prepared = prepare_batch(_to_device(batch, device))
-        predictions = {"adapter": predict(adapted_model, prepared["images"], cfg.autocast_bf16)}
-        if base_model is None:
-            with adapted_model.disable_adapter():
-                predictions["base"] = predict(adapted_model, prepared["images"], cfg.autocast_bf16)
-        else:
-            predictions["base"] = predict(base_model, prepared["images"], cfg.autocast_bf16)
+        prepared = prepare_batch(to_device(batch, device))
+        predictions = predict_models(base_model, adapted_model, prepared["images"], cfg.autocast_bf16, WINDOW_OUTPUTS)
+        if any("depth" not in p for p in predictions.values()):
+            raise ValueError("the model returned no 'depth': evaluation needs the depth head")
         batch_size, num_frames = prepared["depths"].shape[:2]
         for item in range(batch_size):
-            key = _meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
-            scene = _meta(batch, "scenes", item, "unknown")
-            names = _meta(batch, "names", item, [f"frame{i}" for i in range(num_frames)])
+            key = meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
+            scene = meta(batch, "scenes", item, "unknown")
+            names = meta(batch, "names", item, [f"frame{i}" for i in range(num_frames)])
             results = {
                 label: evaluate_window(
                     predictions[label], prepared, item, cfg.alignment, cfg.translation_sign_ambiguity
@@ -269,11 +236,11 @@ def evaluate(
                 record = {"key": key, "scene": scene, "frame": i, "name": names[i], "pixels": int(pixels[i])}
                 for label in LABELS:
                     r = results[label]
-                    record[label] = {m: _json_float(r["depth"][m][i].item()) for m in DEPTH_METRICS}
-                    record[label]["fit_scale"] = _json_float(r["fit_scale"][i].item())
-                    record[label]["fit_shift"] = _json_float(r["fit_shift"][i].item())
+                    record[label] = {m: json_float(r["depth"][m][i].item()) for m in DEPTH_METRICS}
+                    record[label]["fit_scale"] = json_float(r["fit_scale"][i].item())
+                    record[label]["fit_shift"] = json_float(r["fit_shift"][i].item())
                     if "fov_err_deg" in r:
-                        record[label]["fov_err_deg"] = _json_float(r["fov_err_deg"][i].item())
+                        record[label]["fov_err_deg"] = json_float(r["fov_err_deg"][i].item())
                 frames.append(record)
             if "rot_err_deg" in results["base"]:
                 window_pairs.append(
@@ -287,7 +254,7 @@ def evaluate(
                     }
                 )
             if len(pictures) < cfg.max_pictures:
-                name = f"window_{len(pictures):03d}_{_safe(key)}.png"
+                name = f"window_{len(pictures):03d}_{safe_name(key)}.png"
                 render_window(
                     out_dir / name,
                     key,
@@ -323,188 +290,19 @@ def evaluate(
         "frames": frames,
         "pictures": pictures + ["summary_abs_rel.png"],
     }
-    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n")
-    write_report(out_dir / "report.md", metrics)
+    write_results(out_dir, metrics, report_lines(metrics))
     return metrics
-
-
-def _meta(batch: Mapping[str, Any], name: str, item: int, default: Any) -> Any:
-    values = batch.get(name)
-    return values[item] if values is not None and len(values) > item else default
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))
-
-
-def _json_float(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if torch.is_tensor(obj):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return _json_float(obj)
-    return obj
-
-
-# -------------------------------------------------------------------------------------------- pictures
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _finite_percentile(tensors: list[torch.Tensor], q: float, default: float) -> float:
-    values = torch.cat([t[torch.isfinite(t)].double().flatten().cpu() for t in tensors])
-    if values.numel() == 0:
-        return default
-    return float(torch.quantile(values[: 1 << 24], q))
-
-
-def render_window(
-    path: Path,
-    key: str,
-    scene: str,
-    names: list[str],
-    images: torch.Tensor,
-    gt: torch.Tensor,
-    mask: torch.Tensor,
-    results: Mapping[str, Mapping[str, Any]],
-    unit: str = "m",
-) -> None:
-    """One PNG per window: a row per frame, columns RGB | GT depth | base depth | adapter depth |
-    base AbsRel | adapter AbsRel | base confidence | adapter confidence, with one colour bar per
-    column and ranges shared by all depth columns (and by each error / confidence pair)."""
-    plt = _pyplot()
-    frames, height, width = gt.shape
-    gt_shown = torch.where(mask, gt, torch.full_like(gt, float("nan"))).cpu()
-    depth_maps = {label: results[label]["aligned_depth"].cpu() for label in LABELS}
-    error_maps = {label: results[label]["abs_rel_map"].cpu() for label in LABELS}
-    conf_maps = {label: results[label]["conf"].cpu() for label in LABELS}
-    reference = [gt_shown] if bool(mask.any()) else list(depth_maps.values())
-    depth_range = (_finite_percentile(reference, 0.02, 0.0), _finite_percentile(reference, 0.98, 1.0))
-    error_max = max(_finite_percentile(list(error_maps.values()), 0.95, 0.1), 1e-3)
-    conf_range = (
-        _finite_percentile(list(conf_maps.values()), 0.02, 1.0),
-        _finite_percentile(list(conf_maps.values()), 0.98, 2.0),
-    )
-    columns = [
-        ("RGB", None, None, None),
-        (f"GT depth [{unit}]", lambda i: gt_shown[i], "turbo", depth_range),
-        (f"base depth [{unit}]", lambda i: depth_maps["base"][i], "turbo", depth_range),
-        (f"adapter depth [{unit}]", lambda i: depth_maps["adapter"][i], "turbo", depth_range),
-        ("base AbsRel", lambda i: error_maps["base"][i], "magma", (0.0, error_max)),
-        ("adapter AbsRel", lambda i: error_maps["adapter"][i], "magma", (0.0, error_max)),
-        ("base confidence", lambda i: conf_maps["base"][i], "viridis", conf_range),
-        ("adapter confidence", lambda i: conf_maps["adapter"][i], "viridis", conf_range),
-    ]
-    cell = 2.0
-    fig, axes = plt.subplots(
-        frames,
-        len(columns),
-        squeeze=False,
-        layout="constrained",
-        figsize=(cell * len(columns), cell * height / width * frames + 1.2),
-    )
-    rgb = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    for col, (title, getter, cmap, value_range) in enumerate(columns):
-        image = None
-        for i in range(frames):
-            ax = axes[i, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if getter is None:
-                ax.imshow(rgb[i])
-                abs_rel = {label: results[label]["depth"]["abs_rel"][i].item() for label in LABELS}
-                ax.set_ylabel(f"{names[i]}\nAbsRel {abs_rel['base']:.3f}→{abs_rel['adapter']:.3f}", fontsize=7)
-            else:
-                colour_map = plt.get_cmap(cmap).with_extremes(bad="0.85")  # no GT / no value: light grey
-                image = ax.imshow(
-                    getter(i).numpy(),
-                    cmap=colour_map,
-                    vmin=value_range[0],
-                    vmax=value_range[1],
-                    interpolation="nearest",
-                )
-            if i == 0:
-                ax.set_title(title, fontsize=8)
-        if image is not None:
-            bar = fig.colorbar(image, ax=axes[:, col].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
-            bar.ax.tick_params(labelsize=6)
-    fig.suptitle(f"{scene} · {key}", fontsize=9)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def render_summary(path: Path, frames: list[dict[str, Any]], alignment: str) -> None:
-    """Per-frame AbsRel, base vs adapter: scatter against y = x, and both along the evaluated frames."""
-    plt = _pyplot()
-    valid = [
-        f
-        for f in frames
-        if f["pixels"] > 0 and f["base"]["abs_rel"] is not None and f["adapter"]["abs_rel"] is not None
-    ]
-    base = [f["base"]["abs_rel"] for f in valid]
-    adapter = [f["adapter"]["abs_rel"] for f in valid]
-    scenes = sorted({f["scene"] for f in valid})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
-    for index, scene in enumerate(scenes):
-        xs = [f["base"]["abs_rel"] for f in valid if f["scene"] == scene]
-        ys = [f["adapter"]["abs_rel"] for f in valid if f["scene"] == scene]
-        left.scatter(xs, ys, s=12, color=plt.get_cmap("tab10")(index % 10), label=scene)
-    top = max(base + adapter, default=1.0) * 1.05 or 1.0
-    left.plot([0, top], [0, top], color="0.4", linewidth=1, linestyle="--", label="y = x")
-    left.set_xlim(0, top)
-    left.set_ylim(0, top)
-    left.set_xlabel("base AbsRel")
-    left.set_ylabel("adapter AbsRel")
-    left.set_title(f"per-frame AbsRel (below the line: adapter better; alignment {alignment})", fontsize=9)
-    if scenes:
-        left.legend(fontsize=7)
-    right.plot(base, label="base", linewidth=1)
-    right.plot(adapter, label="adapter", linewidth=1)
-    right.set_xlabel("evaluated frame")
-    right.set_ylabel("AbsRel")
-    right.set_title(f"{len(valid)} frames", fontsize=9)
-    right.legend(fontsize=8)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
 def _format_value(metric: str, value: float | None) -> str:
-    if value is None:
-        return "–"
     if metric in HIGHER_IS_BETTER or metric.startswith("delta"):
-        return f"{100 * value:.1f}%"
+        return format_value(value, 100, 1, "%")
     if metric.endswith("_deg"):
-        return f"{value:.2f}°"
-    return f"{value:.4f}"
-
-
-def format_change(change: float | None, higher_is_better: bool) -> str:
-    """A relative change as shown in the reports: '+1.2% ✓' (better), '-3.0% ✗' (worse), '±0.0%' (no
-    change at the precision shown: neither mark, so a float-noise difference is never a regression)."""
-    if change is None or not math.isfinite(change):
-        return "–"
-    shown = round(100 * change, 1)
-    if shown == 0:
-        return "±0.0%"
-    better = shown > 0 if higher_is_better else shown < 0
-    return f"{shown:+.1f}% {'✓' if better else '✗'}"
+        return format_value(value, digits=2, suffix="°")
+    return format_value(value)
 
 
 def _format_change(metric: str, change: float | None) -> str:
@@ -524,7 +322,7 @@ def _table(block: Mapping[str, Any], metrics: list[str]) -> list[str]:
     return lines
 
 
-def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
+def report_lines(metrics: Mapping[str, Any]) -> list[str]:
     """report.md: setup, counts, overall base-vs-adapter table, per-scene table, pictures."""
     counts, overall = metrics["counts"], metrics["overall"]
     units = str(metrics.get("depth_units", "metres")).split(" (prediction")[0]
@@ -569,31 +367,10 @@ def write_report(path: Path, metrics: Mapping[str, Any]) -> None:
     lines += ["", "## Pictures", ""]
     for picture in metrics["pictures"]:
         lines.append(f"![{picture}]({picture})")
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 # ------------------------------------------------------------------------------ shards + run -> report
-
-
-def resolve_adapter_dir(run: str | Path | None, adapter: str | Path | None) -> Path:
-    """The adapter to evaluate: ``--adapter`` as given, else the run's final ``adapter/``, else its
-    latest checkpoint (``checkpoints/latest``)."""
-    if (run is None) == (adapter is None):
-        raise ValueError("give exactly one of --run (a training run directory) or --adapter (a PEFT adapter directory)")
-    if adapter is not None:
-        return Path(adapter)
-    run = Path(run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory")
-    from trainer.checkpoints import run_adapter_dir
-
-    adapter_dir = run_adapter_dir(run)
-    if adapter_dir is None:
-        raise FileNotFoundError(
-            f"{run}: neither {run / 'adapter'} nor {run / 'checkpoints' / 'latest'} exists; "
-            "has the run saved an adapter yet?"
-        )
-    return adapter_dir
 
 
 def evaluate_run(
@@ -614,23 +391,10 @@ def evaluate_run(
     adapter recorded, so the base is exactly the model the adapter was trained on. One model is
     built; the base runs with the adapter disabled (PEFT ``disable_adapter``).
     """
-    from trainer.builders import build_model, seed_everything
-    from trainer.config import config_from_run
     from trainer.data import ShardError, make_loader
-    from trainer.lora import load_adapter, read_adapter_info
 
-    adapter_dir = resolve_adapter_dir(run, adapter)
-    info = read_adapter_info(adapter_dir)
+    spec = trained_on(run, adapter, weights, model_name)
     units = dataset_units(shards)
-    seed = 0
-    if run is not None:
-        run_cfg = config_from_run(Path(run))
-        seed = run_cfg.seed
-        info.setdefault("model", run_cfg.model)
-        info.setdefault("weights", run_cfg.weights)
-        info.setdefault("weights_revision", run_cfg.weights_revision)
-    model_name = model_name or info.get("model") or "vggt-1b"
-    weights = weights if weights is not None else info.get("weights")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # Cheap checks first: the split and its batch count come from the shard headers, before any model.
@@ -639,17 +403,14 @@ def evaluate_run(
         raise ShardError(
             f"{shards}: the '{split}' split holds fewer than --batch-size {batch_size} samples; lower --batch-size"
         )
-    seed_everything(seed)  # a random-init base (tiny demo) is only the trained-on base with the run's seed
-    revision = info.get("weights_revision") if weights == info.get("weights") else None
-    base = build_model(model_name, weights, weights_revision=revision)
-    adapted = load_adapter(base, adapter_dir).to(torch_device).eval()
+    adapted = build_adapted(spec).to(torch_device).eval()
     cfg = dataclasses.replace(config or EvalConfig(), units=units)
     cfg.model_info = {
-        "model": model_name,
-        "base weights": weights or f"random init (seed {seed})",
-        "adapter": str(adapter_dir),
-        "strategy": info.get("strategy"),
-        "adapter step": info.get("step"),
+        "model": spec.model,
+        "base weights": spec.base_weights_label(),
+        "adapter": str(spec.adapter_dir),
+        "strategy": spec.info.get("strategy"),
+        "adapter step": spec.info.get("step"),
         "shards": f"{shards} ({split})",
         "device": str(torch_device),
         **cfg.model_info,

@@ -13,41 +13,31 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from trainer import checkpoints
 from trainer.config import config_from_run
-from trainer.lora import apply_strategy, check_adapter_dir, load_adapter_weights, merge, read_adapter_info
+from trainer.errors import UserError
+from trainer.evaluation.runs import build_base, find_adapter, trained_on
+from trainer.lora import apply_strategy, load_adapter_weights, merge, read_adapter_info
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The run, adapter or destination cannot be used; the message says why."""
-
-
-def run_adapter_dir(run_dir: Path) -> Path:
-    """The final adapter of a run (`adapter/`), else its latest checkpoint."""
-    adapter_dir = checkpoints.run_adapter_dir(run_dir)
-    if adapter_dir is None:
-        raise ExportError(f"{run_dir}: no adapter/ and no checkpoints/latest; has this run saved a checkpoint yet?")
-    return check_adapter_dir(adapter_dir)
 
 
 def adapted_model(run_dir: Path, weights: str | None = None) -> torch.nn.Module:
     """The run's base model with its adapter attached (a PeftModel), in eval mode on CPU.
 
-    `weights` overrides the base weights recorded in the run (e.g. a local copy of the checkpoint).
+    `weights` overrides the base weights recorded in the run (e.g. a local copy of the checkpoint). The
+    base is the one the run was trained on (trainer.evaluation.runs: revision, and the seed of a random init).
     """
-    from trainer.builders import build_model
-
     cfg = config_from_run(Path(run_dir))
-    adapter_dir = run_adapter_dir(Path(run_dir))
+    adapter_dir = find_adapter(run=run_dir)
     info = read_adapter_info(adapter_dir)
     if info and info.get("model") != cfg.model:
         raise ExportError(f"{adapter_dir}: adapter was trained on {info.get('model')!r}, config says {cfg.model!r}")
-    base = build_model(
-        cfg.model, weights if weights is not None else cfg.weights, weights_revision=cfg.weights_revision
-    )
-    model = apply_strategy(base, cfg.lora)
+    spec = trained_on(run=run_dir, weights=weights, model_name=cfg.model)
+    model = apply_strategy(build_base(spec), cfg.lora)
     load_adapter_weights(model, adapter_dir)
     return model.eval()
 
@@ -62,7 +52,7 @@ def export_merged(run_dir: str | Path, out_file: str | Path, weights: str | None
     if out_file.suffix != ".safetensors":
         raise ExportError(f"{out_file}: the merged export is a .safetensors file; name --out FILE.safetensors")
     _check_writable(out_file)  # before the model is built
-    adapter_dir = run_adapter_dir(Path(run_dir))
+    adapter_dir = find_adapter(run=run_dir)
     info = read_adapter_info(adapter_dir)
     model = adapted_model(Path(run_dir), weights)
     cfg = config_from_run(Path(run_dir))
@@ -151,7 +141,7 @@ def push_adapter(run_dir: str | Path, repo_id: str, private: bool = True, token:
     import huggingface_hub.constants  # huggingface_hub >= 1.0 loads submodules lazily
     from huggingface_hub.utils import HfHubHTTPError
 
-    adapter_dir = run_adapter_dir(Path(run_dir))
+    adapter_dir = find_adapter(run=run_dir)
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise ExportError(f"HF_HUB_OFFLINE is set: unset it to push, or copy the adapter folder by hand: {adapter_dir}")
     token = token or huggingface_hub.get_token()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from trainer.config import ConfigError, LoraConfig
+from trainer.errors import UserError
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -172,7 +173,7 @@ def read_adapter_info(adapter_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(UserError, ValueError):
     """An adapter's weights do not fit its config / the model (missing or unexpected LoRA keys)."""
 
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from trainer.builders import bf16_autocast
 from trainer.config import TrainConfig
 
 GIB = 2**30
@@ -172,7 +173,7 @@ def estimate_step_memory(
                 if step == 1:
                     persistent_state = tracker.current
                     tracker.reset_peak()
-                with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+                with bf16_autocast("cpu", bf16):
                     predictions = model(images)
                 kept = tracker.current
                 outputs = [

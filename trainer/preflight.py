@@ -4,21 +4,15 @@ shards, weights path, resume state. A failed check is a RunSetupError whose mess
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trainer.checkpoints import STATE_FILE, latest_checkpoint
+from trainer.checkpoints import check_resume, latest_checkpoint
 from trainer.config import TrainConfig
+from trainer.errors import RunSetupError
 
-log = logging.getLogger("trainer")
-
-
-class RunSetupError(ValueError):
-    """The run cannot start (shards, output directory, weights, resume state); the message says why."""
+__all__ = ["RunSetupError", "check_loader_schedule", "check_out_dir", "check_weights", "preflight"]
 
 
 def check_out_dir(run_dir: Path) -> None:
@@ -35,7 +29,7 @@ def check_out_dir(run_dir: Path) -> None:
 
 def check_weights(weights: str | None) -> None:
     """A local checkpoint path must exist (hub ids are fetched later, after every cheap check)."""
-    from trainer.vggt.loading import _CHECKPOINT_SUFFIXES, _REPO_ID_PATTERN, invalid_repo_id
+    from trainer.vggt.loading import invalid_repo_id, is_hub_id
 
     if not weights:
         return
@@ -45,7 +39,7 @@ def check_weights(weights: str | None) -> None:
     invalid = invalid_repo_id(weights)
     if invalid is not None:
         raise RunSetupError(f"--weights {invalid}")
-    if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or not _REPO_ID_PATTERN.match(str(weights)):
+    if not is_hub_id(weights):
         raise RunSetupError(
             f"{weights}: --weights is not a checkpoint file (expected a local .pt/.pth/.safetensors "
             "file or a Hugging Face repo id such as facebook/VGGT-1B); pass --weights PATH "
@@ -84,30 +78,6 @@ def check_loader_schedule(cfg: TrainConfig, world: int = 1) -> None:
         )
 
 
-def check_resume_data(ckpt: Path, identity: dict[str, Any], world: int = 1) -> None:
-    """Refuse to resume on other data or another process count: the saved data position counts batches
-    of the saved dataset, per rank."""
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    if state.get("world_size", world) != world:
-        raise RunSetupError(
-            f"{ckpt / STATE_FILE}: saved with {state['world_size']} process(es), resumed with {world}; "
-            "the data position is per rank, so resume with the same process count "
-            f"(torchrun --nproc_per_node={state['world_size']}), or start a new --out"
-        )
-    saved = state.get("data")
-    if saved is None:
-        log.warning("%s records no data identity (older trainer); resuming on %s unchecked", ckpt, identity["shards"])
-        return
-    # The manifest (sha256s of every shard) identifies the data; a dataset moved elsewhere is the same data.
-    key = "manifest_sha256" if saved.get("manifest_sha256") or identity.get("manifest_sha256") else "shards"
-    if saved.get(key) != identity.get(key):
-        what = "its manifest.json differs" if key == "manifest_sha256" else "another directory"
-        raise RunSetupError(
-            f"{ckpt / STATE_FILE}: the run was trained on {saved.get('shards')} but --resume got "
-            f"{identity['shards']} ({what}); resume with the run's --shards, or start a new --out"
-        )
-
-
 def preflight(
     cfg: TrainConfig, resume: bool, verify_shards: bool = False, world: int = 1
 ) -> tuple[Path | None, dict[str, Any]]:
@@ -124,5 +94,5 @@ def preflight(
     identity = data_identity(cfg.data.shards)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        check_resume_data(ckpt, identity, world)
+        check_resume(ckpt, identity, world)
     return ckpt, identity

@@ -15,16 +15,15 @@ sample under the published conventions (docs/evaluation.md gives the source and 
   scaling per frame (the benchmark's) and per sequence (a variant for multi-view models).
 
 Aggregation: sample -> scene (mean over the scene's samples; for depth, over its frames) -> mean over
-scenes. Writes metrics.json, report.md and point-cloud PNGs to the output directory.
+scenes. Writes metrics.json, report.md and point-cloud PNGs to the output directory. This module holds the
+protocols' metrics, aggregation and report text; the model a run was trained on, the forwards, metrics.json
+and the pictures come from trainer/evaluation/.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,11 @@ import numpy as np
 import torch
 
 from trainer.data.shards import dataset_units, is_metric, unit_symbol
+from trainer.errors import UserError
+from trainer.evaluation.pictures import render_pointclouds
+from trainer.evaluation.predict import ALL_OUTPUTS, model_device, predict_models, to_device
+from trainer.evaluation.report import change_cell, format_value, meta, safe_name, write_results
+from trainer.evaluation.runs import build_adapted, trained_on
 from trainer.losses import prepare_batch
 from trainer.metrics import (
     DA3_ETH3D_THRESHOLD_M,
@@ -44,7 +48,6 @@ from trainer.metrics import (
     apply_similarity,
     as_float64,
     mvd_depth_metrics,
-    nearest_distances,
     pointcloud_metrics,
     pointmap_accuracy_completeness,
     pose_auc,
@@ -107,7 +110,7 @@ DA3_INPUT_NOTE = (
 )
 
 
-class ProtocolScopeError(ValueError):
+class ProtocolScopeError(UserError, ValueError):
     """A protocol run whose numbers could not be put next to the published ones (in-sample split)."""
 
 
@@ -158,25 +161,6 @@ def parse_protocols(value: str) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------ one sample
-
-
-@torch.no_grad()
-def predict_all(model: torch.nn.Module, images: torch.Tensor, autocast_bf16: bool = True) -> dict[str, torch.Tensor]:
-    """Eval-mode forward keeping every head's output in float32."""
-    was_training = model.training
-    model.eval()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if autocast_bf16 and images.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    try:
-        with autocast:
-            out = model(images)
-    finally:
-        model.train(was_training)
-    keep = ("depth", "depth_conf", "pose_enc", "world_points", "world_points_conf")
-    return {k: out[k].float() for k in keep if k in out}
 
 
 def _pointmap_scores(
@@ -380,32 +364,25 @@ def evaluate_protocols(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = adapted_model if adapted_model is not None else base_model
-    device = next(iter(reference.parameters()), torch.zeros(())).device
+    device = model_device(reference)
 
     samples: list[dict[str, Any]] = []
     pictures: list[str] = []
     for batch_index, batch in enumerate(batches):
         if cfg.max_samples is not None and len(samples) >= cfg.max_samples:
             break
-        prepared = prepare_batch({k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()})
-        predictions = {}
-        if adapted_model is not None:
-            predictions["adapter"] = predict_all(adapted_model, prepared["images"], cfg.autocast_bf16)
-        if base_model is None:
-            with adapted_model.disable_adapter():
-                predictions["base"] = predict_all(adapted_model, prepared["images"], cfg.autocast_bf16)
-        else:
-            predictions["base"] = predict_all(base_model, prepared["images"], cfg.autocast_bf16)
+        prepared = prepare_batch(to_device(batch, device))
+        predictions = predict_models(base_model, adapted_model, prepared["images"], cfg.autocast_bf16, ALL_OUTPUTS)
         for item in range(prepared["metric_depths"].shape[0]):
-            key = _meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
-            scene = _meta(batch, "scenes", item, "unknown")
-            record: dict[str, Any] = {"key": key, "scene": scene, "names": list(_meta(batch, "names", item, []))}
+            key = meta(batch, "keys", item, f"batch{batch_index:05d}_{item}")
+            scene = meta(batch, "scenes", item, "unknown")
+            record: dict[str, Any] = {"key": key, "scene": scene, "names": list(meta(batch, "names", item, []))}
             clouds = {}
             for label in labels:
                 record[label], clouds[label] = evaluate_sample(predictions[label], prepared, item, cfg)
             samples.append(record)
             if len(pictures) < cfg.max_pictures and "eth3d-pointmap" in cfg.protocols:
-                name = f"pointcloud_{len(pictures):03d}_{_safe(key)}.png"
+                name = f"pointcloud_{len(pictures):03d}_{safe_name(key)}.png"
                 if render_pointclouds(out_dir / name, f"{scene} · {key}", clouds, labels, unit=unit_symbol(cfg.units)):
                     pictures.append(name)
         log.info("evaluated batch %d (%d samples so far)", batch_index, len(samples))
@@ -441,8 +418,7 @@ def evaluate_protocols(
         "samples": [_strip(s) for s in samples],
         "pictures": pictures,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False) + "\n")
-    write_report(out_dir / "report.md", metrics, cfg)
+    write_results(out_dir, metrics, report_lines(metrics, cfg))
     return metrics
 
 
@@ -455,126 +431,13 @@ def _strip(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _meta(batch: Mapping[str, Any], name: str, item: int, default: Any) -> Any:
-    values = batch.get(name)
-    return values[item] if values is not None and len(values) > item else default
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-# -------------------------------------------------------------------------------------------- pictures
-
-
-def render_pointclouds(
-    path: Path,
-    title: str,
-    clouds: Mapping[str, Mapping[str, np.ndarray]],
-    labels: tuple[str, ...],
-    max_points: int = 60_000,
-    unit: str = "m",
-) -> bool:
-    """GT points and every aligned prediction seen from the same viewpoint (the GT's two principal
-    axes, i.e. facing its dominant surface); predictions coloured by their distance to the nearest GT
-    point (in `unit`, the shards' units; one shared scale). Returns False when there is nothing to draw."""
-    gt = clouds[labels[0]].get("gt")
-    if gt is None or len(gt) < 3:
-        return False
-    from trainer.evaluate import _pyplot
-
-    plt = _pyplot()
-    rng = np.random.default_rng(0)
-
-    def thin(points: np.ndarray) -> np.ndarray:
-        return points if len(points) <= max_points else points[rng.choice(len(points), max_points, replace=False)]
-
-    centre = gt.mean(0)
-    _, _, axes = np.linalg.svd(thin(gt) - centre, full_matrices=False)
-    panels = [("GT (laser depth)", thin(gt), None)]
-    for label in labels:
-        for source in POINTMAP_SOURCES:
-            if source in clouds[label]:
-                points = thin(clouds[label][source])
-                panels.append(
-                    (
-                        f"{label} · {source.replace('_', ' + ' if source == 'depth_camera' else ' ')}",
-                        points,
-                        nearest_distances(points, gt),
-                    )
-                )
-    errors = np.concatenate([e for _, _, e in panels if e is not None]) if len(panels) > 1 else np.zeros(1)
-    error_max = max(float(np.quantile(errors, 0.95)), 1e-6)
-    gt_2d = (panels[0][1] - centre) @ axes[:2].T
-    lo, hi = np.quantile(gt_2d, 0.005, axis=0), np.quantile(gt_2d, 0.995, axis=0)
-    pad = 0.08 * (hi - lo).max()
-    fig, axs = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False, layout="constrained")
-    depth_axis = (panels[0][1] - centre) @ axes[2]
-    scatter = None
-    for ax, (name, points, error) in zip(axs[0], panels, strict=True):
-        xy = (points - centre) @ axes[:2].T
-        if error is None:
-            ax.scatter(xy[:, 0], xy[:, 1], c=depth_axis, s=0.3, cmap="viridis", linewidths=0, rasterized=True)
-        else:
-            ax.scatter(gt_2d[:, 0], gt_2d[:, 1], c="0.85", s=0.3, linewidths=0, rasterized=True)
-            scatter = ax.scatter(
-                xy[:, 0],
-                xy[:, 1],
-                c=error,
-                s=0.3,
-                cmap="magma_r",
-                vmin=0,
-                vmax=error_max,
-                linewidths=0,
-                rasterized=True,
-            )
-            name += f"\nmean NN error {error.mean():.3f} {unit}"
-        ax.set_title(name, fontsize=8)
-        ax.set_xlim(lo[0] - pad, hi[0] + pad)
-        ax.set_ylim(hi[1] + pad, lo[1] - pad)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if scatter is not None:
-        bar = fig.colorbar(scatter, ax=axs[0, 1:].tolist(), orientation="horizontal", fraction=0.05, pad=0.02)
-        bar.set_label(f"distance to nearest GT point [{unit}] (grey: GT)", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
-
-
 # ---------------------------------------------------------------------------------------------- report
 
 
 def _fmt(name: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
     if name.startswith("pose/") or name.startswith("mvd/"):
-        return f"{100 * value:.2f}"
-    return f"{value:.4f}"
-
-
-def _change(base: float | None, adapter: float | None, higher_better: bool) -> str:
-    """The window report's marking (trainer.evaluate.format_change): ✓ better, ✗ worse, ±0.0% unchanged."""
-    from trainer.evaluate import format_change, relative_change
-
-    return format_change(relative_change(base, adapter), higher_better)
+        return format_value(value, 100, 2)
+    return format_value(value)
 
 
 def published_figures(cfg: ProtocolConfig) -> dict[str, Any]:
@@ -620,7 +483,8 @@ def _fscore_lines(cfg: ProtocolConfig) -> list[str]:
     return [*lines, ""]
 
 
-def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> None:
+def report_lines(metrics: dict[str, Any], cfg: ProtocolConfig) -> list[str]:
+    """report.md: scope warnings, setup, per protocol the published / base / adapter table and per scene."""
     labels = tuple(metrics["labels"])
     names = summary_metrics(cfg)
     shown = published_figures(cfg)
@@ -676,7 +540,7 @@ def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> No
             row = f"| {name} {'↑' if higher else '↓'} | {_fmt(name, pub) if pub is not None else '–'} |"
             row += "".join(f" {_fmt(name, v)} |" for v in values)
             if len(labels) == 2:
-                row += f" {_change(values[0], values[1], higher)} |"
+                row += f" {change_cell(values[0], values[1], higher)} |"
             lines.append(row)
         lines += ["", "Per scene:", ""]
         scene_names = [n for n, _ in names if n.startswith(prefix)]
@@ -711,7 +575,7 @@ def write_report(path: Path, metrics: dict[str, Any], cfg: ProtocolConfig) -> No
     if metrics["pictures"]:
         lines += ["## Point clouds", "", "Aligned predictions coloured by distance to the nearest GT point.", ""]
         lines += [f"![{p}]({p})" for p in metrics["pictures"]]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 # ------------------------------------------------------------------------------ shards + run -> report
@@ -738,29 +602,16 @@ def evaluate_protocols_run(
     when the weights hold it; a random-init base (tiny demo) keeps the trained-on heads so that it is
     exactly the model the adapter was made on.
     """
-    from trainer.builders import TRAIN_HEADS, build_model, seed_everything
-    from trainer.config import config_from_run
+    from trainer.builders import TRAIN_HEADS
     from trainer.data import make_loader
-    from trainer.evaluate import resolve_adapter_dir
-    from trainer.lora import load_adapter, read_adapter_info
 
     cfg = dataclasses.replace(config or ProtocolConfig())
     cfg.check()
     loader = make_loader(shards, split, 1, shuffle=False, num_workers=0, pin_memory=False)  # cheap checks first
-    info: dict[str, Any] = {}
-    seed = 0
-    adapter_dir = None
-    train_split = "train"  # the trainer's default; a run's config says its own
-    if run is not None or adapter is not None:
-        adapter_dir = resolve_adapter_dir(run, adapter)
-        info = read_adapter_info(adapter_dir)
-        if run is not None:
-            run_cfg = config_from_run(Path(run))
-            seed = run_cfg.seed
-            info.setdefault("model", run_cfg.model)
-            info.setdefault("weights", run_cfg.weights)
-            train_split = run_cfg.data.train_split
-        cfg.in_sample = split == train_split
+    spec = trained_on(run, adapter, weights, model_name)
+    adapter_dir = spec.adapter_dir
+    if adapter_dir is not None:
+        cfg.in_sample = split == spec.train_split
         if cfg.in_sample and not allow_in_sample:
             raise ProtocolScopeError(
                 f"{shards}: --split {split} is the split the adapter was trained on, so protocol numbers would be "
@@ -769,21 +620,15 @@ def evaluate_protocols_run(
                 "it anyway in a report marked IN-SAMPLE"
             )
     cfg.units = dataset_units(shards)
-    model_name = model_name or info.get("model") or "vggt-1b"
-    weights = weights if weights is not None else info.get("weights")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    seed_everything(seed)
-    heads = EVAL_HEADS if weights else TRAIN_HEADS
-    model = build_model(model_name, weights, heads=heads)
-    if adapter_dir is not None:
-        model = load_adapter(model, adapter_dir)
-    model = model.to(torch_device).eval()
+    heads = EVAL_HEADS if spec.weights else TRAIN_HEADS
+    model = build_adapted(spec, heads).to(torch_device).eval()
     cfg.model_info = {
-        "model": model_name,
-        "base weights": weights or f"random init (seed {seed})",
+        "model": spec.model,
+        "base weights": spec.base_weights_label(),
         "heads": ", ".join(heads),
         **(
-            {"adapter": str(adapter_dir), "strategy": info.get("strategy"), "adapter step": info.get("step")}
+            {"adapter": str(adapter_dir), "strategy": spec.info.get("strategy"), "adapter step": spec.info.get("step")}
             if adapter_dir is not None
             else {"adapter": "none (base model only)"}
         ),

@@ -47,7 +47,6 @@ from torch import nn
 from shardformat.provenance import git_sha
 from trainer.builders import (
     TRAIN_HEADS,
-    Position,
     autocast_for,
     build_model,
     build_optimizer,
@@ -59,10 +58,11 @@ from trainer.builders import (
     weights_revision_used,
     wrap_model,
 )
-from trainer.checkpoints import checkpoint_step, latest_checkpoint, save_checkpoint
-from trainer.config import OptimConfig, TrainConfig, dump_config
+from trainer.checkpoints import Position, checkpoint_step, latest_checkpoint, save_checkpoint, trainer_state
+from trainer.config import LossConfig, OptimConfig, TrainConfig, dump_config
 from trainer.data import to_device
 from trainer.distributed import Dist, all_ranks_finite, barrier, init_distributed
+from trainer.errors import UserError
 from trainer.preflight import RunSetupError, preflight
 from trainer.runlog import ScalarLog, StepStats, drop_records_after, progress_bar, run_logging
 from trainer.validation import validate, validation_depth_metrics
@@ -86,7 +86,7 @@ __all__ = [
 log = logging.getLogger("trainer")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
@@ -124,39 +124,41 @@ def lr_factor(step: int, max_steps: int, warmup_frac: float, lr: float, min_lr: 
 def train_step(
     net: nn.Module,
     batches: Iterator,
+    *,
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
-    o: OptimConfig,
-    loss_cfg: Any,
+    optim_cfg: OptimConfig,
+    loss_cfg: LossConfig,
     lr: float,
-    d: Dist,
+    dist_info: Dist,
     autocast: Callable[[], Any],
 ) -> StepResult:
-    """One optimizer step over `o.accum_steps` whole loader batches (no chunking, so no empty chunks).
+    """One optimizer step over `optim_cfg.accum_steps` whole loader batches (no chunking, so no empty chunks).
     A non-finite loss or gradient on any rank skips the step on every rank; its batches are still
     consumed, so the data position does not depend on what happened."""
     from trainer.losses import compute_loss, prepare_batch
 
     wait, finite, terms = 0.0, True, {}
-    for micro in range(o.accum_steps):
+    for micro in range(optim_cfg.accum_steps):
         t_wait = time.perf_counter()
         epoch, consumed, batch = next(batches)
-        batch = to_device(batch, d.device)
+        batch = to_device(batch, dist_info.device)
         wait += time.perf_counter() - t_wait
         batch = prepare_batch(batch)
         if not finite:
             continue
-        sync = micro == o.accum_steps - 1 or d.world == 1  # DDP all-reduces on the last micro-batch only
+        # DDP all-reduces on the last micro-batch only
+        sync = micro == optim_cfg.accum_steps - 1 or dist_info.world == 1
         with nullcontext() if sync else net.no_sync():
             with autocast():
                 preds = net(batch["images"])
             loss, micro_terms = compute_loss(preds, batch, loss_cfg)
-            finite = all_ranks_finite(loss, d)
+            finite = all_ranks_finite(loss, dist_info)
             if finite:
-                (loss / o.accum_steps).backward()
+                (loss / optim_cfg.accum_steps).backward()
         for name, value in micro_terms.items():
-            terms[name] = terms.get(name, 0.0) + float(value) / o.accum_steps
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip) if finite else torch.tensor(float("nan"))
+            terms[name] = terms.get(name, 0.0) + float(value) / optim_cfg.accum_steps
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip) if finite else torch.tensor(float("nan"))
     finite = finite and bool(torch.isfinite(grad_norm))
     if finite:
         for group in optimizer.param_groups:
@@ -233,7 +235,17 @@ def _run(
         while pos.step < end_step:
             t0 = time.perf_counter()
             lr = o.lr * lr_factor(pos.step, cfg.max_steps, o.warmup_frac, o.lr, o.min_lr)
-            out = train_step(net, batches, optimizer, params, o, cfg.loss, lr, d, autocast)
+            out = train_step(
+                net,
+                batches,
+                optimizer=optimizer,
+                params=params,
+                optim_cfg=o,
+                loss_cfg=cfg.loss,
+                lr=lr,
+                dist_info=d,
+                autocast=autocast,
+            )
             pos.step, pos.epoch, pos.consumed = pos.step + 1, out.epoch, out.consumed
             nonfinite_in_a_row = 0 if out.finite else nonfinite_in_a_row + 1
             if not out.finite:
@@ -249,7 +261,7 @@ def _run(
                 scalar_log.write(pos.step, val)
             if (cfg.save_every and pos.step % cfg.save_every == 0) or pos.step == end_step:
                 path = save_checkpoint(
-                    run_dir, peft_model, pos.state(optimizer, d, identity), info, d, cfg.keep_checkpoints
+                    run_dir, peft_model, trainer_state(pos, optimizer, d.world, identity), info, d, cfg.keep_checkpoints
                 )
                 log.info("checkpoint %s", path)
     finally:

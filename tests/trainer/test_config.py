@@ -135,7 +135,8 @@ def test_cli_rejects_a_misspelt_loss_key_in_one_line(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: --set 'loss.camra=1': unknown key 'loss.camra'"), lines
+    expected = "Error: ConfigError: --set 'loss.camra=1': unknown key 'loss.camra'"
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (tmp_path / "run").exists()  # nothing started
 
 
@@ -209,3 +210,17 @@ def test_dpt_checkpoint_frames_has_one_owner():
     assert model.depth_head.checkpoint_frames is None
     with pytest.raises(ValueError, match="dpt_checkpoint_frames must be >= 1"):
         model.set_activation_checkpointing(True, 0)
+
+
+def test_model_presets_are_named_once():
+    """trainer.config.MODEL_PRESETS (the CLI's --model choices and the config check) is what VGGTConfig builds."""
+    from trainer.config import MODEL_PRESETS, ConfigError, load_config
+    from trainer.vggt import VGGTConfig
+
+    for name in MODEL_PRESETS:
+        VGGTConfig.preset(name)
+    with pytest.raises(ValueError, match=r"choose one of \['tiny', 'vggt-1b'\]"):
+        VGGTConfig.preset("vggt-2b")
+    assert sorted(MODEL_PRESETS) == ["tiny", "vggt-1b"]
+    with pytest.raises(ConfigError, match="model must be 'vggt-1b' or 'tiny', got 'vggt-2b'"):
+        load_config(CONFIGS / "strategy_b.yaml", ["model=vggt-2b"])

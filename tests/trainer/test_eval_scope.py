@@ -82,8 +82,9 @@ def colmap_unit_shards(shards, tmp_path_factory) -> Path:
 
 
 def test_change_marks_equal_better_and_worse():
-    from trainer.evaluate import _format_change, format_change
-    from trainer.protocols import _change
+    from trainer.evaluate import _format_change
+    from trainer.evaluation.report import change_cell as _change
+    from trainer.evaluation.report import format_change
 
     # Lower is better (errors) and higher is better (AUC, inlier ratios), each: equal, better, worse.
     assert _change(0.5, 0.5, higher_better=False) == "±0.0%"
@@ -212,7 +213,7 @@ def test_arbitrary_units_in_every_label(colmap_unit_shards, adapter, tmp_path, m
     import matplotlib.colorbar
     import numpy as np
 
-    from trainer.protocols import render_pointclouds
+    from trainer.evaluation.pictures import render_pointclouds
 
     labels: list[str] = []
     monkeypatch.setattr(matplotlib.colorbar.Colorbar, "set_label", lambda self, text, **kw: labels.append(text))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.errors import UserError
 from trainer.vggt.config import HEAD_NAMES, VGGTConfig
 from trainer.vggt.model import VGGT
 
@@ -51,7 +52,7 @@ _FIXTURE_PREFIX = "model."
 _HEAD_PREFIXES = {"camera": "camera_head.", "depth": "depth_head.", "point": "point_head.", "track": "track_head."}
 
 
-class PretrainedSourceError(RuntimeError):
+class PretrainedSourceError(UserError, RuntimeError):
     """The checkpoint could not be found or fetched; ``reason`` names the kind of failure."""
 
     def __init__(self, message: str, reason: str = "path") -> None:
@@ -59,7 +60,7 @@ class PretrainedSourceError(RuntimeError):
         self.reason = reason
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """The checkpoint's keys or shapes do not fit the model."""
 
 
