@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dataengine.scenes import DEFAULT_SCENES, ETH3D_URL
+from dataengine.sources import FORMATS
 
 DEBUG_ENV = "DATAENGINE_DEBUG"
 PATCH = 14  # VGGT's patch size: image sides must be multiples of it
@@ -131,8 +132,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["eth3d", "colmap"]),
-    default="eth3d",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
     show_default=True,
     help="eth3d: ETH3D scene folders; colmap: any COLMAP project (root or one per subfolder), "
     "see docs/own-captures.md.",
@@ -268,7 +269,8 @@ def build_command(
     """Build 8-frame WebDataset shards from ETH3D scenes."""
     import logging
 
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig, OptionError, check_options
     from dataengine.depth import LaserDepthConfig
     from dataengine.scenes import expand_scene_sets
     from dataengine.windows import WindowConfig
@@ -281,24 +283,6 @@ def build_command(
             f"{PATCH * round(width / PATCH)}); pass --any-size to build anyway",
             param_hint="'--size'",
         )
-    if fmt == "eth3d" and depth == "mvs":
-        raise click.BadParameter("--depth mvs needs --format colmap (ETH3D has laser depth)", param_hint="--depth")
-    if fmt == "colmap" and depth == "laser":
-        raise click.BadParameter(
-            "--depth laser needs --format eth3d; COLMAP projects have mvs or sparse", param_hint="--depth"
-        )
-    if metric_scale is not None and not (metric_scale > 0 and metric_scale < float("inf")):
-        raise click.BadParameter(f"{metric_scale}: must be a positive number", param_hint="--metric-scale")
-    if undistort_fov not in ("valid", "full"):
-        try:
-            if not 1.0 <= float(undistort_fov) <= 160.0:
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(
-                f"{undistort_fov!r}: expected valid, full or degrees in [1, 160]", param_hint="--undistort-fov"
-            ) from None
-    if ray_address and executor != "ray":
-        raise click.BadParameter("--ray-address needs --executor ray", param_hint="--ray-address")
     cfg = BuildConfig(
         root=root,
         out=out,
@@ -324,6 +308,10 @@ def build_command(
         executor=executor,
         ray_address=ray_address,
     )
+    try:
+        check_options(cfg)
+    except OptionError as exc:
+        raise click.BadParameter(exc.detail, param_hint=exc.option) from None
     if executor == "ray":  # join the cluster before parsing: a missing Ray or a wrong address fails fast
         from dataengine.executor import connect
 

@@ -26,7 +26,8 @@ def engine_shards(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     out = tmp_path_factory.getbasetemp() / "trainer_shards"
     if (out / "manifest.json").exists():
         return out
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.windows import WindowConfig
 
     root = None
