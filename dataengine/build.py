@@ -42,6 +42,7 @@ from dataengine.windows import (
     window_starts,
 )
 from shardformat import SHARD_RE, shard_name
+from shardformat.cameras import frame_camera, sample_cameras
 from shardformat.depth_range import FLOAT16_MAX
 from shardformat.provenance import git_sha
 
@@ -179,31 +180,28 @@ def _sample_cameras(
     cfg: BuildConfig,
     units: str = "metres",
 ) -> dict:
-    sources = {r.meta["depth_source"] for r in results}
-    return {
-        "format": FORMAT,
-        "scene": scene,
-        "split": split,
-        "window": key_index,
-        "depth_source": sources.pop() if len(sources) == 1 else "mixed",
-        "units": units,
-        "pixel_convention": "OpenCV: pixel (0,0) is the centre of the top-left pixel",
-        "extrinsics_convention": "world-to-camera [R|t], OpenCV axes (x right, y down, z forward)",
-        "image_size": [cfg.height, cfg.width],
-        "frames": [
-            {
-                "name": r.meta["name"],
-                "index": int(idx),
-                "camera_id": r.meta["camera_id"],
-                "K": r.K.tolist(),
-                "extrinsics": np.hstack([f.rotation, f.translation[:, None]]).tolist(),
-                "source_size": r.meta["source_size"],
-                "coverage": r.meta["coverage"],
-                "depth_source": r.meta["depth_source"],
-            }
+    """The sample's cameras.json record (shardformat.cameras owns the schema)."""
+    return sample_cameras(
+        scene,
+        split,
+        key_index,
+        units,
+        (cfg.height, cfg.width),
+        [
+            frame_camera(
+                r.meta["name"],
+                idx,
+                r.meta["camera_id"],
+                r.K,
+                f.rotation,
+                f.translation,
+                r.meta["source_size"],
+                r.meta["coverage"],
+                r.meta["depth_source"],
+            )
             for r, f, idx in zip(results, frames, indices, strict=True)
         ],
-    }
+    )
 
 
 def build_shards(cfg: BuildConfig) -> dict:

@@ -24,6 +24,7 @@ from shardformat import (
     KEY_RE,
     MASK,
     depth_range_problem,
+    frame_coverages,
     frame_member,
     sample_suffixes,
     suffixes_by_key,
@@ -228,8 +229,8 @@ def tar_coverage(path: Path) -> list[tuple[str, str, float]]:
     out = []
     with tarfile.open(path, mode="r:") as tar:
         for member in tar:
-            if member.name.endswith(".cameras.json"):
+            if member.name.endswith(f".{CAMERAS}"):
                 cams = json.loads(tar.extractfile(member).read())
                 key = member.name.partition(".")[0]
-                out += [(key, f.get("name", "?"), float(f.get("coverage", 0.0))) for f in cams.get("frames", [])]
+                out += [(key, name, coverage) for name, coverage in frame_coverages(cams)]
     return out
