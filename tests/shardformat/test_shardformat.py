@@ -27,12 +27,6 @@ from shardformat import (
     sample_suffixes,
     split_member_name,
 )
-from tests.trainer.test_data import engine_shards
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def grouped(records: list[dict]) -> list[tuple[str, dict[str, bytes]]]:
