@@ -217,7 +217,8 @@ def test_node_input_check_and_bounded_retries(cluster, tmp_path, monkeypatch):
             executor.check_inputs_on_nodes(SimpleNamespace(root=missing), [])
         executor.check_inputs_on_nodes(cfg, [scene])
         with pytest.raises(executor.ClusterError) as crashed:
-            list(executor.frame_outcomes(SimpleNamespace(**vars(cfg), executor="ray"), [(scene, WorkerKiller(), None)]))
+            ray_cfg = SimpleNamespace(**vars(cfg), executor="ray", source=None)  # the task dies before it renders
+            list(executor.frame_outcomes(ray_cfg, [(scene, WorkerKiller(), None)]))
     finally:
         ray.shutdown()
     text = str(unseen.value)
