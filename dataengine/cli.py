@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from dataengine.executor import EXECUTORS
+from dataengine.sampling import SAMPLING_MODES
 from dataengine.scenes import DEFAULT_SCENES, ETH3D_URL
 from dataengine.sources import FORMATS
 
@@ -210,8 +212,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--keep-cache", is_flag=True, help="Keep the per-frame cache after a successful build.")
 @click.option(
     "--sampling",
-    type=click.Choice(["windows", "uniform", "random", "da3"]),
-    default="windows",
+    type=click.Choice(SAMPLING_MODES),
+    default=SAMPLING_MODES[0],
     show_default=True,
     help="windows = training windows (train/val); uniform / random = one "
     "evaluation sample per scene of --frames frames spread over / drawn from the whole scene, "
@@ -222,8 +224,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sampling random.")
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
+    type=click.Choice(EXECUTORS),
+    default=EXECUTORS[0],
     show_default=True,
     help="Where frames render: local threads, or Ray tasks on a cluster (needs the `ray` extra; "
     "same shards and manifest either way, docs/cluster.md).",
@@ -266,7 +268,7 @@ def build_command(
     executor,
     ray_address,
 ):
-    """Build 8-frame WebDataset shards from ETH3D scenes."""
+    """Build 8-frame WebDataset shards from ETH3D scenes (or COLMAP projects: --format colmap)."""
     import logging
 
     from dataengine.build import build_shards

@@ -30,9 +30,6 @@ from shardformat import (
     suffixes_by_key,
 )
 
-# the one reader (shardformat.index_tar): sample key → member suffixes in file order, from tar headers only
-list_tar_samples = suffixes_by_key
-expected_suffixes = sample_suffixes
 TMP_RE = re.compile(r"^\.(.+)\.tmp(\d+)$")  # `atomic_path` names: .NAME.tmpPID
 
 
@@ -165,7 +162,7 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             if digest != shard["sha256"]:
                 problems.append(f"{path}: sha256 {digest} != manifest {shard['sha256']}")
             try:
-                samples = list_tar_samples(path)
+                samples = suffixes_by_key(path)  # from the tar headers only (shardformat.index_tar)
                 coverage = tar_coverage(path)
             except (tarfile.TarError, ValueError) as exc:
                 problems.append(f"{path}: unreadable tar ({exc})")
@@ -186,7 +183,7 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             for key, suffixes in samples.items():
                 # Evaluation samples (--sampling) hold min(frames, scene frames) frames.
                 n = sum(s.endswith(".jpg") for s in suffixes) if variable_frames else frames
-                if suffixes != expected_suffixes(n) or n > frames:
+                if suffixes != sample_suffixes(n) or n > frames:
                     problems.append(f"{path}: sample {key} has members {suffixes}")
             total += len(samples)
         if total != info.get("samples"):
