@@ -407,6 +407,23 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
 
 
 # ---- synthetic ETH3D scenes ----------------------------------------------------------------------
+def _synth_eth3d(out, *, distorted_images, models, model_format, dense, **common) -> list[str]:
+    from dataengine.synth import describe_scene, generate_scene
+
+    path = generate_scene(out, **common, distorted_images=distorted_images, log=click.echo)
+    return describe_scene(path)
+
+
+def _synth_colmap(out, *, distorted_images, models, model_format, dense, **common) -> list[str]:
+    from dataengine.synth.colmap_project import generate_colmap_project
+
+    path = generate_colmap_project(out, **common, models=models, model_format=model_format, dense=dense, log=click.echo)
+    return [f"wrote {path}"]
+
+
+SYNTH_FORMATS = {"eth3d": _synth_eth3d, "colmap": _synth_colmap}  # `synth --format`: its generator
+
+
 @main.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--scene", default="synth_facade", show_default=True, help="Scene folder name.")
@@ -423,7 +440,7 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["eth3d", "colmap"]),
+    type=click.Choice(list(SYNTH_FORMATS)),
     default="eth3d",
     show_default=True,
     help="colmap: a COLMAP project (distorted photos, sparse model, MVS depth maps); --scale 1 = 1600x1200 photos.",
@@ -445,32 +462,15 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
 def synth_command(out, scene, images, scale, seed, distorted_images, fmt, camera_models, model_format, no_dense):
     """Generate a synthetic scene in the exact ETH3D on-disk layout under OUT/SCENE (or a COLMAP
     project with --format colmap)."""
-    if fmt == "colmap":
-        from dataengine.synth.colmap_project import generate_colmap_project
-
-        try:
-            path = generate_colmap_project(
-                out,
-                scene=scene,
-                images=images,
-                scale=scale,
-                seed=seed,
-                models=_csv(camera_models) or (),
-                model_format=model_format,
-                dense=not no_dense,
-                log=click.echo,
-            )
-        except (ValueError, FileExistsError) as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {path}")
-        return
-    from dataengine.synth import describe_scene, generate_scene
-
+    options = dict(
+        distorted_images=distorted_images,
+        models=_csv(camera_models) or (),
+        model_format=model_format,
+        dense=not no_dense,
+    )
     try:
-        path = generate_scene(
-            out, scene=scene, images=images, scale=scale, seed=seed, distorted_images=distorted_images, log=click.echo
-        )
+        lines = SYNTH_FORMATS[fmt](out, scene=scene, images=images, scale=scale, seed=seed, **options)
     except (ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
-    for line in describe_scene(path):
+    for line in lines:
         click.echo(line)
