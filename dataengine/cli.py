@@ -78,7 +78,7 @@ def _debug() -> bool:
 @click.version_option(package_name="vggt-eth3d-lora")
 @click.option("--debug", is_flag=True, help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
 def main(debug: bool) -> None:
-    """ETH3D → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
+    """ETH3D scenes or COLMAP projects → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
 
 
 # ---- data engine commands: build / inspect / verify / download ----------------------------------
@@ -107,7 +107,7 @@ def _size(value: str) -> tuple[int, int]:
     type=click.Path(path_type=Path),
     default="data/eth3d",
     show_default=True,
-    help="ETH3D root holding one folder per scene.",
+    help="ETH3D root holding one folder per scene (--format colmap: a COLMAP project or a folder of them).",
 )
 @click.option(
     "--out",
@@ -406,7 +406,7 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
         click.echo(f"{item['archive']}: {item['status']}")
 
 
-# ---- synthetic ETH3D scenes ----------------------------------------------------------------------
+# ---- synthetic scenes (ETH3D layout or COLMAP project) ------------------------------------------
 def _synth_eth3d(out, *, distorted_images, models, model_format, dense, **common) -> list[str]:
     from dataengine.synth import describe_scene, generate_scene
 
