@@ -52,6 +52,7 @@ __all__ = [
     "SampleReader",
     "ShardError",
     "TarRange",
+    "camera_arrays",
     "count_samples",
     "depth_range_problem",
     "frame_arrays",

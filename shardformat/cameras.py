@@ -1,9 +1,9 @@
 """`cameras.json`, the per-sample camera record (shards/README.md): the one owner of its schema.
 
 The engine builds it from plain values (`sample_cameras`, `frame_camera`); readers check it
-(`parse_cameras` for the record, `frame_arrays` for one frame's K and [R|t]) or read its per-frame
-coverage leniently (`frame_coverages`, for `verify` notes). numpy only, so any reader (the trainer's
-decoder, a numpy-only view reader, `inspect`) can use it.
+(`parse_cameras` for the record, `frame_arrays` for one frame's K and [R|t], `camera_arrays` for all
+of them stacked) or read its per-frame coverage leniently (`frame_coverages`, for `verify` notes).
+numpy only, so any reader (the trainer's decoder, a numpy-only view reader, `inspect`) can use it.
 """
 
 from __future__ import annotations
@@ -111,6 +111,16 @@ def frame_arrays(where: str, i: int, frame: Any) -> tuple[np.ndarray, np.ndarray
             f"(|R Rᵀ − I| = {off:.2g}, det {np.linalg.det(R):.4g})"
         )
     return K, Rt
+
+
+def camera_arrays(cams: SampleCameras, where: str, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """K (n, 3, 3) and world-to-camera [R|t] (n, 3, 4) of the first `frames` frames (all when None),
+    each checked by `frame_arrays`."""
+    n = len(cams.frames) if frames is None else frames
+    if n > len(cams.frames):
+        raise ShardError(f"{where}: {n} frames asked, the sample has only {len(cams.frames)}")
+    pairs = [frame_arrays(where, i, cams.frames[i]) for i in range(n)]
+    return np.stack([K for K, _ in pairs]), np.stack([Rt for _, Rt in pairs])
 
 
 def frame_coverages(cams: Any) -> list[tuple[str, float]]:

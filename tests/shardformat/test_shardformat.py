@@ -197,7 +197,15 @@ def _rotation(angle: float) -> np.ndarray:
 
 
 def test_cameras_record_round_trips_through_json_and_the_checks():
-    from shardformat.cameras import frame_arrays, frame_camera, frame_coverages, parse_cameras, sample_cameras
+    from shardformat import ShardError
+    from shardformat.cameras import (
+        camera_arrays,
+        frame_arrays,
+        frame_camera,
+        frame_coverages,
+        parse_cameras,
+        sample_cameras,
+    )
 
     K = np.array([[100.0, 0.0, 55.5], [0.0, 90.0, 41.5], [0.0, 0.0, 1.0]])
     frames = [
@@ -235,6 +243,11 @@ def test_cameras_record_round_trips_through_json_and_the_checks():
     # world point → camera by the stored [R|t] equals R @ X + t computed by hand
     X = np.array([1.0, 2.0, 3.0])
     np.testing.assert_allclose(Rt[:, :3] @ X + Rt[:, 3], _rotation(0.2) @ X + [0.5, -1.0, 4.0], atol=1e-12)
+    Ks, Rts = camera_arrays(cams, "w")
+    assert Ks.shape == (3, 3, 3) and Rts.shape == (3, 3, 4)
+    np.testing.assert_array_equal(Rts[1, :, :3], _rotation(0.1))
+    with pytest.raises(ShardError, match="^w: 4 frames asked, the sample has only 3$"):
+        camera_arrays(cams, "w", 4)
     assert frame_coverages(record) == [("IMG_0.JPG", 0.0), ("IMG_1.JPG", 0.25), ("IMG_2.JPG", 0.5)]
     assert frame_coverages({}) == []
 
