@@ -8,9 +8,9 @@ patch_match_stereo --max_image_size writes), noise, holes and outliers like data
 Per frame, one thread, CPU time (time.thread_time), median over frames x reps, paths interleaved
 frame by frame (background load hits them alike):
 
-  eth3d laser    build.process_frame on the ETH3D scene (DCT decode, area resample, laser depth)
+  eth3d laser    frames.process_frame on the ETH3D scene (DCT decode, area resample, laser depth)
   eth3d sparse   the same with --depth sparse
-  colmap sparse  build.process_frame --format colmap --depth sparse: the undistortion image path
+  colmap sparse  frames.process_frame --format colmap --depth sparse: the undistortion image path
   colmap mvs     --depth mvs: + consistency filter against the 4 most covisible maps + plane pooling
 
 plus the one-off map build per camera. Ratios colmap / eth3d per depth kind are the result.
@@ -91,9 +91,9 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="keep the inputs of a previous run in --work")
     args = ap.parse_args()
 
-    from dataengine.build import BuildConfig, process_frame
-    from dataengine.colmap_build import load_colmap_scenes
+    from dataengine.config import BuildConfig
     from dataengine.eth3d import load_scene
+    from dataengine.frames import process_frame
     from dataengine.mvs import MvsConfig
     from dataengine.synth import generate_scene
     from dataengine.undistort import _cache as map_cache
@@ -118,21 +118,21 @@ def main() -> int:
     scenes = {
         "eth3d laser": load_scene(eth3d_root / "bench", "laser"),
         "eth3d sparse": load_scene(eth3d_root / "bench", "sparse"),
-        "colmap sparse": load_colmap_scenes(cfgs["colmap sparse"])[0],
-        "colmap mvs": load_colmap_scenes(cfgs["colmap mvs"])[0],
+        "colmap sparse": cfgs["colmap sparse"].source.load(cfgs["colmap sparse"], ["bench"])[0],
+        "colmap mvs": cfgs["colmap mvs"].source.load(cfgs["colmap mvs"], ["bench"])[0],
     }
     src = scenes["colmap sparse"].frames[0]
     map_cache.clear()
     map_s = cpu_time(undistort_map, src.camera, base.width, base.height, base.fit, "valid")
     umap = undistort_map(src.camera, base.width, base.height, base.fit, "valid")
     for name in cfgs:  # warm numba, page cache and the per-camera maps
-        process_frame(scenes[name].frames[0], scenes[name], cfgs[name])
+        process_frame(cfgs[name].source, scenes[name].frames[0], scenes[name], cfgs[name])
     times = {name: [] for name in cfgs}
     for _ in range(args.reps):
         for i in range(args.frames):
             for name in cfgs:
                 frame = scenes[name].frames[i]
-                times[name].append(cpu_time(process_frame, frame, scenes[name], cfgs[name]))
+                times[name].append(cpu_time(process_frame, cfgs[name].source, frame, scenes[name], cfgs[name]))
     med = {name: 1e3 * statistics.median(v) for name, v in times.items()}
     result = {
         "machine": info,

@@ -3,7 +3,7 @@
 Per frame: ~6200x4130 undistorted JPEG + 6048x4032 raw float32 GT + mask → one 518² frame with laser
 depth. Compares, single thread (CPU time = time.thread_time, median; variants interleaved frame by
 frame, so background load on a shared machine hits them alike):
-  engine    DCT-scaled decode + numba area resample + laser depth (dataengine.build.process_frame),
+  engine    DCT-scaled decode + numba area resample + laser depth (dataengine.frames.process_frame),
             with plane pooling (the default) and with nearest pooling
   baseline  the existing fork's way: PIL full-resolution decode + resize, depth mapping and pooling
             in plain numpy (no numba, no DCT scaling)
@@ -101,7 +101,7 @@ def floor_frame(frame, reduction=4):
 
 # ------------------------------------------------------------------------------------------ stages
 def engine_stages(frame, cfg) -> dict:
-    """CPU seconds of each stage of one laser frame, the way dataengine.build.process_frame runs
+    """CPU seconds of each stage of one laser frame, the way dataengine.frames.process_frame runs
     them (the stage functions are the engine's own)."""
     import simplejpeg
 
@@ -442,14 +442,14 @@ def replicate_scene(src: Path, dst: Path, n_frames: int) -> None:
 def per_frame_cpu(frames, scene, cfgs, reps) -> dict:
     """Median CPU ms per frame; the variants are interleaved frame by frame so that a change in
     background load hits all of them alike."""
-    from dataengine.build import process_frame
+    from dataengine.frames import process_frame
 
     times = {name: [] for name in [*cfgs, "floor", "baseline"]}
     stages = {name: [] for name in cfgs}
     for rep in range(reps):
         for f in frames:
             for name, cfg in cfgs.items():
-                times[name].append(cpu_time(process_frame, f, scene, cfg))
+                times[name].append(cpu_time(process_frame, cfg.source, f, scene, cfg))
                 stages[name].append(engine_stages(f, cfg))
             times["floor"].append(cpu_time(floor_frame, f))
             if rep == 0:  # the slow baseline: once per frame
@@ -468,7 +468,7 @@ def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: f
     thread's finish minus the first's (one thread idle: no frame left to take)."""
     import threading
 
-    from dataengine.build import process_frame
+    from dataengine.frames import process_frame
 
     work = (frames * items)[:items]
 
@@ -479,7 +479,7 @@ def worker_scaling(frames, scene, cfg, items: int, quiet: float, quiet_wait_s: f
 
         def one(frame):
             cpu0 = time.thread_time()
-            process_frame(frame, scene, cfg)
+            process_frame(cfg.source, frame, scene, cfg)
             done.append((threading.get_ident(), time.thread_time() - cpu0, time.perf_counter() - start))
 
         with OthersLoad() as run, ThreadPoolExecutor(workers) as pool:
@@ -536,9 +536,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
 
-    from dataengine.build import BuildConfig, build_shards, process_frame
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.depth import LaserDepthConfig
     from dataengine.eth3d import load_scene
+    from dataengine.frames import process_frame
     from dataengine.kernels.codes import Pooling
     from dataengine.synth import generate_scene
 
@@ -563,7 +565,10 @@ def main() -> None:
     sparse_scene = load_scene(scene_dir, "sparse")
     for name, cfg in cfgs.items():  # numba load/compile and grid caches outside the timing
         process_frame(
-            sparse_scene.frames[0] if name == "sparse" else frames[0], sparse_scene if name == "sparse" else scene, cfg
+            cfg.source,
+            sparse_scene.frames[0] if name == "sparse" else frames[0],
+            sparse_scene if name == "sparse" else scene,
+            cfg,
         )
     with OthersLoad() as during:
         mask_ab = mask_decoder_ab(frames, cfgs["engine_laser_plane"], args.mask_reps)
@@ -578,7 +583,10 @@ def main() -> None:
     with OthersLoad() as during:
         per = per_frame_cpu(frames, scene, laser_cfgs, args.reps)
         per["engine_sparse"] = median_ms(
-            [cpu_time(process_frame, f, sparse_scene, cfgs["sparse"]) for f in sparse_scene.frames]
+            [
+                cpu_time(process_frame, cfgs["sparse"].source, f, sparse_scene, cfgs["sparse"])
+                for f in sparse_scene.frames
+            ]
         )
     per["load_avg_before"] = load_before
     per["load_avg_after"] = load()

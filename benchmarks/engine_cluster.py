@@ -40,7 +40,8 @@ def shard_digest(out: Path) -> str:
 
 
 def timed_build(root: Path, out: Path, **kw) -> dict:
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
 
     shutil.rmtree(out, ignore_errors=True)
     load_before = load()[0]

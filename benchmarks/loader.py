@@ -39,7 +39,8 @@ import numpy as np
 
 
 def build_dataset(work: Path, samples: int) -> tuple[Path, Path]:
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.synth import generate_scene
     from dataengine.windows import WindowConfig
 

@@ -33,7 +33,8 @@ PEER_CLAIMS = {"a": "12 GB, 15 min/epoch", "b": "20 GB, 30 min/epoch", "c": "28 
 
 
 def build_shards(work: Path, size: int, frames: int, scale: float) -> Path:
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.synth import generate_scene
     from dataengine.windows import WindowConfig
 

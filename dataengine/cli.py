@@ -10,8 +10,11 @@ from pathlib import Path
 
 import click
 
+from dataengine.executor import EXECUTORS
 from dataengine.kernels.codes import Pooling
+from dataengine.sampling import SAMPLING_MODES
 from dataengine.scenes import DEFAULT_SCENES, ETH3D_URL
+from dataengine.sources import FORMATS
 
 DEBUG_ENV = "DATAENGINE_DEBUG"
 PATCH = 14  # VGGT's patch size: image sides must be multiples of it
@@ -75,7 +78,7 @@ def _debug() -> bool:
 @click.version_option(package_name="vggt-eth3d-lora")
 @click.option("--debug", is_flag=True, help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
 def main(debug: bool) -> None:
-    """ETH3D → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
+    """ETH3D scenes or COLMAP projects → 8-frame WebDataset shards (depth, masks, cameras, manifest)."""
 
 
 # ---- data engine commands: build / inspect / verify / download ----------------------------------
@@ -104,7 +107,7 @@ def _size(value: str) -> tuple[int, int]:
     type=click.Path(path_type=Path),
     default="data/eth3d",
     show_default=True,
-    help="ETH3D root holding one folder per scene.",
+    help="ETH3D root holding one folder per scene (--format colmap: a COLMAP project or a folder of them).",
 )
 @click.option(
     "--out",
@@ -131,8 +134,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["eth3d", "colmap"]),
-    default="eth3d",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
     show_default=True,
     help="eth3d: ETH3D scene folders; colmap: any COLMAP project (root or one per subfolder), "
     "see docs/own-captures.md.",
@@ -209,8 +212,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--keep-cache", is_flag=True, help="Keep the per-frame cache after a successful build.")
 @click.option(
     "--sampling",
-    type=click.Choice(["windows", "uniform", "random", "da3"]),
-    default="windows",
+    type=click.Choice(SAMPLING_MODES),
+    default=SAMPLING_MODES[0],
     show_default=True,
     help="windows = training windows (train/val); uniform / random = one "
     "evaluation sample per scene of --frames frames spread over / drawn from the whole scene, "
@@ -221,8 +224,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sampling random.")
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
+    type=click.Choice(EXECUTORS),
+    default=EXECUTORS[0],
     show_default=True,
     help="Where frames render: local threads, or Ray tasks on a cluster (needs the `ray` extra; "
     "same shards and manifest either way, docs/cluster.md).",
@@ -265,10 +268,11 @@ def build_command(
     executor,
     ray_address,
 ):
-    """Build 8-frame WebDataset shards from ETH3D scenes."""
+    """Build 8-frame WebDataset shards from ETH3D scenes (or COLMAP projects: --format colmap)."""
     import logging
 
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig, OptionError, check_options
     from dataengine.depth import LaserDepthConfig
     from dataengine.scenes import expand_scene_sets
     from dataengine.windows import WindowConfig
@@ -281,24 +285,6 @@ def build_command(
             f"{PATCH * round(width / PATCH)}); pass --any-size to build anyway",
             param_hint="'--size'",
         )
-    if fmt == "eth3d" and depth == "mvs":
-        raise click.BadParameter("--depth mvs needs --format colmap (ETH3D has laser depth)", param_hint="--depth")
-    if fmt == "colmap" and depth == "laser":
-        raise click.BadParameter(
-            "--depth laser needs --format eth3d; COLMAP projects have mvs or sparse", param_hint="--depth"
-        )
-    if metric_scale is not None and not (metric_scale > 0 and metric_scale < float("inf")):
-        raise click.BadParameter(f"{metric_scale}: must be a positive number", param_hint="--metric-scale")
-    if undistort_fov not in ("valid", "full"):
-        try:
-            if not 1.0 <= float(undistort_fov) <= 160.0:
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(
-                f"{undistort_fov!r}: expected valid, full or degrees in [1, 160]", param_hint="--undistort-fov"
-            ) from None
-    if ray_address and executor != "ray":
-        raise click.BadParameter("--ray-address needs --executor ray", param_hint="--ray-address")
     cfg = BuildConfig(
         root=root,
         out=out,
@@ -324,6 +310,10 @@ def build_command(
         executor=executor,
         ray_address=ray_address,
     )
+    try:
+        check_options(cfg)
+    except OptionError as exc:
+        raise click.BadParameter(exc.detail, param_hint=exc.option) from None
     if executor == "ray":  # join the cluster before parsing: a missing Ray or a wrong address fails fast
         from dataengine.executor import connect
 
@@ -416,7 +406,24 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
         click.echo(f"{item['archive']}: {item['status']}")
 
 
-# ---- synthetic ETH3D scenes ----------------------------------------------------------------------
+# ---- synthetic scenes (ETH3D layout or COLMAP project) ------------------------------------------
+def _synth_eth3d(out, *, distorted_images, models, model_format, dense, **common) -> list[str]:
+    from dataengine.synth import describe_scene, generate_scene
+
+    path = generate_scene(out, **common, distorted_images=distorted_images, log=click.echo)
+    return describe_scene(path)
+
+
+def _synth_colmap(out, *, distorted_images, models, model_format, dense, **common) -> list[str]:
+    from dataengine.synth.colmap_project import generate_colmap_project
+
+    path = generate_colmap_project(out, **common, models=models, model_format=model_format, dense=dense, log=click.echo)
+    return [f"wrote {path}"]
+
+
+SYNTH_FORMATS = {"eth3d": _synth_eth3d, "colmap": _synth_colmap}  # `synth --format`: its generator
+
+
 @main.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--scene", default="synth_facade", show_default=True, help="Scene folder name.")
@@ -433,7 +440,7 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["eth3d", "colmap"]),
+    type=click.Choice(list(SYNTH_FORMATS)),
     default="eth3d",
     show_default=True,
     help="colmap: a COLMAP project (distorted photos, sparse model, MVS depth maps); --scale 1 = 1600x1200 photos.",
@@ -455,32 +462,15 @@ def download_command(root, scenes, base_url, keep_archives, retries, quiet):
 def synth_command(out, scene, images, scale, seed, distorted_images, fmt, camera_models, model_format, no_dense):
     """Generate a synthetic scene in the exact ETH3D on-disk layout under OUT/SCENE (or a COLMAP
     project with --format colmap)."""
-    if fmt == "colmap":
-        from dataengine.synth.colmap_project import generate_colmap_project
-
-        try:
-            path = generate_colmap_project(
-                out,
-                scene=scene,
-                images=images,
-                scale=scale,
-                seed=seed,
-                models=_csv(camera_models) or (),
-                model_format=model_format,
-                dense=not no_dense,
-                log=click.echo,
-            )
-        except (ValueError, FileExistsError) as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {path}")
-        return
-    from dataengine.synth import describe_scene, generate_scene
-
+    options = dict(
+        distorted_images=distorted_images,
+        models=_csv(camera_models) or (),
+        model_format=model_format,
+        dense=not no_dense,
+    )
     try:
-        path = generate_scene(
-            out, scene=scene, images=images, scale=scale, seed=seed, distorted_images=distorted_images, log=click.echo
-        )
+        lines = SYNTH_FORMATS[fmt](out, scene=scene, images=images, scale=scale, seed=seed, **options)
     except (ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
-    for line in describe_scene(path):
+    for line in lines:
         click.echo(line)

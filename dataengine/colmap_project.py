@@ -56,8 +56,8 @@ class ColmapFrame:
     def cache_ident(self) -> list:
         """Everything of the inputs that changes this frame's render (for the build's cache key).
         Files by size and change times (a rewrite moves ctime even when mtime is restored); the
-        sparse points by the build (build.frame_cache_path hashes the coordinates)."""
-        from dataengine.build import stat_key
+        sparse points by the build (dataengine.frames.frame_cache_path hashes the coordinates)."""
+        from dataengine.frames import stat_key
 
         return [
             "colmap",

@@ -35,6 +35,21 @@ ARCHIVES_HINT = (
 )
 
 
+# A real ETH3D calibration line (courtyard, dslr_calibration_jpg/cameras.txt, camera 0): CAMERA_ID MODEL WIDTH
+# HEIGHT fx fy cx cy k1 k2 p1 p2 k3 k4 sx1 sy1. The synthetic scenes' lens and the tests' distortion reference.
+REFERENCE_CALIBRATION_LINE = (
+    "0 THIN_PRISM_FISHEYE 6048 4032 3411.42 3410.02 3041.29 2014.07 0.21047 0.21102 "
+    "-5.36231e-06 0.00051541 -0.158023 0.406856 -8.46499e-05 0.000861313"
+)
+
+
+def reference_camera() -> Camera:
+    """The camera of `REFERENCE_CALIBRATION_LINE`: a full-size ETH3D DSLR (Nikon D3X, 6048x4032) with its
+    real THIN_PRISM_FISHEYE distortion."""
+    camera_id, model, width, height, *params = REFERENCE_CALIBRATION_LINE.split()
+    return Camera(int(camera_id), model, int(width), int(height), np.array([float(p) for p in params]))
+
+
 @dataclass
 class Frame:
     scene: str

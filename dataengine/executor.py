@@ -1,8 +1,8 @@
 """Where the build's per-frame work runs: `local` (a thread pool, as always) or `ray` (Ray Core tasks).
 
-Only the per-frame work moves: a Ray task runs `render_frame_record`, a module-level function of plain,
-picklable inputs (frame, scene, config) that returns the rendered record or the frame's bad-input
-message (the local pool calls the same `process_frame` in its threads, as before).
+Only the per-frame work moves: `dataengine.frames.process_frame(source, frame, scene, config)`, one
+module-level function of picklable inputs. The local pool calls it in its threads; a Ray task runs
+`render_frame_record`, which calls it and returns the frame's bad-input message instead of raising it.
 Planning (parsing, windows, splits) and the shard writing stay on the driver, so a Ray build writes
 the same bytes as a local one. With Ray the records come back through the object store and the
 driver writes them into the frame cache atomically (tmp + rename, `save_frame`): only --root must be
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from dataengine.errors import BadInputError
+from dataengine.frames import process_frame, save_frame
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = (
@@ -43,14 +44,12 @@ class ClusterError(OSError):
     task that kept dying). An OSError so that the CLI prints it as one `Error:` line."""
 
 
-def render_frame_record(frame, scene, cfg) -> tuple[object | None, tuple[str, str | None] | None]:
-    """The per-frame work: (FrameResult, None), or (None, (message, path)) for bad input.
+def render_frame_record(source, frame, scene, cfg) -> tuple[object | None, tuple[str, str | None] | None]:
+    """A Ray task's per-frame work: (FrameResult, None), or (None, (message, path)) for bad input.
 
     Bad input is returned, not raised, so that no executor retries it or wraps its text."""
-    from dataengine.build import process_frame
-
     try:
-        return process_frame(frame, scene, cfg), None
+        return process_frame(source, frame, scene, cfg), None
     except BadInputError as exc:
         return None, (str(exc), exc.path)
 
@@ -68,12 +67,12 @@ def frame_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
 # ---------------------------------------------------------------------------------------------- local
 def _local_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
     """The thread pool (simplejpeg and the numba kernels release the GIL), each thread caching its frame."""
-    from dataengine.build import process_frame, save_frame
+    source = cfg.source
 
     def work(item):
         scene, frame, path = item
         try:
-            save_frame(path, process_frame(frame, scene, cfg))
+            save_frame(path, process_frame(source, frame, scene, cfg))
             return item, None
         except BadInputError as exc:
             if not cfg.skip_bad:
@@ -230,8 +229,6 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
 
     A bad frame (without --skip-bad) fails the build with the same error as locally: the first bad
     frame in input order, raised once every frame before it has finished."""
-    from dataengine.build import save_frame
-
     ray = import_ray()
     info = connect(cfg.ray_address, cfg.workers or None)
     scenes = list({id(s): s for s, _, _ in pending}.values())
@@ -240,6 +237,7 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
         return
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(render_frame_record)
     scene_refs = {id(s): ray.put(s) for s in scenes}  # each scene crosses the network once
+    source = cfg.source
     window = max(4 * info["cpus"], 16)
     in_flight: dict = {}  # ObjectRef → index into pending
     next_index = 0
@@ -249,7 +247,7 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
             limit = len(pending) if first_bad is None else first_bad[0]
             while next_index < limit and len(in_flight) < window:
                 scene, frame, _ = pending[next_index]
-                in_flight[task.remote(frame, scene_refs[id(scene)], cfg)] = next_index
+                in_flight[task.remote(source, frame, scene_refs[id(scene)], cfg)] = next_index
                 next_index += 1
             if first_bad is not None and not any(i < first_bad[0] for i in in_flight.values()):
                 raise BadInputError(*first_bad[1])  # every frame before it is done

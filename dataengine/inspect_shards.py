@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shardformat import SampleReader, index_tar, record_suffixes
+from shardformat import CAMERAS, DEPTH, MASK, SampleReader, frame_member, index_tar, record_suffixes
 
 
 def read_samples(shard: Path, limit: int | None = None):
@@ -27,12 +27,12 @@ def read_samples(shard: Path, limit: int | None = None):
 def decode_sample(members: dict[str, bytes]) -> dict:
     import simplejpeg
 
-    frames = sorted((k for k in members if k.startswith("f") and k.endswith(".jpg")), key=lambda k: int(k[1:-4]))
+    frames = [frame_member(i) for i in range(len(members)) if frame_member(i) in members]
     return {
         "rgb": np.stack([simplejpeg.decode_jpeg(members[k], colorspace="RGB") for k in frames]),
-        "depth": np.load(io.BytesIO(members["depth.npy"])),
-        "mask": np.load(io.BytesIO(members["mask.npy"])),
-        "cameras": json.loads(members["cameras.json"]),
+        "depth": np.load(io.BytesIO(members[DEPTH])),
+        "mask": np.load(io.BytesIO(members[MASK])),
+        "cameras": json.loads(members[CAMERAS]),
     }
 
 

@@ -24,14 +24,12 @@ from shardformat import (
     KEY_RE,
     MASK,
     depth_range_problem,
+    frame_coverages,
     frame_member,
     sample_suffixes,
     suffixes_by_key,
 )
 
-# the one reader (shardformat.index_tar): sample key → member suffixes in file order, from tar headers only
-list_tar_samples = suffixes_by_key
-expected_suffixes = sample_suffixes
 TMP_RE = re.compile(r"^\.(.+)\.tmp(\d+)$")  # `atomic_path` names: .NAME.tmpPID
 
 
@@ -164,7 +162,7 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             if digest != shard["sha256"]:
                 problems.append(f"{path}: sha256 {digest} != manifest {shard['sha256']}")
             try:
-                samples = list_tar_samples(path)
+                samples = suffixes_by_key(path)  # from the tar headers only (shardformat.index_tar)
                 coverage = tar_coverage(path)
             except (tarfile.TarError, ValueError) as exc:
                 problems.append(f"{path}: unreadable tar ({exc})")
@@ -185,7 +183,7 @@ def verify_dataset(directory: Path, notes: list[str] | None = None) -> list[str]
             for key, suffixes in samples.items():
                 # Evaluation samples (--sampling) hold min(frames, scene frames) frames.
                 n = sum(s.endswith(".jpg") for s in suffixes) if variable_frames else frames
-                if suffixes != expected_suffixes(n) or n > frames:
+                if suffixes != sample_suffixes(n) or n > frames:
                     problems.append(f"{path}: sample {key} has members {suffixes}")
             total += len(samples)
         if total != info.get("samples"):
@@ -228,8 +226,8 @@ def tar_coverage(path: Path) -> list[tuple[str, str, float]]:
     out = []
     with tarfile.open(path, mode="r:") as tar:
         for member in tar:
-            if member.name.endswith(".cameras.json"):
+            if member.name.endswith(f".{CAMERAS}"):
                 cams = json.loads(tar.extractfile(member).read())
                 key = member.name.partition(".")[0]
-                out += [(key, f.get("name", "?"), float(f.get("coverage", 0.0))) for f in cams.get("frames", [])]
+                out += [(key, name, coverage) for name, coverage in frame_coverages(cams)]
     return out

@@ -5,12 +5,21 @@ The one place that names the members and reads the format: the data engine (writ
 decoding stays with the callers.
 
 - names: the format tag, member names, the sample-key rules, shard file names
+- cameras: cameras.json, the per-sample camera record (built by the engine, checked by every reader)
 - tarindex: samples of a tar from its 512-byte headers, grouped exactly as webdataset groups them
 - manifest: manifest.json as `dataengine build` writes it
 - members: payload access (pread) and .npy/.json member decoding
 - depth_range: the depth values a shard may hold (one rule for writer, verify and trainer)
 """
 
+from shardformat.cameras import (
+    SampleCameras,
+    frame_arrays,
+    frame_camera,
+    frame_coverages,
+    parse_cameras,
+    sample_cameras,
+)
 from shardformat.depth_range import MAX_DEPTH, depth_range_problem
 from shardformat.manifest import ManifestShard, manifest_shards, read_manifest
 from shardformat.members import NpyLayout, SampleReader, npy_layout, read_json
@@ -38,19 +47,26 @@ __all__ = [
     "MAX_DEPTH",
     "SHARD_RE",
     "ManifestShard",
+    "SampleCameras",
     "NpyLayout",
     "SampleReader",
     "ShardError",
     "TarRange",
+    "camera_arrays",
     "count_samples",
     "depth_range_problem",
+    "frame_arrays",
+    "frame_camera",
+    "frame_coverages",
     "frame_member",
     "index_tar",
     "manifest_shards",
     "npy_layout",
+    "parse_cameras",
     "read_json",
     "read_manifest",
     "record_suffixes",
+    "sample_cameras",
     "sample_suffixes",
     "shard_name",
     "split_member_name",

@@ -28,14 +28,14 @@ import simplejpeg
 from PIL import Image as PILImage
 
 from dataengine.mvs import write_depth_map
-from dataengine.synth.scene import SceneGeometry, build_facade, capture_poses
+from dataengine.synth.scene import REFERENCE_THIN_PRISM, SceneGeometry, build_facade, capture_poses
 from dataengine.undistort import SourceCamera, distort, pycolmap_cam_from_img, undistorted_field
 
 TRUTH_FILE = "synth_colmap_truth.json"
 TRUTH_FORMAT = "dataengine.synth.colmap_project/1"
 BASE_WIDTH, BASE_HEIGHT = 1600, 1200  # photo size at scale 1
 DEFAULT_MODELS = ("OPENCV", "SIMPLE_RADIAL", "OPENCV_FISHEYE")
-_REFERENCE_FOCAL = 3411.42  # the ETH3D focal build_facade's texture scale refers to
+_REFERENCE_FOCAL = float(REFERENCE_THIN_PRISM[0])  # the ETH3D focal build_facade's texture scale refers to
 _OUTLIER_FRACTION = 0.02
 _NOISE = 0.002
 

@@ -18,6 +18,7 @@ from dataengine.camera import (
     rotmat_to_qvec,
     thin_prism_distort_normalized,
 )
+from dataengine.eth3d import reference_camera
 from dataengine.synth.materials import CONCRETE, DOOR, GLASS, METAL, STONE
 from dataengine.synth.raycast import cast_camera_kernel, cast_kernel, pixel_centre_rays, render_pinhole_kernel
 
@@ -25,23 +26,9 @@ TRUTH_FILE = "synth_truth.json"  # generator parameters and analytic geometry, n
 TRUTH_FORMAT = "dataengine.synth/1"
 
 # Full-resolution ETH3D DSLR (Nikon D3X) and a real THIN_PRISM_FISHEYE calibration (courtyard).
-FULL_WIDTH, FULL_HEIGHT = 6048, 4032
-REFERENCE_THIN_PRISM = np.array(
-    [
-        3411.42,
-        3410.02,
-        3041.29,
-        2014.07,
-        0.21047,
-        0.21102,
-        -5.36231e-06,
-        0.00051541,
-        -0.158023,
-        0.406856,
-        -8.46499e-05,
-        0.000861313,
-    ]
-)
+_REFERENCE = reference_camera()
+FULL_WIDTH, FULL_HEIGHT = _REFERENCE.width, _REFERENCE.height
+REFERENCE_THIN_PRISM = _REFERENCE.params
 
 
 # ==================================================================================================

@@ -7,24 +7,9 @@ import numpy as np
 
 from dataengine import camera
 from dataengine.camera import Camera
+from dataengine.eth3d import reference_camera
 
-# Real ETH3D THIN_PRISM_FISHEYE line (courtyard camera 0).
-PRISM = np.array(
-    [
-        3411.42,
-        3410.02,
-        3041.29,
-        2014.07,
-        0.21047,
-        0.21102,
-        -5.36231e-06,
-        0.00051541,
-        -0.158023,
-        0.406856,
-        -8.46499e-05,
-        0.000861313,
-    ]
-)
+PRISM = reference_camera().params  # a real ETH3D THIN_PRISM_FISHEYE calibration (courtyard camera 0)
 
 
 # A small, strongly distorted camera pair (120x80 distorted, 124x83 undistorted) for plane pooling.

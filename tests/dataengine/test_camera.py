@@ -20,12 +20,8 @@ from dataengine.camera import (
     thin_prism_project,
     thin_prism_unproject,
 )
+from dataengine.eth3d import REFERENCE_CALIBRATION_LINE as COURTYARD_LINE  # real ETH3D line: courtyard camera 0
 
-# Real ETH3D courtyard calibration line (docs): fx fy cx cy k1 k2 p1 p2 k3 k4 sx1 sy1.
-COURTYARD_LINE = (
-    "0 THIN_PRISM_FISHEYE 6048 4032 3411.42 3410.02 3041.29 2014.07 0.21047 0.21102 "
-    "-5.36231e-06 0.00051541 -0.158023 0.406856 -8.46499e-05 0.000861313"
-)
 COURTYARD = np.array([float(v) for v in COURTYARD_LINE.split()[4:]])
 # Same camera with exaggerated tangential / thin-prism terms, so a p1<->p2 swap cannot hide.
 STRONG = COURTYARD.copy()

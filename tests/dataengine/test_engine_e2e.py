@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from dataengine import build as build_mod
-from dataengine.build import BuildConfig, build_shards, process_frame
+from dataengine import executor as executor_mod
+from dataengine.build import build_shards
 from dataengine.camera import Camera
+from dataengine.config import BuildConfig
 from dataengine.errors import BadInputError
 from dataengine.eth3d import load_scene
+from dataengine.frames import process_frame as _process_frame
 from dataengine.images import fit_geometry, output_intrinsics
 from dataengine.windows import WindowConfig
 
@@ -38,6 +40,11 @@ def geometry(eth3d_root):
     from dataengine.synth import SceneGeometry
 
     return SceneGeometry.from_scene_dir(eth3d_root / SCENE)
+
+
+def process_frame(frame, scene, cfg):
+    """The per-frame work as the executors run it (the config's source)."""
+    return _process_frame(cfg.source, frame, scene, cfg)
 
 
 def small_config(root, out, **kw) -> BuildConfig:
@@ -245,20 +252,20 @@ def test_byte_reproducible_and_resumes_after_interruption(built, eth3d_root, tmp
         assert (again / shard.name).read_bytes() == shard.read_bytes()
 
     resumed = tmp_path / "resumed"
-    real = build_mod.process_frame
+    real = executor_mod.process_frame
     calls = []
 
-    def dies_after_five(frame, scene, cfg):
+    def dies_after_five(source, frame, scene, cfg):
         if len(calls) >= 5:
             raise KeyboardInterrupt("simulated kill")
         calls.append(frame.name)
-        return real(frame, scene, cfg)
+        return real(source, frame, scene, cfg)
 
-    monkeypatch.setattr(build_mod, "process_frame", dies_after_five)
+    monkeypatch.setattr(executor_mod, "process_frame", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         build_shards(small_config(eth3d_root, resumed, workers=1))
     assert not list(resumed.glob("*.tar")) and not (resumed / "manifest.json").exists()
-    monkeypatch.setattr(build_mod, "process_frame", lambda f, s, c: (calls.append(f.name), real(f, s, c))[1])
+    monkeypatch.setattr(executor_mod, "process_frame", lambda so, f, s, c: (calls.append(f.name), real(so, f, s, c))[1])
     assert same_manifest(build_shards(small_config(eth3d_root, resumed, workers=1)), manifest)
     assert len(calls) == 12  # 5 before the kill + the 7 that were missing, none twice
     for shard in sorted(out.glob("*.tar")):

@@ -100,7 +100,8 @@ def test_colmap_ray_build_is_byte_identical(cluster, tmp_path):
 
     root = tmp_path / "colmap"
     generate_colmap_project(root, scene="capture", images=6, scale=0.1, seed=3)
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.windows import WindowConfig
 
     local, on_ray = tmp_path / "local", tmp_path / "ray"
@@ -156,7 +157,7 @@ def test_driver_killed_mid_build_rerun_reuses_frames_and_is_identical(cluster, e
 
 def local_config(root: Path, out: Path, **kw):
     """BUILD's options as a BuildConfig: the local reference runs in this process (no interpreter start)."""
-    from dataengine.build import BuildConfig
+    from dataengine.config import BuildConfig
     from dataengine.windows import WindowConfig
 
     return BuildConfig(
@@ -216,7 +217,8 @@ def test_node_input_check_and_bounded_retries(cluster, tmp_path, monkeypatch):
             executor.check_inputs_on_nodes(SimpleNamespace(root=missing), [])
         executor.check_inputs_on_nodes(cfg, [scene])
         with pytest.raises(executor.ClusterError) as crashed:
-            list(executor.frame_outcomes(SimpleNamespace(**vars(cfg), executor="ray"), [(scene, WorkerKiller(), None)]))
+            ray_cfg = SimpleNamespace(**vars(cfg), executor="ray", source=None)  # the task dies before it renders
+            list(executor.frame_outcomes(ray_cfg, [(scene, WorkerKiller(), None)]))
     finally:
         ray.shutdown()
     text = str(unseen.value)

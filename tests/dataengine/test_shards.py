@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from dataengine.shards import list_tar_samples, npy_bytes, sample_key, sample_members, write_tar
+from dataengine.shards import npy_bytes, sample_key, sample_members, write_tar
+from shardformat import suffixes_by_key
 
 
 def test_tar_writer_is_reproducible_and_stock_webdataset_decodes(tmp_path):
@@ -26,7 +27,7 @@ def test_tar_writer_is_reproducible_and_stock_webdataset_decodes(tmp_path):
         infos = tar.getmembers()
     assert [i.name for i in infos][0] == "my_scene_00003.f0.jpg"
     assert all(i.mtime == 0 and i.uid == 0 and i.uname == "" and i.mode == 0o444 for i in infos)
-    assert list_tar_samples(tmp_path / "a.tar") == {
+    assert suffixes_by_key(tmp_path / "a.tar") == {
         "my_scene_00003": ["f0.jpg", "f1.jpg", "depth.npy", "mask.npy", "cameras.json"]
     }
     sample = next(iter(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False).decode("rgb8")))

@@ -142,7 +142,8 @@ def test_frame_cache_key_covers_every_input(tmp_path):
     photos = sorted((scene / "images" / "dslr_images_undistorted").iterdir())
     stems = [p.stem for p in photos]
     out = tmp_path / "out"
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.windows import WindowConfig
 
     def rebuild(*extra) -> set[str]:

@@ -27,12 +27,6 @@ from shardformat import (
     sample_suffixes,
     split_member_name,
 )
-from tests.trainer.test_data import engine_shards
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def grouped(records: list[dict]) -> list[tuple[str, dict[str, bytes]]]:
@@ -194,3 +188,91 @@ def test_npy_and_json_members_decode_like_numpy(tmp_path):
             npy_layout(reader, "mask.npy")
     finally:
         reader.close()
+
+
+# ---- cameras.json: one owner (shardformat.cameras) -------------------------------------------------
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_cameras_record_round_trips_through_json_and_the_checks():
+    from shardformat import ShardError
+    from shardformat.cameras import (
+        camera_arrays,
+        frame_arrays,
+        frame_camera,
+        frame_coverages,
+        parse_cameras,
+        sample_cameras,
+    )
+
+    K = np.array([[100.0, 0.0, 55.5], [0.0, 90.0, 41.5], [0.0, 0.0, 1.0]])
+    frames = [
+        frame_camera(
+            f"IMG_{i}.JPG",
+            7 + i,
+            1,
+            K,
+            _rotation(0.1 * i),
+            np.array([0.5, -1.0, 2.0 + i]),
+            [640, 480],
+            0.25 * i,
+            "laser" if i else "sparse",
+        )
+        for i in range(3)
+    ]
+    record = json.loads(json.dumps(sample_cameras("hall", "train", 4, "metres", (84, 112), frames)))
+    assert list(record) == [
+        "format",
+        "scene",
+        "split",
+        "window",
+        "depth_source",
+        "units",
+        "pixel_convention",
+        "extrinsics_convention",
+        "image_size",
+        "frames",
+    ]  # the written key order
+    assert record["depth_source"] == "mixed" and record["image_size"] == [84, 112]
+    cams = parse_cameras(record, "x.tar:hall_00004")
+    assert (cams.height, cams.width, len(cams.frames)) == (84, 112, 3)
+    K2, Rt = frame_arrays("w", 2, cams.frames[2])
+    np.testing.assert_array_equal(K2, K)
+    # world point → camera by the stored [R|t] equals R @ X + t computed by hand
+    X = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(Rt[:, :3] @ X + Rt[:, 3], _rotation(0.2) @ X + [0.5, -1.0, 4.0], atol=1e-12)
+    Ks, Rts = camera_arrays(cams, "w")
+    assert Ks.shape == (3, 3, 3) and Rts.shape == (3, 3, 4)
+    np.testing.assert_array_equal(Rts[1, :, :3], _rotation(0.1))
+    with pytest.raises(ShardError, match="^w: 4 frames asked, the sample has only 3$"):
+        camera_arrays(cams, "w", 4)
+    assert frame_coverages(record) == [("IMG_0.JPG", 0.0), ("IMG_1.JPG", 0.25), ("IMG_2.JPG", 0.5)]
+    assert frame_coverages({}) == []
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda r: r.update(format="other/1"), "cameras.json format 'other/1', expected"),
+        (lambda r: r.update(frames=[]), "cameras.json has no 'frames' list or no [H, W] 'image_size'"),
+        (lambda r: r.update(image_size=[84]), "cameras.json has no 'frames' list or no [H, W] 'image_size'"),
+        (lambda r: r["frames"][0].pop("K"), "cameras.json frame 0: unreadable K/extrinsics"),
+        (lambda r: r["frames"][0].update(K=[[1, 0], [0, 1]]), "K (2, 2) / extrinsics (3, 4), expected (3, 3) / (3, 4)"),
+        (lambda r: r["frames"][0]["K"][0].__setitem__(0, float("nan")), "non-finite K or extrinsics"),
+        (lambda r: r["frames"][0]["K"][2].__setitem__(2, 2.0), "is not a pinhole intrinsic matrix"),
+        (lambda r: r["frames"][0]["extrinsics"][0].__setitem__(0, 1.1), "extrinsics rotation is not orthonormal"),
+    ],
+)
+def test_cameras_record_faults_name_the_sample(change, words):
+    from shardformat import ShardError
+    from shardformat.cameras import frame_arrays, frame_camera, parse_cameras, sample_cameras
+
+    K = np.array([[100.0, 0.0, 55.5], [0.0, 90.0, 41.5], [0.0, 0.0, 1.0]])
+    frame = frame_camera("a.JPG", 0, 1, K, np.eye(3), np.zeros(3), [640, 480], 1.0, "laser")
+    record = json.loads(json.dumps(sample_cameras("hall", "val", 0, "metres", (84, 112), [frame])))
+    change(record)
+    with pytest.raises(ShardError, match="^x.tar:hall_00000: ") as info:
+        frame_arrays("x.tar:hall_00000", 0, parse_cameras(record, "x.tar:hall_00000").frames[0])
+    assert words in str(info.value)

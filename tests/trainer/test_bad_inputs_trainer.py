@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trainer.test_data import engine_shards
-
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 FAST = ["--set", "data.frames=2 data.num_workers=0 val_every=0 save_every=0 log_every=1"]
@@ -140,9 +138,9 @@ def edit_json_number(field: str, replace):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, request):
+def world(tmp_path_factory, engine_shards):
     """Good shards and two finished tiny runs (strategies A and B) to corrupt or misuse."""
-    shards = engine_shards(tmp_path_factory, request)
+    shards = engine_shards
     work = tmp_path_factory.mktemp("bad_inputs")
     runs = {}
     with ThreadPoolExecutor(2) as pool:

@@ -10,11 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
-
-from tests.trainer.test_data import engine_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
@@ -45,11 +42,6 @@ for name in BLOCKED:
     except ImportError:
         print("blocked", name)
 """
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess:

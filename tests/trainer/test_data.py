@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,52 +12,6 @@ import torch
 from PIL import Image
 
 from trainer.data import ShardError, list_shards, make_loader, to_device
-
-SHARD_SIZE = 56  # a multiple of the 14-px patch; small keeps the CPU training tests fast
-
-
-def engine_shards(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest | None = None) -> Path:
-    """Shards built by the data engine: one synthetic scene, 126², 4-frame windows, 1 sample per shard.
-
-    Built once per session (shared on disk by the trainer test modules); reuses the lead's
-    `synth_root` fixture when conftest provides it.
-    """
-    out = tmp_path_factory.getbasetemp() / "trainer_shards"
-    if (out / "manifest.json").exists():
-        return out
-    from dataengine.build import BuildConfig, build_shards
-    from dataengine.windows import WindowConfig
-
-    root = None
-    if request is not None:
-        try:
-            root = Path(request.getfixturevalue("synth_root"))
-        except pytest.FixtureLookupError:
-            root = None
-    if root is None:
-        from dataengine.synth import generate_scene
-
-        root = tmp_path_factory.getbasetemp() / "trainer_eth3d"
-        generate_scene(root, "synth_facade", images=12, scale=0.1, seed=0)
-    scene = sorted(p.name for p in root.iterdir() if p.is_dir())[0]
-    build_shards(
-        BuildConfig(
-            root=root,
-            out=out,
-            scenes=(scene,),
-            width=SHARD_SIZE,
-            height=SHARD_SIZE,
-            samples_per_shard=1,
-            progress=False,
-            windows=WindowConfig(frames=4, stride=2, val_fraction=0.3),
-        )
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def read_sample(shard: str) -> dict[str, bytes]:

@@ -9,10 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from tests.trainer.test_data import engine_shards
-
 ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
@@ -57,11 +53,6 @@ WORKER = textwrap.dedent(
         sys.exit(f"rank {d.rank}: the gloo group is still referenced {refs} time(s) after destroy_process_group")
     """
 )
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def test_two_gloo_processes_split_data_and_stay_in_sync(shards, tmp_path):

@@ -17,17 +17,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from tests.tolerance import FORWARD_OPS, assert_within_rounding
-from tests.trainer.test_data import engine_shards
 from trainer.config import ConfigError, load_config
 from trainer.train import NonFiniteLossError, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_WEIGHTS = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def tiny_config(shards: Path, out: Path, strategy: str = "b", *extra: str):

@@ -27,7 +27,7 @@ from shardformat import (
     npy_layout,
     read_json,
 )
-from shardformat import FORMAT as SHARD_FORMAT
+from shardformat.cameras import frame_arrays, parse_cameras
 
 
 @dataclass
@@ -45,24 +45,14 @@ class _SamplePlan:
 
 def _plan_sample(reader: SampleReader, frames: int | None) -> _SamplePlan:
     where = reader.where
-    cams = read_json(reader, CAMERAS)
-    if cams.get("format") != SHARD_FORMAT:
-        raise ShardError(f"{where}: cameras.json format {cams.get('format')!r}, expected {SHARD_FORMAT!r}")
-    frame_meta = cams.get("frames")
-    if (
-        not isinstance(frame_meta, list)
-        or not frame_meta
-        or not isinstance(cams.get("image_size"), list)
-        or len(cams["image_size"]) != 2
-    ):
-        raise ShardError(f"{where}: cameras.json has no 'frames' list or no [H, W] 'image_size'")
-    n = len(frame_meta) if frames is None else frames
-    if n > len(frame_meta):
-        raise ShardError(f"{where}: data.frames={n} but the sample has only {len(frame_meta)} frames")
-    height, width = cams["image_size"]
+    cams = parse_cameras(read_json(reader, CAMERAS), where)
+    n = len(cams.frames) if frames is None else frames
+    if n > len(cams.frames):
+        raise ShardError(f"{where}: data.frames={n} but the sample has only {len(cams.frames)} frames")
+    height, width = cams.height, cams.width
     for i in range(n):
         reader.require(frame_member(i))
-        _check_camera(where, i, frame_meta[i])
+        frame_arrays(where, i, cams.frames[i])  # a corrupt camera would silently poison the camera loss
     depth, mask = npy_layout(reader, DEPTH), npy_layout(reader, MASK)
     for layout in (depth, mask):
         if len(layout.shape) != 3 or layout.shape[0] < n or layout.shape[1:] != (height, width):
@@ -73,36 +63,10 @@ def _plan_sample(reader: SampleReader, frames: int | None) -> _SamplePlan:
             "or float16 depth (any byte order) and integer or bool masks; rebuild the shards with "
             "`python -m dataengine build`"
         )
-    return _SamplePlan(reader, n, height, width, cams, depth, mask)
+    return _SamplePlan(reader, n, height, width, cams.record, depth, mask)
 
 
 _FLOAT32 = np.dtype("=f4")
-ROTATION_TOL = 1e-4  # |R Rᵀ − I| of the stored extrinsics (written in full double precision)
-
-
-def _check_camera(where: str, i: int, frame: Any) -> None:
-    """Frame i's K (3x3, finite, positive focal lengths, last row 0 0 1) and world-to-camera [R|t]
-    (3x4, finite, R a rotation); a corrupt camera would silently poison the camera loss."""
-    try:
-        K = np.asarray(frame["K"], dtype=np.float64)
-        Rt = np.asarray(frame["extrinsics"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShardError(f"{where}: cameras.json frame {i}: unreadable K/extrinsics ({exc})") from None
-    if K.shape != (3, 3) or Rt.shape != (3, 4):
-        raise ShardError(
-            f"{where}: cameras.json frame {i}: K {K.shape} / extrinsics {Rt.shape}, expected (3, 3) / (3, 4)"
-        )
-    if not (np.isfinite(K).all() and np.isfinite(Rt).all()):
-        raise ShardError(f"{where}: cameras.json frame {i}: non-finite K or extrinsics")
-    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.array_equal(K[2], [0.0, 0.0, 1.0])):
-        raise ShardError(f"{where}: cameras.json frame {i}: K {K.tolist()} is not a pinhole intrinsic matrix")
-    R = Rt[:, :3]
-    off = float(np.abs(R @ R.T - np.eye(3)).max())
-    if off > ROTATION_TOL or np.linalg.det(R) <= 0:
-        raise ShardError(
-            f"{where}: cameras.json frame {i}: extrinsics rotation is not orthonormal "
-            f"(|R Rᵀ − I| = {off:.2g}, det {np.linalg.det(R):.4g})"
-        )
 
 
 def _decode_frame(plan: _SamplePlan, images: np.ndarray, depths: np.ndarray, masks: np.ndarray, i: int) -> None:
