@@ -222,3 +222,21 @@ def test_dust3r_forward_and_train_step(samples_112):
     loss = dust3r_regr3d_loss(view1, view2, res1["pts3d"], res2["pts3d_in_other_view"])
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_train_step_example_runs_as_documented(shards_112, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = [sys.executable, "-m", "examples.train_step", "--model", "dust3r", "--steps", "2"]
+    done = subprocess.run([*run, "--shards", str(shards_112)], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("dust3r: step")]
+    assert len(lines) == 2 and "checked against mini-dust3r 0.1.2" in lines[0]
+    bad = subprocess.run([*run, "--shards", str(tmp_path / "none")], cwd=repo, capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: {tmp_path / 'none'}: no such shard directory or tar (build one with `python -m dataengine build`)"
+    ]
