@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shardformat.recipes.common import CHECKED_AGAINST, IMAGENET_MEAN, IMAGENET_STD, check_multiple, to_unit_float
+from shardformat.recipes.common import CHECKED_AGAINST, IMAGENET_MEAN, IMAGENET_STD, check_multiple, to_normalised_float
 from shardformat.views import Sample, rigid_inverse
 
 PATCH = 14
@@ -40,16 +40,17 @@ def da3_batch(sample: Sample, normalise: str = "first+median") -> dict[str, Any]
     divisor applied to translations and depth), checked_against."""
     if normalise not in NORMALISE:
         raise ValueError(f"normalise={normalise!r}: use one of {', '.join(NORMALISE)}")
-    check_multiple("Depth Anything 3", sample.size, PATCH, "504")
-    x = (to_unit_float(sample.images) - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+    check_multiple("Depth Anything 3", sample.size, PATCH, "`python -m dataengine build --size 504`")
+    x = to_normalised_float(sample.images, IMAGENET_MEAN, IMAGENET_STD)
     w2c, scale = (sample.w2c, 1.0) if normalise == "none" else da3_camera_normalisation(sample.w2c)
-    depth = sample.depth_filled(0.0) / np.float32(scale)
+    valid = sample.valid
+    depth = np.where(valid, sample.depth * np.float32(1 / scale), np.float32(0))
     return {
-        "x": x[None].astype(np.float32),
+        "x": x[None],
         "extrinsics": w2c[None].astype(np.float32),
         "intrinsics": sample.K[None].astype(np.float32),
-        "depth": depth[None].astype(np.float32),
-        "valid": sample.valid[None],
+        "depth": depth[None],
+        "valid": valid[None],
         "scale": scale,
         "checked_against": CHECKED_AGAINST["da3"],
     }

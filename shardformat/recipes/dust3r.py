@@ -14,24 +14,34 @@ from typing import Any
 
 import numpy as np
 
-from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, check_multiple, to_unit_float
-from shardformat.views import Sample
+from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, check_multiple, to_normalised_float
+from shardformat.views import Sample, points_f32
+
+HALF = np.full(3, 0.5, dtype=np.float32)
+
+
+def to_signed_float(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) → float32 (3, H, W) in [-1, 1]: DUSt3R's ImgNorm (ToTensor, Normalize(0.5, 0.5))."""
+    return to_normalised_float(image, HALF, HALF)
+
 
 PATCH = 16
 VARIANTS = (None, "224", "512")
 
 
-def dust3r_view(sample: Sample, i: int) -> dict[str, Any]:
-    """Frame i as one DUSt3R training view (unbatched)."""
+def dust3r_view(sample: Sample, i: int, c2w: np.ndarray | None = None) -> dict[str, Any]:
+    """Frame i as one DUSt3R training view (unbatched). pts3d of unknown pixels is the camera centre
+    (depth 0), as in DUSt3R's own datasets; valid_mask marks the known ones."""
     valid = sample.valid[i]
-    pts3d = sample.points(i, frame="world")
+    c2w = sample.c2w[i] if c2w is None else c2w
+    depthmap = np.where(valid, sample.depth[i], np.float32(0))
     return {
-        "img": to_unit_float(sample.images[i]) * np.float32(2) - np.float32(1),
+        "img": to_signed_float(sample.images[i]),
         "true_shape": np.array(sample.size, dtype=np.int32),
-        "camera_pose": sample.c2w[i].astype(np.float32),
+        "camera_pose": c2w.astype(np.float32),
         "camera_intrinsics": sample.K[i].astype(np.float32),
-        "depthmap": sample.depth_filled(0.0)[i],
-        "pts3d": np.where(valid[..., None], pts3d, 0.0).astype(np.float32),
+        "depthmap": depthmap,
+        "pts3d": points_f32(depthmap, sample.K[i], c2w),
         "valid_mask": valid,
         "instance": f"{sample.key}/{sample.names[i] if sample.names else i}",
         "idx": i,
@@ -52,7 +62,8 @@ def dust3r_pairs(
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
     h, w = sample.size
-    check_multiple("DUSt3R", (h, w), PATCH, "224 (224 models) or --size 512x384 --any-size (512 models)")
+    builds = "`python -m dataengine build --size 224`, or `--size 512x384 --any-size` for the 512 models"
+    check_multiple("DUSt3R", (h, w), PATCH, builds)
     if variant == "512" and h > w:
         raise RecipeError(
             f"DUSt3R 512 models take landscape images only; these are {w}x{h} (portrait): build with "
@@ -61,9 +72,8 @@ def dust3r_pairs(
     index_pairs = sample.pairs(pairs, symmetric=symmetric, min_overlap=min_overlap) if isinstance(pairs, str) else pairs
     if not index_pairs:
         raise RecipeError(f"sample {sample.key}: pair policy {pairs!r} gives no pair of its {len(sample)} frames")
-    views = {}
-    for i in sorted({k for p in index_pairs for k in p}):
-        views[i] = dust3r_view(sample, i)
+    c2w = sample.c2w
+    views = {i: dust3r_view(sample, i, c2w[i]) for i in sorted({k for p in index_pairs for k in p})}
     return [(views[i], views[j]) for i, j in index_pairs]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, to_unit_float
-from shardformat.views import Sample
+from shardformat.views import Sample, points_f32
 
 DENSE_SOURCES = ("laser", "mvs")
 
@@ -39,17 +39,20 @@ def moge_intrinsics(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def normal_map(points: np.ndarray) -> np.ndarray:
-    """(H, W, 3) camera points (NaN = unknown) → unit normals facing the camera, NaN where a pixel lacks
-    its four neighbours (central differences, never across a hole)."""
-    p = np.pad(points, ((1, 1), (1, 1), (0, 0)), constant_values=np.nan)
+    """(H, W, 3) camera points (NaN = unknown) → float32 unit normals, NaN on the border and where a pixel
+    lacks one of its four neighbours (central differences, never across a hole). (v-difference) ×
+    (u-difference) faces the camera for any surface a camera sees in OpenCV axes."""
+    p = points.astype(np.float32, copy=False)
     du = p[1:-1, 2:] - p[1:-1, :-2]
     dv = p[2:, 1:-1] - p[:-2, 1:-1]
-    n = np.cross(dv, du)
+    out = np.full(p.shape, np.nan, dtype=np.float32)
+    inner = out[1:-1, 1:-1]
+    inner[..., 0] = dv[..., 1] * du[..., 2] - dv[..., 2] * du[..., 1]
+    inner[..., 1] = dv[..., 2] * du[..., 0] - dv[..., 0] * du[..., 2]
+    inner[..., 2] = dv[..., 0] * du[..., 1] - dv[..., 1] * du[..., 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        n = n / np.linalg.norm(n, axis=-1, keepdims=True)
-        flip = np.sum(n * points, axis=-1) > 0  # normals point towards the camera
-    n[flip] *= -1
-    return n.astype(np.float32)
+        inner /= np.sqrt(np.einsum("...k,...k->...", inner, inner))[..., None]
+    return out
 
 
 def label_type(sample: Sample, i: int) -> str:
@@ -66,7 +69,7 @@ def moge_batch(sample: Sample, frames: Iterable[int] | None = None) -> dict[str,
         "depth": depth,
         "depth_mask_fin": known,
         "depth_mask_inf": np.zeros_like(known),
-        "normal": np.stack([normal_map(sample.points(i)) for i in idx]),
+        "normal": np.stack([normal_map(points_f32(sample.depth[i], sample.K[i])) for i in idx]),
         "intrinsics": moge_intrinsics(sample.K[idx], sample.size).astype(np.float32),
         "label_type": [label_type(sample, i) for i in idx],
         "is_metric": [sample.is_metric] * len(idx),
