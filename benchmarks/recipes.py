@@ -26,6 +26,7 @@ from shardformat.recipes import for_model
 RECIPES = {
     "read only": None,
     "da3": lambda s: for_model("da3", s),
+    "da3 (uint8 images)": lambda s: for_model("da3", s, images="uint8"),
     "moge": lambda s: for_model("moge", s),
     "dust3r (adjacent pairs)": lambda s: for_model("dust3r", s, pairs="adjacent"),
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, collate
-from shardformat.recipes.da3 import da3_batch
+from shardformat.recipes.da3 import da3_batch, da3_normalise_on_device
 from shardformat.recipes.dust3r import dust3r_pairs
 from shardformat.recipes.moge import export_moge, moge_batch, moge_intrinsics, read_moge_depth, write_moge_depth
 from shardformat.views import Sample
@@ -38,6 +38,7 @@ __all__ = [
     "RecipeError",
     "collate",
     "da3_batch",
+    "da3_normalise_on_device",
     "dust3r_pairs",
     "export_moge",
     "for_model",

@@ -33,15 +33,22 @@ def da3_camera_normalisation(w2c: np.ndarray) -> tuple[np.ndarray, float]:
     return out, median
 
 
-def da3_batch(sample: Sample, normalise: str = "first+median") -> dict[str, Any]:
+def da3_batch(sample: Sample, normalise: str = "first+median", images: str = "float") -> dict[str, Any]:
     """The sample as DA3's forward takes it, plus the GT in the same frame (module docstring).
 
     Returns x, extrinsics (w2c 4×4), intrinsics (px), depth (1, N, H, W; 0 = unknown), valid, scale (the
-    divisor applied to translations and depth), checked_against."""
+    divisor applied to translations and depth), checked_against. images="uint8" returns x as the uint8
+    frames (1, N, H, W, 3) instead, for normalising on the device with `da3_normalise_on_device` (the
+    float conversion is most of the recipe's CPU cost, benchmarks/RESULTS.md)."""
     if normalise not in NORMALISE:
         raise ValueError(f"normalise={normalise!r}: use one of {', '.join(NORMALISE)}")
+    if images not in ("float", "uint8"):
+        raise ValueError(f"images={images!r}: use 'float' or 'uint8'")
     check_multiple("Depth Anything 3", sample.size, PATCH, "`python -m dataengine build --size 504`")
-    x = to_normalised_float(sample.images, IMAGENET_MEAN, IMAGENET_STD)
+    if images == "uint8":
+        x = sample.images
+    else:
+        x = to_normalised_float(sample.images, IMAGENET_MEAN, IMAGENET_STD)
     w2c, scale = (sample.w2c, 1.0) if normalise == "none" else da3_camera_normalisation(sample.w2c)
     valid = sample.valid
     depth = np.where(valid, sample.depth * np.float32(1 / scale), np.float32(0))
@@ -54,3 +61,12 @@ def da3_batch(sample: Sample, normalise: str = "first+median") -> dict[str, Any]
         "scale": scale,
         "checked_against": CHECKED_AGAINST["da3"],
     }
+
+
+def da3_normalise_on_device(x_uint8: Any) -> Any:
+    """A torch uint8 (B, N, H, W, 3) batch → DA3's float input (B, N, 3, H, W), computed as its
+    InputProcessor computes it (ToTensor's /255, then ImageNet mean/std), on x_uint8's device."""
+    x = x_uint8.permute(0, 1, 4, 2, 3).float().div(255)
+    mean = x.new_tensor(IMAGENET_MEAN.tolist())[:, None, None]
+    std = x.new_tensor(IMAGENET_STD.tolist())[:, None, None]
+    return x.sub(mean).div(std)

@@ -58,6 +58,11 @@ def test_da3_tensor_equals_its_input_processor(sample_224):
     )
     assert x.shape == (len(s), 3, 224, 224)  # (N, 3, H, W): the API adds the batch axis the model takes
     assert torch.equal(torch.from_numpy(batch["x"]), x[None])  # bit-exact
+    # the uint8 path, normalised on the device (here the CPU), gives the same tensor
+    from shardformat.recipes import da3_normalise_on_device
+
+    u8 = for_model("da3", s, normalise="none", images="uint8")["x"]
+    assert torch.equal(da3_normalise_on_device(torch.from_numpy(u8)), x[None])
     assert torch.equal(torch.from_numpy(batch["extrinsics"][0]), ext)
     assert torch.equal(torch.from_numpy(batch["intrinsics"][0]), ixt)
 
