@@ -28,6 +28,7 @@ RECIPES = {
     "da3": lambda s: for_model("da3", s),
     "da3 (uint8 images)": lambda s: for_model("da3", s, images="uint8"),
     "moge": lambda s: for_model("moge", s),
+    "moge (no normals)": lambda s: for_model("moge", s, normals=False),
     "dust3r (adjacent pairs)": lambda s: for_model("dust3r", s, pairs="adjacent"),
 }
 

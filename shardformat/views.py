@@ -101,6 +101,8 @@ class Sample:
 
     def depth_filled(self, unknown: float = 0.0) -> np.ndarray:
         """depth with `unknown` where there is no ground truth (0 for DUSt3R-style loaders)."""
+        if unknown == 0:  # fmax drops NaN: one vectorised pass (np.where is ~7x slower here)
+            return np.fmax(self.depth, np.float32(0))
         return np.where(self.valid, self.depth, np.float32(unknown)).astype(np.float32)
 
     def points(self, i: int, frame: int | str | None = None) -> np.ndarray:

@@ -51,7 +51,8 @@ def da3_batch(sample: Sample, normalise: str = "first+median", images: str = "fl
         x = to_normalised_float(sample.images, IMAGENET_MEAN, IMAGENET_STD)
     w2c, scale = (sample.w2c, 1.0) if normalise == "none" else da3_camera_normalisation(sample.w2c)
     valid = sample.valid
-    depth = np.where(valid, sample.depth * np.float32(1 / scale), np.float32(0))
+    depth = np.multiply(sample.depth, np.float32(1 / scale))
+    np.fmax(depth, np.float32(0), out=depth)  # NaN (unknown) → 0; fmax drops NaN in one vectorised pass
     return {
         "x": x[None],
         "extrinsics": w2c[None].astype(np.float32),

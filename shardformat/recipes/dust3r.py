@@ -34,7 +34,7 @@ def dust3r_view(sample: Sample, i: int, c2w: np.ndarray | None = None) -> dict[s
     (depth 0), as in DUSt3R's own datasets; valid_mask marks the known ones."""
     valid = sample.valid[i]
     c2w = sample.c2w[i] if c2w is None else c2w
-    depthmap = np.where(valid, sample.depth[i], np.float32(0))
+    depthmap = np.fmax(sample.depth[i], np.float32(0))  # NaN (unknown) → 0
     return {
         "img": to_signed_float(sample.images[i]),
         "true_shape": np.array(sample.size, dtype=np.int32),

@@ -40,7 +40,7 @@ def moge_intrinsics(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def normal_map(points: np.ndarray) -> np.ndarray:
     """(H, W, 3) camera points (NaN = unknown) → float32 unit normals, NaN on the border and where a pixel
-    lacks one of its four neighbours (central differences, never across a hole). (v-difference) ×
+    or one of its four neighbours has no depth (central differences, never across a hole). (v-difference) ×
     (u-difference) faces the camera for any surface a camera sees in OpenCV axes."""
     p = points.astype(np.float32, copy=False)
     du = p[1:-1, 2:] - p[1:-1, :-2]
@@ -52,6 +52,7 @@ def normal_map(points: np.ndarray) -> np.ndarray:
     inner[..., 2] = dv[..., 0] * du[..., 1] - dv[..., 1] * du[..., 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         inner /= np.sqrt(np.einsum("...k,...k->...", inner, inner))[..., None]
+    inner[np.isnan(p[1:-1, 1:-1, 2])] = np.nan  # a pixel without depth has no normal either
     return out
 
 
@@ -59,23 +60,27 @@ def label_type(sample: Sample, i: int) -> str:
     return "B" if sample.depth_source and sample.depth_source[i] in DENSE_SOURCES else "C"
 
 
-def moge_batch(sample: Sample, frames: Iterable[int] | None = None) -> dict[str, Any]:
-    """The frames of `sample` (all by default) as one MoGe training batch (module docstring)."""
+def moge_batch(sample: Sample, frames: Iterable[int] | None = None, normals: bool = True) -> dict[str, Any]:
+    """The frames of `sample` (all by default) as one MoGe training batch (module docstring). normals=False
+    leaves out `normal` (only its normal_map loss, weight 0.1 for label types A/B, reads it; it is most of
+    the recipe's CPU cost, benchmarks/RESULTS.md)."""
     idx = list(range(len(sample))) if frames is None else list(frames)
     depth = sample.depth[idx].astype(np.float32)
     known = np.isfinite(depth)
-    return {
+    batch = {
         "image": to_unit_float(sample.images[idx]),
         "depth": depth,
         "depth_mask_fin": known,
         "depth_mask_inf": np.zeros_like(known),
-        "normal": np.stack([normal_map(points_f32(sample.depth[i], sample.K[i])) for i in idx]),
         "intrinsics": moge_intrinsics(sample.K[idx], sample.size).astype(np.float32),
         "label_type": [label_type(sample, i) for i in idx],
         "is_metric": [sample.is_metric] * len(idx),
         "info": [{"dataset": sample.scene, "filename": f"{sample.key}/{i}"} for i in idx],
         "checked_against": CHECKED_AGAINST["moge"],
     }
+    if normals:
+        batch["normal"] = np.stack([normal_map(points_f32(sample.depth[i], sample.K[i])) for i in idx])
+    return batch
 
 
 # MoGe's depth PNG: 16-bit, 0 = unknown, 65535 = +inf, 1..65534 = log depth between the `near` and `far`

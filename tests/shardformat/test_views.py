@@ -135,6 +135,12 @@ def test_moge_normalised_intrinsics_give_the_pixel_points(samples_112):
     assert np.isnan(b["depth"][~b["depth_mask_fin"]]).all() and not b["depth_mask_inf"].any()
     assert b["image"].dtype == np.float32 and 0 <= b["image"].min() and b["image"].max() <= 1
     assert b["label_type"] == ["B"] * len(s) and b["is_metric"] == [True] * len(s)
+    # normals face the camera on the facade, unit length where all four neighbours are known
+    n = b["normal"][0]
+    has = np.isfinite(n).all(-1)
+    assert has.mean() > 0.3 and np.allclose(np.linalg.norm(n[has], axis=-1), 1, atol=1e-5)
+    assert np.median(np.sum(n[has] * s.points(0)[has], axis=-1)) < 0
+    assert "normal" not in for_model("moge", s, normals=False)
     np.testing.assert_allclose(moge_intrinsics(s.K, s.size)[:, 0, 2], (s.K[:, 0, 2] + 0.5) / w)
 
 
