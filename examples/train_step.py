@@ -94,9 +94,13 @@ def moge_step(args):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(
-            loss.detach()
-        ), f"{len(scale)} frames {(h, w)}, recovered scales {[round(float(s), 3) for s in scale]}"
+        what = f"{len(scale)} frames {(h, w)}, recovered scales {[round(float(s), 3) for s in scale]}"
+        if (scale <= 0).any():  # MoGe's alignment gives up silently: its loss is then 0 for that frame
+            what += (
+                f"; no positive scale for {int((scale <= 0).sum())} frame(s), so their loss is 0: a random-initialised"
+                " model can do this, with trained weights check the camera axes (docs/reuse.md)"
+            )
+        return float(loss.detach()), what
 
     return step
 
