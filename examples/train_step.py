@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sample = next(views.read(args.shards, split=args.split))
-        step = STEPS[args.model](args)
         import torch
 
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # the same random initialisation every run
+        step = STEPS[args.model](args)
         for i in range(args.steps):
             t0 = time.perf_counter()
             loss, what = step(sample)
