@@ -45,6 +45,7 @@ from shardformat import SHARD_RE, shard_name
 from shardformat.cameras import frame_camera, sample_cameras
 from shardformat.depth_range import FLOAT16_MAX
 from shardformat.provenance import git_sha
+from shardformat.views import FAMILY_COVISIBLE, FAMILY_EVAL, FAMILY_WINDOWS, is_metric_units
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,20 @@ def _sample_cameras(
     )
 
 
+UNKNOWN_DEPTH = (
+    "depth 0 / mask 0 = no ground truth: the depth is unknown there (no laser or MVS measurement, a masked "
+    "or occluded pixel), not sky and not far; a model that learns sky or far masks must not learn them here"
+)
+
+
+def sample_family_of(cfg: BuildConfig) -> str:
+    """What a sample is: N-view windows in capture order, windows of frames sharing 3-D points (also the
+    pair models' source), or one evaluation sample per scene (`--sampling`)."""
+    if cfg.windows.sampling != "windows":
+        return FAMILY_EVAL
+    return FAMILY_COVISIBLE if cfg.windows.mode == "covisible" else FAMILY_WINDOWS
+
+
 def build_shards(cfg: BuildConfig) -> dict:
     """Run the whole build; returns the manifest (also written to cfg.out/manifest.json).
 
@@ -302,6 +317,10 @@ def build_shards(cfg: BuildConfig) -> dict:
             "skipped": [s for sc in scenes for s in sc.skipped] + skipped_render,
             "warnings": [w for sc in scenes for w in sc.warnings],
             "zero_coverage_frames": zero_coverage,
+            # For readers other than VGGT (docs/reuse.md): what a sample is, and what "no ground truth" means.
+            "sample_family": sample_family_of(cfg),
+            "unknown_depth": UNKNOWN_DEPTH,
+            "is_metric": {name: is_metric_units(units[name]) for name in names},
         }
         write_bytes_atomic(cfg.out / "README.md", source.dataset_card(manifest).encode())
         write_bytes_atomic(cfg.out / "manifest.json", json_bytes(manifest))
