@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from shardformat.cameras import camera_arrays, parse_cameras
 from shardformat.manifest import manifest_shards, read_manifest
 from shardformat.members import SampleReader, npy_layout, read_json
-from shardformat.names import CAMERAS, DEPTH, FORMAT, MASK, ShardError, frame_member
+from shardformat.names import CAMERAS, DEPTH, MASK, ShardError, frame_member
 from shardformat.tarindex import index_tar
 
 # What a build's samples are (manifest `sample_family`); older manifests lack the field and get it from options.
@@ -246,12 +247,9 @@ def _decode_jpeg(data: bytes | memoryview) -> np.ndarray:
 def _read_record(record: dict[str, Any], family: str) -> Sample:
     reader = SampleReader(record)
     try:
-        cams = read_json(reader, CAMERAS)
-        if cams.get("format") != FORMAT:
-            raise ShardError(f"{reader.where}: cameras.json format {cams.get('format')!r}, expected {FORMAT!r}")
-        frames = cams.get("frames")
-        if not isinstance(frames, list) or not frames:
-            raise ShardError(f"{reader.where}: cameras.json has no 'frames' list (rebuild with `dataengine build`)")
+        parsed = parse_cameras(read_json(reader, CAMERAS), reader.where)  # the cameras.json owner checks it
+        cams, frames = parsed.record, parsed.frames
+        K, Rt = camera_arrays(parsed, reader.where)
         n = len(frames)
         layout = npy_layout(reader, DEPTH)
         depth = np.frombuffer(reader.read(DEPTH, layout.start), layout.dtype).reshape(layout.shape)
@@ -264,11 +262,11 @@ def _read_record(record: dict[str, Any], family: str) -> Sample:
             raise ShardError(f"{reader.where}: JPEGs are {images.shape[1:3]}, depth.npy {depth.shape[1:]}")
         known = (mask > 0) & (depth > 0) & np.isfinite(depth)
         w2c = np.tile(np.eye(4), (n, 1, 1))
-        w2c[:, :3, :] = np.asarray([f["extrinsics"] for f in frames], dtype=np.float64)
+        w2c[:, :3, :] = Rt
         return Sample(
             images=images,
             depth=np.where(known, depth.astype(np.float32), np.float32(np.nan)),
-            K=np.asarray([f["K"] for f in frames], dtype=np.float64),
+            K=K,
             w2c=w2c,
             units=str(cams.get("units", "metres")),
             key=record["__key__"],
