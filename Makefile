@@ -74,13 +74,14 @@ help:
 # constraints.txt pins every dependency (torch aside) to the versions the suite last passed with, so a
 # fresh install months from now resolves the same set; `make constraints` refreshes it from .venv.
 # peers.txt: pinned peer packages (other models' code the tests run as references) installed without their
-# dependencies; the few small modules their code imports are the `peers` extra.
+# dependencies into $(VENV)/peers, off the interpreter's path (examples/peer_env.activate() adds it): its
+# torchvision would break `import transformers`, i.e. PEFT; the few small modules they import are the `peers` extra.
 $(VENV)/.installed: pyproject.toml constraints.txt peers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
-	$(PY) -m pip install --quiet --no-deps -r peers.txt
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/peers -r peers.txt
 	$(PY) -m dataengine.zlib_first --install
 	touch $@
 

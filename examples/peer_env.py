@@ -1,5 +1,10 @@
 """Importing the peer models' packages (peers.txt) on a CPU-only torch.
 
+`make setup` installs peers.txt into `<venv>/peers`, a folder that is NOT on the interpreter's path:
+`activate()` puts it there for the peer tests and examples. Installed into site-packages, torchvision's
+CUDA-built wheel beside our CPU torch would break every `import transformers` (which PEFT does for LoRA on
+the camera head, strategy C) with "operator torchvision::nms does not exist" — the trainer must never see it.
+
 torchvision is a dependency of all three peers, which use only its pure-Python transforms. The
 torchvision wheels on the package index are built against CUDA torch: beside the CPU torch this
 project installs, their compiled extension `_C.so` cannot load (it links libtorch_cuda). torchvision
@@ -39,8 +44,22 @@ def _extension_loads(package_dir: Path) -> bool:
     return False
 
 
+PEERS_DIR = Path(sys.prefix) / "peers"  # where `make setup` installs peers.txt (pip --target)
+PEER_MODULES = ("depth_anything_3", "moge", "utils3d", "pipeline", "mini_dust3r", "torchvision")
+
+
+def activate() -> Path:
+    """Put the peer packages on sys.path (after site-packages: they never shadow the project's modules)."""
+    if not PEERS_DIR.is_dir():
+        raise ImportError(f"{PEERS_DIR}: the peer packages are not installed; run `make setup` (peers.txt)")
+    if str(PEERS_DIR) not in sys.path:
+        sys.path.append(str(PEERS_DIR))
+    return PEERS_DIR
+
+
 def import_torchvision():
     """torchvision, imported on any torch build (module docstring)."""
+    activate()
     if "torchvision" in sys.modules:
         return sys.modules["torchvision"]
     spec = importlib.util.find_spec("torchvision")

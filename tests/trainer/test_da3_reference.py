@@ -9,6 +9,7 @@ tests/assets/make_da3_open3d_reference.py (tests/README.md, "Peer references").
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import torch
 
 from dataengine.sampling import da3_sample_indices, restrict_to_sample, sample_frames
 from dataengine.scenes import DA3_ETH3D_FILTERED_IMAGES, DA3_ETH3D_SCENES, HELDOUT_SCENES, expand_scene_sets
+from examples.peer_env import activate
 from trainer.metrics import (
     DA3_ETH3D_THRESHOLD_M,
     DA3_ETH3D_VOXEL_M,
@@ -38,6 +40,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 OPEN3D_REFERENCE = ASSETS / "da3_open3d_reference.npz"
 THRESHOLDS = (3, 5, 15, 30)
 DA3_KEYS = {3: "auc03", 5: "auc05", 15: "auc15", 30: "auc30"}
+
+activate()  # peers.txt's packages (<venv>/peers): DA3's own code is the reference; missing = a failure
 
 
 def _open3d_stub() -> types.ModuleType:
@@ -65,7 +69,7 @@ def da3_bench():
 
     torch runs single-threaded meanwhile: thousands of tiny bmm calls are ~30x slower when threads
     oversubscribe a busy machine."""
-    pytest.importorskip("depth_anything_3", reason="peers.txt not installed: run `make setup`")
+    importlib.import_module("depth_anything_3")
     saved = {k: sys.modules.get(k) for k in ("open3d", "depth_anything_3.bench.utils")}
     sys.modules["open3d"] = _open3d_stub()
     sys.modules.pop("depth_anything_3.bench.utils", None)
@@ -343,7 +347,7 @@ def test_pointcloud_precision_recall_by_hand():
 
 
 def test_da3_scene_set_and_filters_equal_da3_constants():
-    constants = pytest.importorskip("depth_anything_3.utils.constants", reason="peers.txt not installed")
+    constants = importlib.import_module("depth_anything_3.utils.constants")
     assert DA3_ETH3D_SCENES == tuple(constants.ETH3D_SCENES)
     assert {k: list(v) for k, v in DA3_ETH3D_FILTERED_IMAGES.items()} == constants.ETH3D_FILTER_KEYS
     assert expand_scene_sets(("da3",)) == DA3_ETH3D_SCENES
@@ -352,7 +356,7 @@ def test_da3_scene_set_and_filters_equal_da3_constants():
 
 @pytest.mark.parametrize("n_frames", [76, 150, 101, 100, 3])
 def test_da3_sampling_reproduces_da3_evaluator(n_frames):
-    evaluator = pytest.importorskip("depth_anything_3.bench.evaluator", reason="peers.txt not installed")
+    evaluator = importlib.import_module("depth_anything_3.bench.evaluator")
     from addict import Dict
 
     names = [f"DSC_{i:04d}.JPG" for i in range(n_frames)]
