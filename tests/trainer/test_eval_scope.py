@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.test_data import engine_shards
-
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
 
@@ -40,11 +38,6 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr[-3000:]
     return errors[0]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.test_data import engine_shards
-
 ROOT = Path(__file__).resolve().parents[2]
 HUB_ID = "facebook/VGGT-1B"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, request) -> Path:
-    return engine_shards(tmp_path_factory, request)
 
 
 def make_run(run: Path, weights: str | None, seed: int, revision: str | None = None) -> Path:
