@@ -38,11 +38,12 @@ def moge_intrinsics(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def normal_map(points: np.ndarray | list[np.ndarray]) -> np.ndarray:
+def normal_map(points: np.ndarray | list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) camera points, or their [x, y, z] planes (NaN = unknown) → float32 unit normals (H, W, 3),
     NaN on the border and where a pixel or one of its four neighbours has no depth (central differences,
     never across a hole). (v-difference) × (u-difference) faces the camera for any surface a camera sees in
-    OpenCV axes. The float32 operations are those of `shardformat.recipes.device.normal_map`."""
+    OpenCV axes. The float32 operations are those of `shardformat.recipes.device.normal_map`. `out`: a
+    float32 (H, W, 3) array to write into (a batch's slot, no stacking copy)."""
     planes = [points[..., k] for k in range(3)] if isinstance(points, np.ndarray) else points
     p = [np.asarray(c, dtype=np.float32) for c in planes]
     du = [c[1:-1, 2:] - c[1:-1, :-2] for c in p]
@@ -55,7 +56,9 @@ def normal_map(points: np.ndarray | list[np.ndarray]) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
         norm[np.isnan(p[2][1:-1, 1:-1])] = np.nan  # a pixel without depth has no normal either
-        out = np.full((*p[0].shape, 3), np.nan, dtype=np.float32)
+        out = np.empty((*p[0].shape, 3), dtype=np.float32) if out is None else out
+        out[[0, -1]] = np.nan
+        out[:, [0, -1]] = np.nan
         for k in range(3):
             np.divide(n[k], norm, out=out[1:-1, 1:-1, k])
     return out
@@ -92,9 +95,9 @@ def moge_batch(
     known = np.isfinite(depth)
     batch |= {"image": to_unit_float(images), "depth_mask_fin": known, "depth_mask_inf": np.zeros_like(known)}
     if normals:
-        batch["normal"] = np.stack(
-            [normal_map(points_planes(depth[b], rays[0][b], rays[1][b])) for b in range(len(idx))]
-        )
+        batch["normal"] = np.empty((*depth.shape, 3), dtype=np.float32)
+        for b in range(len(idx)):
+            normal_map(points_planes(depth[b], rays[0][b], rays[1][b]), out=batch["normal"][b])
     return batch
 
 
