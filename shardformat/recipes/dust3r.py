@@ -29,11 +29,18 @@ PATCH = 16
 VARIANTS = (None, "224", "512")
 
 
-def dust3r_view(sample: Sample, i: int, c2w: np.ndarray | None = None, compact: bool = False) -> dict[str, Any]:
+def dust3r_view(
+    sample: Sample,
+    i: int,
+    c2w: np.ndarray | None = None,
+    compact: bool = False,
+    rays: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Frame i as one DUSt3R training view (unbatched). pts3d of unknown pixels is the camera centre
     (depth 0), as in DUSt3R's own datasets; valid_mask marks the known ones. compact=True: img uint8
     (H, W, 3), `depth` the sample's own (NaN = unknown), the pixel rays `rays_x` / `rays_y`, and no
-    depthmap, valid_mask or pts3d: `shardformat.recipes.device.finish("dust3r", ...)` makes them."""
+    depthmap, valid_mask or pts3d: `shardformat.recipes.device.finish("dust3r", ...)` makes them. rays:
+    `pixel_rays` of every frame, computed once by the caller."""
     c2w = sample.c2w[i] if c2w is None else c2w
     view = {
         "true_shape": np.array(sample.size, dtype=np.int32),
@@ -45,7 +52,7 @@ def dust3r_view(sample: Sample, i: int, c2w: np.ndarray | None = None, compact: 
         "label": sample.scene,
     }
     if compact:
-        rays_x, rays_y = pixel_rays(sample.K[i], sample.size)
+        rays_x, rays_y = pixel_rays(sample.K[i], sample.size) if rays is None else (rays[0][i], rays[1][i])
         return view | {"img": sample.images[i], "depth": sample.depth[i], "rays_x": rays_x, "rays_y": rays_y}
     depthmap = np.fmax(sample.depth[i], np.float32(0))  # NaN (unknown) → 0
     return view | {
@@ -81,7 +88,9 @@ def dust3r_pairs(
     if not index_pairs:
         raise RecipeError(f"sample {sample.key}: pair policy {pairs!r} gives no pair of its {len(sample)} frames")
     c2w = sample.c2w
-    views = {i: dust3r_view(sample, i, c2w[i], compact=compact) for i in sorted({k for p in index_pairs for k in p})}
+    rays = pixel_rays(sample.K, sample.size) if compact else None  # every frame's rays in one call
+    frames = sorted({k for p in index_pairs for k in p})
+    views = {i: dust3r_view(sample, i, c2w[i], compact=compact, rays=rays) for i in frames}
     return [(views[i], views[j]) for i, j in index_pairs]
 
 
