@@ -3,7 +3,8 @@
 The dataset is the synthetic facade (dataengine.synth, --scale) built at --size with 8-frame windows, one
 sample per shard, its shards hard-linked --samples times (same bytes, warm page cache). Configurations
 are interleaved --repeats times (the machine is shared: best and median are reported with the load
-average). The overhead of a recipe is 1 − rate(read + recipe) / rate(read).
+average). The overhead of a recipe is 1 − rate(read + recipe) / rate(read). The compact rows are the
+loader's part of the default path (compact=True); their `finish` runs on the training device.
 
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/recipes.py [--size 448] [--samples 24]
         [--repeats 5] [--work build/bench/recipes] [--json out.json]
@@ -25,6 +26,9 @@ from shardformat.recipes import for_model
 
 RECIPES = {
     "read only": None,
+    "da3 (compact)": lambda s: for_model("da3", s, compact=True),
+    "moge (compact)": lambda s: for_model("moge", s, compact=True),
+    "dust3r (compact)": lambda s: for_model("dust3r", s, pairs="adjacent", compact=True),
     "da3": lambda s: for_model("da3", s),
     "da3 (uint8 images)": lambda s: for_model("da3", s, images="uint8"),
     "moge": lambda s: for_model("moge", s),

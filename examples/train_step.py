@@ -3,7 +3,9 @@
     python -m examples.train_step --model da3|moge|dust3r --shards DIR [--split train] [--steps 1]
         [--weights peer_checkpoint.safetensors] [--views 2] [--align-resolution 12]
 
-The shards are read with shardformat.views, turned into the peer's own batch by shardformat.recipes, and
+The shards are read with shardformat.views, turned into the peer's own batch by shardformat.recipes (the
+compact path: uint8 images and NaN depth from the loader, `finish` does the per-pixel float work on the
+device, here the training device), and
 the peer's own model code runs the step (random initialisation in its smallest configuration unless
 --weights is given). Losses: MoGe's own affine-invariant global loss; for Depth Anything 3 (no training code
 in 0.1.1) a scale-invariant log-depth L1; for DUSt3R its Regr3D criterion (examples/peer_models.py).
@@ -18,6 +20,7 @@ import sys
 import time
 
 MODELS = ("da3", "moge", "dust3r")
+DEVICE = "cpu"  # the models here run on the CPU; on a GPU box pass "cuda" to finish() and move the model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,14 +64,14 @@ def _optimizer(model):
 
 
 def da3_step(args):
-    from examples.peer_models import da3_depth_loss, da3_model, to_torch
-    from shardformat.recipes import for_model
+    from examples.peer_models import da3_depth_loss, da3_model
+    from shardformat.recipes import finish, for_model
 
     model = da3_model("da3-small", weights=args.weights).train()
     opt = _optimizer(model)
 
     def step(sample):
-        b = to_torch(for_model("da3", sample.nview(args.views)))
+        b = finish("da3", for_model("da3", sample.nview(args.views), compact=True), DEVICE)
         out = model(b["x"], b["extrinsics"], b["intrinsics"], ref_view_strategy="first")
         loss = da3_depth_loss(out["depth"], b["depth"], b["valid"])
         opt.zero_grad()
@@ -80,14 +83,14 @@ def da3_step(args):
 
 
 def moge_step(args):
-    from examples.peer_models import moge_loss, moge_model, to_torch
-    from shardformat.recipes import for_model
+    from examples.peer_models import moge_loss, moge_model
+    from shardformat.recipes import finish, for_model
 
     model = moge_model(weights=args.weights, small=args.weights is None).train()
     opt = _optimizer(model)
 
     def step(sample):
-        b = to_torch(for_model("moge", sample, frames=range(min(args.views, len(sample)))))
+        b = finish("moge", for_model("moge", sample, frames=range(min(args.views, len(sample))), compact=True), DEVICE)
         h, w = b["image"].shape[-2:]
         out = model(b["image"], num_tokens=max(64, (h // 14) * (w // 14)))
         loss, scale = moge_loss(out["points"], b, args.align_resolution)
@@ -106,15 +109,16 @@ def moge_step(args):
 
 
 def dust3r_step(args):
-    from examples.peer_models import dust3r_model, dust3r_regr3d_loss, to_torch
-    from shardformat.recipes import collate, for_model
+    from examples.peer_models import dust3r_model, dust3r_regr3d_loss
+    from shardformat.recipes import collate, finish, for_model
 
     model = dust3r_model(tiny=args.weights is None, weights=args.weights).train()
     opt = _optimizer(model)
 
     def step(sample):
-        pairs = for_model("dust3r", sample, pairs="adjacent", symmetric=True)[: args.views]
-        view1, view2 = to_torch(collate([p[0] for p in pairs])), to_torch(collate([p[1] for p in pairs]))
+        pairs = for_model("dust3r", sample, pairs="adjacent", symmetric=True, compact=True)[: args.views]
+        view1 = finish("dust3r", collate([p[0] for p in pairs]), DEVICE)
+        view2 = finish("dust3r", collate([p[1] for p in pairs]), DEVICE)
         res1, res2 = model(view1, view2)
         loss = dust3r_regr3d_loss(view1, view2, res1["pts3d"], res2["pts3d_in_other_view"])
         opt.zero_grad()

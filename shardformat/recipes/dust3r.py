@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, check_multiple, to_normalised_float
-from shardformat.views import Sample, points_f32
+from shardformat.views import Sample, pixel_rays, points_f32
 
 HALF = np.full(3, 0.5, dtype=np.float32)
 
@@ -29,24 +29,37 @@ PATCH = 16
 VARIANTS = (None, "224", "512")
 
 
-def dust3r_view(sample: Sample, i: int, c2w: np.ndarray | None = None) -> dict[str, Any]:
+def dust3r_view(
+    sample: Sample,
+    i: int,
+    c2w: np.ndarray | None = None,
+    compact: bool = False,
+    rays: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Frame i as one DUSt3R training view (unbatched). pts3d of unknown pixels is the camera centre
-    (depth 0), as in DUSt3R's own datasets; valid_mask marks the known ones."""
-    valid = sample.valid[i]
+    (depth 0), as in DUSt3R's own datasets; valid_mask marks the known ones. compact=True: img uint8
+    (H, W, 3), `depth` the sample's own (NaN = unknown), the pixel rays `rays_x` / `rays_y`, and no
+    depthmap, valid_mask or pts3d: `shardformat.recipes.device.finish("dust3r", ...)` makes them. rays:
+    `pixel_rays` of every frame, computed once by the caller."""
     c2w = sample.c2w[i] if c2w is None else c2w
-    depthmap = np.fmax(sample.depth[i], np.float32(0))  # NaN (unknown) → 0
-    return {
-        "img": to_signed_float(sample.images[i]),
+    view = {
         "true_shape": np.array(sample.size, dtype=np.int32),
         "camera_pose": c2w.astype(np.float32),
         "camera_intrinsics": sample.K[i].astype(np.float32),
-        "depthmap": depthmap,
-        "pts3d": points_f32(depthmap, sample.K[i], c2w),
-        "valid_mask": valid,
         "instance": f"{sample.key}/{sample.names[i] if sample.names else i}",
         "idx": i,
         "dataset": "eth3d-vggt-shards",
         "label": sample.scene,
+    }
+    if compact:
+        rays_x, rays_y = pixel_rays(sample.K[i], sample.size) if rays is None else (rays[0][i], rays[1][i])
+        return view | {"img": sample.images[i], "depth": sample.depth[i], "rays_x": rays_x, "rays_y": rays_y}
+    depthmap = np.fmax(sample.depth[i], np.float32(0))  # NaN (unknown) → 0
+    return view | {
+        "img": to_signed_float(sample.images[i]),
+        "depthmap": depthmap,
+        "pts3d": points_f32(depthmap, sample.K[i], c2w),
+        "valid_mask": np.isfinite(sample.depth[i]),  # this frame only (Sample.valid is every frame)
     }
 
 
@@ -56,9 +69,11 @@ def dust3r_pairs(
     symmetric: bool = True,
     variant: str | None = None,
     min_overlap: float = 0.3,
+    compact: bool = False,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """[(view1, view2), ...] for the frame pairs of `pairs` (a `Sample.pairs` policy or explicit index
-    pairs). variant "512" also refuses portrait frames (the 512 models' patch embedding needs W ≥ H)."""
+    pairs). variant "512" also refuses portrait frames (the 512 models' patch embedding needs W ≥ H). Each
+    frame's view is built once and shared by every pair holding it. compact=True: see `dust3r_view`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
     h, w = sample.size
@@ -73,7 +88,9 @@ def dust3r_pairs(
     if not index_pairs:
         raise RecipeError(f"sample {sample.key}: pair policy {pairs!r} gives no pair of its {len(sample)} frames")
     c2w = sample.c2w
-    views = {i: dust3r_view(sample, i, c2w[i]) for i in sorted({k for p in index_pairs for k in p})}
+    rays = pixel_rays(sample.K, sample.size) if compact else None  # every frame's rays in one call
+    frames = sorted({k for p in index_pairs for k in p})
+    views = {i: dust3r_view(sample, i, c2w[i], compact=compact, rays=rays) for i in frames}
     return [(views[i], views[j]) for i, j in index_pairs]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shardformat.recipes.common import CHECKED_AGAINST, RecipeError, to_unit_float
-from shardformat.views import Sample, points_f32
+from shardformat.views import Sample, pixel_rays, points_planes
 
 DENSE_SOURCES = ("laser", "mvs")
 
@@ -38,21 +38,29 @@ def moge_intrinsics(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def normal_map(points: np.ndarray) -> np.ndarray:
-    """(H, W, 3) camera points (NaN = unknown) → float32 unit normals, NaN on the border and where a pixel
-    or one of its four neighbours has no depth (central differences, never across a hole). (v-difference) ×
-    (u-difference) faces the camera for any surface a camera sees in OpenCV axes."""
-    p = points.astype(np.float32, copy=False)
-    du = p[1:-1, 2:] - p[1:-1, :-2]
-    dv = p[2:, 1:-1] - p[:-2, 1:-1]
-    out = np.full(p.shape, np.nan, dtype=np.float32)
-    inner = out[1:-1, 1:-1]
-    inner[..., 0] = dv[..., 1] * du[..., 2] - dv[..., 2] * du[..., 1]
-    inner[..., 1] = dv[..., 2] * du[..., 0] - dv[..., 0] * du[..., 2]
-    inner[..., 2] = dv[..., 0] * du[..., 1] - dv[..., 1] * du[..., 0]
+def normal_map(points: np.ndarray | list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) camera points, or their [x, y, z] planes (NaN = unknown) → float32 unit normals (H, W, 3),
+    NaN on the border and where a pixel or one of its four neighbours has no depth (central differences,
+    never across a hole). (v-difference) × (u-difference) faces the camera for any surface a camera sees in
+    OpenCV axes. The float32 operations are those of `shardformat.recipes.device.normal_map`. `out`: a
+    float32 (H, W, 3) array to write into (a batch's slot, no stacking copy)."""
+    planes = [points[..., k] for k in range(3)] if isinstance(points, np.ndarray) else points
+    p = [np.asarray(c, dtype=np.float32) for c in planes]
+    du = [c[1:-1, 2:] - c[1:-1, :-2] for c in p]
+    dv = [c[2:, 1:-1] - c[:-2, 1:-1] for c in p]
+    n = [
+        dv[1] * du[2] - dv[2] * du[1],
+        dv[2] * du[0] - dv[0] * du[2],
+        dv[0] * du[1] - dv[1] * du[0],
+    ]
     with np.errstate(invalid="ignore", divide="ignore"):
-        inner /= np.sqrt(np.einsum("...k,...k->...", inner, inner))[..., None]
-    inner[np.isnan(p[1:-1, 1:-1, 2])] = np.nan  # a pixel without depth has no normal either
+        norm = np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+        norm[np.isnan(p[2][1:-1, 1:-1])] = np.nan  # a pixel without depth has no normal either
+        out = np.empty((*p[0].shape, 3), dtype=np.float32) if out is None else out
+        out[[0, -1]] = np.nan
+        out[:, [0, -1]] = np.nan
+        for k in range(3):
+            np.divide(n[k], norm, out=out[1:-1, 1:-1, k])
     return out
 
 
@@ -60,26 +68,36 @@ def label_type(sample: Sample, i: int) -> str:
     return "B" if sample.depth_source and sample.depth_source[i] in DENSE_SOURCES else "C"
 
 
-def moge_batch(sample: Sample, frames: Iterable[int] | None = None, normals: bool = True) -> dict[str, Any]:
+def moge_batch(
+    sample: Sample, frames: Iterable[int] | None = None, normals: bool = True, compact: bool = False
+) -> dict[str, Any]:
     """The frames of `sample` (all by default) as one MoGe training batch (module docstring). normals=False
-    leaves out `normal` (only its normal_map loss, weight 0.1 for label types A/B, reads it; it is most of
-    the recipe's CPU cost, benchmarks/RESULTS.md)."""
+    leaves out `normal` (only its normal_map loss, weight 0.1 for label types A/B, reads it). compact=True
+    leaves every per-pixel step to `shardformat.recipes.device.finish("moge", batch, device)`: image uint8
+    (B, H, W, 3), depth the sample's own, no masks or normal, the pixel rays `rays_x` / `rays_y` for the
+    normals; the finished batch equals this one."""
     idx = list(range(len(sample))) if frames is None else list(frames)
-    depth = sample.depth[idx].astype(np.float32)
-    known = np.isfinite(depth)
+    every = idx == list(range(len(sample)))  # the sample's own arrays, no copy
+    depth = sample.depth if every else sample.depth[idx]
+    images = sample.images if every else sample.images[idx]
     batch = {
-        "image": to_unit_float(sample.images[idx]),
+        "image": images,
         "depth": depth,
-        "depth_mask_fin": known,
-        "depth_mask_inf": np.zeros_like(known),
         "intrinsics": moge_intrinsics(sample.K[idx], sample.size).astype(np.float32),
         "label_type": [label_type(sample, i) for i in idx],
         "is_metric": [sample.is_metric] * len(idx),
         "info": [{"dataset": sample.scene, "filename": f"{sample.key}/{i}"} for i in idx],
         "checked_against": CHECKED_AGAINST["moge"],
     }
+    rays = pixel_rays(sample.K[idx], sample.size) if normals else None
+    if compact:
+        return batch | ({"rays_x": rays[0], "rays_y": rays[1]} if normals else {})
+    known = np.isfinite(depth)
+    batch |= {"image": to_unit_float(images), "depth_mask_fin": known, "depth_mask_inf": np.zeros_like(known)}
     if normals:
-        batch["normal"] = np.stack([normal_map(points_f32(sample.depth[i], sample.K[i])) for i in idx])
+        batch["normal"] = np.empty((*depth.shape, 3), dtype=np.float32)
+        for b in range(len(idx)):
+            normal_map(points_planes(depth[b], rays[0][b], rays[1][b]), out=batch["normal"][b])
     return batch
 
 

@@ -245,3 +245,69 @@ def test_train_step_example_runs_as_documented(shards_112, tmp_path):
     assert [line for line in bad.stderr.splitlines() if line.startswith("Error:")] == [
         f"Error: {tmp_path / 'none'}: no such shard directory or tar (build one with `python -m dataengine build`)"
     ]
+
+
+# The compact path: the loader returns the shards' compact arrays, `finish` does the per-pixel work (device)
+def assert_same(finished, full, where=""):
+    """Bit for bit (NaN where NaN), same dtypes and keys: each finishing step mirrors the CPU path's float32
+    operations one for one, and IEEE float32 rounds each of them the same way on any CPU."""
+    if isinstance(full, dict):
+        assert sorted(finished) == sorted(full), where
+        for k in full:
+            assert_same(finished[k], full[k], f"{where}.{k}")
+    elif isinstance(full, torch.Tensor):
+        torch.testing.assert_close(finished, full, rtol=0, atol=0, equal_nan=True, msg=where)
+    else:
+        assert finished == full, where
+
+
+def test_compact_recipes_hold_no_per_pixel_float_and_finish_equals_the_cpu_path(samples_112):
+    from shardformat.recipes import finish
+
+    s = samples_112[0]
+    assert (~s.valid).any() and s.valid.any()  # holes: NaN handling is exercised
+    for model, options in (("da3", {}), ("moge", {}), ("moge", {"normals": False}), ("moge", {"frames": [2, 0]})):
+        compact = for_model(model, s, compact=True, **options)
+        for name, value in compact.items():  # the loader's work: no per-pixel array made, the sample's own
+            if isinstance(value, np.ndarray) and value.size >= s.depth[0].size:
+                assert value.dtype in (np.uint8, np.float32), (model, name)
+                assert "frames" in options or np.shares_memory(value, s.images if value.dtype == np.uint8 else s.depth)
+        assert_same(finish(model, compact), to_torch(for_model(model, s, **options)), model)
+    full = for_model("dust3r", s, pairs="adjacent")
+    compact = for_model("dust3r", s, pairs="adjacent", compact=True)
+    assert compact[0][1] is compact[1][0]  # (0, 1) and (1, 0) share frame 1's view: finished once
+    for (a, b), (c, d) in zip(finish("dust3r", compact), full, strict=True):
+        assert_same(a, to_torch(c), "dust3r view1")
+        assert_same(b, to_torch(d), "dust3r view2")
+    batch = finish("dust3r", collate([p[1] for p in compact]))  # a collated batch finishes the same
+    assert_same(batch, to_torch(collate([p[1] for p in full])), "dust3r batch")
+    with pytest.raises(ValueError, match="no finishing for model 'vggt'"):
+        finish("vggt", {})
+
+
+def test_finished_compact_batches_pass_the_peers_own_checks(sample_224, samples_112):
+    from depth_anything_3.utils.io.input_processor import InputProcessor
+    from mini_dust3r.utils.geometry import depthmap_to_absolute_camera_coordinates
+
+    from shardformat.recipes import finish
+
+    s = sample_224
+    x, _, _ = InputProcessor()(
+        list(s.images), s.w2c.astype(np.float32), s.K.astype(np.float32), process_res=224, num_workers=1
+    )
+    assert torch.equal(finish("da3", for_model("da3", s, normalise="none", compact=True))["x"], x[None])
+    s = samples_112[1]
+    for v1, _ in finish("dust3r", for_model("dust3r", s, pairs="adjacent", symmetric=False, compact=True)):
+        v1 = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in v1.items()}
+        pts, valid = depthmap_to_absolute_camera_coordinates(v1["depthmap"], v1["camera_intrinsics"], v1["camera_pose"])
+        assert np.array_equal(valid, v1["valid_mask"])
+        np.testing.assert_allclose(v1["pts3d"][valid], pts[valid], rtol=1e-5, atol=1e-5)
+    b = finish("moge", for_model("moge", s, compact=True))
+    gt, known = moge_gt_points(b), b["depth_mask_fin"]
+    ref = torch.from_numpy(np.stack([s.points(i) for i in range(len(s))])).float()
+    assert torch.allclose(gt[known], ref[known], rtol=1e-5, atol=1e-5) and torch.isnan(gt[~known]).all()
+    # the finished normals face the camera (normal · viewing ray < 0) wherever they are defined
+    normal = b["normal"]
+    defined = ~torch.isnan(normal[..., 2])
+    assert defined.sum() > 0.3 * known.sum() and ((normal * ref).sum(-1)[defined] < 0).all()
+    assert torch.allclose(normal[defined].norm(dim=-1), torch.ones(()), atol=1e-5)
