@@ -8,7 +8,9 @@ frame, so background load on a shared machine hits them alike):
   baseline  the existing fork's way: PIL full-resolution decode + resize, depth mapping and pooling
             in plain numpy (no numba, no DCT scaling)
   floor     DCT-scaled decode alone + reading the depth file
-plus a per-stage breakdown of the engine, the sparse mode, 1 vs 2 worker threads (wall, with the
+plus a per-stage breakdown of the engine, the laser depth's accuracy against the generator's
+analytic depth (relative error of every supervised output pixel; issue 20's bounds: median
+<= 0.01 %, p95 <= 0.1 %), the sparse mode, 1 vs 2 worker threads (wall, with the
 load average before each run) and optionally a 214-frame (5-scene-sized) build on all cores, whose
 frames are symlinks to the generated ones (warm page cache).
 
@@ -153,6 +155,85 @@ def engine_stages(frame, cfg) -> dict:
         depth_mod._sampled_depth(gt, mask, frame.pinhole, frame.prism, geom, cfg.laser)
         t["depth_pool"] = clock() - t0
     return t
+
+
+def depth_pass_stages(frame, cfg) -> dict:
+    """CPU seconds of the plane-pooling depth pass's kernels on one frame, run as
+    `depth.plane_depth` runs them: the GT pass alone (the row spans made empty by an affine that
+    maps past the image: valid/bad counts, mask unfilter and flags of every GT row), the full GT pass
+    (+ mapping the laser points), the counting sort (`bucket_points`) and the plane fits
+    (`plane_pool`); plus the points found and the output pixels supervised."""
+    from dataengine import depth as depth_mod
+    from dataengine.images import fit_geometry
+    from dataengine.kernels.laser import PointBuffers, laser_points
+    from dataengine.kernels.plane import bucket_points, plane_pool
+
+    lc = cfg.laser
+    geom = fit_geometry(frame.pinhole.width, frame.pinhole.height, cfg.width, cfg.height, cfg.fit)
+    mask = depth_mod.read_mask_scanlines(frame.mask_path, frame.prism.width, frame.prism.height)
+    gt = depth_mod.map_gt_depth(frame.depth_path, frame.prism.width, frame.prism.height)
+    ux, uy = depth_mod.undistortion_grid_for(frame.pinhole, frame.prism, lc.grid_spacing)
+    src = np.array([frame.pinhole.width, frame.pinhole.height], dtype=np.float64)
+    buffers = PointBuffers(*(np.empty(gt.size // 4, dt) for dt in (np.int32, np.float32, np.float32, np.float32)))
+    outside = geom.affine.copy()
+    outside[1] = src[0] + 1.0  # x_lo beyond the image: every row span empty
+    clock = time.thread_time
+    t = {}
+    for name, affine in (("gt_scan_only", outside), ("gt_scan_and_points", geom.affine)):
+        t0 = clock()
+        found = laser_points(
+            gt,
+            mask,
+            ux,
+            uy,
+            buffers,
+            spacing=float(lc.grid_spacing),
+            affine=affine,
+            src_size=src,
+            out_shape=(geom.height, geom.width),
+            mask_filtered=frame.mask_path is not None,
+        )
+        t[name] = clock() - t0
+    n = found.n_points
+    t0 = clock()
+    start = np.empty(4 * geom.height * geom.width + 1, np.int32)
+    records = np.empty((n, 2), np.float64)
+    pw, px, py = records[:, 0], records.view(np.float32)[:, 2], records.view(np.float32)[:, 3]
+    bucket_points(*buffers, n, start, px, py, pw)
+    t["bucket"] = clock() - t0
+    t0 = clock()
+    out = np.empty((geom.height, geom.width), np.float32)
+    status = np.empty((geom.height, geom.width), np.uint8)
+    plane_pool(
+        start,
+        px,
+        py,
+        pw,
+        geom.affine,
+        lc.min_count,
+        float(lc.plane_radius),
+        lc.plane_min_points,
+        float(lc.plane_tolerance),
+        float(lc.plane_min_spread),
+        out,
+        status,
+    )
+    t["plane_pool"] = clock() - t0
+    own = start[4::4] - start[:-1:4]
+    return {
+        **{k: 1e3 * v for k, v in t.items()},
+        "points": n,
+        "points_per_supervised_px": n / max(np.count_nonzero(out), 1),
+        "own_points_median_of_supervised_px": float(np.median(own[out.reshape(-1) > 0])),
+    }
+
+
+def depth_pass_breakdown(frames, cfg, reps: int) -> dict:
+    """Median of `depth_pass_stages` over reps x frames (after one warm-up pass)."""
+    for f in frames:
+        depth_pass_stages(f, cfg)
+    runs = [depth_pass_stages(f, cfg) for _ in range(reps) for f in frames]
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
 
 
 def load() -> list[float]:
@@ -381,6 +462,40 @@ def print_mask_ab(ab: dict) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------ accuracy
+# Issue 20: the depth pass may only get cheaper while these hold on the benchmark's frames.
+ACCURACY_BOUNDS = {"median_pct": 0.01, "p95_pct": 0.1}
+
+
+def depth_accuracy(frames, scene, scene_dir: Path, cfg) -> dict:
+    """Relative error of every supervised output pixel (depth > 0) of the engine's frames against the
+    generator's analytic z-depth at the output pixel centres (a pixel whose centre ray misses the
+    scene counts as a large error), pooled over the frames."""
+    from dataengine.frames import process_frame
+    from dataengine.synth.scene import SceneGeometry
+
+    geometry = SceneGeometry.from_scene_dir(scene_dir)
+    errors = []
+    for f in frames:
+        r = process_frame(cfg.source, f, scene, cfg)
+        h, w = r.depth.shape
+        truth = geometry.zdepth(r.K, f.rotation, f.translation, w, h)
+        truth = np.where(np.isfinite(truth), truth, 1e9)
+        valid = r.depth > 0
+        errors.append(np.abs(r.depth[valid] - truth[valid]) / truth[valid])
+    err = np.concatenate(errors)
+    out = {
+        "pooling": cfg.laser.pooling,
+        "pixels": int(err.size),
+        "median_pct": round(100 * float(np.median(err)), 5),
+        "p95_pct": round(100 * float(np.percentile(err, 95)), 4),
+        "within_0.1pct": round(float(np.mean(err <= 0.001)), 4),
+        "within_1pct": round(float(np.mean(err <= 0.01)), 4),
+    }
+    out["bounds_met"] = all(out[k] <= v for k, v in ACCURACY_BOUNDS.items())
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine_info() -> dict:
     import numba
@@ -579,6 +694,10 @@ def main() -> None:
             args.json.write_text(json.dumps({"machine": info, "mask_ab": mask_ab}, indent=1))
         return
     laser_cfgs = {k: v for k, v in cfgs.items() if k != "sparse"}
+    accuracy = {name: depth_accuracy(frames, scene, scene_dir, cfg) for name, cfg in laser_cfgs.items()}
+    print(json.dumps({"depth_accuracy": accuracy, "bounds": ACCURACY_BOUNDS}))
+    breakdown = depth_pass_breakdown(frames, cfgs["engine_laser_plane"], args.reps)
+    print(json.dumps({"depth_pass_ms_median": breakdown}))
     load_before = load()
     with OthersLoad() as during:
         per = per_frame_cpu(frames, scene, laser_cfgs, args.reps)
@@ -606,6 +725,8 @@ def main() -> None:
             "masks": sum(f.mask_path is not None for f in frames),
         },
         "per_frame_cpu_ms_median": per,
+        "depth_accuracy": accuracy,
+        "depth_pass_ms_median": breakdown,
         "mask_ab": mask_ab,
         "threads": scaling,
     }
