@@ -38,7 +38,8 @@ RECIPES = {
 
 
 def build(work: Path, size: int, scale: float, samples: int) -> Path:
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.synth import generate_scene
     from dataengine.windows import WindowConfig
 

@@ -10,7 +10,8 @@ import pytest
 
 
 def _build(root: Path, out: Path, size: int) -> Path:
-    from dataengine.build import BuildConfig, build_shards
+    from dataengine.build import build_shards
+    from dataengine.config import BuildConfig
     from dataengine.windows import WindowConfig
 
     if not (out / "manifest.json").exists():
