@@ -537,8 +537,8 @@ def test_png_write_after_import_pycolmap_in_the_environment():
 
     from dataengine.zlib_first import PTH_NAME
 
-    if not (Path(sysconfig.get_paths()["purelib"]) / PTH_NAME).is_file():
-        pytest.skip(f"{PTH_NAME} not installed here: `python -m dataengine.zlib_first --install` (make setup does)")
+    hook = Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
+    assert hook.is_file(), f"{hook} missing: `make setup` installs it (`python -m dataengine.zlib_first --install`)"
     proc = _run_python(PNG_AFTER_PYCOLMAP)
     assert proc.returncode == 0 and "png ok" in proc.stdout, proc.stderr[-2000:]
 

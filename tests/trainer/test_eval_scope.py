@@ -5,30 +5,17 @@ schedule in preflight, and the ✓/✗ marking of changes. Through the real CLI 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.trainer.test_bad_inputs_trainer import cli  # the trainer CLI in a fresh, offline interpreter
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "assets" / "vggt_tiny_reference.safetensors"
-
-
-def cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env.pop("TRAINER_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:

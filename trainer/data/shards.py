@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shardformat import ShardError, count_samples, index_tar, manifest_shards, read_manifest
+from shardformat.views import is_metric_units  # the format's one rule for what counts as metres
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def dataset_units(shards_dir: str | Path) -> str:
 
 def is_metric(units: str) -> bool:
     """True when every scene of `units` (dataset_units) is in metres."""
-    return all(part.startswith(METRIC_UNITS) for part in units.split(" + "))
+    return all(is_metric_units(part) for part in units.split(" + "))
 
 
 def unit_symbol(units: str) -> str:
