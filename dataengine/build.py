@@ -21,7 +21,7 @@ import numpy as np
 from dataengine import __version__
 from dataengine.config import BuildConfig, check_config
 from dataengine.errors import BadInputError
-from dataengine.frames import CACHE_DIR, FrameResult, array_digest, frame_cache_path, load_frame
+from dataengine.frames import CACHE_DIR, FrameResult, array_digest, frame_cache_path, load_frame, load_frame_meta
 from dataengine.shards import (
     FORMAT,
     KEY_RE,
@@ -281,7 +281,7 @@ def build_shards(cfg: BuildConfig) -> dict:
                     )
                 )
                 index += 1
-        metas = [load_frame(cached[(scene.name, f.name)]).meta for f in frames]
+        metas = [load_frame_meta(cached[(scene.name, f.name)]) for f in frames]
         metas_by_scene[scene.name] = metas
         in_split = {s: sorted({i for w in wins[s] for i in w}) for s in wins}
         scene_stats[scene.name] = {
@@ -335,40 +335,49 @@ def build_shards(cfg: BuildConfig) -> dict:
     return manifest
 
 
+def write_shard(cfg: BuildConfig, split: str, name: str, chunk: list, units: dict[str, str]) -> dict:
+    """Write one shard from the cached frames of its samples; its manifest record. A pure function of
+    its arguments (the same bytes wherever it runs: on the driver, or as a Ray task when every node
+    sees --out, dataengine.executor.shard_records)."""
+    path = cfg.out / name
+    members = []
+    loaded: dict[Path, FrameResult] = {}
+    for scene, paths, frames, win, key_index in chunk:
+        for p in paths:
+            if p not in loaded:
+                loaded[p] = load_frame(p)
+        results = [loaded[p] for p in paths]
+        depth = np.stack([r.depth for r in results])
+        if cfg.depth_dtype == "float16" and depth.max(initial=0.0) > FLOAT16_MAX:
+            raise BadInputError(
+                f"{cfg.out}: depth up to {depth.max():.6g} in sample {sample_key(scene, key_index)} does not "
+                f"fit float16 (max {FLOAT16_MAX:g}); build with --depth-dtype float32",
+                cfg.out,
+            )
+        depth = depth.astype(cfg.depth_dtype)
+        mask = (depth > 0).astype(np.uint8)
+        cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
+        members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results], depth, mask, cams)
+    write_tar(path, members)
+    return {"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "samples": len(chunk)}
+
+
 def write_splits(cfg: BuildConfig, splits: dict, written: set[str], units: dict[str, str]) -> dict:
     """Write every split's shards (names added to `written` as they land); remove stale shards of an
     earlier build; return the manifest's split records."""
-    manifest_splits = {}
+    from dataengine.executor import shard_records  # cfg.executor: here, or Ray tasks
+
+    jobs = []  # (split, shard name, samples) in manifest order
     for split, samples in splits.items():
-        shards = []
-        for start in range(0, len(samples), cfg.samples_per_shard):
-            chunk = samples[start : start + cfg.samples_per_shard]
-            name = shard_name(split, len(shards))
-            path = cfg.out / name
-            members = []
-            loaded: dict[Path, FrameResult] = {}
-            for scene, paths, frames, win, key_index in chunk:
-                for p in paths:
-                    if p not in loaded:
-                        loaded[p] = load_frame(p)
-                results = [loaded[p] for p in paths]
-                depth = np.stack([r.depth for r in results])
-                if cfg.depth_dtype == "float16" and depth.max(initial=0.0) > FLOAT16_MAX:
-                    raise BadInputError(
-                        f"{cfg.out}: depth up to {depth.max():.6g} in sample {sample_key(scene, key_index)} does not "
-                        f"fit float16 (max {FLOAT16_MAX:g}); build with --depth-dtype float32",
-                        cfg.out,
-                    )
-                depth = depth.astype(cfg.depth_dtype)
-                mask = (depth > 0).astype(np.uint8)
-                cams = _sample_cameras(key_index, scene, split, results, frames, win, cfg, units[scene])
-                members += sample_members(sample_key(scene, key_index), [r.jpeg for r in results], depth, mask, cams)
-            write_tar(path, members)
-            written.add(name)
-            shards.append(
-                {"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "samples": len(chunk)}
-            )
-        manifest_splits[split] = {"samples": len(samples), "frames_per_sample": cfg.windows.frames, "shards": shards}
+        for n, start in enumerate(range(0, len(samples), cfg.samples_per_shard)):
+            jobs.append((split, shard_name(split, n), samples[start : start + cfg.samples_per_shard]))
+    records: dict[str, list[dict]] = {split: [] for split in splits}
+    for (split, _, _), record in zip(jobs, shard_records(cfg, jobs, units, written), strict=True):
+        records[split].append(record)
+    manifest_splits = {
+        split: {"samples": len(samples), "frames_per_sample": cfg.windows.frames, "shards": records[split]}
+        for split, samples in splits.items()
+    }
     for stale in cfg.out.glob("*.tar"):
         if SHARD_RE.match(stale.name) and stale.name not in written:
             stale.unlink()

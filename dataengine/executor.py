@@ -3,11 +3,15 @@
 Only the per-frame work moves: `dataengine.frames.process_frame(source, frame, scene, config)`, one
 module-level function of picklable inputs. The local pool calls it in its threads; a Ray task runs
 `render_frame_record`, which calls it and returns the frame's bad-input message instead of raising it.
-Planning (parsing, windows, splits) and the shard writing stay on the driver, so a Ray build writes
-the same bytes as a local one. With Ray the records come back through the object store and the
-driver writes them into the frame cache atomically (tmp + rename, `save_frame`): only --root must be
-on a file system that every node mounts, a killed task leaves nothing behind, and a killed driver's
-rerun reuses every frame it had cached. Ray is imported only here, and only for `--executor ray`.
+Planning (parsing, windows, splits) stays on the driver, and every shard is `build.write_shard` of its
+cached frames, so a Ray build writes the same bytes as a local one. --root must be on a file system
+that every node mounts. Where --out is too (checked up front: a probe file the driver writes, every
+node reads), the tasks write the frame cache (`render_to_cache`) and then the shards (`shard_records`)
+themselves and the driver only plans and records: one driver writing everything handles ~40-70
+frames/s, about one 16-core node (benchmarks/RESULTS.md). Elsewhere the records come back through the
+object store and the driver writes the cache and the shards. Every file is written atomically (tmp +
+rename): a killed task leaves nothing half-written, and a killed driver's rerun reuses every cached
+frame. Ray is imported only here, and only for `--executor ray`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import os
 import re
 import socket
 import sys
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from dataengine.errors import BadInputError
-from dataengine.frames import process_frame, save_frame
+from dataengine.frames import CACHE_DIR, process_frame, save_frame
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = (
@@ -52,6 +57,15 @@ def render_frame_record(source, frame, scene, cfg) -> tuple[object | None, tuple
         return process_frame(source, frame, scene, cfg), None
     except BadInputError as exc:
         return None, (str(exc), exc.path)
+
+
+def render_to_cache(source, frame, scene, cfg, path) -> tuple[None, tuple[str, str | None] | None]:
+    """A Ray task's per-frame work where every node sees --out: render and cache the frame here
+    (atomically, `save_frame`); only the bad-input message, if any, goes back to the driver."""
+    result, bad = render_frame_record(source, frame, scene, cfg)
+    if result is not None:
+        save_frame(path, result)
+    return None, bad
 
 
 def frame_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
@@ -212,6 +226,92 @@ def check_inputs_on_nodes(cfg, scenes: list) -> None:
             )
 
 
+def sees_probe(probe: str, token: str) -> tuple[str, bool]:
+    """(this host's name, whether it reads `token` from the driver's probe file and may write beside
+    it). Runs on each node."""
+    try:
+        with open(probe, encoding="ascii") as fh:
+            same = fh.read() == token
+    except OSError:
+        same = False
+    return socket.gethostname(), same and os.access(os.path.dirname(probe), os.W_OK)
+
+
+def out_is_shared(cfg) -> bool:
+    """Whether every CPU node sees the driver's --out (same file system, writable): a probe file in
+    the frame cache, written here and read on each node."""
+    ray = import_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    out = getattr(cfg, "out", None)
+    if out is None:
+        return False
+    token = uuid.uuid4().hex
+    probe = out / CACHE_DIR / f".node-probe-{token}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text(token, encoding="ascii")
+    try:
+        check = ray.remote(num_cpus=0, max_retries=0)(sees_probe)
+        refs = [
+            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(probe), token
+            )
+            for n in _cpu_nodes(ray)
+        ]
+        try:
+            seen = [ok for _, ok in ray.get(refs, timeout=CHECK_TIMEOUT_S)]
+        except Exception:  # a node that cannot answer: the driver writes, as without a shared --out
+            return False
+    finally:
+        probe.unlink(missing_ok=True)
+    if not all(seen):
+        log.info("--out %s is not on a file system every Ray node sees: the driver writes the cache and shards", out)
+    return bool(seen) and all(seen)
+
+
+def shard_records(cfg, jobs: list[tuple], units: dict, written: set[str]) -> Iterator[dict]:
+    """`build.write_shard` of every (split, name, samples) job, records yielded in job order, each name
+    added to `written` once its shard is on disk. Here, one after the other; with --executor ray and
+    an --out every node sees, as Ray tasks (the first failing shard in job order raises, as it would
+    here, once the shards already running have landed, so the caller removes them too)."""
+    from dataengine.build import write_shard
+
+    if getattr(cfg, "executor", "local") != "ray" or not jobs or not out_is_shared(cfg):
+        for split, name, chunk in jobs:
+            record = write_shard(cfg, split, name, chunk, units)
+            written.add(name)
+            yield record
+        return
+    ray = import_ray()
+    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(write_shard)
+    cfg_ref, units_ref = ray.put(cfg), ray.put(units)
+    refs = [task.remote(cfg_ref, split, name, chunk, units_ref) for split, name, chunk in jobs]
+    try:
+        for (_, name, _), ref in zip(jobs, refs, strict=True):
+            try:
+                record = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, ray.exceptions.RayError):
+                    raise (cause or exc) from None  # the shard's own code raised (not retried): as here
+                raise ClusterError(
+                    f"shard {name}: its Ray task failed ({type(cause or exc).__name__}); check the nodes "
+                    f"(`ray status`, the dashboard) and rerun the same command: finished frames are cached"
+                ) from None
+            written.add(name)
+            yield record
+    finally:
+        unfinished = [(name, ref) for (_, name, _), ref in zip(jobs, refs, strict=True) if name not in written]
+        for _, ref in unfinished:
+            ray.cancel(ref)  # a queued shard never starts; a running one is interrupted (its tmp removed)
+        for name, ref in unfinished:
+            try:
+                ray.get(ref)  # one that landed anyway is named, so that the caller removes it
+                written.add(name)
+            except Exception:
+                pass
+
+
 def _task_failure(ray, item: tuple, exc: BaseException) -> str:
     """One line naming the frame whose task Ray gave up on (after its retries, where a worker died)."""
     reason = " ".join(str(exc).split())[:300]
@@ -235,7 +335,9 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
     check_inputs_on_nodes(cfg, scenes)
     if not pending:
         return
-    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(render_frame_record)
+    shared = out_is_shared(cfg)  # then the tasks cache their frames themselves
+    work = render_to_cache if shared else render_frame_record
+    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(work)
     scene_refs = {id(s): ray.put(s) for s in scenes}  # each scene crosses the network once
     source = cfg.source
     window = max(4 * info["cpus"], 16)
@@ -246,8 +348,9 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
         while True:
             limit = len(pending) if first_bad is None else first_bad[0]
             while next_index < limit and len(in_flight) < window:
-                scene, frame, _ = pending[next_index]
-                in_flight[task.remote(source, frame, scene_refs[id(scene)], cfg)] = next_index
+                scene, frame, path = pending[next_index]
+                args = (source, frame, scene_refs[id(scene)], cfg) + ((path,) if shared else ())
+                in_flight[task.remote(*args)] = next_index
                 next_index += 1
             if first_bad is not None and not any(i < first_bad[0] for i in in_flight.values()):
                 raise BadInputError(*first_bad[1])  # every frame before it is done
@@ -264,7 +367,8 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
                     raise (cause or exc) from None  # the frame's own code raised (not retried): as locally
                 raise ClusterError(_task_failure(ray, item, cause or exc)) from None
             if bad is None:
-                save_frame(item[2], result)
+                if not shared:
+                    save_frame(item[2], result)
                 yield item, None
             elif cfg.skip_bad:
                 yield item, bad[0]

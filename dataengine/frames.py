@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,9 +120,23 @@ def save_frame(path: Path, result: FrameResult) -> None:
 
 
 def load_frame(path: Path) -> FrameResult:
+    with _cache_file(path) as z:
+        return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
+
+
+def load_frame_meta(path: Path) -> dict:
+    """The cached frame's meta alone (the npz's members are read on access: a few hundred bytes, not
+    the frame's ~1 MB of image and depth; the driver reads every frame's meta for the manifest)."""
+    with _cache_file(path) as z:
+        return json.loads(z["meta"].tobytes())
+
+
+@contextmanager
+def _cache_file(path: Path):
+    """The open frame cache file; a corrupt one is deleted and reported as one BadInputError."""
     try:
         with np.load(path) as z:
-            return FrameResult(z["jpeg"].tobytes(), z["depth"], z["K"], json.loads(z["meta"].tobytes()))
+            yield z
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         path.unlink(missing_ok=True)  # written atomically, so only a disk fault corrupts it
         raise BadInputError(

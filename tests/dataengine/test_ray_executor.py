@@ -2,8 +2,8 @@
 
 One `ray.cluster_utils.Cluster` per module (a head and a worker node, one CPU each, in this process);
 every build is the real CLI in a fresh interpreter that joins it with `--ray-address`. Faults: a node
-removed mid-build, the driver killed mid-build (tests/fault_cli.py), a bad frame, no Ray installed, an
-unreachable cluster.
+removed mid-build, the driver killed mid-build (`kill -9`), a bad frame, an --out the nodes do not see, no
+Ray installed, an unreachable cluster.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray  # the `ray` extra is part of the test install: without it this module fails, never skips
@@ -139,19 +140,59 @@ def test_worker_node_removed_mid_build_completes_identically(cluster, eth3d_root
 
 
 def test_driver_killed_mid_build_rerun_reuses_frames_and_is_identical(cluster, eth3d_root, local_build, tmp_path):
+    """`kill -9` of the driver once the tasks (which cache their frames themselves: every node sees
+    --out) have cached a first frame; the rerun reuses every cached frame and writes the same bytes."""
     out = tmp_path / "ray"
-    args = build_args(eth3d_root, out, *on_cluster(cluster), "--keep-cache")
-    fault = {"FAULT": "kill", "FAULT_MATCH": ".*.npz.tmp*", "FAULT_NTH": "5", "FAULT_AFTER": "500"}
-    killed = run_cli(args, fault=fault)
-    assert killed.returncode == -9
-    assert not (out / "manifest.json").exists()
-    finished = {p: p.stat().st_mtime_ns for p in (out / ".frame-cache").rglob("*.npz")}
-    assert len(finished) == 4  # the fifth was being written when the kill came
+    args = [str(a) for a in build_args(eth3d_root, out, *on_cluster(cluster), "--keep-cache")]
+    proc = subprocess.Popen([sys.executable, "-m", "dataengine", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cache = out / ".frame-cache"
+    deadline = time.monotonic() + 120
+    while not (cache.is_dir() and any(cache.rglob("*.npz"))):
+        assert proc.poll() is None and time.monotonic() < deadline, "the build ended or hung before caching a frame"
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -9
+    finished: dict = {}
+    while True:  # the dead driver's tasks are stopped by Ray; wait until no cache file appears any more
+        time.sleep(0.5)
+        now = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+        if now == finished:
+            break
+        finished = now
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
+    assert 1 <= len(finished) < 16  # killed while frames were still rendering
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     assert outputs(out) == outputs(local_build)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # reused, not rendered again
-    assert len(list((out / ".frame-cache").rglob("*.npz"))) == 16 and not list(out.rglob(".*.tmp*"))
+    assert len(list(cache.rglob("*.npz"))) == 16 and not list(out.rglob(".*.tmp*"))
+
+
+def test_driver_writes_cache_and_shards_where_nodes_do_not_see_out(cluster, eth3d_root, local_build, tmp_path):
+    """Where --out is not on a file system every node sees (the probe fails), the records come back
+    through the object store and the driver writes the frame cache and the shards: same bytes."""
+    from dataengine import executor
+    from dataengine.build import build_shards
+
+    tasks_wrote = []
+    real_save = executor.save_frame
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        out = tmp_path / "shared"
+        assert executor.out_is_shared(SimpleNamespace(out=out))  # one machine: every node sees it
+        assert not list((out / ".frame-cache").iterdir())  # the probe is gone
+        probe = executor.sees_probe
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(executor, "sees_probe", lambda path, token: (probe(path, token)[0], False))
+            assert not executor.out_is_shared(SimpleNamespace(out=out))
+            mp.setattr(executor, "save_frame", lambda path, result: (tasks_wrote.append(path), real_save(path, result)))
+            out = tmp_path / "driver"
+            build_shards(local_config(eth3d_root, out, executor="ray", ray_address=cluster.address))
+    finally:
+        ray.shutdown()
+    assert len(tasks_wrote) == 16  # the driver cached every frame itself
+    assert outputs(out) == outputs(local_build)
 
 
 def local_config(root: Path, out: Path, **kw):
@@ -198,11 +239,35 @@ class WorkerKiller:
         return os._exit, (3,)
 
 
+def test_a_failing_shard_task_fails_the_build_as_locally(cluster, eth3d_root, local_build, tmp_path):
+    """The shards are Ray tasks here (every node sees --out): one that cannot be written (a folder in
+    its place) fails the build with the local error naming it, the shards this build wrote are removed,
+    and the rerun writes the same bytes."""
+    from dataengine.build import build_shards
+
+    out = tmp_path / "ray"
+    cfg = local_config(eth3d_root, out, executor="ray", ray_address=cluster.address, keep_cache=True)
+    blocker = out / "train-00001.tar"
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        build_shards(cfg)
+        for shard in out.glob("*.tar"):
+            shard.unlink()
+        blocker.mkdir()
+        with pytest.raises(OSError) as failed:
+            build_shards(cfg)
+        assert str(blocker) in str(failed.value)  # os.replace names the tmp file and the shard
+        assert not [p for p in out.glob("*.tar") if p.is_file()] and not (out / "manifest.json").exists()
+        blocker.rmdir()
+        build_shards(cfg)
+    finally:
+        ray.shutdown()
+    assert outputs(out) == outputs(local_build)
+
+
 def test_node_input_check_and_bounded_retries(cluster, tmp_path, monkeypatch):
     """The up-front check names the node and the path it cannot read; a frame whose worker keeps
     dying is retried TASK_RETRIES times, then fails the build with one error naming the frame."""
-    from types import SimpleNamespace
-
     from dataengine import executor
 
     missing = tmp_path / "not-mounted"
