@@ -161,7 +161,9 @@ def test_driver_killed_mid_build_rerun_reuses_frames_and_is_identical(cluster, e
             break
         finished = now
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
-    assert 1 <= len(finished) < 16  # killed while frames were still rendering
+    # Killed once the first frame was cached; how many more the dead driver's tasks finish before Ray
+    # stops them depends on the machine's speed, so only the reuse below is asserted.
+    assert len(finished) >= 1
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     assert outputs(out) == outputs(local_build)
