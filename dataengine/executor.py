@@ -8,8 +8,9 @@ cached frames, so a Ray build writes the same bytes as a local one. --root must 
 that every node mounts. Where --out is too (checked up front: a probe file the driver writes, every
 node reads), the tasks write the frame cache (`render_to_cache`) and then the shards (`shard_records`)
 themselves and the driver only plans and records: one driver writing everything handles ~40-70
-frames/s, about one 16-core node (benchmarks/RESULTS.md). Elsewhere the records come back through the
-object store and the driver writes the cache and the shards. Every file is written atomically (tmp +
+frames/s, about one 16-core node (benchmarks/RESULTS.md). Elsewhere, and from any node that does not see
+the frame cache, the records come back through the object store and the driver writes the cache and the
+shards. Every file is written atomically (tmp +
 rename): a killed task leaves nothing half-written, and a killed driver's rerun reuses every cached
 frame. Ray is imported only here, and only for `--executor ray`.
 """
@@ -59,13 +60,29 @@ def render_frame_record(source, frame, scene, cfg) -> tuple[object | None, tuple
         return None, (str(exc), exc.path)
 
 
-def render_to_cache(source, frame, scene, cfg, path) -> tuple[None, tuple[str, str | None] | None]:
+def render_to_cache(source, frame, scene, cfg, path) -> tuple[object | None, tuple[str, str | None] | None]:
     """A Ray task's per-frame work where every node sees --out: render and cache the frame here
-    (atomically, `save_frame`); only the bad-input message, if any, goes back to the driver."""
+    (atomically, `save_frame`); only the bad-input message, if any, goes back to the driver. On a
+    node that does not see the frame cache (one that joined after the check, without the mount) the
+    record goes back instead, for the driver to cache: never a cache file on a node's own disk."""
     result, bad = render_frame_record(source, frame, scene, cfg)
-    if result is not None:
-        save_frame(path, result)
+    if result is None or not sees_cache(cfg):
+        return result, bad
+    save_frame(path, result)
     return None, bad
+
+
+def sees_cache(cfg) -> bool:
+    """This node sees the driver's frame cache folder (created by the driver before any task)."""
+    return (cfg.out / CACHE_DIR).is_dir()
+
+
+def shard_on_node(cfg, split: str, name: str, chunk: list, units: dict) -> dict | None:
+    """A Ray task's shard: `build.write_shard` here, or None on a node that does not see the frame
+    cache (the driver then writes that shard itself)."""
+    from dataengine.build import write_shard
+
+    return write_shard(cfg, split, name, chunk, units) if sees_cache(cfg) else None
 
 
 def frame_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
@@ -283,13 +300,15 @@ def shard_records(cfg, jobs: list[tuple], units: dict, written: set[str]) -> Ite
             yield record
         return
     ray = import_ray()
-    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(write_shard)
+    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(shard_on_node)
     cfg_ref, units_ref = ray.put(cfg), ray.put(units)
     refs = [task.remote(cfg_ref, split, name, chunk, units_ref) for split, name, chunk in jobs]
     try:
-        for (_, name, _), ref in zip(jobs, refs, strict=True):
+        for (split, name, chunk), ref in zip(jobs, refs, strict=True):
             try:
                 record = ray.get(ref)
+                if record is None:  # its node does not see --out
+                    record = write_shard(cfg, split, name, chunk, units)
             except ray.exceptions.RayError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, ray.exceptions.RayError):
@@ -306,8 +325,8 @@ def shard_records(cfg, jobs: list[tuple], units: dict, written: set[str]) -> Ite
             ray.cancel(ref)  # a queued shard never starts; a running one is interrupted (its tmp removed)
         for name, ref in unfinished:
             try:
-                ray.get(ref)  # one that landed anyway is named, so that the caller removes it
-                written.add(name)
+                if ray.get(ref) is not None:  # one that landed anyway is named, so that the caller removes it
+                    written.add(name)
             except Exception:
                 pass
 
@@ -367,7 +386,7 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
                     raise (cause or exc) from None  # the frame's own code raised (not retried): as locally
                 raise ClusterError(_task_failure(ray, item, cause or exc)) from None
             if bad is None:
-                if not shared:
+                if result is not None:  # the driver caches it: --out not shared, or not seen by that node
                     save_frame(item[2], result)
                 yield item, None
             elif cfg.skip_bad:

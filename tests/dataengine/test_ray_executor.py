@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import ray  # the `ray` extra is part of the test install: without it this module fails, never skips
 from ray.cluster_utils import Cluster
@@ -239,6 +240,28 @@ class WorkerKiller:
 
     def __reduce__(self):
         return os._exit, (3,)
+
+
+def test_a_node_without_the_frame_cache_sends_its_work_back(eth3d_root, tmp_path):
+    """A node that does not see --out (one that joined after the check, without the mount) neither
+    caches a frame nor writes a shard on its own disk: the frame record goes back to the driver, and
+    the shard task returns None for the driver to write it (executor._ray_outcomes / shard_records)."""
+    from dataengine import executor
+    from dataengine.eth3d import load_scene
+    from dataengine.frames import CACHE_DIR, load_frame
+
+    out = tmp_path / "out"
+    cfg = local_config(eth3d_root, out)
+    scene = load_scene(eth3d_root / SCENE, "auto")
+    frame = scene.frames[0]
+    path = out / CACHE_DIR / SCENE / "frame.npz"
+    result, bad = executor.render_to_cache(cfg.source, frame, scene, cfg, path)
+    assert bad is None and result is not None and not out.exists()
+    assert executor.shard_on_node(cfg, "train", "train-00000.tar", [], {}) is None and not out.exists()
+    path.parent.mkdir(parents=True)  # the node sees the driver's cache: it caches the frame itself
+    assert executor.render_to_cache(cfg.source, frame, scene, cfg, path) == (None, None)
+    cached = load_frame(path)
+    assert cached.jpeg == result.jpeg and np.array_equal(cached.depth, result.depth)
 
 
 def test_a_failing_shard_task_fails_the_build_as_locally(cluster, eth3d_root, local_build, tmp_path):
