@@ -78,11 +78,14 @@ def sees_cache(cfg) -> bool:
 
 
 def shard_on_node(cfg, split: str, name: str, chunk: list, units: dict) -> dict | None:
-    """A Ray task's shard: `build.write_shard` here, or None on a node that does not see the frame
-    cache (the driver then writes that shard itself)."""
+    """A Ray task's shard: `build.write_shard` here, or None on a node that does not see every cached
+    frame of it (--out on the driver's disk only, or a node without the mount): the driver then
+    writes that shard itself."""
     from dataengine.build import write_shard
 
-    return write_shard(cfg, split, name, chunk, units) if sees_cache(cfg) else None
+    if not all(os.path.isfile(path) for _, paths, *_ in chunk for path in paths):
+        return None
+    return write_shard(cfg, split, name, chunk, units)
 
 
 def frame_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
@@ -217,83 +220,73 @@ def unreadable(paths: list[str]) -> tuple[str, str | None]:
     return socket.gethostname(), None
 
 
-def check_inputs_on_nodes(cfg, scenes: list) -> None:
-    """Run `unreadable` once on every node with CPUs; one error naming the node and the path."""
+def node_check(paths: list[str], probe: str | None, token: str) -> tuple[str, str | None, bool]:
+    """(this host's name, the first of `paths` it cannot read or None, whether it reads `token` from
+    the driver's probe file in --out and may write beside it). Runs on each node."""
+    host, missing = unreadable(paths)
+    try:
+        with open(probe, encoding="ascii") as fh:
+            sees_out = fh.read() == token and os.access(os.path.dirname(probe), os.W_OK)
+    except (OSError, TypeError):  # TypeError: no probe (no --out)
+        sees_out = False
+    return host, missing, sees_out
+
+
+def check_nodes(cfg, scenes: list) -> bool:
+    """Run `node_check` once on every node with CPUs: one error naming the node and the input path it
+    cannot read; True when every node also sees the driver's --out (a probe file written into the
+    frame cache here and read there), so that the tasks may write the frame cache themselves."""
     ray = import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     paths = input_paths(cfg, scenes)
-    check = ray.remote(num_cpus=0, max_retries=0)(unreadable)
-    refs = {}
-    for node in _cpu_nodes(ray):
-        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        refs[node["NodeManagerAddress"]] = check.options(scheduling_strategy=strategy).remote(paths)
-    for ip, ref in refs.items():
-        try:
-            host, missing = ray.get(ref, timeout=CHECK_TIMEOUT_S)
-        except Exception as exc:
-            raise ClusterError(
-                f"Ray node {ip}: the input check did not run ({type(exc).__name__}); check the node with `ray status`"
-            ) from None
-        if missing is not None:
-            raise ClusterError(
-                f"Ray node {ip} ({host}): cannot read {missing} (--root {cfg.root}); the inputs must be on a "
-                f"file system that every node mounts at the same path (NFS, Lustre, a mounted bucket), "
-                f"see docs/cluster.md"
-            )
-
-
-def sees_probe(probe: str, token: str) -> tuple[str, bool]:
-    """(this host's name, whether it reads `token` from the driver's probe file and may write beside
-    it). Runs on each node."""
-    try:
-        with open(probe, encoding="ascii") as fh:
-            same = fh.read() == token
-    except OSError:
-        same = False
-    return socket.gethostname(), same and os.access(os.path.dirname(probe), os.W_OK)
-
-
-def out_is_shared(cfg) -> bool:
-    """Whether every CPU node sees the driver's --out (same file system, writable): a probe file in
-    the frame cache, written here and read on each node."""
-    ray = import_ray()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     out = getattr(cfg, "out", None)
-    if out is None:
-        return False
     token = uuid.uuid4().hex
-    probe = out / CACHE_DIR / f".node-probe-{token}"
-    probe.parent.mkdir(parents=True, exist_ok=True)
-    probe.write_text(token, encoding="ascii")
+    probe = None if out is None else out / CACHE_DIR / f".node-probe-{token}"
+    if probe is not None:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token, encoding="ascii")
     try:
-        check = ray.remote(num_cpus=0, max_retries=0)(sees_probe)
-        refs = [
-            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                str(probe), token
+        check = ray.remote(num_cpus=0, max_retries=0)(node_check)
+        refs = {}
+        for node in _cpu_nodes(ray):
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            refs[node["NodeManagerAddress"]] = check.options(scheduling_strategy=strategy).remote(
+                paths, None if probe is None else str(probe), token
             )
-            for n in _cpu_nodes(ray)
-        ]
-        try:
-            seen = [ok for _, ok in ray.get(refs, timeout=CHECK_TIMEOUT_S)]
-        except Exception:  # a node that cannot answer: the driver writes, as without a shared --out
-            return False
+        seen = []
+        for ip, ref in refs.items():
+            try:
+                host, missing, sees_out = ray.get(ref, timeout=CHECK_TIMEOUT_S)
+            except Exception as exc:
+                raise ClusterError(
+                    f"Ray node {ip}: the input check did not run ({type(exc).__name__}); check the node with "
+                    f"`ray status`"
+                ) from None
+            if missing is not None:
+                raise ClusterError(
+                    f"Ray node {ip} ({host}): cannot read {missing} (--root {cfg.root}); the inputs must be on a "
+                    f"file system that every node mounts at the same path (NFS, Lustre, a mounted bucket), "
+                    f"see docs/cluster.md"
+                )
+            seen.append(sees_out)
     finally:
-        probe.unlink(missing_ok=True)
-    if not all(seen):
-        log.info("--out %s is not on a file system every Ray node sees: the driver writes the cache and shards", out)
+        if probe is not None:
+            probe.unlink(missing_ok=True)
+    if probe is not None and not all(seen):
+        log.info("--out %s is not on a file system every Ray node sees: the driver writes the frame cache", out)
     return bool(seen) and all(seen)
 
 
 def shard_records(cfg, jobs: list[tuple], units: dict, written: set[str]) -> Iterator[dict]:
     """`build.write_shard` of every (split, name, samples) job, records yielded in job order, each name
-    added to `written` once its shard is on disk. Here, one after the other; with --executor ray and
-    an --out every node sees, as Ray tasks (the first failing shard in job order raises, as it would
-    here, once the shards already running have landed, so the caller removes them too)."""
+    added to `written` once its shard is on disk. Here, one after the other; with --executor ray as
+    Ray tasks, each on a node that sees its cached frames, else here (`shard_on_node`); the first
+    failing shard in job order raises, as it would here, once the shards already running have landed,
+    so the caller removes them too."""
     from dataengine.build import write_shard
 
-    if getattr(cfg, "executor", "local") != "ray" or not jobs or not out_is_shared(cfg):
+    if getattr(cfg, "executor", "local") != "ray" or not jobs:
         for split, name, chunk in jobs:
             record = write_shard(cfg, split, name, chunk, units)
             written.add(name)
@@ -344,17 +337,17 @@ def _task_failure(ray, item: tuple, exc: BaseException) -> str:
 
 
 def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
-    """Ray tasks, a bounded number in flight; results saved by the driver as they arrive.
+    """Ray tasks, a bounded number in flight; each frame cached by its task where every node sees
+    --out (`check_nodes`), else by the driver as the records arrive.
 
     A bad frame (without --skip-bad) fails the build with the same error as locally: the first bad
     frame in input order, raised once every frame before it has finished."""
     ray = import_ray()
     info = connect(cfg.ray_address, cfg.workers or None)
     scenes = list({id(s): s for s, _, _ in pending}.values())
-    check_inputs_on_nodes(cfg, scenes)
+    shared = check_nodes(cfg, scenes)  # every node sees --out: the tasks cache their frames themselves
     if not pending:
         return
-    shared = out_is_shared(cfg)  # then the tasks cache their frames themselves
     work = render_to_cache if shared else render_frame_record
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(work)
     scene_refs = {id(s): ray.put(s) for s in scenes}  # each scene crosses the network once

@@ -8,6 +8,29 @@ from dataengine.kernels._jit import kernel
 
 
 @kernel
+def _pixel_to_world(K, R, t, x, y, d):
+    """The point at pixel position (x, y) and depth d of a camera (K, R, t: world → camera) in world
+    coordinates: R^T (K^-1 (x, y, 1) d - t)."""
+    px = (x - K[0, 2]) / K[0, 0] * d - t[0]
+    py = (y - K[1, 2]) / K[1, 1] * d - t[1]
+    pz = d - t[2]
+    return (
+        R[0, 0] * px + R[1, 0] * py + R[2, 0] * pz,
+        R[0, 1] * px + R[1, 1] * py + R[2, 1] * pz,
+        R[0, 2] * px + R[1, 2] * py + R[2, 2] * pz,
+    )
+
+
+@kernel
+def _world_to_camera(R, t, X, Y, Z):
+    return (
+        R[0, 0] * X + R[0, 1] * Y + R[0, 2] * Z + t[0],
+        R[1, 0] * X + R[1, 1] * Y + R[1, 2] * Z + t[1],
+        R[2, 0] * X + R[2, 1] * Y + R[2, 2] * Z + t[2],
+    )
+
+
+@kernel
 def count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, reproj, rect, need, counts):
     """counts[v, u] += 1 for every reference pixel inside rect (u0, v0, u1, v1) that `other`
     confirms (the test: `dataengine.mvs`); pixels already confirmed `need` times are skipped."""
@@ -17,20 +40,9 @@ def count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, 
             d = ref[v, u]
             if d <= 0.0 or counts[v, u] >= need:
                 continue
-            # Reference pixel centre → camera → world.
-            xc = (u + 0.5 - K_ref[0, 2]) / K_ref[0, 0] * d
-            yc = (v + 0.5 - K_ref[1, 2]) / K_ref[1, 1] * d
-            zc = d
-            px = xc - t_ref[0]
-            py = yc - t_ref[1]
-            pz = zc - t_ref[2]
-            X = R_ref[0, 0] * px + R_ref[1, 0] * py + R_ref[2, 0] * pz
-            Y = R_ref[0, 1] * px + R_ref[1, 1] * py + R_ref[2, 1] * pz
-            Z = R_ref[0, 2] * px + R_ref[1, 2] * py + R_ref[2, 2] * pz
-            # World → other view.
-            xo = R_o[0, 0] * X + R_o[0, 1] * Y + R_o[0, 2] * Z + t_o[0]
-            yo = R_o[1, 0] * X + R_o[1, 1] * Y + R_o[1, 2] * Z + t_o[1]
-            zo = R_o[2, 0] * X + R_o[2, 1] * Y + R_o[2, 2] * Z + t_o[2]
+            # Reference pixel centre → world → other view.
+            X, Y, Z = _pixel_to_world(K_ref, R_ref, t_ref, u + 0.5, v + 0.5, d)
+            xo, yo, zo = _world_to_camera(R_o, t_o, X, Y, Z)
             if zo <= 0.0:
                 continue
             uo = K_o[0, 0] * xo / zo + K_o[0, 2]
@@ -43,15 +55,8 @@ def count_consistent(ref, K_ref, R_ref, t_ref, other, K_o, R_o, t_o, depth_tol, 
             if do <= 0.0 or abs(zo - do) > depth_tol * do:
                 continue
             # The other view's own point at that pixel, back into the reference view.
-            xo2 = (iu + 0.5 - K_o[0, 2]) / K_o[0, 0] * do - t_o[0]
-            yo2 = (iv + 0.5 - K_o[1, 2]) / K_o[1, 1] * do - t_o[1]
-            zo2 = do - t_o[2]
-            X2 = R_o[0, 0] * xo2 + R_o[1, 0] * yo2 + R_o[2, 0] * zo2
-            Y2 = R_o[0, 1] * xo2 + R_o[1, 1] * yo2 + R_o[2, 1] * zo2
-            Z2 = R_o[0, 2] * xo2 + R_o[1, 2] * yo2 + R_o[2, 2] * zo2
-            xr = R_ref[0, 0] * X2 + R_ref[0, 1] * Y2 + R_ref[0, 2] * Z2 + t_ref[0]
-            yr = R_ref[1, 0] * X2 + R_ref[1, 1] * Y2 + R_ref[1, 2] * Z2 + t_ref[1]
-            zr = R_ref[2, 0] * X2 + R_ref[2, 1] * Y2 + R_ref[2, 2] * Z2 + t_ref[2]
+            X2, Y2, Z2 = _pixel_to_world(K_o, R_o, t_o, iu + 0.5, iv + 0.5, do)
+            xr, yr, zr = _world_to_camera(R_ref, t_ref, X2, Y2, Z2)
             if zr <= 0.0:
                 continue
             ur = K_ref[0, 0] * xr / zr + K_ref[0, 2]

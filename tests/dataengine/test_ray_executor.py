@@ -172,29 +172,29 @@ def test_driver_killed_mid_build_rerun_reuses_frames_and_is_identical(cluster, e
     assert len(list(cache.rglob("*.npz"))) == 16 and not list(out.rglob(".*.tmp*"))
 
 
-def test_driver_writes_cache_and_shards_where_nodes_do_not_see_out(cluster, eth3d_root, local_build, tmp_path):
+def test_driver_writes_the_cache_where_nodes_do_not_see_out(cluster, eth3d_root, local_build, tmp_path):
     """Where --out is not on a file system every node sees (the probe fails), the records come back
-    through the object store and the driver writes the frame cache and the shards: same bytes."""
+    through the object store and the driver writes the frame cache: same bytes."""
     from dataengine import executor
     from dataengine.build import build_shards
 
-    tasks_wrote = []
-    real_save = executor.save_frame
+    driver_wrote = []
+    real_save, real_check = executor.save_frame, executor.node_check
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
         out = tmp_path / "shared"
-        assert executor.out_is_shared(SimpleNamespace(out=out))  # one machine: every node sees it
+        nodes = SimpleNamespace(root=eth3d_root, out=out)
+        assert executor.check_nodes(nodes, [])  # one machine: every node sees it
         assert not list((out / ".frame-cache").iterdir())  # the probe is gone
-        probe = executor.sees_probe
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(executor, "sees_probe", lambda path, token: (probe(path, token)[0], False))
-            assert not executor.out_is_shared(SimpleNamespace(out=out))
-            mp.setattr(executor, "save_frame", lambda path, result: (tasks_wrote.append(path), real_save(path, result)))
+            mp.setattr(executor, "node_check", lambda paths, probe, tok: (*real_check(paths, probe, tok)[:2], False))
+            assert not executor.check_nodes(nodes, [])
+            mp.setattr(executor, "save_frame", lambda path, rec: (driver_wrote.append(path), real_save(path, rec)))
             out = tmp_path / "driver"
             build_shards(local_config(eth3d_root, out, executor="ray", ray_address=cluster.address))
     finally:
         ray.shutdown()
-    assert len(tasks_wrote) == 16  # the driver cached every frame itself
+    assert len(driver_wrote) == 16  # the driver cached every frame itself
     assert outputs(out) == outputs(local_build)
 
 
@@ -257,7 +257,8 @@ def test_a_node_without_the_frame_cache_sends_its_work_back(eth3d_root, tmp_path
     path = out / CACHE_DIR / SCENE / "frame.npz"
     result, bad = executor.render_to_cache(cfg.source, frame, scene, cfg, path)
     assert bad is None and result is not None and not out.exists()
-    assert executor.shard_on_node(cfg, "train", "train-00000.tar", [], {}) is None and not out.exists()
+    chunk = [(SCENE, [path], [frame], [0], 0)]  # a sample whose cached frame this node does not see
+    assert executor.shard_on_node(cfg, "train", "train-00000.tar", chunk, {}) is None and not out.exists()
     path.parent.mkdir(parents=True)  # the node sees the driver's cache: it caches the frame itself
     assert executor.render_to_cache(cfg.source, frame, scene, cfg, path) == (None, None)
     cached = load_frame(path)
@@ -303,8 +304,8 @@ def test_node_input_check_and_bounded_retries(cluster, tmp_path, monkeypatch):
     try:
         ips = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
         with pytest.raises(executor.ClusterError) as unseen:
-            executor.check_inputs_on_nodes(SimpleNamespace(root=missing), [])
-        executor.check_inputs_on_nodes(cfg, [scene])
+            executor.check_nodes(SimpleNamespace(root=missing), [])
+        executor.check_nodes(cfg, [scene])
         with pytest.raises(executor.ClusterError) as crashed:
             ray_cfg = SimpleNamespace(**vars(cfg), executor="ray", source=None)  # the task dies before it renders
             list(executor.frame_outcomes(ray_cfg, [(scene, WorkerKiller(), None)]))
