@@ -47,7 +47,13 @@ def simulate_laser_scan(geometry: SceneGeometry, scale: float, rng: np.random.Ge
             t = np.empty(len(dirs))
             mat = np.empty(len(dirs), dtype=np.int64)
             cast_kernel(
-                origins, np.ascontiguousarray(dirs), False, *geometry._arrays(), t, mat, np.zeros((0, 3), np.float32)
+                origins,
+                np.ascontiguousarray(dirs),
+                False,
+                geometry.facade_arrays(),
+                t,
+                mat,
+                np.zeros((0, 3), np.float32),
             )
             keep = t < _SCAN_MAX_RANGE_M
             points.append(position + t[keep, None] * dirs[keep])

@@ -19,6 +19,8 @@ from dataengine.synth.materials import CONCRETE, DOOR, GLASS, GROUND, METAL, REV
 #   ground (4,) [x0,x1,y0,y1] extent of the ground plane z = 0
 #   light (8,) sun direction (3, unit, towards the sun), ambient, diffuse, texture min wavelength,
 #         ground-floor height, texture seed
+# The kernels take them as one tuple, `facade` = (boxes, box_mat, building, openings, opening_mat,
+# ground, light) (SceneGeometry.facade_arrays()).
 # ==================================================================================================
 _T_EPS = 1e-9
 
@@ -83,8 +85,9 @@ def _recess_exit(ox, oy, oz, dx, dy, dz, opening):
 
 
 @njit(cache=True)
-def _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground):
+def _nearest_hit(ox, oy, oz, dx, dy, dz, facade):
     """Nearest surface along o + t d (t > 0): (t, material, normal axis, normal sign, primitive)."""
+    boxes, box_mat, building, openings, opening_mat, ground, _ = facade
     t_best, mat, axis, sign, prim = np.inf, SKY, -1, 0.0, -1
     # Ground plane z = 0, seen from above.
     if dz < 0.0 and oz > 0.0:
@@ -128,8 +131,9 @@ def _nearest_hit(ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, ope
 
 
 @njit(cache=True)
-def _in_sunlight(px, py, pz, mat, prim, boxes, box_mat, building, openings, opening_mat, ground, light):
+def _in_sunlight(px, py, pz, mat, prim, facade):
     """Shadow ray towards the sun from a surface point (already offset along its normal)."""
+    openings, light = facade[3], facade[6]
     sx, sy, sz = light[0], light[1], light[2]
     if mat == GLASS or mat == DOOR or mat == REVEAL:
         # Inside a recess: the sun must leave through the opening before meeting a reveal.
@@ -141,7 +145,7 @@ def _in_sunlight(px, py, pz, mat, prim, boxes, box_mat, building, openings, open
         if ar == 0 or ar == 2:
             if tr < t_front:
                 return False
-    t, m, a, s, k = _nearest_hit(px, py, pz, sx, sy, sz, boxes, box_mat, building, openings, opening_mat, ground)
+    t, m, a, s, k = _nearest_hit(px, py, pz, sx, sy, sz, facade)
     return not np.isfinite(t)
 
 
@@ -283,23 +287,26 @@ def _albedo(px, py, pz, axis, mat, prim, openings, light):
 
 
 @njit(cache=True)
-def _shade(
-    px, py, pz, axis, sign, mat, prim, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground, light
-):
-    """Lambertian colour (RGB in [0,1]) under sun + sky light with cast shadows; sky if no hit."""
+def _shade(ox, oy, oz, dx, dy, dz, t, mat, axis, sign, prim, facade):
+    """Lambertian colour (RGB in [0,1]) of the hit o + t d (`_nearest_hit`'s t, mat, axis, sign, prim)
+    under sun + sky light with cast shadows; sky if no hit."""
     if mat == SKY:
         norm = math.sqrt(dx * dx + dy * dy + dz * dz)
         e = min(1.0, max(0.0, dz / norm))
         return 0.86 - 0.40 * e, 0.89 - 0.28 * e, 0.93 - 0.07 * e
+    openings, light = facade[3], facade[6]
+    px = ox + t * dx
+    py = oy + t * dy
+    pz = oz + t * dz
     r, g, b = _albedo(px, py, pz, axis, mat, prim, openings, light)
     n_dot_l = sign * light[axis]
     shade = light[3]
     if n_dot_l > 0.0:
         off = 1e-5
-        ox = px + (off * sign if axis == 0 else 0.0)
-        oy = py + (off * sign if axis == 1 else 0.0)
-        oz = pz + (off * sign if axis == 2 else 0.0)
-        if _in_sunlight(ox, oy, oz, mat, prim, boxes, box_mat, building, openings, opening_mat, ground, light):
+        sx = px + (off * sign if axis == 0 else 0.0)
+        sy = py + (off * sign if axis == 1 else 0.0)
+        sz = pz + (off * sign if axis == 2 else 0.0)
+        if _in_sunlight(sx, sy, sz, mat, prim, facade):
             shade += light[4] * n_dot_l
     return r * shade, g * shade, b * shade
 
@@ -325,13 +332,7 @@ def render_pinhole_kernel(
     height,
     supersample,
     want_colour,
-    boxes,
-    box_mat,
-    building,
-    openings,
-    opening_mat,
-    ground,
-    light,
+    facade,
     depth,
     rgb,
 ):
@@ -341,32 +342,12 @@ def render_pinhole_kernel(
     for v in prange(height):
         for u in range(width):
             dx, dy, dz, cz = _pixel_ray(K_inv, R_fc, float(u), float(v))
-            t, mat, axis, sign, prim = _nearest_hit(
-                ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground
-            )
+            t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, facade)
             depth[v, u] = t * cz
             if not want_colour:
                 continue
             if supersample == 1:
-                r, g, b = _shade(
-                    ox + t * dx,
-                    oy + t * dy,
-                    oz + t * dz,
-                    axis,
-                    sign,
-                    mat,
-                    prim,
-                    dx,
-                    dy,
-                    dz,
-                    boxes,
-                    box_mat,
-                    building,
-                    openings,
-                    opening_mat,
-                    ground,
-                    light,
-                )
+                r, g, b = _shade(ox, oy, oz, dx, dy, dz, t, mat, axis, sign, prim, facade)
                 rgb[v, u, 0], rgb[v, u, 1], rgb[v, u, 2] = r, g, b
                 continue
             for sv in range(supersample):
@@ -374,28 +355,8 @@ def render_pinhole_kernel(
                     fu = u + (su + 0.5) / supersample - 0.5
                     fv = v + (sv + 0.5) / supersample - 0.5
                     dx, dy, dz, cz = _pixel_ray(K_inv, R_fc, fu, fv)
-                    t, mat, axis, sign, prim = _nearest_hit(
-                        ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground
-                    )
-                    r, g, b = _shade(
-                        ox + t * dx,
-                        oy + t * dy,
-                        oz + t * dz,
-                        axis,
-                        sign,
-                        mat,
-                        prim,
-                        dx,
-                        dy,
-                        dz,
-                        boxes,
-                        box_mat,
-                        building,
-                        openings,
-                        opening_mat,
-                        ground,
-                        light,
-                    )
+                    t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, facade)
+                    r, g, b = _shade(ox, oy, oz, dx, dy, dz, t, mat, axis, sign, prim, facade)
                     rgb[v, u, 0] += r
                     rgb[v, u, 1] += g
                     rgb[v, u, 2] += b
@@ -406,103 +367,28 @@ def render_pinhole_kernel(
 
 
 @njit(cache=True)
-def _trace_into(
-    i,
-    ox,
-    oy,
-    oz,
-    dx,
-    dy,
-    dz,
-    want_colour,
-    boxes,
-    box_mat,
-    building,
-    openings,
-    opening_mat,
-    ground,
-    light,
-    t_out,
-    mat_out,
-    rgb_out,
-):
+def _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, facade, t_out, mat_out, rgb_out):
     """Nearest hit of one ray (and its shaded colour if wanted) written to slot i of the outputs."""
-    t, mat, axis, sign, prim = _nearest_hit(
-        ox, oy, oz, dx, dy, dz, boxes, box_mat, building, openings, opening_mat, ground
-    )
+    t, mat, axis, sign, prim = _nearest_hit(ox, oy, oz, dx, dy, dz, facade)
     t_out[i] = t
     mat_out[i] = mat
     if want_colour:
-        r, g, b = _shade(
-            ox + t * dx,
-            oy + t * dy,
-            oz + t * dz,
-            axis,
-            sign,
-            mat,
-            prim,
-            dx,
-            dy,
-            dz,
-            boxes,
-            box_mat,
-            building,
-            openings,
-            opening_mat,
-            ground,
-            light,
-        )
+        r, g, b = _shade(ox, oy, oz, dx, dy, dz, t, mat, axis, sign, prim, facade)
         rgb_out[i, 0] = r
         rgb_out[i, 1] = g
         rgb_out[i, 2] = b
 
 
 @njit(cache=True, parallel=True)
-def cast_kernel(
-    origins, dirs, want_colour, boxes, box_mat, building, openings, opening_mat, ground, light, t_out, mat_out, rgb_out
-):
+def cast_kernel(origins, dirs, want_colour, facade, t_out, mat_out, rgb_out):
     for i in prange(origins.shape[0]):
         ox, oy, oz = origins[i, 0], origins[i, 1], origins[i, 2]
         dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
-        _trace_into(
-            i,
-            ox,
-            oy,
-            oz,
-            dx,
-            dy,
-            dz,
-            want_colour,
-            boxes,
-            box_mat,
-            building,
-            openings,
-            opening_mat,
-            ground,
-            light,
-            t_out,
-            mat_out,
-            rgb_out,
-        )
+        _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, facade, t_out, mat_out, rgb_out)
 
 
 @njit(cache=True, parallel=True)
-def cast_camera_kernel(
-    rays_n,
-    R_fc,
-    C_f,
-    want_colour,
-    boxes,
-    box_mat,
-    building,
-    openings,
-    opening_mat,
-    ground,
-    light,
-    t_out,
-    mat_out,
-    rgb_out,
-):
+def cast_camera_kernel(rays_n, R_fc, C_f, want_colour, facade, t_out, mat_out, rgb_out):
     """Cast camera rays given as pinhole-normalized (x/z, y/z) (N,2); t_out is the z-depth."""
     ox, oy, oz = C_f[0], C_f[1], C_f[2]
     for i in prange(rays_n.shape[0]):
@@ -510,26 +396,7 @@ def cast_camera_kernel(
         dx = R_fc[0, 0] * cx + R_fc[0, 1] * cy + R_fc[0, 2]
         dy = R_fc[1, 0] * cx + R_fc[1, 1] * cy + R_fc[1, 2]
         dz = R_fc[2, 0] * cx + R_fc[2, 1] * cy + R_fc[2, 2]
-        _trace_into(
-            i,
-            ox,
-            oy,
-            oz,
-            dx,
-            dy,
-            dz,
-            want_colour,
-            boxes,
-            box_mat,
-            building,
-            openings,
-            opening_mat,
-            ground,
-            light,
-            t_out,
-            mat_out,
-            rgb_out,
-        )
+        _trace_into(i, ox, oy, oz, dx, dy, dz, want_colour, facade, t_out, mat_out, rgb_out)
 
 
 @njit(cache=True, parallel=True)

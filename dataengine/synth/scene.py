@@ -124,7 +124,8 @@ class SceneGeometry:
         return cls.from_dict(truth["geometry"])
 
     # ---------------------------------------------------------------- frames
-    def _arrays(self):
+    def facade_arrays(self):
+        """The geometry as the tuple the ray-casting kernels take (`raycast`: `facade`)."""
         return (self.boxes, self.box_mat, self.building, self.openings, self.opening_mat, self.ground, self.light)
 
     def _to_facade(self, points_w: np.ndarray) -> np.ndarray:
@@ -152,7 +153,7 @@ class SceneGeometry:
         t = np.empty(n)
         mat = np.empty(n, dtype=np.int64)
         rgb = np.zeros((n if want_colour else 0, 3), dtype=np.float32)
-        cast_kernel(o_f, d_f, want_colour, *self._arrays(), t, mat, rgb)
+        cast_kernel(o_f, d_f, want_colour, self.facade_arrays(), t, mat, rgb)
         return t, mat, rgb
 
     def cast_rays(self, origins: np.ndarray, dirs: np.ndarray):
@@ -201,7 +202,7 @@ class SceneGeometry:
             int(height),
             int(supersample),
             want_colour,
-            *self._arrays(),
+            self.facade_arrays(),
             depth,
             rgb,
         )
@@ -229,7 +230,7 @@ class SceneGeometry:
         z = np.empty(n)
         mat = np.empty(n, dtype=np.int64)
         rgb = np.zeros((n if want_colour else 0, 3), dtype=np.float32)
-        cast_camera_kernel(flat, R_fc, C_f, want_colour, *self._arrays(), z, mat, rgb)
+        cast_camera_kernel(flat, R_fc, C_f, want_colour, self.facade_arrays(), z, mat, rgb)
         colour = float_to_u8(rgb).reshape(*shape, 3) if want_colour else None
         return z.reshape(shape), mat.reshape(shape), colour
 
