@@ -1,8 +1,10 @@
 """`build --executor ray` against `--executor local` on full-size synthetic ETH3D frames (numbers → RESULTS.md).
 
 One run: a scene of --frames full-size frames (6191x4127 JPEG + laser GT + mask each; symlinks cycling
-over --unique generated frames, as benchmarks/engine.py does) built four times, each into a fresh
-output folder (no cache reuse), timing the whole `build_shards` (parse, render, shards):
+over --unique generated frames, as benchmarks/engine.py does) built four ways, each into a fresh
+output folder (no cache reuse), timing the whole `build_shards` (parse, render, shards), in --rounds
+interleaved rounds (a slow spell of a shared machine then hits every way alike; ratios are taken
+within each round, and their medians reported with every round's value):
   local-1   the thread pool with 1 worker            ray-1   a Ray cluster of 1 node with 1 CPU
   local-2   the thread pool with 2 workers           ray-2   2 nodes with 1 CPU each (same machine)
 The Ray clusters are `ray.cluster_utils.Cluster`s on this machine; the driver joins each with ray.init.
@@ -11,12 +13,12 @@ the per-frame figures compare warm workers; the one-off start-up (Ray's worker p
 engine and loading its compiled kernels) is reported apart, as the warm-up's difference.
 Reported: wall, frames/s, CPU seconds per frame of the whole machine and of the driver, Ray's
 overhead per frame against the local build of equal CPUs (target <= 5 % at 1 node), the 1 -> 2 node
-speed-up (target >= 1.8x where the machine has 2 idle cores), the shards' identity across the four
+speed-up (target >= 1.8x where the machine has 2 idle cores), the shards' identity across all
 builds, and a paper estimate for 1e5 frames on N 16-core nodes (CPU, file system and the driver's
 serial share).
 
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/engine_cluster.py [--frames 48] [--unique 4]
-        [--work DIR] [--json FILE]
+        [--rounds 3] [--work DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -64,6 +67,13 @@ def timed_build(root: Path, out: Path, scene: str = SCENE, **kw) -> dict:
         "driver_cpu_s": round(time.process_time() - own, 2),
         "digest": shard_digest(out),
     }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One build's figures over the rounds: the median of each number (the digest of the first)."""
+    out = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0] if k != "digest"}
+    out["digest"] = runs[0]["digest"]
+    return out
 
 
 def warm_then_timed(root: Path, out: Path, **kw) -> dict:
@@ -127,7 +137,10 @@ def main() -> None:
     parser.add_argument("--unique", type=int, default=4, help="distinct full-size frames generated")
     parser.add_argument("--work", type=Path, default=None, help="work dir (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four builds (medians)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
 
     from dataengine.synth import generate_scene
 
@@ -142,29 +155,42 @@ def main() -> None:
     info = machine_info()
     print(json.dumps(info), flush=True)
 
-    runs = {}
-    runs["local-1"] = warm_then_timed(root, work / "out-local-1", workers=1)
-    print("local-1", runs["local-1"], flush=True)
-    runs["ray-1"] = ray_build(root, work / "out-ray-1", nodes=1)
-    print("ray-1", runs["ray-1"], flush=True)
-    runs["local-2"] = warm_then_timed(root, work / "out-local-2", workers=2)
-    print("local-2", runs["local-2"], flush=True)
-    runs["ray-2"] = ray_build(root, work / "out-ray-2", nodes=2)
-    print("ray-2", runs["ray-2"], flush=True)
-    for r in runs.values():
-        r["frames_per_s"] = round(args.frames / r["wall_s"], 2)
+    # The four builds in interleaved rounds: a slow spell of a shared machine then hits every
+    # executor alike, and the ratios are taken within each round (their median is reported).
+    builds = {
+        "local-1": lambda out: warm_then_timed(root, out, workers=1),
+        "ray-1": lambda out: ray_build(root, out, nodes=1),
+        "local-2": lambda out: warm_then_timed(root, out, workers=2),
+        "ray-2": lambda out: ray_build(root, out, nodes=2),
+    }
+    rounds: list[dict] = []
+    for k in range(args.rounds):
+        rounds.append({})
+        for name, build in builds.items():
+            rounds[-1][name] = build(work / f"out-{name}")
+            rounds[-1][name]["frames_per_s"] = round(args.frames / rounds[-1][name]["wall_s"], 2)
+            print(f"round {k + 1}", name, rounds[-1][name], flush=True)
+    runs = {name: median_run([r[name] for r in rounds]) for name in builds}
+
+    def per_round(a: str, b: str) -> list[float]:
+        return [round(r[a]["wall_s"] / r[b]["wall_s"], 3) for r in rounds]
 
     n = args.frames
     per_frame_local = runs["local-1"]["wall_s"] / n
-    overhead_1 = runs["ray-1"]["wall_s"] / runs["local-1"]["wall_s"] - 1
+    overhead_rounds = [round(x - 1, 3) for x in per_round("ray-1", "local-1")]
+    overhead_1 = statistics.median(overhead_rounds)
     summary = {
         "frames": n,
-        "identical_shards": len({r["digest"] for r in runs.values()}) == 1,
+        "rounds": args.rounds,
+        "identical_shards": len({r[name]["digest"] for r in rounds for name in builds}) == 1,
         "ray_overhead_1_node": round(overhead_1, 3),
+        "ray_overhead_1_node_per_round": overhead_rounds,
+        "scaling_ray_1_to_2_nodes_per_round": per_round("ray-1", "ray-2"),
+        "scaling_local_1_to_2_workers_per_round": per_round("local-1", "local-2"),
         "ray_overhead_ms_per_frame_1_node": round(1000 * (runs["ray-1"]["wall_s"] - runs["local-1"]["wall_s"]) / n, 1),
         "ray_overhead_2_nodes_vs_local_2_workers": round(runs["ray-2"]["wall_s"] / runs["local-2"]["wall_s"] - 1, 3),
-        "scaling_ray_1_to_2_nodes": round(runs["ray-1"]["wall_s"] / runs["ray-2"]["wall_s"], 2),
-        "scaling_local_1_to_2_workers": round(runs["local-1"]["wall_s"] / runs["local-2"]["wall_s"], 2),
+        "scaling_ray_1_to_2_nodes": round(statistics.median(per_round("ray-1", "ray-2")), 2),
+        "scaling_local_1_to_2_workers": round(statistics.median(per_round("local-1", "local-2")), 2),
         "local_1_worker_s_per_frame": round(per_frame_local, 3),
         # CPU per frame of the whole machine: Ray's cost beyond the rendering, whatever the cores
         "machine_cpu_ms_per_frame": {k: round(1000 * r["machine_cpu_s"] / n, 1) for k, r in runs.items()},
@@ -178,7 +204,9 @@ def main() -> None:
     print(json.dumps({"runs": runs, "summary": summary}, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": info, "runs": runs, "summary": summary}, indent=1))
+        args.json.write_text(
+            json.dumps({"machine": info, "runs": runs, "rounds": rounds, "summary": summary}, indent=1)
+        )
 
 
 if __name__ == "__main__":
