@@ -573,6 +573,19 @@ def stage_steps(ctx: Context, out: dict) -> None:
     out["shape"] = f"{ctx.plan.model}, batch 1 x {ctx.plan.frames} x {ctx.plan.size}², " + (
         "bf16 autocast" if ctx.plan.bf16 else "fp32"
     )
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        # The background jobs (shard build, traces) share the CPU: one math thread keeps the steps from
+        # spinning against them (two threads timed strategy A 30x slower than B on 2 cores).
+        torch.set_num_threads(1)
+        out["shape"] += ", 1 CPU thread"
+    try:
+        _time_strategies(ctx, out, rows)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_strategies(ctx: Context, out: dict, rows: list) -> None:
     for strategy in ("a", "b", "c"):
         if ctx.left() < ctx.plan.estimates["steps"] / 3:
             rows.append({"strategy": strategy, "status": "skipped", "note": f"{ctx.left():.0f} s left"})
