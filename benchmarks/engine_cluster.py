@@ -139,8 +139,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four builds (medians)")
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+    if args.rounds < 1 or args.frames < 8 or args.unique < 3:
+        parser.error("--rounds >= 1, --frames >= 8 (one window) and --unique >= 3 (the generator's minimum) are needed")
 
     from dataengine.synth import generate_scene
 
@@ -163,13 +163,12 @@ def main() -> None:
         "local-2": lambda out: warm_then_timed(root, out, workers=2),
         "ray-2": lambda out: ray_build(root, out, nodes=2),
     }
-    rounds: list[dict] = []
-    for k in range(args.rounds):
-        rounds.append({})
+    rounds: list[dict] = [{} for _ in range(args.rounds)]
+    for k, this_round in enumerate(rounds, 1):
         for name, build in builds.items():
-            rounds[-1][name] = build(work / f"out-{name}")
-            rounds[-1][name]["frames_per_s"] = round(args.frames / rounds[-1][name]["wall_s"], 2)
-            print(f"round {k + 1}", name, rounds[-1][name], flush=True)
+            run = this_round[name] = build(work / f"out-{name}")
+            run["frames_per_s"] = round(args.frames / run["wall_s"], 2)
+            print(f"round {k}", name, run, flush=True)
     runs = {name: median_run([r[name] for r in rounds]) for name in builds}
 
     def per_round(a: str, b: str) -> list[float]:

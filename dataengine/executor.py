@@ -303,11 +303,11 @@ def shard_records(cfg, jobs: list[tuple], units: dict, written: set[str]) -> Ite
                 if record is None:  # its node does not see --out
                     record = write_shard(cfg, split, name, chunk, units)
             except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, ray.exceptions.RayError):
-                    raise (cause or exc) from None  # the shard's own code raised (not retried): as here
+                own, cause = _task_cause(ray, exc)
+                if own:
+                    raise cause from None  # the shard's own code raised: as here
                 raise ClusterError(
-                    f"shard {name}: its Ray task failed ({type(cause or exc).__name__}); check the nodes "
+                    f"shard {name}: its Ray task failed ({type(cause).__name__}); check the nodes "
                     f"(`ray status`, the dashboard) and rerun the same command: finished frames are cached"
                 ) from None
             written.add(name)
@@ -322,6 +322,15 @@ def shard_records(cfg, jobs: list[tuple], units: dict, written: set[str]) -> Ite
                     written.add(name)
             except Exception:
                 pass
+
+
+def _task_cause(ray, exc: BaseException) -> tuple[bool, BaseException]:
+    """(whether the task's own code raised, the exception to report) for a failed Ray task: its own
+    exception (never retried, retry_exceptions=False) is raised as a local run raises it; anything else
+    is Ray's (a worker or node died, after the retries)."""
+    cause = getattr(exc, "cause", None)
+    own = isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, ray.exceptions.RayError)
+    return own, cause or exc
 
 
 def _task_failure(ray, item: tuple, exc: BaseException) -> str:
@@ -374,10 +383,10 @@ def _ray_outcomes(cfg, pending: list[tuple]) -> Iterator[Outcome]:
             try:
                 result, bad = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(cause, ray.exceptions.RayError):
-                    raise (cause or exc) from None  # the frame's own code raised (not retried): as locally
-                raise ClusterError(_task_failure(ray, item, cause or exc)) from None
+                own, cause = _task_cause(ray, exc)
+                if own:
+                    raise cause from None  # the frame's own code raised: as locally
+                raise ClusterError(_task_failure(ray, item, cause)) from None
             if bad is None:
                 if result is not None:  # the driver caches it: --out not shared, or not seen by that node
                     save_frame(item[2], result)
